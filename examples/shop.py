@@ -1,0 +1,37 @@
+"""The demo application: it places orders with SQLAlchemy and enqueues their jobs in the
+same transaction, so a job exists exactly when its order does.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from tasks import app, call_flaky_service, score_order, send_receipt
+
+import pgqueue
+
+metadata = sa.MetaData()
+orders = sa.Table(
+    "demo_orders",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("item", sa.Text, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+)
+
+
+def engine() -> sa.Engine:
+    # The same database as the queue; any SQLAlchemy engine on psycopg 3 works.
+    return sa.create_engine(sa.make_url(app.dsn).set(drivername="postgresql+psycopg"))
+
+
+def place_order(session: Session, item: str, quantity: int) -> list[pgqueue.Job]:
+    """Insert an order and enqueue its jobs; nothing is visible to workers until commit."""
+    order_id = session.execute(
+        orders.insert().values(item=item, quantity=quantity).returning(orders.c.id)
+    ).scalar_one()
+    return [
+        send_receipt.apply_async(args=(order_id,), connection=session),
+        score_order.apply_async(args=(order_id, quantity), connection=session),
+        call_flaky_service.apply_async(args=(order_id,), connection=session),
+    ]

@@ -1,0 +1,39 @@
+"""pgqueue: a durable task queue for Python whose only moving part is PostgreSQL.
+
+The public API, and nothing else.
+"""
+
+from pgqueue.app import App
+from pgqueue.context import JobContext, current_job
+from pgqueue.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    JobFailed,
+    JobNotFound,
+    PgQueueError,
+    Retry,
+    SchemaNotMigrated,
+    UnknownTask,
+)
+from pgqueue.job import Job, JobStatus
+from pgqueue.tasks import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "Job",
+    "JobContext",
+    "JobFailed",
+    "JobNotFound",
+    "JobStatus",
+    "PgQueueError",
+    "Retry",
+    "SchemaNotMigrated",
+    "Task",
+    "UnknownTask",
+    "__version__",
+    "current_job",
+]

@@ -1,0 +1,337 @@
+"""App: the object users hold. Settings, the task registry and pgqueue's own connections.
+
+>>> app = pgqueue.App()            # DSN from PGQUEUE_DSN / DATABASE_URL, else embedded
+>>> @app.task
+... def add(a: int, b: int) -> int:
+...     return a + b
+>>> add.delay(2, 3).wait(timeout=10)
+5
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from pgqueue import _embedded, queries
+from pgqueue.config import DEFAULT_QUEUE, resolve_dsn
+from pgqueue.enqueue import JobRequest, _translate
+from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
+from pgqueue.job import Job
+from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
+from pgqueue.schema import NOTIFY_FINISHED
+from pgqueue.tasks import Task
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Job.wait() is woken by NOTIFY; it re-reads the rows this often anyway, in case a
+# notification was lost with a connection.
+WAIT_RECHECK_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+class App:
+    """Settings, the task registry and the connection factory.
+
+    `dsn`: a libpq DSN or URL (SQLAlchemy-style `postgresql+psycopg://` is accepted). Without
+    one, `PGQUEUE_DSN`, then `DATABASE_URL`, then the embedded development database are used.
+    """
+
+    def __init__(self, dsn: str | None = None, *, default_queue: str = DEFAULT_QUEUE) -> None:
+        self._dsn_argument = dsn
+        self._dsn: str | None = None
+        self.default_queue = default_queue
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._local = threading.local()
+        self._async_conns: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, psycopg.AsyncConnection[Any]
+        ] = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        return f"<pgqueue.App tasks={len(self.tasks)}>"
+
+    # -- settings -------------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """The DSN in use; resolving it may start the embedded development database."""
+        if self._dsn is None:
+            self._dsn = resolve_dsn(self._dsn_argument) or _embedded.embedded_dsn()
+        return self._dsn
+
+    def set_dsn(self, dsn: str) -> None:
+        """Point the app at another database (what `pgqueue --dsn` does)."""
+        self.close()
+        self._dsn_argument = dsn
+        self._dsn = None
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return resolve_dsn(self._dsn_argument) is None
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: F, /) -> Task[Any, Any]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_backoff: bool | float = True,
+        retry_backoff_max: float = DEFAULT_BACKOFF_MAX,
+        retry_jitter: bool = True,
+        autoretry_for: Iterable[type[BaseException]] = (),
+        timeout: float | timedelta | None = None,
+    ) -> Callable[[F], Task[Any, Any]]: ...
+
+    def task(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_backoff: bool | float = True,
+        retry_backoff_max: float = DEFAULT_BACKOFF_MAX,
+        retry_jitter: bool = True,
+        autoretry_for: Iterable[type[BaseException]] = (),
+        timeout: float | timedelta | None = None,
+    ) -> Task[Any, Any] | Callable[[F], Task[Any, Any]]:
+        """Register a function (sync or async) as a task; usable bare or with options.
+
+        `max_attempts` counts every run, including the first. Failures are retried only for
+        exception types in `autoretry_for`, or when the task raises `pgqueue.Retry`; the wait
+        before attempt n+1 is a random time up to `retry_backoff * 2**(n-1)` seconds, capped at
+        `retry_backoff_max` (no randomness with `retry_jitter=False`). `timeout` limits one
+        attempt, in seconds.
+        """
+
+        def register(function: F) -> Task[Any, Any]:
+            policy = RetryPolicy.from_options(
+                max_attempts=max_attempts,
+                retry_backoff=retry_backoff,
+                retry_backoff_max=retry_backoff_max,
+                retry_jitter=retry_jitter,
+                autoretry_for=tuple(autoretry_for),
+            )
+            task: Task[Any, Any] = Task(
+                self,
+                function,
+                name=name,
+                queue=queue or self.default_queue,
+                priority=priority,
+                retry_policy=policy,
+                timeout=timeout,
+            )
+            existing = self.tasks.get(task.name)
+            if existing is not None and existing.fn is not function:
+                raise ConfigurationError(
+                    f"two tasks are named {task.name!r}; give one of them another name="
+                )
+            self.tasks[task.name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def queues(self) -> tuple[str, ...]:
+        """The queues this app's tasks use, plus the default queue: what a worker serves."""
+        names = {self.default_queue, *(task.queue for task in self.tasks.values())}
+        return tuple(sorted(names))
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        try:
+            params = conninfo_to_dict(self.dsn)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"invalid DSN: {' '.join(str(exc).split())}") from None
+        if "connect_timeout" not in params:
+            kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+        if "application_name" not in params:
+            kwargs["application_name"] = "pgqueue"
+        return kwargs
+
+    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        """A new psycopg connection to this app's database (the caller closes it)."""
+        try:
+            return psycopg.connect(self.dsn, autocommit=autocommit, **self._connect_kwargs())
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(
+                "could not connect to the database: " + " ".join(str(exc).split())
+            ) from None
+
+    async def aconnect(self, *, autocommit: bool = False) -> psycopg.AsyncConnection[Any]:
+        """Async twin of `connect()`."""
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=autocommit, **self._connect_kwargs()
+            )
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(
+                "could not connect to the database: " + " ".join(str(exc).split())
+            ) from None
+
+    def _shared_connection(self) -> psycopg.Connection[Any]:
+        """This thread's autocommit connection, made again if it broke or the process forked."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is not None and (conn.broken or conn.closed or self._local.pid != os.getpid()):
+            conn = None
+        if conn is None:
+            conn = self.connect(autocommit=True)
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    async def _ashared_connection(self) -> psycopg.AsyncConnection[Any]:
+        loop = asyncio.get_running_loop()
+        conn = self._async_conns.get(loop)
+        if conn is None or conn.broken or conn.closed:
+            conn = await self.aconnect(autocommit=True)
+            self._async_conns[loop] = conn
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's shared connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def _insert_committed(self, request: JobRequest) -> dict[str, Any]:
+        conn = self._shared_connection()
+        try:
+            with conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(queries.INSERT_JOB, request.params())
+                row = cur.fetchone()
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+        assert row is not None
+        return row
+
+    async def _ainsert_committed(self, request: JobRequest) -> dict[str, Any]:
+        conn = await self._ashared_connection()
+        try:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(queries.INSERT_JOB, request.params())
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+        assert row is not None
+        return row
+
+    def _fetch_job_row(self, job_id: int) -> dict[str, Any] | None:
+        conn = self._shared_connection()
+        try:
+            with conn.cursor(row_factory=dict_row) as cur:
+                return cur.execute(queries.FETCH_JOB, {"id": job_id}).fetchone()
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    async def _afetch_job_row(self, job_id: int) -> dict[str, Any] | None:
+        conn = await self._ashared_connection()
+        try:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(queries.FETCH_JOB, {"id": job_id})
+                return await cur.fetchone()
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    def get_job(self, job_id: int) -> Job:
+        """The job with this id, whatever its status; raises JobNotFound."""
+        row = self._fetch_job_row(job_id)
+        if row is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return Job(self, row)
+
+    async def aget_job(self, job_id: int) -> Job:
+        """Async twin of `get_job()`."""
+        row = await self._afetch_job_row(job_id)
+        if row is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return Job(self, row)
+
+    def wait_all(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
+        """Block until every job has finished (whatever its outcome), on one connection."""
+        self._wait_for_jobs([job.id for job in jobs], timeout)
+
+    def _wait_for_jobs(self, ids: list[int], timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.connect(autocommit=True) as conn:
+            conn.execute(f"LISTEN {NOTIFY_FINISHED}")
+            pending = _check_exist(conn.execute(queries.EXISTING_AMONG, {"ids": ids}), ids)
+            while True:
+                rows = conn.execute(queries.UNFINISHED_AMONG, {"ids": list(pending)}).fetchall()
+                pending = {row[0] for row in rows}
+                if not pending:
+                    return
+                wait = _remaining(deadline, timeout, pending)
+                for notify in conn.notifies(timeout=wait):
+                    if _mentions(notify.payload, pending):
+                        break
+
+    async def _await_jobs(self, ids: list[int], timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        async with await self.aconnect(autocommit=True) as conn:
+            await conn.execute(f"LISTEN {NOTIFY_FINISHED}")
+            cur = await conn.execute(queries.EXISTING_AMONG, {"ids": ids})
+            pending = {row[0] for row in await cur.fetchall()}
+            _check_exist(None, ids, pending)
+            while True:
+                cur = await conn.execute(queries.UNFINISHED_AMONG, {"ids": list(pending)})
+                pending = {row[0] for row in await cur.fetchall()}
+                if not pending:
+                    return
+                wait = _remaining(deadline, timeout, pending)
+                async for notify in conn.notifies(timeout=wait):
+                    if _mentions(notify.payload, pending):
+                        break
+
+
+def _check_exist(
+    cursor: psycopg.Cursor[Any] | None, ids: list[int], found: set[int] | None = None
+) -> set[int]:
+    if found is None:
+        assert cursor is not None
+        found = {row[0] for row in cursor.fetchall()}
+    missing = sorted(set(ids) - found)
+    if missing:
+        raise JobNotFound(f"no job with id {missing[0]}")
+    return found
+
+
+def _remaining(deadline: float | None, timeout: float | None, pending: set[int]) -> float:
+    if deadline is None:
+        return WAIT_RECHECK_SECONDS
+    left = deadline - time.monotonic()
+    if left <= 0:
+        ids = ", ".join(str(i) for i in sorted(pending)[:5])
+        raise TimeoutError(f"job {ids} did not finish within {timeout} s")
+    return min(left, WAIT_RECHECK_SECONDS)
+
+
+def _mentions(payload: str, pending: set[int]) -> bool:
+    return any(part.isdigit() and int(part) in pending for part in payload.split(","))

@@ -1,0 +1,95 @@
+"""Claiming: wait for a NOTIFY, a freed slot, a due timer or the poll tick; then claim up to the
+number of free slots in one `SELECT ... FOR UPDATE SKIP LOCKED` statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgqueue import queries
+from pgqueue.execute import ClaimedJob
+
+
+async def claim_jobs(
+    conn: psycopg.AsyncConnection[Any], queues: Sequence[str], limit: int, worker_id: int
+) -> list[ClaimedJob]:
+    """Claim up to `limit` due jobs for `worker_id`; each claim bumps the attempt (its token)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            queries.CLAIM_JOBS, {"queues": list(queues), "limit": limit, "worker_id": worker_id}
+        )
+        rows = await cur.fetchall()
+    # The statement returns rows in no particular order; start the most urgent first.
+    rows.sort(key=lambda r: (-r["priority"], r["id"]))
+    return [
+        ClaimedJob(
+            id=row["id"],
+            queue=row["queue"],
+            task_name=row["task_name"],
+            args=list(row["args"]),
+            kwargs=dict(row["kwargs"]),
+            priority=row["priority"],
+            attempt=row["attempts"],
+            max_attempts=row["max_attempts"],
+        )
+        for row in rows
+    ]
+
+
+class ClaimSignal:
+    """Tells the claimer when to look for work.
+
+    NOTIFY is only a hint: a lost one costs at most `poll_interval` of latency, never a job.
+    Payloads name a queue, or `queue@epoch` for a job due later, which sets a timer.
+    """
+
+    def __init__(self, queues: Sequence[str], poll_interval: float) -> None:
+        self.queues = frozenset(queues)
+        self.poll_interval = poll_interval
+        self._event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._next_due: float | None = None  # wall-clock epoch of the earliest known future job
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def wake_threadsafe(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    def on_notify_threadsafe(self, payload: str) -> None:
+        """Called from the notifier's thread for each enqueue notification."""
+        self._loop.call_soon_threadsafe(self._on_notify, payload)
+
+    def _on_notify(self, payload: str) -> None:
+        queue, _, due = payload.partition("@")
+        if queue not in self.queues:
+            return
+        if due:
+            with contextlib.suppress(ValueError):
+                when = float(due)
+                if when <= time.time():
+                    self._event.set()
+                elif self._next_due is None or when < self._next_due:
+                    self._next_due = when
+                return
+        self._event.set()
+
+    async def wait(self) -> None:
+        """Return when it is time to claim: woken, a timer came due, or the poll tick."""
+        timeout = self.poll_interval
+        if self._next_due is not None:
+            until_due = self._next_due - time.time()
+            if until_due <= 0:
+                self._next_due = None
+                return
+            timeout = min(timeout, until_due)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()

@@ -1,0 +1,241 @@
+"""`pgqueue worker | migrate | stats`: a thin shell over the package.
+
+Errors a user can meet (bad DSN, unreachable database, unmigrated schema, bad options) end
+with one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import psycopg
+
+from pgqueue import __version__
+from pgqueue.app import App
+from pgqueue.config import WorkerSettings, parse_queues
+from pgqueue.errors import ConfigurationError, PgQueueError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def load_app(path: str | None) -> App:
+    """Import `module:attribute` (default attribute `app`) and check it is a pgqueue App."""
+    path = path or os.environ.get("PGQUEUE_APP")
+    if not path:
+        raise ConfigurationError(
+            "no app given: pass --app module:attribute (e.g. --app myproject.tasks:app) "
+            "or set PGQUEUE_APP"
+        )
+    module_name, _, attribute = path.partition(":")
+    attribute = attribute or "app"
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r} for --app {path}: {exc}") from exc
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        raise ConfigurationError(
+            f"--app {path}: {module_name}.{attribute} is {type(app).__name__}, not a pgqueue.App"
+        )
+    return app
+
+
+def _app_or_dsn(args: argparse.Namespace) -> App:
+    app = load_app(args.app) if (args.app or os.environ.get("PGQUEUE_APP")) else App()
+    if args.dsn:
+        app.set_dsn(args.dsn)
+    return app
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pgqueue.worker import Worker
+
+    app = load_app(args.app)
+    if args.dsn:
+        app.set_dsn(args.dsn)
+    settings = WorkerSettings(
+        queues=parse_queues(args.queues),
+        concurrency=args.concurrency,
+        shutdown_timeout=args.shutdown_timeout,
+        poll_interval=args.poll_interval,
+        name=args.name,
+    )
+    worker = Worker(app, settings)
+    code = worker.run()
+    stuck = worker.stuck_threads()
+    if stuck:
+        # Python cannot stop a thread; exit without joining the ones still in a task.
+        logging.getLogger("pgqueue.worker").warning(
+            "exiting with %d sync task thread(s) still running", len(stuck)
+        )
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pgqueue import migrate
+
+    if args.sql:
+        if args.downgrade:
+            print(migrate.downgrade_sql(migrate.head_revision(), args.downgrade))
+        else:
+            print(migrate.upgrade_sql(args.revision))
+        return 0
+    app = _app_or_dsn(args)
+    dsn = app.dsn
+    app._connect_kwargs()  # validates the DSN with a one-line error
+    with app.connect():
+        pass  # a clear error now beats a traceback from inside alembic
+    if args.downgrade:
+        migrate.downgrade(dsn, args.downgrade)
+        print(f"pgqueue schema downgraded to {args.downgrade}")
+    else:
+        migrate.upgrade(dsn, args.revision)
+        target = migrate.head_revision() if args.revision == "head" else args.revision
+        print(f"pgqueue schema at revision {target}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from pgqueue import queries
+    from pgqueue.migrate import check_schema
+
+    app = _app_or_dsn(args)
+    with app.connect(autocommit=True) as conn:
+        check_schema(conn)
+        rows = conn.execute(queries.QUEUE_STATS).fetchall()
+    print(f"{'queue':<24} {'status':<10} {'jobs':>10}  oldest due")
+    for queue, status, count, oldest in rows:
+        print(f"{queue:<24} {status:<10} {count:>10}  {oldest.isoformat() if oldest else ''}")
+    if not rows:
+        print("(no jobs)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dsn",
+        help="PostgreSQL DSN or URL (default: $PGQUEUE_DSN, then $DATABASE_URL, then the "
+        "embedded development database)",
+    )
+    common.add_argument(
+        "--log-level",
+        default=os.environ.get("PGQUEUE_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default: INFO)",
+    )
+    app_arg = argparse.ArgumentParser(add_help=False)
+    app_arg.add_argument(
+        "--app", help="the App to load, as module:attribute (default: $PGQUEUE_APP)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="pgqueue",
+        description="pgqueue: a durable task queue whose only moving part is PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"pgqueue {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = sub.add_parser(
+        "worker",
+        parents=[common, app_arg],
+        help="run a worker process",
+        description="Claim and run jobs until SIGTERM/SIGINT (warm shutdown; a second signal "
+        "stops at once, and interrupted jobs go back to the queue).",
+    )
+    worker.add_argument(
+        "--queues",
+        "-Q",
+        help="comma-separated queues to serve (default: every queue the app's tasks use)",
+    )
+    worker.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=10,
+        help="jobs run at once: threads for sync tasks, slots for async ones (default: 10)",
+    )
+    worker.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds running jobs get to finish after the first signal (default: 30)",
+    )
+    worker.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between polls when no NOTIFY arrives; a fallback only (default: 1)",
+    )
+    worker.add_argument(
+        "--name", help="worker name in logs and pgqueue_workers (default: host:pid)"
+    )
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = sub.add_parser(
+        "migrate",
+        parents=[common, app_arg],
+        help="create or upgrade pgqueue's tables",
+        description="Upgrade pgqueue's schema to the latest revision (alembic, version table "
+        "pgqueue_alembic_version), or print the SQL for a DBA to apply.",
+    )
+    migrate.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
+    migrate.add_argument("--revision", default="head", help="target revision (default: head)")
+    migrate.add_argument(
+        "--downgrade",
+        metavar="REVISION",
+        help="downgrade to REVISION instead ('base' removes pgqueue's tables)",
+    )
+    migrate.set_defaults(func=cmd_migrate)
+
+    stats = sub.add_parser(
+        "stats",
+        parents=[common, app_arg],
+        help="jobs per queue and status",
+    )
+    stats.set_defaults(func=cmd_stats)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+    try:
+        return int(args.func(args))
+    except ConfigurationError as exc:
+        print(f"pgqueue: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except PgQueueError as exc:
+        print(f"pgqueue: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except psycopg.Error as exc:
+        print(f"pgqueue: database error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

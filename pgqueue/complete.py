@@ -1,0 +1,145 @@
+"""Write outcomes back in batches, each row guarded by its claim's fencing token.
+
+Outcomes wait in memory until written; a failed write (lost connection, server restart) is
+retried with backoff, never dropped. An outcome whose job is no longer `running` under the same
+attempt (it was rescued from this worker and claimed again) is discarded and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from pgqueue import queries
+from pgqueue.execute import Failed, Outcome, RetryLater, Succeeded
+
+logger = logging.getLogger("pgqueue.worker")
+
+Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+
+
+def outcome_params(outcomes: list[Outcome]) -> dict[str, list[Any]]:
+    """The COMPLETE_JOBS parameters for a batch: one array per column."""
+    params: dict[str, list[Any]] = {
+        key: [] for key in ("ids", "attempts", "statuses", "results", "errors", "delays", "etas")
+    }
+    for outcome in outcomes:
+        params["ids"].append(outcome.job.id)
+        params["attempts"].append(outcome.job.attempt)
+        params["statuses"].append(outcome.status)
+        params["results"].append(outcome.result_json if isinstance(outcome, Succeeded) else None)
+        params["errors"].append(
+            json.dumps(outcome.error) if isinstance(outcome, (Failed, RetryLater)) else None
+        )
+        params["delays"].append(outcome.delay if isinstance(outcome, RetryLater) else None)
+        params["etas"].append(outcome.eta if isinstance(outcome, RetryLater) else None)
+    return params
+
+
+async def write_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]) -> set[int]:
+    """Write a batch in one transaction; returns the ids that were applied (still leased)."""
+    async with conn.transaction():
+        cur = await conn.execute(queries.COMPLETE_JOBS, outcome_params(outcomes))
+        rows = await cur.fetchall()
+        finished = [str(row[0]) for row in rows if row[1] != "queued"]
+        if finished:
+            await conn.execute(queries.NOTIFY_FINISHED_JOBS, {"payload": ",".join(finished)})
+        # One wake-up per queue, for its earliest retry.
+        due_by_queue: dict[str, float] = {}
+        for row in rows:
+            if row[1] == "queued":
+                due_by_queue[row[2]] = min(row[3], due_by_queue.get(row[2], row[3]))
+        if due_by_queue:
+            await conn.execute(
+                queries.NOTIFY_RETRIES,
+                {"queues": list(due_by_queue), "dues": list(due_by_queue.values())},
+            )
+    return {row[0] for row in rows}
+
+
+class Completer:
+    """Collects outcomes and flushes them in batches of up to `batch_size`."""
+
+    def __init__(self, connect: Connect, batch_size: int = 100) -> None:
+        self._connect = connect
+        self._batch_size = batch_size
+        self._pending: list[Outcome] = []
+        self._has_work = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._closed = False
+
+    def submit(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        self._idle.clear()
+        self._has_work.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def run(self) -> None:
+        """Flush until closed and drained."""
+        backoff = 0.1
+        while True:
+            if not self._pending:
+                self._idle.set()
+                if self._closed:
+                    return
+                self._has_work.clear()
+                await self._has_work.wait()
+                continue
+            batch = self._pending[: self._batch_size]
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._conn = await self._connect()
+                applied = await write_outcomes(self._conn, batch)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                logger.warning(
+                    "could not write %d job outcome(s), retrying in %.1fs: %s",
+                    len(batch),
+                    backoff,
+                    " ".join(str(exc).split()),
+                )
+                await self._close_conn()
+                await asyncio.sleep(backoff)  # backoff between reconnects, not a test wait
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            del self._pending[: len(batch)]
+            for outcome in batch:
+                if outcome.job.id not in applied:
+                    logger.warning(
+                        "job %d %s attempt %d: lost its lease (rescued and claimed again "
+                        "elsewhere); outcome %s dropped",
+                        outcome.job.id,
+                        outcome.job.task_name,
+                        outcome.job.attempt,
+                        outcome.status,
+                    )
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Close for new work and wait until every outcome is written; False on timeout."""
+        self._closed = True
+        self._has_work.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _close_conn(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        await self._close_conn()

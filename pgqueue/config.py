@@ -1,0 +1,102 @@
+"""Settings: one frozen object per concern, validated once when it is made.
+
+`resolve_dsn()` decides which database an App talks to: the argument, else `PGQUEUE_DSN`,
+else `DATABASE_URL`, else None (meaning: the embedded development database).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pgqueue.errors import ConfigurationError
+
+DEFAULT_QUEUE = "default"
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+
+
+def resolve_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """Return the DSN to use, normalised for psycopg, or None for the embedded database."""
+    env = os.environ if environ is None else environ
+    for candidate in (dsn, env.get("PGQUEUE_DSN"), env.get("DATABASE_URL")):
+        if candidate:
+            return normalize_dsn(candidate)
+    return None
+
+
+def normalize_dsn(dsn: str) -> str:
+    """Accept SQLAlchemy-style URLs (`postgresql+psycopg://`) as well as libpq ones."""
+    dsn = dsn.strip()
+    match = re.match(r"^(postgres(?:ql)?)\+[a-z0-9_]+://", dsn)
+    if match:
+        dsn = "postgresql://" + dsn[match.end() :]
+    return dsn
+
+
+def validate_queue_name(queue: str) -> str:
+    if not isinstance(queue, str) or not _QUEUE_NAME.match(queue):
+        raise ConfigurationError(
+            f"invalid queue name {queue!r}: use 1-100 letters, digits, '_', '.', ':' or '-'"
+        )
+    return queue
+
+
+def validate_priority(priority: int) -> int:
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise ConfigurationError(f"priority must be an int, got {priority!r}")
+    if not -32768 <= priority <= 32767:
+        raise ConfigurationError(f"priority must be between -32768 and 32767, got {priority}")
+    return priority
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How one `pgqueue worker` process runs; see `pgqueue worker --help` for each knob."""
+
+    queues: tuple[str, ...] = ()
+    concurrency: int = 10
+    shutdown_timeout: float = 30.0
+    poll_interval: float = 1.0
+    heartbeat_interval: float = 1.0
+    # A worker whose session lock is gone is lost once its last heartbeat is this old; the
+    # grace lets a worker whose connection blipped reconnect and keep its jobs.
+    lock_grace: float = 2.0
+    # A worker whose heartbeat is older than this is treated as lost even if its session
+    # still holds its lock (a host cut off from the network can leave such a session behind).
+    heartbeat_timeout: float = 30.0
+    rescue_interval: float = 1.0
+    completion_batch_size: int = 100
+    name: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for queue in self.queues:
+            validate_queue_name(queue)
+        if self.concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, got {self.concurrency}")
+        for name in (
+            "shutdown_timeout",
+            "poll_interval",
+            "heartbeat_interval",
+            "rescue_interval",
+            "lock_grace",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.heartbeat_timeout <= self.heartbeat_interval * 2:
+            raise ConfigurationError(
+                "heartbeat_timeout must be more than twice heartbeat_interval "
+                f"(got {self.heartbeat_timeout} and {self.heartbeat_interval})"
+            )
+        if not 1 <= self.completion_batch_size <= 200:
+            raise ConfigurationError("completion_batch_size must be between 1 and 200")
+
+
+def parse_queues(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """'a,b' or ['a', 'b'] -> ('a', 'b'), each name validated."""
+    if text is None:
+        return ()
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return tuple(validate_queue_name(item.strip()) for item in items if item.strip())

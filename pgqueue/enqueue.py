@@ -1,0 +1,201 @@
+"""Insert jobs: validate and serialise first, then one INSERT (+ NOTIFY) on the right connection.
+
+Everything that can be refused is refused before any SQL runs, so a bad call writes nothing.
+With `connection=`, the INSERT joins that connection's current transaction and pgqueue never
+commits it; without, pgqueue uses its own autocommit connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgqueue import _json, queries
+from pgqueue.config import validate_priority, validate_queue_name
+from pgqueue.errors import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
+
+if TYPE_CHECKING:
+    from pgqueue.tasks import Task
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated, serialised job, ready to insert."""
+
+    queue: str
+    task_name: str
+    args_json: str
+    kwargs_json: str
+    priority: int
+    eta: datetime | None
+    countdown: float | None
+    max_attempts: int
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "task_name": self.task_name,
+            "args": self.args_json,
+            "kwargs": self.kwargs_json,
+            "priority": self.priority,
+            "eta": self.eta,
+            "countdown": self.countdown,
+            "max_attempts": self.max_attempts,
+        }
+
+
+def build_request(
+    task: Task[Any, Any],
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    countdown: float | timedelta | None = None,
+    eta: datetime | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+) -> JobRequest:
+    """Check every argument and serialise it; raises before anything is written."""
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        raise TypeError(f"args must be a list or tuple, got {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+    if countdown is not None and eta is not None:
+        raise ConfigurationError("pass countdown or eta, not both")
+    if isinstance(countdown, timedelta):
+        countdown = countdown.total_seconds()
+    if countdown is not None:
+        if isinstance(countdown, bool) or not isinstance(countdown, (int, float)):
+            raise TypeError(f"countdown must be seconds (a number) or a timedelta: {countdown!r}")
+        if countdown < 0:
+            raise ConfigurationError(f"countdown must be >= 0 seconds, got {countdown}")
+    if eta is not None:
+        if not isinstance(eta, datetime):
+            raise TypeError(f"eta must be a datetime, got {type(eta).__name__}")
+        if eta.tzinfo is None:
+            raise ConfigurationError(
+                "eta must be timezone-aware (e.g. datetime.now(timezone.utc) + timedelta(...)); "
+                "a naive datetime is ambiguous"
+            )
+    return JobRequest(
+        queue=validate_queue_name(queue if queue is not None else task.queue),
+        task_name=task.name,
+        args_json=_json.dumps(list(args), "task arguments", "args"),
+        kwargs_json=_json.dumps(dict(kwargs or {}), "task arguments", "kwargs"),
+        priority=validate_priority(priority if priority is not None else task.priority),
+        eta=eta,
+        countdown=float(countdown) if countdown is not None else None,
+        max_attempts=task.retry_policy.max_attempts,
+    )
+
+
+def _row_from_sqlalchemy(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in ("args", "kwargs", "result", "error"):
+        out[key] = _json.loads(out.get(key))
+    return out
+
+
+def _sqlalchemy_kind(connection: Any) -> str | None:
+    """'sync' or 'async' for SQLAlchemy connections/sessions, None for anything else."""
+    module = type(connection).__module__
+    if not module.startswith("sqlalchemy"):
+        return None
+    return "async" if module.startswith("sqlalchemy.ext.asyncio") else "sync"
+
+
+def _unsupported(connection: Any) -> TypeError:
+    return TypeError(
+        "connection= takes a psycopg 3 Connection/AsyncConnection or a SQLAlchemy "
+        f"Connection/Session (sync or async), got {type(connection).__module__}."
+        f"{type(connection).__qualname__}"
+    )
+
+
+def _translate(exc: psycopg.Error) -> Exception:
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return SchemaNotMigrated(
+            "pgqueue's tables are not in this database: run `pgqueue migrate` first"
+        )
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailable(
+            "could not enqueue, the database is unreachable; nothing was written: "
+            + " ".join(str(exc).split())
+        )
+    return exc
+
+
+def _unwrap_sqlalchemy_error(exc: Exception) -> Exception:
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, psycopg.Error):
+        return _translate(orig)
+    return exc
+
+
+def insert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
+    """INSERT one job on a sync psycopg or SQLAlchemy connection, in its current transaction."""
+    if isinstance(connection, psycopg.Connection):
+        try:
+            with connection.cursor(row_factory=dict_row) as cur:
+                cur.execute(queries.INSERT_JOB, request.params())
+                row = cur.fetchone()
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+        assert row is not None
+        return row
+    kind = _sqlalchemy_kind(connection)
+    if kind == "sync":
+        import sqlalchemy as sa
+
+        try:
+            result = connection.execute(
+                sa.text(queries.as_sqlalchemy(queries.INSERT_JOB)), request.params()
+            )
+            return _row_from_sqlalchemy(result.mappings().one())
+        except sa.exc.DBAPIError as exc:
+            translated = _unwrap_sqlalchemy_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+    if kind == "async" or isinstance(connection, psycopg.AsyncConnection):
+        raise TypeError(
+            "this connection is async: use `await task.aapply_async(...)` or "
+            "`await task.adelay(...)` with it"
+        )
+    raise _unsupported(connection)
+
+
+async def ainsert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
+    """Async twin of `insert_job` for psycopg AsyncConnection and SQLAlchemy async objects."""
+    if isinstance(connection, psycopg.AsyncConnection):
+        try:
+            async with connection.cursor(row_factory=dict_row) as cur:
+                await cur.execute(queries.INSERT_JOB, request.params())
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+        assert row is not None
+        return row
+    kind = _sqlalchemy_kind(connection)
+    if kind == "async":
+        import sqlalchemy as sa
+
+        try:
+            result = await connection.execute(
+                sa.text(queries.as_sqlalchemy(queries.INSERT_JOB)), request.params()
+            )
+            return _row_from_sqlalchemy(result.mappings().one())
+        except sa.exc.DBAPIError as exc:
+            translated = _unwrap_sqlalchemy_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+    if kind == "sync" or isinstance(connection, psycopg.Connection):
+        raise TypeError(
+            "this connection is sync: use `task.apply_async(...)` or `task.delay(...)` with it"
+        )
+    raise _unsupported(connection)

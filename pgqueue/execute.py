@@ -1,0 +1,192 @@
+"""Run one claimed job and turn whatever happened into an Outcome value. Never raises.
+
+Async tasks run on the worker's event loop; sync tasks on its thread pool. Only `complete.py`
+writes outcomes to the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import traceback
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pgqueue import _json
+from pgqueue.context import JobContext, _current
+from pgqueue.errors import Retry
+
+if TYPE_CHECKING:
+    from pgqueue.app import App
+    from pgqueue.tasks import Task
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker holds: `attempt` is the claim's fencing token."""
+
+    id: int
+    queue: str
+    task_name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    priority: int
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    job: ClaimedJob
+    result_json: str
+    status = "succeeded"
+
+
+@dataclass(frozen=True)
+class Failed:
+    job: ClaimedJob
+    error: dict[str, Any]
+    status = "failed"
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """Another attempt, after `delay` seconds (database clock) or at `eta`."""
+
+    job: ClaimedJob
+    error: dict[str, Any]
+    delay: float = 0.0
+    eta: datetime | None = None
+    status = "queued"
+
+
+Outcome = Succeeded | Failed | RetryLater
+
+
+class TaskTimeout(TimeoutError):
+    """An attempt ran past its task's `timeout`."""
+
+
+def error_info(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
+    """What is stored in the job's `error` column: type, message, traceback."""
+    exc_type = type(exc)
+    module = exc_type.__module__
+    name = (
+        exc_type.__qualname__
+        if module in ("builtins", "__main__")
+        else (f"{module}.{exc_type.__qualname__}")
+    )
+    return {
+        "type": name,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)) if with_traceback else None,
+    }
+
+
+def simple_error(type_name: str, message: str) -> dict[str, Any]:
+    return {"type": type_name, "message": message, "traceback": None}
+
+
+def _after_failure(
+    task: Task[Any, Any], job: ClaimedJob, exc: BaseException, error: dict[str, Any]
+) -> Outcome:
+    policy = task.retry_policy
+    if policy.is_retryable(exc) and policy.can_retry(job.attempt):
+        return RetryLater(job, error, delay=policy.next_delay(job.attempt))
+    return Failed(job, error)
+
+
+def _after_retry_request(task: Task[Any, Any], job: ClaimedJob, request: Retry) -> Outcome:
+    error = error_info(request, with_traceback=False)
+    error["type"] = "Retry"
+    if not task.retry_policy.can_retry(job.attempt):
+        error["message"] = (
+            f"retry requested ({request}) but attempt {job.attempt} of "
+            f"{job.max_attempts} was the last"
+        )
+        return Failed(job, error)
+    if request.eta is not None:
+        return RetryLater(job, error, eta=request.eta)
+    if request.countdown is not None:
+        return RetryLater(job, error, delay=request.countdown)
+    return RetryLater(job, error, delay=task.retry_policy.next_delay(job.attempt))
+
+
+class Executor:
+    """Runs jobs for a worker: resolves the task, applies its timeout, builds the Outcome."""
+
+    def __init__(self, app: App, thread_pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        self.app = app
+        self.thread_pool = thread_pool
+        # Threads of sync tasks that outlived their timeout: they still occupy a thread, so the
+        # worker counts them against its free slots until they return.
+        self.overrunning_threads: set[concurrent.futures.Future[Any]] = set()
+
+    async def run(self, job: ClaimedJob) -> Outcome:
+        task = self.app.tasks.get(job.task_name)
+        if task is None:
+            return Failed(
+                job,
+                simple_error(
+                    "UnknownTask",
+                    f"no task named {job.task_name!r} is registered in this worker's app; "
+                    "deploy the code that defines it, then retry the job",
+                ),
+            )
+        try:
+            value = await self._call(task, job)
+        except asyncio.CancelledError:
+            raise
+        except Retry as request:
+            return _after_retry_request(task, job, request)
+        except TaskTimeout as exc:
+            return _after_failure(task, job, exc, error_info(exc, with_traceback=False))
+        except BaseException as exc:  # a task's failure is data, whatever it raised
+            return _after_failure(task, job, exc, error_info(exc))
+        try:
+            return Succeeded(job, _json.dumps(value, "the task's return value", "result"))
+        except TypeError as exc:
+            return Failed(job, error_info(exc, with_traceback=False))
+
+    async def _call(self, task: Task[Any, Any], job: ClaimedJob) -> Any:
+        context = contextvars.copy_context()
+        context.run(
+            _current.set,
+            JobContext(
+                id=job.id,
+                task_name=job.task_name,
+                queue=job.queue,
+                attempt=job.attempt,
+                max_attempts=job.max_attempts,
+            ),
+        )
+        if task.is_async:
+            # A task created inside context.run() runs in (a copy of) that context; this is
+            # the spelling that works on Python 3.10, before create_task(context=).
+            running: asyncio.Future[Any] = context.run(
+                asyncio.ensure_future, task.fn(*job.args, **job.kwargs)
+            )
+            return await self._with_timeout(task, running)
+        call = functools.partial(context.run, task.fn, *job.args, **job.kwargs)
+        future = self.thread_pool.submit(call)
+        try:
+            return await self._with_timeout(task, asyncio.wrap_future(future))
+        except (TaskTimeout, asyncio.CancelledError):
+            if not future.done():
+                self.overrunning_threads.add(future)
+                future.add_done_callback(self.overrunning_threads.discard)
+            raise
+
+    @staticmethod
+    async def _with_timeout(task: Task[Any, Any], awaitable: asyncio.Future[Any]) -> Any:
+        if task.timeout is None:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, task.timeout)
+        except asyncio.TimeoutError:
+            raise TaskTimeout(
+                f"attempt ran past the task's timeout of {task.timeout:g} s"
+            ) from None

@@ -1,0 +1,124 @@
+"""The Job handle and JobStatus: what `delay()` returns and `app.get_job()` finds.
+
+A leaf module: it knows the job row's shape and asks the app for a connection; it never
+touches the worker.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pgqueue.errors import JobFailed, JobNotFound
+
+if TYPE_CHECKING:
+    from pgqueue.app import App
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life: queued -> running -> succeeded | failed | cancelled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED_STATUSES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Job:
+    """A handle on one job row.
+
+    Attributes are a snapshot taken when the handle was made or last refreshed; call
+    `refresh()` to read the row again, or `wait()` to block until the job finishes.
+
+    >>> job = add.delay(2, 3)
+    >>> job.wait(timeout=10)
+    5
+    """
+
+    def __init__(self, app: App, row: Mapping[str, Any]) -> None:
+        self._app = app
+        self.id: int = int(row["id"])
+        self._load(row)
+
+    def _load(self, row: Mapping[str, Any]) -> None:
+        self.task_name: str = row["task_name"]
+        self.queue: str = row["queue"]
+        self.status: JobStatus = JobStatus(row["status"])
+        self.priority: int = row["priority"]
+        self.attempts: int = row["attempts"]
+        self.max_attempts: int = row["max_attempts"]
+        self.args: list[Any] = list(row.get("args") or [])
+        self.kwargs: dict[str, Any] = dict(row.get("kwargs") or {})
+        self.run_at: datetime | None = row.get("run_at")
+        self.created_at: datetime | None = row.get("created_at")
+        self.started_at: datetime | None = row.get("started_at")
+        self.finished_at: datetime | None = row.get("finished_at")
+        self.result: Any = row.get("result")
+        self.error: dict[str, Any] | None = row.get("error")
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.task_name} {self.status.value} attempts={self.attempts}>"
+
+    # -- sync ---------------------------------------------------------------------------
+
+    def refresh(self) -> Job:
+        """Read the row again and update this handle; returns self."""
+        row = self._app._fetch_job_row(self.id)
+        if row is None:
+            raise JobNotFound(f"job {self.id} no longer exists (was it pruned?)")
+        self._load(row)
+        return self
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the job finishes and return the task's return value.
+
+        Woken by NOTIFY when the job completes. Raises `pgqueue.JobFailed` if the job ended
+        FAILED or CANCELLED, and `TimeoutError` if it has not finished after `timeout` seconds.
+        """
+        self._app._wait_for_jobs([self.id], timeout)
+        self.refresh()
+        return self._outcome()
+
+    # -- async --------------------------------------------------------------------------
+
+    async def arefresh(self) -> Job:
+        """Async twin of `refresh()`."""
+        row = await self._app._afetch_job_row(self.id)
+        if row is None:
+            raise JobNotFound(f"job {self.id} no longer exists (was it pruned?)")
+        self._load(row)
+        return self
+
+    async def wait_async(self, timeout: float | None = None) -> Any:
+        """Async twin of `wait()` (`await` is a keyword, so this twin has a suffix)."""
+        await self._app._await_jobs([self.id], timeout)
+        await self.arefresh()
+        return self._outcome()
+
+    # -----------------------------------------------------------------------------------
+
+    def _outcome(self) -> Any:
+        if self.status is JobStatus.SUCCEEDED:
+            return self.result
+        error = self.error or {}
+        raise JobFailed(
+            job_id=self.id,
+            task_name=self.task_name,
+            exc_type=str(error.get("type", "Unknown")),
+            exc_message=str(error.get("message", "")),
+            traceback=error.get("traceback"),
+            status=self.status.value,
+        )

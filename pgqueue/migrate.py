@@ -1,0 +1,126 @@
+"""Schema management: run pgqueue's alembic migrations, print their SQL, check the version.
+
+The migrations ship inside the wheel as `pgqueue/migrations` (from the repository's top-level
+`migrations/`). They keep their history in `pgqueue_alembic_version`, so an application's own
+alembic history is untouched. From an application's alembic migration, call
+`upgrade(op.get_bind())`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from pgqueue.errors import SchemaNotMigrated
+from pgqueue.schema import VERSION_TABLE
+
+
+@cache
+def migrations_path() -> Path:
+    """Where the migrations are: inside the installed package, or at the source tree's top."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "migrations", package_dir.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise RuntimeError(f"pgqueue's migrations are missing (looked beside {package_dir})")
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_path()))
+    config.set_main_option("sqlalchemy.url", "postgresql+psycopg://")
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@cache
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def engine_for(dsn: str) -> sa.Engine:
+    """A SQLAlchemy engine over psycopg 3 for any libpq DSN (URL or key=value form)."""
+    return sa.create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=sa.NullPool
+    )
+
+
+@contextlib.contextmanager
+def _connection(target: str | sa.Connection) -> Iterator[sa.Connection]:
+    if isinstance(target, sa.Connection):
+        yield target
+        return
+    engine = engine_for(target)
+    try:
+        with engine.begin() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def upgrade(target: str | sa.Connection, revision: str = "head") -> None:
+    """Upgrade pgqueue's schema to `revision` on a DSN or an open SQLAlchemy connection."""
+    with _connection(target) as connection:
+        command.upgrade(alembic_config(connection), revision)
+
+
+def downgrade(target: str | sa.Connection, revision: str) -> None:
+    """Downgrade pgqueue's schema to `revision` ("base" removes every pgqueue table)."""
+    with _connection(target) as connection:
+        command.downgrade(alembic_config(connection), revision)
+
+
+def upgrade_sql(revision: str = "head", from_revision: str | None = None) -> str:
+    """The SQL that `upgrade` would run, for a DBA to review and apply."""
+    buffer = io.StringIO()
+    config = alembic_config()
+    config.output_buffer = buffer
+    span = f"{from_revision}:{revision}" if from_revision else revision
+    command.upgrade(config, span, sql=True)
+    return buffer.getvalue()
+
+
+def downgrade_sql(from_revision: str, revision: str) -> str:
+    """The SQL that `downgrade` from `from_revision` to `revision` would run."""
+    buffer = io.StringIO()
+    config = alembic_config()
+    config.output_buffer = buffer
+    command.downgrade(config, f"{from_revision}:{revision}", sql=True)
+    return buffer.getvalue()
+
+
+def current_revision(conn: psycopg.Connection[Any]) -> str | None:
+    """The schema revision of the database behind `conn`, or None if pgqueue is not installed."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,)).fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
+    return None if row is None else str(row[0])
+
+
+def check_schema(conn: psycopg.Connection[Any]) -> None:
+    """Raise SchemaNotMigrated unless the database is at this pgqueue version's head."""
+    current = current_revision(conn)
+    head = head_revision()
+    if current is None:
+        raise SchemaNotMigrated(
+            "pgqueue's tables are not in this database: run `pgqueue migrate` first"
+        )
+    if current != head:
+        raise SchemaNotMigrated(
+            f"pgqueue's schema is at revision {current}, this pgqueue needs {head}: "
+            "run `pgqueue migrate`"
+        )

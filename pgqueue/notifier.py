@@ -1,0 +1,90 @@
+"""One LISTEN connection per worker process, on its own thread; reconnects; wakes the claimer.
+
+The same session carries the worker's presence (its session advisory lock, see `worker.py`), so
+it runs on a thread of its own: a busy event loop or a CPU-bound task cannot starve the
+heartbeat and get a healthy worker declared lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+
+logger = logging.getLogger("pgqueue.worker")
+
+Conn = psycopg.Connection[Any]
+
+
+class Notifier(threading.Thread):
+    """Keeps a LISTEN session alive.
+
+    `on_connect(conn)` runs on every (re)connection before LISTEN, `on_ready()` once listening
+    (notifications may have been missed while away), `on_tick(conn)` every `tick_interval`
+    seconds, and `on_notify(channel, payload)` for each notification. A lost connection is
+    logged and made again with backoff.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Conn],
+        channels: Sequence[str],
+        on_notify: Callable[[str, str], None],
+        on_connect: Callable[[Conn], None],
+        on_tick: Callable[[Conn], None],
+        tick_interval: float,
+        on_ready: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(name="pgqueue-notifier", daemon=True)
+        self._connect = connect
+        self._channels = tuple(channels)
+        self._on_notify = on_notify
+        self._on_connect = on_connect
+        self._on_tick = on_tick
+        self._on_ready = on_ready
+        self._tick_interval = tick_interval
+        self._stop_event = threading.Event()
+        self.connected = threading.Event()
+        self.failure: BaseException | None = None
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self._stop_event.is_set():
+            conn: Conn | None = None
+            try:
+                conn = self._connect()
+                self._on_connect(conn)
+                for channel in self._channels:
+                    conn.execute(f"LISTEN {channel}")
+                self.connected.set()
+                self._on_ready()
+                backoff = 0.1
+                while not self._stop_event.is_set():
+                    for notify in conn.notifies(timeout=self._tick_interval):
+                        self._on_notify(notify.channel, notify.payload)
+                    if not self._stop_event.is_set():
+                        self._on_tick(conn)
+            except Exception as exc:
+                self.connected.clear()
+                self.failure = exc
+                if self._stop_event.is_set():
+                    break
+                logger.warning(
+                    "lost the listening connection, reconnecting in %.1fs: %s",
+                    backoff,
+                    " ".join(str(exc).split()) or type(exc).__name__,
+                )
+                self._stop_event.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self.connected.clear()
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()

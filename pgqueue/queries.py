@@ -1,0 +1,201 @@
+"""Every SQL statement the engine runs, each named and each with a one-line why.
+
+Parameters use psycopg's `%(name)s` style; `as_sqlalchemy()` turns a statement into the
+`:name` form for SQLAlchemy connections. Each state change is one guarded statement, so two
+processes can never both "win" the same job: claims use SKIP LOCKED, and every outcome is
+written only `WHERE status = 'running' AND attempts = <the claim's attempt>` (the fencing token).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from pgqueue.schema import ADVISORY_LOCK_NAMESPACE, NOTIFY_ENQUEUED, NOTIFY_FINISHED
+
+JOB_COLUMNS = (
+    "id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts, "
+    "worker_id, result, error, created_at, started_at, finished_at"
+)
+
+# Insert one job and wake idle workers of its queue, in the caller's transaction (the NOTIFY is
+# delivered only on commit). A job due later says when in the payload, so a worker can set a timer.
+# Casts are spelled CAST(... AS ...) because this statement also runs through SQLAlchemy.
+INSERT_JOB = f"""
+WITH job AS (
+    INSERT INTO pgqueue_jobs (queue, task_name, args, kwargs, priority, run_at, max_attempts)
+    VALUES (
+        %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
+        %(priority)s,
+        COALESCE(
+            CAST(%(eta)s AS timestamptz),
+            now() + CAST(%(countdown)s AS float8) * interval '1 second',
+            now()),
+        %(max_attempts)s
+    )
+    RETURNING {JOB_COLUMNS}
+)
+SELECT job.*, pg_notify(
+    '{NOTIFY_ENQUEUED}',
+    CASE WHEN job.run_at > now()
+         THEN job.queue || '@' || extract(epoch FROM job.run_at)::text
+         ELSE job.queue END
+)::text AS notified
+FROM job
+"""
+
+# Claim up to `limit` due jobs of the given queues, highest priority first, skipping rows other
+# workers hold; the attempt counter is bumped here and becomes this claim's fencing token.
+CLAIM_JOBS = """
+WITH picked AS (
+    SELECT id FROM pgqueue_jobs
+    WHERE status = 'queued' AND queue = ANY(%(queues)s::text[]) AND run_at <= now()
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pgqueue_jobs AS j
+SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
+    started_at = now(), finished_at = NULL
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task_name, j.args, j.kwargs, j.priority, j.attempts, j.max_attempts
+"""
+
+# Write a batch of outcomes in one statement; each row applies only if the job is still running
+# under the same claim, so a rescued-and-reclaimed job is never overwritten by a late worker.
+COMPLETE_JOBS = """
+WITH outcome AS (
+    SELECT * FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
+        %(results)s::text[], %(errors)s::text[], %(delays)s::float8[], %(etas)s::timestamptz[]
+    ) AS o(id, attempt, status, result, error, delay, eta)
+)
+UPDATE pgqueue_jobs AS j
+SET status = o.status::pgqueue_job_status,
+    result = o.result::jsonb,
+    error = o.error::jsonb,
+    worker_id = NULL,
+    run_at = CASE WHEN o.status = 'queued'
+                  THEN COALESCE(o.eta, now() + o.delay * interval '1 second')
+                  ELSE j.run_at END,
+    finished_at = CASE WHEN o.status = 'queued' THEN NULL ELSE now() END
+FROM outcome AS o
+WHERE j.id = o.id AND j.status = 'running' AND j.attempts = o.attempt
+RETURNING j.id, j.status::text, j.queue, extract(epoch FROM j.run_at)::float8 AS due
+"""
+
+# Tell waiters (Job.wait) which jobs just finished; delivered on commit, ids comma-separated.
+NOTIFY_FINISHED_JOBS = f"SELECT pg_notify('{NOTIFY_FINISHED}', %(payload)s)"
+
+# Tell workers when a retried job comes due, so they set a timer instead of waiting for a poll.
+NOTIFY_RETRIES = f"""
+SELECT pg_notify('{NOTIFY_ENQUEUED}', r.queue || '@' || r.due::text)
+FROM unnest(%(queues)s::text[], %(dues)s::float8[]) AS r(queue, due)
+"""
+
+# Give back jobs that were claimed but never started (shutdown): the attempt is not counted.
+RELEASE_UNSTARTED = """
+UPDATE pgqueue_jobs AS j
+SET status = 'queued', attempts = j.attempts - 1, worker_id = NULL, started_at = NULL
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS c(id, attempt)
+WHERE j.id = c.id AND j.status = 'running' AND j.attempts = c.attempt
+RETURNING j.id
+"""
+
+# Announce a worker; run in the same transaction as LOCK_WORKER so that no rescuer can ever see
+# the row without the lock held.
+REGISTER_WORKER = """
+INSERT INTO pgqueue_workers (name, hostname, pid, queues, concurrency)
+VALUES (%(name)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s)
+RETURNING id
+"""
+
+# The worker's liveness: a session lock that PostgreSQL itself releases when the session ends.
+LOCK_WORKER = f"SELECT pg_advisory_lock({ADVISORY_LOCK_NAMESPACE}, %(worker_id)s)"
+
+# Heartbeat, the backstop for a session that outlives its worker; no row means this worker was
+# declared lost and must register again.
+HEARTBEAT = "UPDATE pgqueue_workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURNING id"
+
+# A clean exit removes the worker's row (its jobs were finished or released before).
+UNREGISTER_WORKER = "DELETE FROM pgqueue_workers WHERE id = %(worker_id)s"
+
+# Find workers whose session lock is gone (and whose heartbeat is older than a short grace, so
+# a reconnecting worker keeps its jobs) or whose heartbeat is stale, delete them, and put their
+# running jobs back in the queue, or end them FAILED when no attempts remain. Jobs whose worker
+# row no longer exists are rescued too. Every worker runs this; it is idempotent. Waiters on
+# jobs that ended FAILED are notified.
+RESCUE_LOST_JOBS = f"""
+WITH lost AS (
+    SELECT w.id FROM pgqueue_workers AS w
+    WHERE w.heartbeat_at < now() - %(heartbeat_timeout)s::float8 * interval '1 second'
+       OR (w.heartbeat_at < now() - %(lock_grace)s::float8 * interval '1 second'
+           AND NOT EXISTS (
+                SELECT 1 FROM pg_locks AS l
+                WHERE l.locktype = 'advisory'
+                  AND l.database = (SELECT oid FROM pg_database
+                                    WHERE datname = current_database())
+                  AND l.classid = {ADVISORY_LOCK_NAMESPACE}::oid
+                  AND l.objid = w.id::oid
+                  AND l.objsubid = 2
+                  AND l.granted))
+    FOR UPDATE SKIP LOCKED
+), removed AS (
+    DELETE FROM pgqueue_workers AS w USING lost WHERE w.id = lost.id
+    RETURNING w.id
+), rescued AS (
+    UPDATE pgqueue_jobs AS j
+    SET status = CASE WHEN j.attempts >= j.max_attempts
+                      THEN 'failed'::pgqueue_job_status ELSE 'queued'::pgqueue_job_status END,
+        worker_id = NULL,
+        run_at = now(),
+        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        error = jsonb_build_object(
+            'type', 'WorkerLost',
+            'message', format('worker lost while running attempt %%s of %%s',
+                              j.attempts, j.max_attempts),
+            'traceback', NULL)
+    WHERE j.status = 'running'
+      AND (j.worker_id IN (SELECT id FROM removed)
+           OR NOT EXISTS (SELECT 1 FROM pgqueue_workers AS w WHERE w.id = j.worker_id))
+    RETURNING j.id, j.task_name, j.attempts, j.max_attempts, j.status::text AS status
+)
+SELECT r.*,
+       CASE WHEN r.status = 'failed'
+            THEN pg_notify('{NOTIFY_FINISHED}', r.id::text)::text END AS notified
+FROM rescued AS r
+"""
+
+# Lock-free test of whether this worker's session lock is still free to take (resume after a
+# reconnect): pg_try_advisory_lock never blocks on a session that outlived its client.
+TRY_LOCK_WORKER = f"SELECT pg_try_advisory_lock({ADVISORY_LOCK_NAMESPACE}, %(worker_id)s)"
+
+# One job by id, for Job.refresh() and app.get_job().
+FETCH_JOB = f"SELECT {JOB_COLUMNS} FROM pgqueue_jobs WHERE id = %(id)s"
+
+# Which of these jobs have not finished yet (Job.wait re-checks after each wake-up).
+UNFINISHED_AMONG = """
+SELECT id FROM pgqueue_jobs
+WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('queued', 'running')
+"""
+
+# Which of these ids exist at all (so that waiting on a pruned job fails fast).
+EXISTING_AMONG = "SELECT id FROM pgqueue_jobs WHERE id = ANY(%(ids)s::bigint[])"
+
+# Queue depth per queue and status: the first question operators ask.
+QUEUE_STATS = """
+SELECT queue, status::text, count(*) AS jobs,
+       min(run_at) FILTER (WHERE status = 'queued') AS oldest_run_at
+FROM pgqueue_jobs
+GROUP BY queue, status
+ORDER BY queue, status
+"""
+
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+@cache
+def as_sqlalchemy(sql: str) -> str:
+    """The same statement with SQLAlchemy's `:name` placeholders (and `%%` unescaped)."""
+    return _PARAM.sub(r":\1", sql).replace("%%", "%")

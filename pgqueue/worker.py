@@ -1,0 +1,385 @@
+"""The worker: owns the thread pool, claimer, completer, notifier and rescuer; starts and stops.
+
+One asyncio loop claims jobs (never more than free slots), runs async tasks on the loop and
+sync tasks on a thread pool, and hands each Outcome to the batch completer. A notifier thread
+keeps the LISTEN session, which also holds the worker's presence lock and heartbeat.
+
+Stopping: the first SIGTERM/SIGINT stops claiming, gives claimed-but-unstarted jobs back and
+lets running jobs finish for up to `shutdown_timeout` seconds; a second signal (or the end of
+the grace period) interrupts what is still running, and those jobs go back to the queue as
+retries (or end FAILED when no attempts remain). Nothing is lost: if even that write fails,
+the fleet's rescuer returns the jobs once this process's lock is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from pgqueue import queries
+from pgqueue.app import App
+from pgqueue.claim import ClaimSignal, claim_jobs
+from pgqueue.complete import Completer
+from pgqueue.config import WorkerSettings
+from pgqueue.execute import (
+    ClaimedJob,
+    Executor,
+    Failed,
+    Outcome,
+    RetryLater,
+    Succeeded,
+    simple_error,
+)
+from pgqueue.maintenance import rescue_lost_jobs
+from pgqueue.migrate import check_schema
+from pgqueue.notifier import Notifier
+from pgqueue.presence import Presence
+from pgqueue.schema import NOTIFY_ENQUEUED
+
+logger = logging.getLogger("pgqueue.worker")
+
+REGISTER_TIMEOUT = 30.0
+FINAL_FLUSH_TIMEOUT = 10.0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _Connection:
+    """One async connection, made again after it breaks; shared by loops of one worker."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await self._app.aconnect(autocommit=True)
+        return self._conn
+
+    async def reset(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+        self._conn = None
+
+
+class Worker:
+    """A worker process's engine. `run()` blocks until stopped and returns the exit code."""
+
+    def __init__(self, app: App, settings: WorkerSettings | None = None) -> None:
+        self.app = app
+        self.settings = settings or WorkerSettings()
+        self.queues = self.settings.queues or app.queues()
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self.forced = False
+        self._stop_count = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """Fail fast, with a one-line reason: the database must be reachable and migrated."""
+        with self.app.connect(autocommit=True) as conn:
+            check_schema(conn)
+
+    def run(self) -> int:
+        """Preflight, then run until stopped by signal; returns the process exit code."""
+        self.preflight()
+        return asyncio.run(self.run_async())
+
+    def request_stop(self) -> None:
+        """First call: warm shutdown. Second call: stop at once."""
+        self._stop_count += 1
+        if self._stop_count == 1:
+            logger.info(
+                "stopping: no new jobs; waiting up to %gs for %d running job(s) "
+                "(signal again to stop at once)",
+                self.settings.shutdown_timeout,
+                len(self.running),
+            )
+            self._stopping.set()
+        else:
+            logger.warning("stopping at once: running jobs go back to the queue")
+            self.forced = True
+            self._force.set()
+        self._signal.wake()
+
+    async def run_async(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._force = asyncio.Event()
+        self._signal = ClaimSignal(self.queues, self.settings.poll_interval)
+        self._install_signal_handlers(loop)
+        settings = self.settings
+
+        self.presence = Presence(settings.name, self.queues, settings.concurrency)
+        signal_ = self._signal
+
+        self.notifier = Notifier(
+            connect=lambda: self.app.connect(autocommit=True),
+            channels=[NOTIFY_ENQUEUED],
+            on_notify=lambda _channel, payload: signal_.on_notify_threadsafe(payload),
+            on_connect=self.presence.on_connect,
+            on_tick=self.presence.on_tick,
+            tick_interval=settings.heartbeat_interval,
+            on_ready=signal_.wake_threadsafe,
+        )
+        self.notifier.start()
+        registered = await asyncio.to_thread(self.notifier.connected.wait, REGISTER_TIMEOUT)
+        if not registered:
+            self.notifier.stop()
+            raise RuntimeError(
+                "could not register the worker: "
+                + (_one_line(self.notifier.failure) if self.notifier.failure else "timed out")
+            )
+        logger.info(
+            "worker %s (id %s) ready: queues=%s concurrency=%d",
+            self.presence.name,
+            self.presence.worker_id,
+            ",".join(self.queues),
+            settings.concurrency,
+        )
+
+        self.thread_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.concurrency, thread_name_prefix="pgqueue-task"
+        )
+        self.executor = Executor(self.app, self.thread_pool)
+        self.completer = Completer(
+            lambda: self.app.aconnect(autocommit=True), settings.completion_batch_size
+        )
+        self._claim_conn = _Connection(self.app)
+        completer_task = asyncio.create_task(self.completer.run(), name="pgqueue-completer")
+        rescuer_task = asyncio.create_task(self._rescue_loop(), name="pgqueue-rescuer")
+        try:
+            await self._claim_loop()
+            await self._finish_running_jobs()
+        finally:
+            rescuer_task.cancel()
+            flushed = await self.completer.drain(FINAL_FLUSH_TIMEOUT)
+            if not flushed:
+                logger.error(
+                    "could not write %d outcome(s) before exiting; those jobs will be rescued "
+                    "and run again",
+                    self.completer.backlog,
+                )
+            completer_task.cancel()
+            await self.completer.close()
+            self.presence.stopping = True  # before the row goes, or a heartbeat re-registers
+            await self._unregister()
+            await self._claim_conn.reset()
+            self.notifier.stop()
+            await asyncio.to_thread(self.notifier.join, settings.heartbeat_interval + 1)
+            self.thread_pool.shutdown(wait=False, cancel_futures=True)
+            self._remove_signal_handlers(loop)
+        logger.info("worker %s stopped", self.presence.name)
+        return 1 if self.forced else 0
+
+    @staticmethod
+    def stuck_threads(wait: float = 1.0) -> list[threading.Thread]:
+        """Task threads still alive after `wait` seconds: sync tasks Python cannot stop."""
+        deadline = time.monotonic() + wait
+        threads = [t for t in threading.enumerate() if t.name.startswith("pgqueue-task")]
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [t for t in threads if t.is_alive()]
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+
+    def _remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        busy = len(self.running) + len(self.executor.overrunning_threads)
+        return self.settings.concurrency - busy
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.1
+        want_claim = True
+        self._last_claim_full = False
+        while not self._stopping.is_set():
+            free = self.free_slots()
+            worker_id = self.presence.worker_id
+            # Without the presence lock, claimed jobs would be rescued from under us.
+            if free > 0 and want_claim and self.notifier.connected.is_set() and worker_id:
+                try:
+                    conn = await self._claim_conn.get()
+                    jobs = await claim_jobs(conn, self.queues, free, worker_id)
+                except (psycopg.Error, OSError) as exc:
+                    logger.warning(
+                        "could not claim jobs, retrying in %.1fs: %s", backoff, _one_line(exc)
+                    )
+                    await self._claim_conn.reset()
+                    await self._sleep_unless_stopping(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                if self._stopping.is_set():
+                    await self._release_unstarted(jobs)
+                    break
+                self._last_claim_full = len(jobs) == free
+                want_claim = self._last_claim_full
+                for job in jobs:
+                    self.running[job.id] = asyncio.create_task(self._run_job(job))
+                if jobs:
+                    continue
+            await self._signal.wait()
+            want_claim = True
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _release_unstarted(self, jobs: list[ClaimedJob]) -> None:
+        if not jobs:
+            return
+        params = {"ids": [j.id for j in jobs], "attempts": [j.attempt for j in jobs]}
+        try:
+            conn = await self._claim_conn.get()
+            await conn.execute(queries.RELEASE_UNSTARTED, params)
+            logger.info("gave %d claimed, unstarted job(s) back to the queue", len(jobs))
+        except psycopg.Error as exc:
+            logger.warning(
+                "could not give back %d unstarted job(s) (%s); they will be rescued",
+                len(jobs),
+                _one_line(exc),
+            )
+
+    # -- running --------------------------------------------------------------------------
+
+    async def _run_job(self, job: ClaimedJob) -> None:
+        started = time.monotonic()
+        logger.info(
+            "job %d %s attempt %d/%d running",
+            job.id,
+            job.task_name,
+            job.attempt,
+            job.max_attempts,
+        )
+        try:
+            outcome = await self.executor.run(job)
+        except asyncio.CancelledError:
+            outcome = self._interrupted(job)
+        self._log_outcome(outcome, time.monotonic() - started)
+        self.completer.submit(outcome)
+        self.running.pop(job.id, None)
+        if self._last_claim_full:
+            self._signal.wake()
+
+    def _interrupted(self, job: ClaimedJob) -> Outcome:
+        error = simple_error("WorkerShutdown", "the worker stopped before this attempt finished")
+        if job.attempt < job.max_attempts:
+            return RetryLater(job, error, delay=0.0)
+        return Failed(job, error)
+
+    @staticmethod
+    def _log_outcome(outcome: Outcome, duration: float) -> None:
+        job = outcome.job
+        head = f"job {job.id} {job.task_name} attempt {job.attempt}/{job.max_attempts}"
+        if isinstance(outcome, Succeeded):
+            logger.info("%s succeeded in %.3fs", head, duration)
+        elif isinstance(outcome, RetryLater):
+            when = f"at {outcome.eta.isoformat()}" if outcome.eta else f"in {outcome.delay:.2f}s"
+            logger.warning(
+                "%s failed in %.3fs, retry %s: %s: %s",
+                head,
+                duration,
+                when,
+                outcome.error["type"],
+                outcome.error["message"],
+            )
+        else:
+            logger.error(
+                "%s failed in %.3fs: %s: %s",
+                head,
+                duration,
+                outcome.error["type"],
+                outcome.error["message"],
+            )
+
+    async def _finish_running_jobs(self) -> None:
+        """Let running jobs finish until the grace period ends or a second signal comes;
+        then interrupt what is left (each turns itself into a retry outcome)."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        force = asyncio.create_task(self._force.wait())
+        try:
+            while self.running and not self._force.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    logger.warning(
+                        "shutdown timeout of %gs reached with %d job(s) still running",
+                        self.settings.shutdown_timeout,
+                        len(self.running),
+                    )
+                    break
+                await asyncio.wait(
+                    {*self.running.values(), force},
+                    timeout=left,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+        finally:
+            force.cancel()
+        remaining = list(self.running.values())
+        for task in remaining:
+            task.cancel()
+        await asyncio.gather(*remaining, return_exceptions=True)
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    async def _rescue_loop(self) -> None:
+        conn = _Connection(self.app)
+        try:
+            while True:
+                try:
+                    rescued = await rescue_lost_jobs(
+                        await conn.get(),
+                        lock_grace=self.settings.lock_grace,
+                        heartbeat_timeout=self.settings.heartbeat_timeout,
+                    )
+                except psycopg.Error as exc:
+                    logger.warning("rescue pass failed: %s", _one_line(exc))
+                    await conn.reset()
+                    rescued = []
+                for row in rescued:
+                    log = logger.error if row["status"] == "failed" else logger.warning
+                    log(
+                        "job %d %s attempt %d/%d: its worker was lost; %s",
+                        row["id"],
+                        row["task_name"],
+                        row["attempts"],
+                        row["max_attempts"],
+                        "no attempts left, FAILED"
+                        if row["status"] == "failed"
+                        else "back in the queue",
+                    )
+                if any(row["status"] == "queued" for row in rescued):
+                    self._signal.wake()
+                await asyncio.sleep(self.settings.rescue_interval)
+        finally:
+            await conn.reset()
+
+    async def _unregister(self) -> None:
+        if self.presence.worker_id is None:
+            return
+        try:
+            conn = await self._claim_conn.get()
+            await conn.execute(queries.UNREGISTER_WORKER, {"worker_id": self.presence.worker_id})
+        except psycopg.Error as exc:
+            logger.warning("could not unregister the worker: %s", _one_line(exc))
