@@ -1,0 +1,32 @@
+# pgqueue's two commands: `make demo` runs the demo, `make test` runs every test.
+# Both set up a local virtualenv (.venv) first; only Python 3.10+ is needed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint venv clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "pgqueue needs Python 3.10 or newer; set PYTHON=python3.x")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check pgqueue tests examples migrations
+	$(BIN)/ruff format --check pgqueue tests examples migrations
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pgqueue .pytest_cache .mypy_cache .ruff_cache

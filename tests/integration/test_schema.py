@@ -1,0 +1,58 @@
+"""The migrated schema is exactly the package's SQLAlchemy metadata, and migrations go both ways."""
+
+from __future__ import annotations
+
+import psycopg
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from pgqueue import migrate
+from pgqueue.schema import VERSION_TABLE, metadata
+
+
+def _diff(dsn: str) -> list[object]:
+    engine = migrate.engine_for(dsn)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "compare_server_default": True}
+            )
+            return [
+                d
+                for d in compare_metadata(context, metadata)
+                if not (d[0] == "remove_table" and d[1].name == VERSION_TABLE)
+            ]
+    finally:
+        engine.dispose()
+
+
+def test_migrated_schema_equals_metadata(dsn: str) -> None:
+    assert _diff(dsn) == []
+
+
+def test_downgrade_to_base_removes_everything_and_upgrade_restores_it(dsn: str) -> None:
+    migrate.downgrade(dsn, "base")
+    with psycopg.connect(dsn) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'pgqueue%%' AND tablename <> %s",
+            (VERSION_TABLE,),
+        ).fetchall()
+        types = conn.execute(
+            "SELECT typname FROM pg_type WHERE typname = 'pgqueue_job_status'"
+        ).fetchall()
+        assert migrate.current_revision(conn) is None
+    assert tables == [] and types == []
+    migrate.upgrade(dsn)
+    assert _diff(dsn) == []
+
+
+def test_version_table_is_pgqueues_own(empty_dsn: str) -> None:
+    migrate.upgrade(empty_dsn)
+    engine = migrate.engine_for(empty_dsn)
+    try:
+        names = sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    assert VERSION_TABLE in names
+    assert "alembic_version" not in names
