@@ -221,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+    # Their INFO lines are about their own machinery, not about jobs.
+    for noisy in ("alembic", "pgserver"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
     try:
         return int(args.func(args))
     except ConfigurationError as exc:
