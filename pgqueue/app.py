@@ -29,8 +29,9 @@ from pgqueue.enqueue import JobRequest, _translate
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
 from pgqueue.job import Job
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
+from pgqueue.schedule import DEFAULT_MAX_CATCH_UP, Schedule
 from pgqueue.schema import NOTIFY_FINISHED
-from pgqueue.tasks import Task
+from pgqueue.tasks import Task, default_task_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +53,7 @@ class App:
         self._dsn: str | None = None
         self.default_queue = default_queue
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self._local = threading.local()
         self._async_conns: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, psycopg.AsyncConnection[Any]
@@ -126,6 +128,10 @@ class App:
         """
 
         def register(function: F) -> Task[Any, Any]:
+            if isinstance(function, Task):
+                raise ConfigurationError(
+                    f"{function.name} is a task already: put @app.periodic above @app.task"
+                )
             policy = RetryPolicy.from_options(
                 max_attempts=max_attempts,
                 retry_backoff=retry_backoff,
@@ -153,6 +159,62 @@ class App:
         if fn is not None:
             return register(fn)
         return register
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        tz: str = "UTC",
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        catch_up: str = "latest",
+        max_catch_up: int = DEFAULT_MAX_CATCH_UP,
+    ) -> Callable[[Any], Task[Any, Any]]:
+        """Run a task on a schedule: `cron=` (5 fields, in time zone `tz`) or `every=`.
+
+        Put it above `@app.task`, or straight on a function (which is then registered as a
+        task with default options). Stack it for several schedules. Invalid cron expressions,
+        unknown time zones and non-positive intervals are refused here, at declaration.
+        `catch_up` says what happens to ticks missed while no scheduler ran: "latest" (run
+        the most recent one, the default), "skip" (run none), or "all" (run each, up to
+        `max_catch_up`).
+
+        >>> @app.periodic(cron="0 3 * * *", tz="Europe/Paris")
+        ... @app.task
+        ... def nightly_report() -> None: ...
+        """
+
+        def declare(target: Any) -> Task[Any, Any]:
+            task_name = target.name if isinstance(target, Task) else default_task_name(target)
+            spec = cron if cron is not None else f"every {every}"
+            # Validated before the task is registered: a bad declaration changes nothing.
+            schedule = Schedule(
+                name=name or f"{task_name} [{spec}]",
+                task_name=task_name,
+                cron=cron,
+                every=every.total_seconds() if isinstance(every, timedelta) else every,
+                tz=tz,
+                args=tuple(args),
+                kwargs=dict(kwargs or {}),
+                queue=queue,
+                priority=priority,
+                catch_up=catch_up,
+                max_catch_up=max_catch_up,
+            )
+            existing = self.schedules.get(schedule.name)
+            if existing is not None and existing != schedule:
+                raise ConfigurationError(
+                    f"two periodic schedules are named {schedule.name!r}; give one a name="
+                )
+            task = target if isinstance(target, Task) else self.task(target)
+            self.schedules[schedule.name] = schedule
+            return task
+
+        return declare
 
     def queues(self) -> tuple[str, ...]:
         """The queues this app's tasks use, plus the default queue: what a worker serves."""

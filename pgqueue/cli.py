@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 
@@ -68,6 +69,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         poll_interval=args.poll_interval,
         name=args.name,
+        run_scheduler=not args.no_scheduler,
     )
     worker = Worker(app, settings)
     code = worker.run()
@@ -104,6 +106,128 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         migrate.upgrade(dsn, args.revision)
         target = migrate.head_revision() if args.revision == "head" else args.revision
         print(f"pgqueue schema at revision {target}")
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from pgqueue.migrate import check_schema
+    from pgqueue.periodic import Scheduler
+
+    app = load_app(args.app)
+    if args.dsn:
+        app.set_dsn(args.dsn)
+    with app.connect(autocommit=True) as conn:
+        check_schema(conn)
+    scheduler = Scheduler(app)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    scheduler.start()
+    logging.getLogger("pgqueue.scheduler").info(
+        "scheduler running for %d declared schedule(s)", len(app.schedules)
+    )
+    stop.wait()
+    scheduler.stop()
+    scheduler.join(5)
+    logging.getLogger("pgqueue.scheduler").info("scheduler stopped")
+    return 0
+
+
+def _connected(args: argparse.Namespace) -> tuple[App, psycopg.Connection[Any]]:
+    from pgqueue.migrate import check_schema
+
+    app = _app_or_dsn(args)
+    conn = app.connect(autocommit=True)
+    check_schema(conn)
+    return app, conn
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S%z") if value is not None else "-"
+
+
+def cmd_periodic_list(args: argparse.Namespace) -> int:
+    from pgqueue.periodic import list_schedules
+    from pgqueue.schedule import Schedule
+
+    _, conn = _connected(args)
+    with conn:
+        rows = list_schedules(conn)
+    if not rows:
+        print("(no periodic schedules)")
+        return 0
+    print(
+        f"{'name':<36} {'task':<28} {'schedule':<30} {'state':<10} "
+        f"{'last fire':<25} {'last job':<18} next fire"
+    )
+    for row in rows:
+        state = "enabled" if row["enabled"] else "disabled"
+        if row["source"] == "code" and not row["declared"]:
+            state = "removed"
+        spec = Schedule.from_row(row).spec
+        last_job = (
+            f"{row['last_job_id']} {row['last_job_status'] or 'pruned'}"
+            if row["last_job_id"]
+            else "-"
+        )
+        next_fire = _when(row["next_fire_at"]) if state == "enabled" else "-"
+        print(
+            f"{row['name']:<36} {row['task_name']:<28} {spec:<30} {state:<10} "
+            f"{_when(row['last_fire_at']):<25} {last_job:<18} {next_fire}"
+        )
+    return 0
+
+
+def cmd_periodic_add(args: argparse.Namespace) -> int:
+    import json
+
+    from pgqueue.periodic import add_schedule
+    from pgqueue.schedule import Schedule
+
+    try:
+        call_args = json.loads(args.args)
+        call_kwargs = json.loads(args.kwargs)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"--args/--kwargs must be JSON: {exc}") from None
+    if not isinstance(call_args, list) or not isinstance(call_kwargs, dict):
+        raise ConfigurationError("--args takes a JSON list and --kwargs a JSON object")
+    schedule = Schedule(
+        name=args.name,
+        task_name=args.task,
+        cron=args.cron,
+        every=args.every,
+        tz=args.tz,
+        args=tuple(call_args),
+        kwargs=call_kwargs,
+        queue=args.queue,
+        priority=args.priority,
+        catch_up=args.catch_up,
+        max_catch_up=args.max_catch_up,
+    )
+    _, conn = _connected(args)
+    with conn:
+        add_schedule(conn, schedule)
+    print(f"added periodic schedule {schedule.name!r}: {schedule.task_name}, {schedule.spec}")
+    return 0
+
+
+def cmd_periodic_action(args: argparse.Namespace) -> int:
+    from pgqueue import periodic
+
+    app, conn = _connected(args)
+    with conn:
+        if args.action == "remove":
+            periodic.remove_schedule(conn, args.name)
+            print(f"removed periodic schedule {args.name!r}")
+        elif args.action in ("enable", "disable"):
+            periodic.set_enabled(conn, args.name, args.action == "enable")
+            print(f"{args.action}d periodic schedule {args.name!r}")
+        else:
+            job_id = periodic.run_now(conn, app, args.name)
+            print(f"enqueued job {job_id} for periodic schedule {args.name!r}")
     return 0
 
 
@@ -182,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--name", help="worker name in logs and pgqueue_workers (default: host:pid)"
     )
+    worker.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="do not run the periodic scheduler in this worker (by default every worker "
+        "does; each tick still makes exactly one job)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser(
@@ -199,6 +329,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="downgrade to REVISION instead ('base' removes pgqueue's tables)",
     )
     migrate.set_defaults(func=cmd_migrate)
+
+    scheduler = sub.add_parser(
+        "scheduler",
+        parents=[common, app_arg],
+        help="run only the periodic scheduler",
+        description="Sync the app's periodic schedules and make their jobs, without running "
+        "jobs. Any number may run beside workers: each tick still makes exactly one job.",
+    )
+    scheduler.set_defaults(func=cmd_scheduler)
+
+    periodic = sub.add_parser(
+        "periodic",
+        help="list and manage periodic schedules at run time",
+        description="Inspect and manage the schedules stored in pgqueue_periodic.",
+    )
+    psub = periodic.add_subparsers(dest="action", required=True, metavar="ACTION")
+    plist = psub.add_parser(
+        "list",
+        parents=[common, app_arg],
+        help="every schedule: last fire, last job status, next fire",
+    )
+    plist.set_defaults(func=cmd_periodic_list)
+    padd = psub.add_parser("add", parents=[common, app_arg], help="add a schedule at run time")
+    padd.add_argument("name", help="a unique schedule name")
+    padd.add_argument("--task", required=True, help="the task name to enqueue")
+    kind = padd.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--cron", help="5-field cron expression, e.g. '*/5 * * * *'")
+    kind.add_argument("--every", type=float, help="interval in seconds")
+    padd.add_argument("--tz", default="UTC", help="time zone of --cron (default: UTC)")
+    padd.add_argument("--args", default="[]", help="JSON list of positional arguments")
+    padd.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
+    padd.add_argument("--queue", help="queue (default: the task's)")
+    padd.add_argument("--priority", type=int, help="priority (default: the task's)")
+    padd.add_argument(
+        "--catch-up",
+        default="latest",
+        choices=["skip", "latest", "all"],
+        help="what to do with ticks missed while no scheduler ran (default: latest)",
+    )
+    padd.add_argument("--max-catch-up", type=int, default=100, help="bound for --catch-up all")
+    padd.set_defaults(func=cmd_periodic_add)
+    for action, text in (
+        ("remove", "delete a run-time schedule"),
+        ("enable", "let a schedule fire again"),
+        ("disable", "stop a schedule firing (kept, with its history)"),
+        ("run-now", "enqueue the schedule's job now, outside its ticks"),
+    ):
+        p = psub.add_parser(action, parents=[common, app_arg], help=text)
+        p.add_argument("name", help="the schedule name (see `pgqueue periodic list`)")
+        p.set_defaults(func=cmd_periodic_action)
 
     stats = sub.add_parser(
         "stats",

@@ -68,6 +68,8 @@ class WorkerSettings:
     heartbeat_timeout: float = 30.0
     rescue_interval: float = 1.0
     completion_batch_size: int = 100
+    # Run the periodic scheduler in this worker too (safe with any number of workers).
+    run_scheduler: bool = True
     name: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 

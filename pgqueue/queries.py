@@ -199,3 +199,113 @@ _PARAM = re.compile(r"%\((\w+)\)s")
 def as_sqlalchemy(sql: str) -> str:
     """The same statement with SQLAlchemy's `:name` placeholders (and `%%` unescaped)."""
     return _PARAM.sub(r":\1", sql).replace("%%", "%")
+
+
+# -- periodic schedules ---------------------------------------------------------------------
+
+# Add or update a schedule declared in code; an unchanged row is not rewritten, and a changed
+# timing restarts from the new next fire time. The operator's enabled switch is left alone.
+UPSERT_CODE_SCHEDULE = """
+INSERT INTO pgqueue_periodic AS p (
+    name, task_name, cron, every_seconds, tz, args, kwargs, queue, priority,
+    catch_up, max_catch_up, source, declared, next_fire_at)
+VALUES (
+    %(name)s, %(task_name)s, %(cron)s, %(every_seconds)s, %(tz)s,
+    CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb), %(queue)s, %(priority)s,
+    %(catch_up)s, %(max_catch_up)s, 'code', true, %(next_fire_at)s)
+ON CONFLICT (name) DO UPDATE SET
+    task_name = EXCLUDED.task_name, cron = EXCLUDED.cron,
+    every_seconds = EXCLUDED.every_seconds, tz = EXCLUDED.tz, args = EXCLUDED.args,
+    kwargs = EXCLUDED.kwargs, queue = EXCLUDED.queue, priority = EXCLUDED.priority,
+    catch_up = EXCLUDED.catch_up, max_catch_up = EXCLUDED.max_catch_up,
+    source = 'code', declared = true, updated_at = now(),
+    next_fire_at = CASE
+        WHEN (p.cron, p.every_seconds, p.tz)
+             IS DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every_seconds, EXCLUDED.tz)
+        THEN EXCLUDED.next_fire_at ELSE p.next_fire_at END
+WHERE (p.task_name, p.cron, p.every_seconds, p.tz, p.args, p.kwargs, p.queue, p.priority,
+       p.catch_up, p.max_catch_up, p.source, p.declared)
+      IS DISTINCT FROM
+      (EXCLUDED.task_name, EXCLUDED.cron, EXCLUDED.every_seconds, EXCLUDED.tz, EXCLUDED.args,
+       EXCLUDED.kwargs, EXCLUDED.queue, EXCLUDED.priority, EXCLUDED.catch_up,
+       EXCLUDED.max_catch_up, 'code', true)
+RETURNING name, (xmax = 0) AS inserted
+"""
+
+# Schedules removed from code stop firing but keep their row and history.
+UNDECLARE_REMOVED_SCHEDULES = """
+UPDATE pgqueue_periodic SET declared = false, updated_at = now()
+WHERE source = 'code' AND declared AND NOT (name = ANY(%(names)s::text[]))
+RETURNING name
+"""
+
+# A schedule added at run time (`pgqueue periodic add`).
+INSERT_CLI_SCHEDULE = """
+INSERT INTO pgqueue_periodic (
+    name, task_name, cron, every_seconds, tz, args, kwargs, queue, priority,
+    catch_up, max_catch_up, source, declared, next_fire_at)
+VALUES (
+    %(name)s, %(task_name)s, %(cron)s, %(every_seconds)s, %(tz)s,
+    CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb), %(queue)s, %(priority)s,
+    %(catch_up)s, %(max_catch_up)s, 'cli', true, %(next_fire_at)s)
+"""
+
+# Schedules due now; SKIP LOCKED spares concurrent schedulers duplicate work (the unique
+# index on jobs, not this lock, is what guarantees one job per tick).
+DUE_SCHEDULES = """
+SELECT * FROM pgqueue_periodic
+WHERE enabled AND (declared OR source = 'cli') AND next_fire_at <= %(now)s
+ORDER BY next_fire_at
+LIMIT 100
+FOR UPDATE SKIP LOCKED
+"""
+
+DUE_SCHEDULES_UNLOCKED = DUE_SCHEDULES.replace("FOR UPDATE SKIP LOCKED", "")
+
+# One job for one tick; a second insert for the same (schedule, fire time) does nothing.
+INSERT_PERIODIC_JOB = f"""
+WITH job AS (
+    INSERT INTO pgqueue_jobs (
+        queue, task_name, args, kwargs, priority, max_attempts,
+        periodic_name, periodic_fire_at)
+    VALUES (
+        %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
+        %(priority)s, %(max_attempts)s, %(periodic_name)s, %(fire_at)s)
+    ON CONFLICT (periodic_name, periodic_fire_at) WHERE periodic_name IS NOT NULL DO NOTHING
+    RETURNING id, queue
+)
+SELECT id, pg_notify('{NOTIFY_ENQUEUED}', queue)::text AS notified FROM job
+"""
+
+# Record what a scheduler pass did with a schedule.
+UPDATE_SCHEDULE_AFTER_FIRE = """
+UPDATE pgqueue_periodic
+SET last_fire_at = GREATEST(last_fire_at, %(last_fire_at)s),
+    last_job_id = COALESCE(%(job_id)s, last_job_id),
+    next_fire_at = %(next_fire_at)s,
+    updated_at = now()
+WHERE name = %(name)s
+"""
+
+# Every schedule with its last job's status, for `pgqueue periodic list`.
+LIST_SCHEDULES = """
+SELECT p.*, j.status::text AS last_job_status
+FROM pgqueue_periodic AS p
+LEFT JOIN pgqueue_jobs AS j ON j.id = p.last_job_id
+ORDER BY p.name
+"""
+
+SET_SCHEDULE_ENABLED = """
+UPDATE pgqueue_periodic SET enabled = %(enabled)s, updated_at = now() WHERE name = %(name)s
+RETURNING name
+"""
+
+DELETE_CLI_SCHEDULE = "DELETE FROM pgqueue_periodic WHERE name = %(name)s RETURNING source"
+
+GET_SCHEDULE = "SELECT * FROM pgqueue_periodic WHERE name = %(name)s"
+
+# When the scheduler should look next.
+NEXT_DUE_IN = """
+SELECT extract(epoch FROM min(next_fire_at) - now())::float8 FROM pgqueue_periodic
+WHERE enabled AND (declared OR source = 'cli')
+"""

@@ -50,6 +50,9 @@ jobs = sa.Table(
     ),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    # Set on jobs made by a periodic schedule: which schedule, and which tick.
+    sa.Column("periodic_name", sa.Text, nullable=True),
+    sa.Column("periodic_fire_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.
@@ -66,6 +69,14 @@ jobs = sa.Table(
         "pgqueue_jobs_running_idx",
         "worker_id",
         postgresql_where=sa.text("status = 'running'"),
+    ),
+    # One job per tick of a schedule, however many schedulers race: the database decides.
+    sa.Index(
+        "pgqueue_jobs_periodic_tick_key",
+        "periodic_name",
+        "periodic_fire_at",
+        unique=True,
+        postgresql_where=sa.text("periodic_name IS NOT NULL"),
     ),
     # Pruning and "what finished lately" queries.
     sa.Index(
@@ -89,5 +100,48 @@ workers = sa.Table(
     ),
     sa.Column(
         "heartbeat_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)
+
+periodic = sa.Table(
+    "pgqueue_periodic",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("task_name", sa.Text, nullable=False),
+    sa.Column("cron", sa.Text, nullable=True),
+    sa.Column("every_seconds", sa.Float, nullable=True),
+    sa.Column("tz", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("args", pg.JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("kwargs", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("queue", sa.Text, nullable=True),
+    sa.Column("priority", sa.SmallInteger, nullable=True),
+    sa.Column("catch_up", sa.Text, nullable=False, server_default="latest"),
+    sa.Column("max_catch_up", sa.Integer, nullable=False, server_default="100"),
+    # 'code' rows are synchronised from @app.periodic; 'cli' rows are managed at run time.
+    sa.Column("source", sa.Text, nullable=False, server_default="code"),
+    # Whether the schedule is still declared in code (false: removed from code, kept disabled).
+    sa.Column("declared", sa.Boolean, nullable=False, server_default=sa.true()),
+    # The operator's switch (`pgqueue periodic enable/disable`); sync never changes it.
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("next_fire_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_fire_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_job_id", sa.BigInteger, nullable=True),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.CheckConstraint(
+        "(cron IS NULL) <> (every_seconds IS NULL)", name="pgqueue_periodic_kind_check"
+    ),
+    sa.CheckConstraint(
+        "catch_up IN ('skip', 'latest', 'all')", name="pgqueue_periodic_catch_up_check"
+    ),
+    sa.CheckConstraint("source IN ('code', 'cli')", name="pgqueue_periodic_source_check"),
+    sa.Index(
+        "pgqueue_periodic_due_idx",
+        "next_fire_at",
+        postgresql_where=sa.text("enabled"),
     ),
 )

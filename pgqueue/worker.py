@@ -41,6 +41,7 @@ from pgqueue.execute import (
 from pgqueue.maintenance import rescue_lost_jobs
 from pgqueue.migrate import check_schema
 from pgqueue.notifier import Notifier
+from pgqueue.periodic import Scheduler
 from pgqueue.presence import Presence
 from pgqueue.schema import NOTIFY_ENQUEUED
 
@@ -157,6 +158,10 @@ class Worker:
             lambda: self.app.aconnect(autocommit=True), settings.completion_batch_size
         )
         self._claim_conn = _Connection(self.app)
+        self.scheduler: Scheduler | None = None
+        if settings.run_scheduler:
+            self.scheduler = Scheduler(self.app)
+            self.scheduler.start()
         completer_task = asyncio.create_task(self.completer.run(), name="pgqueue-completer")
         rescuer_task = asyncio.create_task(self._rescue_loop(), name="pgqueue-rescuer")
         try:
@@ -164,6 +169,8 @@ class Worker:
             await self._finish_running_jobs()
         finally:
             rescuer_task.cancel()
+            if self.scheduler is not None:
+                self.scheduler.stop()
             flushed = await self.completer.drain(FINAL_FLUSH_TIMEOUT)
             if not flushed:
                 logger.error(

@@ -1,0 +1,299 @@
+"""Periodic schedules stored in PostgreSQL: cron/interval -> one job per (schedule, fire time).
+
+Declared schedules are synchronised into `pgqueue_periodic` when a worker or scheduler starts.
+Every worker runs a scheduler thread by default; however many run, each tick makes exactly one
+job, because jobs carry (periodic_name, periodic_fire_at) under a unique index. Time is the
+database's clock, so schedulers on hosts with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgqueue import queries
+from pgqueue.errors import ConfigurationError, PgQueueError
+from pgqueue.retry import DEFAULT_MAX_ATTEMPTS
+from pgqueue.schedule import ON_TIME_GRACE, Schedule
+
+if TYPE_CHECKING:
+    from pgqueue.app import App
+
+logger = logging.getLogger("pgqueue.scheduler")
+
+Conn = psycopg.Connection[Any]
+
+
+class ScheduleNotFound(PgQueueError):
+    """No periodic schedule has this name."""
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    added: list[str]
+    updated: list[str]
+    undeclared: list[str]
+
+
+@dataclass(frozen=True)
+class FiredTick:
+    schedule: str
+    fire_at: datetime
+    job_id: int | None  # None: another scheduler had already made this tick's job
+
+
+def db_now(conn: Conn) -> datetime:
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def sync_schedules(conn: Conn, schedules: Iterable[Schedule], now: datetime) -> SyncReport:
+    """Write the app's declared schedules; mark code schedules no longer declared."""
+    added: list[str] = []
+    updated: list[str] = []
+    names: list[str] = []
+    with conn.transaction():
+        for schedule in schedules:
+            names.append(schedule.name)
+            params = {**schedule.definition(), "next_fire_at": schedule.next_tick(now)}
+            row = conn.execute(queries.UPSERT_CODE_SCHEDULE, params).fetchone()
+            if row is not None:
+                (added if row[1] else updated).append(row[0])
+        undeclared = [
+            row[0] for row in conn.execute(queries.UNDECLARE_REMOVED_SCHEDULES, {"names": names})
+        ]
+    for name in added:
+        logger.info("periodic schedule %s added", name)
+    for name in updated:
+        logger.info("periodic schedule %s updated", name)
+    for name in undeclared:
+        logger.warning("periodic schedule %s is no longer declared in code: it stops firing", name)
+    return SyncReport(added, updated, undeclared)
+
+
+def _ticks_to_fire(
+    schedule: Schedule, after: datetime, now: datetime
+) -> tuple[list[datetime], datetime | None]:
+    """(ticks to make jobs for, the latest due tick) per the schedule's catch-up policy."""
+    limit = schedule.max_catch_up if schedule.catch_up == "all" else 1
+    due = schedule.latest_ticks(after, now, limit)
+    if not due:
+        return [], None
+    latest = due[-1]
+    if schedule.catch_up == "skip" and now - latest > ON_TIME_GRACE:
+        return [], latest
+    return due, latest
+
+
+def _job_params(app: App | None, schedule: Schedule, fire_at: datetime | None) -> dict[str, Any]:
+    task = app.tasks.get(schedule.task_name) if app is not None else None
+    definition = schedule.definition()
+    return {
+        "queue": schedule.queue or (task.queue if task else "default"),
+        "task_name": schedule.task_name,
+        "args": definition["args"],
+        "kwargs": definition["kwargs"],
+        "priority": schedule.priority
+        if schedule.priority is not None
+        else (task.priority if task else 0),
+        "max_attempts": task.retry_policy.max_attempts if task else DEFAULT_MAX_ATTEMPTS,
+        "periodic_name": schedule.name,
+        "fire_at": fire_at,
+    }
+
+
+def fire_due(
+    conn: Conn, app: App | None, now: datetime | None = None, *, lock: bool = True
+) -> list[FiredTick]:
+    """One scheduler pass in one transaction: make the jobs of every due tick.
+
+    `now` defaults to the database's clock; tests pass their own. `lock=False` skips the row
+    locks that spare concurrent schedulers duplicate work (the unique index still holds).
+    """
+    fired: list[FiredTick] = []
+    with conn.transaction():
+        if now is None:
+            now = db_now(conn)
+        query = queries.DUE_SCHEDULES if lock else queries.DUE_SCHEDULES_UNLOCKED
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(query, {"now": now}).fetchall()
+        for row in rows:
+            try:
+                schedule = Schedule.from_row(row)
+            except ConfigurationError as exc:
+                # A broken row must not spin the scheduler: look again in an hour.
+                logger.error("periodic schedule %s is invalid, skipped: %s", row["name"], exc)
+                conn.execute(
+                    queries.UPDATE_SCHEDULE_AFTER_FIRE,
+                    {
+                        "name": row["name"],
+                        "last_fire_at": None,
+                        "job_id": None,
+                        "next_fire_at": now + timedelta(hours=1),
+                    },
+                )
+                continue
+            after = row["last_fire_at"] or (row["next_fire_at"] - timedelta(microseconds=1))
+            ticks, latest = _ticks_to_fire(schedule, after, now)
+            last_job_id = None
+            for tick in ticks:
+                made = conn.execute(
+                    queries.INSERT_PERIODIC_JOB, _job_params(app, schedule, tick)
+                ).fetchone()
+                job_id = int(made[0]) if made else None
+                last_job_id = job_id or last_job_id
+                fired.append(FiredTick(schedule.name, tick, job_id))
+            if latest is not None and not ticks:
+                logger.info(
+                    "periodic schedule %s: missed tick %s skipped (catch_up=skip)",
+                    schedule.name,
+                    latest.isoformat(),
+                )
+            conn.execute(
+                queries.UPDATE_SCHEDULE_AFTER_FIRE,
+                {
+                    "name": schedule.name,
+                    "last_fire_at": latest,
+                    "job_id": last_job_id,
+                    "next_fire_at": schedule.next_tick(now),
+                },
+            )
+    for made in fired:
+        if made.job_id is not None:
+            logger.info(
+                "periodic schedule %s: tick %s -> job %d",
+                made.schedule,
+                made.fire_at.isoformat(),
+                made.job_id,
+            )
+    return fired
+
+
+# -- run-time management (`pgqueue periodic ...`) ----------------------------------------
+
+
+def list_schedules(conn: Conn) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries.LIST_SCHEDULES).fetchall()
+
+
+def add_schedule(conn: Conn, schedule: Schedule) -> None:
+    """Add a run-time schedule; refuses a name that exists."""
+    params = {**schedule.definition(), "next_fire_at": schedule.next_tick(db_now(conn))}
+    try:
+        with conn.transaction():
+            conn.execute(queries.INSERT_CLI_SCHEDULE, params)
+    except psycopg.errors.UniqueViolation:
+        raise ConfigurationError(
+            f"a periodic schedule named {schedule.name!r} exists already; pick another name"
+        ) from None
+
+
+def remove_schedule(conn: Conn, name: str) -> None:
+    """Delete a schedule. Code-declared ones come back at the next start: disable them."""
+    with conn.transaction():
+        with conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(queries.GET_SCHEDULE, {"name": name}).fetchone()
+        if row is None:
+            raise ScheduleNotFound(f"no periodic schedule named {name!r}")
+        if row["source"] == "code":
+            raise ConfigurationError(
+                f"{name!r} is declared in code and would come back at the next start: "
+                "remove it from the code, or `pgqueue periodic disable` it"
+            )
+        conn.execute(queries.DELETE_CLI_SCHEDULE, {"name": name})
+
+
+def set_enabled(conn: Conn, name: str, enabled: bool) -> None:
+    with conn.transaction():
+        if (
+            conn.execute(
+                queries.SET_SCHEDULE_ENABLED, {"name": name, "enabled": enabled}
+            ).fetchone()
+            is None
+        ):
+            raise ScheduleNotFound(f"no periodic schedule named {name!r}")
+
+
+def run_now(conn: Conn, app: App | None, name: str) -> int:
+    """Enqueue the schedule's job now, outside its ticks; returns the job id."""
+    with conn.transaction():
+        with conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(queries.GET_SCHEDULE, {"name": name}).fetchone()
+        if row is None:
+            raise ScheduleNotFound(f"no periodic schedule named {name!r}")
+        schedule = Schedule.from_row(row)
+        made = conn.execute(
+            queries.INSERT_PERIODIC_JOB, _job_params(app, schedule, None)
+        ).fetchone()
+        assert made is not None
+        job_id = int(made[0])
+        conn.execute(
+            queries.UPDATE_SCHEDULE_AFTER_FIRE,
+            {
+                "name": name,
+                "last_fire_at": None,
+                "job_id": job_id,
+                "next_fire_at": row["next_fire_at"],
+            },
+        )
+    return job_id
+
+
+# -- the scheduler loop ------------------------------------------------------------------
+
+
+class Scheduler(threading.Thread):
+    """Syncs the app's schedules once, then fires due ticks until stopped.
+
+    Runs beside every worker by default, or alone as `pgqueue scheduler`. Reconnects with
+    backoff when the database goes away.
+    """
+
+    def __init__(self, app: App, max_sleep: float = 1.0) -> None:
+        super().__init__(name="pgqueue-scheduler", daemon=True)
+        self.app = app
+        self.max_sleep = max_sleep
+        self._stop_event = threading.Event()
+        self.synced = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self._stop_event.is_set():
+            try:
+                with self.app.connect() as conn:
+                    if not self.synced.is_set():
+                        sync_schedules(conn, self.app.schedules.values(), db_now(conn))
+                        conn.commit()
+                        self.synced.set()
+                    backoff = 0.5
+                    while not self._stop_event.is_set():
+                        fire_due(conn, self.app)
+                        self._stop_event.wait(self._sleep_for(conn))
+            except Exception as exc:
+                if self._stop_event.is_set():
+                    break
+                logger.warning(
+                    "scheduler: %s; retrying in %.1fs",
+                    " ".join(str(exc).split()) or type(exc).__name__,
+                    backoff,
+                )
+                self._stop_event.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _sleep_for(self, conn: Conn) -> float:
+        with conn.transaction():
+            row = conn.execute(queries.NEXT_DUE_IN).fetchone()
+        due_in = row[0] if row and row[0] is not None else self.max_sleep
+        return max(0.01, min(self.max_sleep, due_in))
