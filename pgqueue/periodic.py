@@ -55,8 +55,11 @@ def db_now(conn: Conn) -> datetime:
     return row[0]  # type: ignore[no-any-return]
 
 
-def sync_schedules(conn: Conn, schedules: Iterable[Schedule], now: datetime) -> SyncReport:
-    """Write the app's declared schedules; mark code schedules no longer declared."""
+def sync_schedules(
+    conn: Conn, schedules: Iterable[Schedule], now: datetime, task_names: Iterable[str] = ()
+) -> SyncReport:
+    """Write the app's declared schedules; mark as removed the code schedules of the app's
+    tasks (`task_names`) that it no longer declares."""
     added: list[str] = []
     updated: list[str] = []
     names: list[str] = []
@@ -68,7 +71,11 @@ def sync_schedules(conn: Conn, schedules: Iterable[Schedule], now: datetime) -> 
             if row is not None:
                 (added if row[1] else updated).append(row[0])
         undeclared = [
-            row[0] for row in conn.execute(queries.UNDECLARE_REMOVED_SCHEDULES, {"names": names})
+            row[0]
+            for row in conn.execute(
+                queries.UNDECLARE_REMOVED_SCHEDULES,
+                {"names": names, "task_names": list(task_names)},
+            )
         ]
     for name in added:
         logger.info("periodic schedule %s added", name)
@@ -274,7 +281,9 @@ class Scheduler(threading.Thread):
             try:
                 with self.app.connect() as conn:
                     if not self.synced.is_set():
-                        sync_schedules(conn, self.app.schedules.values(), db_now(conn))
+                        sync_schedules(
+                            conn, self.app.schedules.values(), db_now(conn), self.app.tasks
+                        )
                         conn.commit()
                         self.synced.set()
                     backoff = 0.5

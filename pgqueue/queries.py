@@ -232,10 +232,13 @@ WHERE (p.task_name, p.cron, p.every_seconds, p.tz, p.args, p.kwargs, p.queue, p.
 RETURNING name, (xmax = 0) AS inserted
 """
 
-# Schedules removed from code stop firing but keep their row and history.
+# Schedules removed from code stop firing but keep their row and history. Only schedules of
+# tasks this app registers are considered, so apps sharing a database leave each other's alone.
 UNDECLARE_REMOVED_SCHEDULES = """
 UPDATE pgqueue_periodic SET declared = false, updated_at = now()
-WHERE source = 'code' AND declared AND NOT (name = ANY(%(names)s::text[]))
+WHERE source = 'code' AND declared
+  AND task_name = ANY(%(task_names)s::text[])
+  AND NOT (name = ANY(%(names)s::text[]))
 RETURNING name
 """
 

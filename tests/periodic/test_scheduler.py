@@ -43,7 +43,7 @@ def _app(dsn: str, **options: Any) -> pgqueue.App:
 
 def _sync(app: pgqueue.App, now: datetime) -> periodic.SyncReport:
     with app.connect() as conn:
-        return periodic.sync_schedules(conn, app.schedules.values(), now)
+        return periodic.sync_schedules(conn, app.schedules.values(), now, app.tasks)
 
 
 def _fire(app: pgqueue.App, now: datetime, lock: bool = True) -> list[periodic.FiredTick]:
@@ -143,10 +143,14 @@ def test_sync_adds_updates_and_retires_schedules(dsn: str) -> None:
     assert row["cron"] == "*/5 * * * *" and row["every_seconds"] is None
     assert row["next_fire_at"] == T0 + timedelta(minutes=5)
 
-    empty = pgqueue.App(dsn)
-    assert _sync(empty, T0).undeclared == ["tick"]
+    other_service = pgqueue.App(dsn)  # knows nothing of the task: leaves it alone
+    assert _sync(other_service, T0).undeclared == []
+
+    without_schedule = pgqueue.App(dsn)  # still has the task, no longer its schedule
+    without_schedule.task(name=row["task_name"])(lambda: None)
+    assert _sync(without_schedule, T0).undeclared == ["tick"]
     assert _row(dsn, "tick")["declared"] is False
-    assert _fire(empty, T0 + timedelta(hours=1)) == []  # removed from code: stops firing
+    assert _fire(without_schedule, T0 + timedelta(hours=1)) == []  # removed: stops firing
 
 
 def test_sync_leaves_the_operators_switch_alone(dsn: str) -> None:

@@ -1,0 +1,65 @@
+"""Real worker processes, each running the scheduler: one job per tick, never two."""
+
+from __future__ import annotations
+
+import signal
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+
+from tests.acceptance.helpers import WorkerProcess
+from tests.conftest import wait_until
+
+APP = "tests.periodic.periodic_app:app"
+OBSERVE = timedelta(seconds=20)
+
+
+def _fire_times(dsn: str) -> list[object]:
+    with psycopg.connect(dsn) as conn:
+        return [
+            row[0]
+            for row in conn.execute(
+                "SELECT periodic_fire_at FROM pgqueue_jobs"
+                " WHERE periodic_name = 'every-second' ORDER BY periodic_fire_at"
+            )
+        ]
+
+
+def test_three_workers_make_exactly_one_job_per_one_second_tick(dsn: str, tmp_path: Path) -> None:
+    workers = [
+        WorkerProcess(dsn, tmp_path / f"worker{i}.log", ["--app", APP, "--concurrency", "2"])
+        for i in range(3)
+    ]
+    try:
+        for worker in workers:
+            worker.launch()
+        for worker in workers:
+            worker.wait_ready()
+
+        def observed_long_enough() -> bool:
+            times = _fire_times(dsn)
+            return len(times) > 1 and times[-1] - times[0] >= OBSERVE  # type: ignore[operator]
+
+        wait_until(observed_long_enough, timeout=90, interval=0.5, what="20 s of ticks")
+        for worker in workers:
+            worker.send(signal.SIGTERM)
+        for worker in workers:
+            assert worker.wait(60) == 0
+    finally:
+        for worker in workers:
+            worker.cleanup()
+
+    times = _fire_times(dsn)
+    span = times[-1] - times[0]  # type: ignore[operator]
+    expected_ticks = int(span.total_seconds()) + 1
+    assert len(times) == len(set(times)) == expected_ticks, (
+        f"{len(times)} jobs for {expected_ticks} ticks"
+    )
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FROM pgqueue_jobs"
+        ).fetchone()
+    assert row is not None
+    # Every job ran; the last tick's job may still have been queued when the workers stopped.
+    assert row[0] >= row[1] - 2
