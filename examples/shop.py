@@ -4,6 +4,7 @@ same transaction, so a job exists exactly when its order does.
 
 from __future__ import annotations
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from tasks import app, call_flaky_service, score_order, send_receipt
@@ -21,8 +22,10 @@ orders = sa.Table(
 
 
 def engine() -> sa.Engine:
-    # The same database as the queue; any SQLAlchemy engine on psycopg 3 works.
-    return sa.create_engine(sa.make_url(app.dsn).set(drivername="postgresql+psycopg"))
+    # The same database as the queue; any SQLAlchemy engine on psycopg 3 works. `creator`
+    # accepts every DSN form pgqueue does: a URL or a libpq "host=... dbname=..." string.
+    dsn = app.dsn
+    return sa.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
 
 
 def place_order(session: Session, item: str, quantity: int) -> list[pgqueue.Job]:

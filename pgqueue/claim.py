@@ -78,6 +78,9 @@ class ClaimSignal:
                     self._event.set()
                 elif self._next_due is None or when < self._next_due:
                     self._next_due = when
+                    # A claimer already inside wait() took its timeout before this timer
+                    # existed; without a wake-up at the due time it would sleep to the poll tick.
+                    self._loop.call_later(when - time.time(), self._event.set)
                 return
         self._event.set()
 

@@ -1,0 +1,124 @@
+"""The app that the acceptance tests' real `pgqueue worker` processes load.
+
+Workers run it with `--app tests.acceptance.apps:app` and find their database in PGQUEUE_DSN.
+Every task writes one row per execution into `acceptance_executions`, so a test counts how
+often each job really ran, and in which process. The blocking tasks wait for a row in
+`acceptance_flags`, so a test decides when a running job may finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+import pgqueue
+
+app = pgqueue.App()  # the DSN comes from PGQUEUE_DSN, set per worker process by the tests
+
+# Something importable that is not an App, for the `--app module:attribute` error test.
+NOT_AN_APP = "a string, not a pgqueue.App"
+
+TABLES_DDL = """
+CREATE TABLE acceptance_executions (
+    job_id bigint NOT NULL,
+    attempt int NOT NULL,
+    task text NOT NULL,
+    pid int NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE acceptance_flags (name text PRIMARY KEY);
+"""
+
+RECORD_EXECUTION = (
+    "INSERT INTO acceptance_executions (job_id, attempt, task, pid) VALUES (%s, %s, %s, %s)"
+)
+FLAG_IS_SET = "SELECT EXISTS (SELECT 1 FROM acceptance_flags WHERE name = %s)"
+POLL_INTERVAL = 0.05  # how often a blocking task looks for its flag
+
+_local = threading.local()
+_async_conn: psycopg.AsyncConnection[Any] | None = None
+_async_conn_lock: asyncio.Lock | None = None
+
+
+def _execution_row() -> tuple[int, int, str, int]:
+    job = pgqueue.current_job()
+    assert job is not None, "only a worker runs these tasks"
+    return (job.id, job.attempt, job.task_name, os.getpid())
+
+
+def _conn() -> psycopg.Connection[Any]:
+    """This task thread's own autocommit connection."""
+    conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
+    if conn is None or conn.closed or conn.broken:
+        conn = app.connect(autocommit=True)
+        _local.conn = conn
+    return conn
+
+
+async def _aconn() -> psycopg.AsyncConnection[Any]:
+    """The worker loop's one async connection (psycopg serialises its concurrent users)."""
+    global _async_conn, _async_conn_lock
+    if _async_conn_lock is None:
+        _async_conn_lock = asyncio.Lock()
+    async with _async_conn_lock:
+        if _async_conn is None or _async_conn.closed or _async_conn.broken:
+            _async_conn = await app.aconnect(autocommit=True)
+    return _async_conn
+
+
+def _flag_is_set(name: str) -> bool:
+    row = _conn().execute(FLAG_IS_SET, (name,)).fetchone()
+    return bool(row and row[0])
+
+
+async def _aflag_is_set(name: str) -> bool:
+    conn = await _aconn()
+    cur = await conn.execute(FLAG_IS_SET, (name,))
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+@app.task
+def record(n: int) -> int:
+    """Record this execution and return `n` (sync: runs on the worker's thread pool)."""
+    _conn().execute(RECORD_EXECUTION, _execution_row())
+    return n
+
+
+@app.task
+async def arecord(n: int) -> int:
+    """Record this execution and return `n` (async: runs on the worker's event loop)."""
+    conn = await _aconn()
+    await conn.execute(RECORD_EXECUTION, _execution_row())
+    return n
+
+
+@app.task
+def block(flag: str) -> str:
+    """Record that it started, then run until the flag `flag` is set (sync)."""
+    _conn().execute(RECORD_EXECUTION, _execution_row())
+    while not _flag_is_set(flag):
+        time.sleep(POLL_INTERVAL)
+    return f"released by {flag}"
+
+
+@app.task
+async def ablock(flag: str) -> str:
+    """Record that it started, then run until the flag `flag` is set (async)."""
+    conn = await _aconn()
+    await conn.execute(RECORD_EXECUTION, _execution_row())
+    while not await _aflag_is_set(flag):
+        await asyncio.sleep(POLL_INTERVAL)
+    return f"released by {flag}"
+
+
+@app.task(max_attempts=2, retry_backoff=0.1, retry_jitter=False, autoretry_for=(ValueError,))
+def always_fails() -> None:
+    """Fails every attempt with a retryable error: one retry, then FAILED."""
+    _conn().execute(RECORD_EXECUTION, _execution_row())
+    raise ValueError("this task always fails")

@@ -1,0 +1,146 @@
+"""The `pgqueue` command line, run as a user runs it: `python -m pgqueue ...` in a subprocess.
+
+Every error a user can meet ends with one line on stderr, no traceback, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.acceptance.helpers import APP, subprocess_env
+from tests.conftest import ROOT
+
+UNREACHABLE_DSN = "postgresql://postgres@127.0.0.1:1/x"
+MALFORMED_DSN = "not a dsn=="
+
+
+def pgqueue(
+    *args: str, dsn: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pgqueue *args` from the repository root, PGQUEUE_DSN=`dsn` if given."""
+    return subprocess.run(
+        [sys.executable, "-m", "pgqueue", *args],
+        cwd=ROOT,
+        env=subprocess_env(dsn),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """Assert the command failed the way a user should see it fail; return the line."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def table_exists(dsn: str, name: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["worker", "--app", APP], ["migrate"], ["stats"]],
+    ids=["worker", "migrate", "stats"],
+)
+def test_malformed_dsn_is_a_one_line_error(command: list[str]) -> None:
+    line = one_line_error(pgqueue(*command, "--dsn", MALFORMED_DSN))
+    assert "invalid DSN" in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["worker", "--app", APP], ["migrate"], ["stats"]],
+    ids=["worker", "migrate", "stats"],
+)
+def test_unreachable_database_is_a_one_line_error(command: list[str]) -> None:
+    line = one_line_error(pgqueue(*command, "--dsn", UNREACHABLE_DSN))
+    assert "could not connect" in line
+
+
+def test_worker_on_unmigrated_database_says_to_run_migrate(empty_dsn: str) -> None:
+    line = one_line_error(pgqueue("worker", "--app", APP, dsn=empty_dsn))
+    assert "pgqueue migrate" in line
+
+
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        ("tests.acceptance.no_such_module:app", "cannot import"),
+        ("tests.acceptance.apps:NOT_AN_APP", "not a pgqueue.App"),
+    ],
+    ids=["missing-module", "not-an-app"],
+)
+def test_bad_app_is_a_one_line_error(dsn: str, app: str, message: str) -> None:
+    line = one_line_error(pgqueue("worker", "--app", app, dsn=dsn))
+    assert message in line
+    assert app in line
+
+
+def test_migrate_creates_the_schema_and_a_second_run_is_a_no_op(empty_dsn: str) -> None:
+    first = pgqueue("migrate", dsn=empty_dsn)
+    assert first.returncode == 0, first.stderr
+    assert "pgqueue schema at revision" in first.stdout
+    assert table_exists(empty_dsn, "pgqueue_jobs")
+    assert table_exists(empty_dsn, "pgqueue_workers")
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO pgqueue_jobs (task_name) VALUES ('kept.across.migrate')")
+
+    second = pgqueue("migrate", dsn=empty_dsn)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        rows: list[Any] = conn.execute("SELECT task_name FROM pgqueue_jobs").fetchall()
+    assert rows == [("kept.across.migrate",)], "the second run changed nothing"
+
+
+def test_migrate_sql_prints_the_schema_without_a_database() -> None:
+    # An unreachable DSN: printing the SQL must not need (or try) a connection.
+    result = pgqueue("migrate", "--sql", "--dsn", UNREACHABLE_DSN)
+    assert result.returncode == 0, result.stderr
+    assert "CREATE TABLE pgqueue_jobs" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_migrate_downgrade_base_removes_the_tables(dsn: str) -> None:
+    assert table_exists(dsn, "pgqueue_jobs")
+    result = pgqueue("migrate", "--downgrade", "base", dsn=dsn)
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT relname FROM pg_class WHERE relname LIKE 'pgqueue%%'"
+            " UNION ALL SELECT typname FROM pg_type WHERE typname LIKE 'pgqueue%%'"
+        ).fetchall()
+    # Only alembic's own bookkeeping (its version table, now empty) stays behind.
+    assert {name for (name,) in left} <= {"pgqueue_alembic_version", "pgqueue_alembic_version_pkc"}
+    # ... and the worker now refuses to start, saying what to do.
+    assert "pgqueue migrate" in one_line_error(pgqueue("worker", "--app", APP, dsn=dsn))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["--help"], ["worker", "--help"], ["migrate", "--help"], ["stats", "--help"], ["--version"]],
+    ids=["pgqueue", "worker", "migrate", "stats", "version"],
+)
+def test_help_and_version_exit_zero(command: list[str]) -> None:
+    result = pgqueue(*command)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: pgqueue") or result.stdout.startswith("pgqueue ")
+    assert result.stderr == ""
+
+
+def test_worker_help_lists_its_options() -> None:
+    result = pgqueue("worker", "--help")
+    for option in ("--app", "--dsn", "--queues", "--concurrency", "--shutdown-timeout"):
+        assert option in result.stdout
