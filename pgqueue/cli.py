@@ -42,7 +42,16 @@ def load_app(path: str | None) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"cannot import {module_name!r} for --app {path}: {exc}") from exc
-    app = getattr(module, attribute, None)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"importing {module_name!r} for --app {path} raised {type(exc).__name__}: {exc} "
+            f"(run `python -c 'import {module_name}'` for the traceback)"
+        ) from exc
+    if not hasattr(module, attribute):
+        raise ConfigurationError(
+            f"--app {path}: module {module_name!r} has no attribute {attribute!r}"
+        )
+    app = getattr(module, attribute)
     if not isinstance(app, App):
         raise ConfigurationError(
             f"--app {path}: {module_name}.{attribute} is {type(app).__name__}, not a pgqueue.App"

@@ -29,6 +29,7 @@ from pgqueue.app import App
 from pgqueue.claim import ClaimSignal, claim_jobs
 from pgqueue.complete import Completer
 from pgqueue.config import WorkerSettings
+from pgqueue.errors import DatabaseUnavailable
 from pgqueue.execute import (
     ClaimedJob,
     Executor,
@@ -48,6 +49,7 @@ from pgqueue.schema import NOTIFY_ENQUEUED
 logger = logging.getLogger("pgqueue.worker")
 
 REGISTER_TIMEOUT = 30.0
+INTERRUPTED_THREAD_RETRY_DELAY = 10.0
 FINAL_FLUSH_TIMEOUT = 10.0
 
 
@@ -138,7 +140,7 @@ class Worker:
         registered = await asyncio.to_thread(self.notifier.connected.wait, REGISTER_TIMEOUT)
         if not registered:
             self.notifier.stop()
-            raise RuntimeError(
+            raise DatabaseUnavailable(
                 "could not register the worker: "
                 + (_one_line(self.notifier.failure) if self.notifier.failure else "timed out")
             )
@@ -292,9 +294,13 @@ class Worker:
 
     def _interrupted(self, job: ClaimedJob) -> Outcome:
         error = simple_error("WorkerShutdown", "the worker stopped before this attempt finished")
-        if job.attempt < job.max_attempts:
-            return RetryLater(job, error, delay=0.0)
-        return Failed(job, error)
+        if job.attempt >= job.max_attempts:
+            return Failed(job, error)
+        task = self.app.tasks.get(job.task_name)
+        # A sync task's thread cannot be stopped and runs on until this process exits: its
+        # retry waits long enough that the two can never overlap.
+        delay = 0.0 if task is None or task.is_async else INTERRUPTED_THREAD_RETRY_DELAY
+        return RetryLater(job, error, delay=delay)
 
     @staticmethod
     def _log_outcome(outcome: Outcome, duration: float) -> None:
