@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import threading
 import time
 import weakref
@@ -21,6 +22,7 @@ from typing import Any, TypeVar, overload
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import ConnStatus
 from psycopg.rows import dict_row
 
 from pgqueue import _embedded, queries
@@ -258,7 +260,7 @@ class App:
     def _shared_connection(self) -> psycopg.Connection[Any]:
         """This thread's autocommit connection, made again if it broke or the process forked."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is not None and (conn.broken or conn.closed or self._local.pid != os.getpid()):
+        if conn is not None and (self._local.pid != os.getpid() or not idle_connection_ok(conn)):
             conn = None
         if conn is None:
             conn = self.connect(autocommit=True)
@@ -269,7 +271,7 @@ class App:
     async def _ashared_connection(self) -> psycopg.AsyncConnection[Any]:
         loop = asyncio.get_running_loop()
         conn = self._async_conns.get(loop)
-        if conn is None or conn.broken or conn.closed:
+        if conn is None or not idle_connection_ok(conn):
             conn = await self.aconnect(autocommit=True)
             self._async_conns[loop] = conn
         return conn
@@ -371,6 +373,27 @@ class App:
                 async for notify in conn.notifies(timeout=wait):
                     if _mentions(notify.payload, pending):
                         break
+
+
+def idle_connection_ok(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection is still usable, without a round trip.
+
+    A connection the server ended while it sat idle (restart, `pg_terminate_backend`, idle
+    timeout) has its goodbye waiting on the socket; reading it now means the next enqueue
+    goes to a fresh connection instead of failing. Retrying a failed INSERT instead would be
+    unsafe: the first one may have committed.
+    """
+    if conn.broken or conn.closed:
+        return False
+    try:
+        for _ in range(2):  # the server's error message first, then the end of the stream
+            readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+            if not readable:
+                return True
+            conn.pgconn.consume_input()
+    except (psycopg.Error, OSError, ValueError):
+        return False
+    return conn.pgconn.status == ConnStatus.OK
 
 
 def _check_exist(
