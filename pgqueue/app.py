@@ -404,7 +404,10 @@ def _check_exist(
         found = {row[0] for row in cursor.fetchall()}
     missing = sorted(set(ids) - found)
     if missing:
-        raise JobNotFound(f"no job with id {missing[0]}")
+        raise JobNotFound(
+            f"no job with id {missing[0]} (a job enqueued with connection= exists only once "
+            "that transaction commits)"
+        )
     return found
 
 

@@ -415,6 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # `pgqueue migrate --sql | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ConfigurationError as exc:
         print(f"pgqueue: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

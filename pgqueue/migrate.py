@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -23,6 +24,8 @@ from alembic.script import ScriptDirectory
 
 from pgqueue.errors import SchemaNotMigrated
 from pgqueue.schema import VERSION_TABLE
+
+logger = logging.getLogger("pgqueue")
 
 
 @cache
@@ -81,6 +84,8 @@ def downgrade(target: str | sa.Connection, revision: str) -> None:
     """Downgrade pgqueue's schema to `revision` ("base" removes every pgqueue table)."""
     with _connection(target) as connection:
         command.downgrade(alembic_config(connection), revision)
+        if revision == "base":
+            connection.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
 
 
 def upgrade_sql(revision: str = "head", from_revision: str | None = None) -> str:
@@ -111,16 +116,34 @@ def current_revision(conn: psycopg.Connection[Any]) -> str | None:
     return None if row is None else str(row[0])
 
 
+@cache
+def known_revisions() -> frozenset[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return frozenset(rev.revision for rev in script.walk_revisions())
+
+
 def check_schema(conn: psycopg.Connection[Any]) -> None:
-    """Raise SchemaNotMigrated unless the database is at this pgqueue version's head."""
+    """Raise SchemaNotMigrated unless the database is at this pgqueue's head or newer.
+
+    A revision this pgqueue does not know was written by a newer pgqueue: that is the normal
+    state during a rolling deploy (migrate first, then roll the workers), and pgqueue's
+    migrations keep older workers working, so it is logged and allowed.
+    """
     current = current_revision(conn)
     head = head_revision()
     if current is None:
         raise SchemaNotMigrated(
             "pgqueue's tables are not in this database: run `pgqueue migrate` first"
         )
-    if current != head:
+    if current == head:
+        return
+    if current in known_revisions():
         raise SchemaNotMigrated(
             f"pgqueue's schema is at revision {current}, this pgqueue needs {head}: "
             "run `pgqueue migrate`"
         )
+    logger.warning(
+        "pgqueue's schema is at revision %s, newer than this pgqueue knows (%s); continuing",
+        current,
+        head,
+    )

@@ -56,3 +56,24 @@ def test_version_table_is_pgqueues_own(empty_dsn: str) -> None:
         engine.dispose()
     assert VERSION_TABLE in names
     assert "alembic_version" not in names
+
+
+def test_a_newer_schema_is_accepted_and_an_older_one_refused(dsn: str) -> None:
+    import pytest
+
+    from pgqueue.errors import SchemaNotMigrated
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        migrate.check_schema(conn)
+        conn.execute(f"UPDATE {VERSION_TABLE} SET version_num = 'f00dfeedbeef'")
+        migrate.check_schema(conn)  # written by a newer pgqueue: a rolling deploy
+        conn.execute(f"UPDATE {VERSION_TABLE} SET version_num = '0001'")
+        with pytest.raises(SchemaNotMigrated, match="run `pgqueue migrate`"):
+            migrate.check_schema(conn)
+
+
+def test_downgrade_to_base_leaves_no_pgqueue_table_at_all(dsn: str) -> None:
+    migrate.downgrade(dsn, "base")
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'pgqueue%'")
+        assert rows.fetchall() == []
