@@ -62,9 +62,30 @@ def engine_for(dsn: str) -> sa.Engine:
 
 
 @contextlib.contextmanager
+def _restoring_alembic_proxies() -> Iterator[None]:
+    """Run alembic inside an application's own alembic migration.
+
+    alembic keeps the running migration's `op` and `context` in module-level proxies and
+    clears them when a run ends; a nested run would leave the application's migration with
+    neither. Reinstall the outer ones afterwards.
+    """
+    import alembic.context
+    import alembic.op
+
+    outer = [getattr(module, "_proxy", None) for module in (alembic.context, alembic.op)]
+    try:
+        yield
+    finally:
+        for proxy in outer:
+            if proxy is not None:
+                proxy._install_proxy()
+
+
+@contextlib.contextmanager
 def _connection(target: str | sa.Connection) -> Iterator[sa.Connection]:
     if isinstance(target, sa.Connection):
-        yield target
+        with _restoring_alembic_proxies():
+            yield target
         return
     engine = engine_for(target)
     try:
