@@ -10,6 +10,12 @@ _SCALARS = (str, int, bool, type(None))
 
 
 def _check(value: Any, what: str, path: str) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        # PostgreSQL's jsonb refuses \u0000; caught here, it cannot fail a write later.
+        raise TypeError(
+            f"{what} cannot be stored as JSON: {path} contains a NUL character (\\x00), "
+            "which PostgreSQL cannot store"
+        )
     if isinstance(value, _SCALARS):
         return
     if isinstance(value, float):
@@ -27,6 +33,7 @@ def _check(value: Any, what: str, path: str) -> None:
                     f"{what} cannot be stored as JSON: {path} has a key {key!r} of type "
                     f"{type(key).__name__}; JSON object keys must be str"
                 )
+            _check(key, what, f"{path} key {key!r}")
             _check(item, what, f"{path}[{key!r}]")
         return
     raise TypeError(

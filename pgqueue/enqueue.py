@@ -7,6 +7,7 @@ commits it; without, pgqueue uses its own autocommit connection.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -71,8 +72,8 @@ def build_request(
     if countdown is not None:
         if isinstance(countdown, bool) or not isinstance(countdown, (int, float)):
             raise TypeError(f"countdown must be seconds (a number) or a timedelta: {countdown!r}")
-        if countdown < 0:
-            raise ConfigurationError(f"countdown must be >= 0 seconds, got {countdown}")
+        if countdown < 0 or not math.isfinite(countdown):
+            raise ConfigurationError(f"countdown must be a finite number >= 0, got {countdown}")
     if eta is not None:
         if not isinstance(eta, datetime):
             raise TypeError(f"eta must be a datetime, got {type(eta).__name__}")

@@ -6,6 +6,7 @@ raises it to ask for another attempt.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 
@@ -78,8 +79,10 @@ class Retry(PgQueueError):
     ) -> None:
         if countdown is not None and eta is not None:
             raise ConfigurationError("Retry takes countdown or eta, not both")
-        if countdown is not None and countdown < 0:
-            raise ConfigurationError(f"Retry countdown must be >= 0 seconds, got {countdown!r}")
+        if countdown is not None and not (math.isfinite(countdown) and countdown >= 0):
+            raise ConfigurationError(
+                f"Retry countdown must be a finite number >= 0 seconds, got {countdown!r}"
+            )
         if eta is not None and eta.tzinfo is None:
             raise ConfigurationError(
                 "Retry eta must be timezone-aware, e.g. datetime.now(timezone.utc)"

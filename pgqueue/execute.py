@@ -79,10 +79,19 @@ def error_info(exc: BaseException, *, with_traceback: bool = True) -> dict[str, 
         if module in ("builtins", "__main__")
         else (f"{module}.{exc_type.__qualname__}")
     )
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not lose the outcome
+        message = f"<{name}: str() failed>"
+    # PostgreSQL's jsonb cannot store NUL characters; an unwritable error would never be stored.
     return {
         "type": name,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)) if with_traceback else None,
+        "message": message.replace("\x00", "\\x00"),
+        "traceback": (
+            "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")
+            if with_traceback
+            else None
+        ),
     }
 
 
@@ -104,7 +113,7 @@ def _after_retry_request(task: Task[Any, Any], job: ClaimedJob, request: Retry) 
     error["type"] = "Retry"
     if not task.retry_policy.can_retry(job.attempt):
         error["message"] = (
-            f"retry requested ({request}) but attempt {job.attempt} of "
+            f"retry requested ({error['message']}) but attempt {job.attempt} of "
             f"{job.max_attempts} was the last"
         )
         return Failed(job, error)

@@ -7,6 +7,7 @@ exceptions a task lists in `autoretry_for`, and `pgqueue.Retry`, are retried.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -15,6 +16,20 @@ from pgqueue.errors import ConfigurationError
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF = 1.0
 DEFAULT_BACKOFF_MAX = 600.0
+# 2.0 ** n raises OverflowError past n = 1023; 2**64 times any sensible base is past any cap.
+_MAX_DOUBLINGS = 64
+
+
+def _seconds(option: str, value: object) -> float:
+    """`value` as a finite, non-negative number of seconds, or ConfigurationError."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigurationError(f"{option} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -28,14 +43,14 @@ class RetryPolicy:
     autoretry_for: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or self.max_attempts < 1
+        ):
             raise ConfigurationError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
-        if self.backoff < 0:
-            raise ConfigurationError(f"retry_backoff must be >= 0 seconds, got {self.backoff!r}")
-        if self.backoff_max < 0:
-            raise ConfigurationError(
-                f"retry_backoff_max must be >= 0 seconds, got {self.backoff_max!r}"
-            )
+        _seconds("retry_backoff", self.backoff)
+        _seconds("retry_backoff_max", self.backoff_max)
         for exc_type in self.autoretry_for:
             if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
                 raise ConfigurationError(f"autoretry_for takes exception classes, got {exc_type!r}")
@@ -60,11 +75,11 @@ class RetryPolicy:
         elif retry_backoff is False:
             backoff = 0.0
         else:
-            backoff = float(retry_backoff)
+            backoff = _seconds("retry_backoff", retry_backoff)
         return cls(
             max_attempts=max_attempts,
             backoff=backoff,
-            backoff_max=float(retry_backoff_max),
+            backoff_max=_seconds("retry_backoff_max", retry_backoff_max),
             jitter=bool(retry_jitter),
             autoretry_for=tuple(autoretry_for),
         )
@@ -78,7 +93,8 @@ class RetryPolicy:
 
     def backoff_bound(self, attempt: int) -> float:
         """The longest wait after attempt `attempt` fails: backoff * 2**(attempt-1), capped."""
-        return min(self.backoff_max, self.backoff * 2.0 ** max(0, attempt - 1))
+        doublings = min(max(0, attempt - 1), _MAX_DOUBLINGS)
+        return min(self.backoff_max, self.backoff * 2.0**doublings)
 
     def next_delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before the attempt after `attempt`."""

@@ -1,0 +1,267 @@
+"""Enqueueing on the caller's connection: psycopg and SQLAlchemy, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import pgqueue
+from pgqueue import migrate
+from tests.conftest import WorkerThread
+
+StartWorker = Callable[..., WorkerThread]
+
+
+def _count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM pgqueue_jobs").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.fixture
+def engine(dsn: str) -> Iterator[sa.Engine]:
+    engine = migrate.engine_for(dsn)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def echo(app: pgqueue.App) -> pgqueue.Task[Any, Any]:
+    @app.task
+    def echo(value: Any) -> Any:
+        return value
+
+    return echo
+
+
+# -- SQLAlchemy, sync -------------------------------------------------------------------
+
+
+def test_sqlalchemy_connection_commit_makes_the_job_run(
+    app: pgqueue.App,
+    engine: sa.Engine,
+    echo: pgqueue.Task[Any, Any],
+    start_worker: StartWorker,
+) -> None:
+    start_worker(app)
+    with engine.connect() as connection:
+        connection.execute(sa.text("CREATE TABLE orders (id int)"))
+        connection.execute(sa.text("INSERT INTO orders VALUES (7)"))
+        job = echo.apply_async(args=({"order": 7},), connection=connection)
+        assert job.status is pgqueue.JobStatus.QUEUED
+        connection.commit()
+    assert job.wait(timeout=15) == {"order": 7}
+
+
+def test_sqlalchemy_connection_rollback_leaves_nothing(
+    dsn: str, engine: sa.Engine, echo: pgqueue.Task[Any, Any]
+) -> None:
+    with engine.connect() as connection:
+        echo.apply_async(args=(1,), connection=connection)
+        connection.rollback()
+    assert _count(dsn) == 0
+
+
+def test_sqlalchemy_session_commit_makes_the_job_run(
+    app: pgqueue.App,
+    engine: sa.Engine,
+    echo: pgqueue.Task[Any, Any],
+    start_worker: StartWorker,
+) -> None:
+    start_worker(app)
+    with Session(engine) as session:
+        job = echo.apply_async(args=("from a session",), connection=session)
+        session.commit()
+    assert job.wait(timeout=15) == "from a session"
+
+
+def test_sqlalchemy_session_rollback_leaves_nothing(
+    dsn: str, engine: sa.Engine, echo: pgqueue.Task[Any, Any]
+) -> None:
+    with Session(engine) as session:
+        echo.apply_async(args=(1,), connection=session)
+        session.rollback()
+    assert _count(dsn) == 0
+
+
+# -- async ------------------------------------------------------------------------------
+
+
+def test_psycopg_async_connection_commit_makes_the_job_run(
+    app: pgqueue.App, dsn: str, echo: pgqueue.Task[Any, Any], start_worker: StartWorker
+) -> None:
+    start_worker(app)
+
+    async def scenario() -> Any:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            job = await echo.aapply_async(args=("async",), connection=conn)
+            await conn.commit()
+        found = await app.aget_job(job.id)
+        assert found.task_name == echo.name
+        return await job.wait_async(timeout=15)
+
+    assert asyncio.run(scenario()) == "async"
+
+
+def test_psycopg_async_connection_rollback_leaves_nothing(
+    dsn: str, echo: pgqueue.Task[Any, Any]
+) -> None:
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            await echo.aapply_async(args=(1,), connection=conn)
+            await conn.rollback()
+
+    asyncio.run(scenario())
+    assert _count(dsn) == 0
+
+
+def test_adelay_commits_and_wait_async_returns_the_result(
+    app: pgqueue.App, echo: pgqueue.Task[Any, Any], start_worker: StartWorker
+) -> None:
+    start_worker(app)
+
+    async def scenario() -> Any:
+        job = await echo.adelay([1, 2])
+        return await job.wait_async(timeout=15)
+
+    assert asyncio.run(scenario()) == [1, 2]
+
+
+def _async_engine(dsn: str) -> Any:
+    pytest.importorskip("greenlet", reason="SQLAlchemy's asyncio support needs greenlet")
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    return create_async_engine(
+        "postgresql+psycopg_async://",
+        async_creator=lambda: psycopg.AsyncConnection.connect(dsn),
+        poolclass=sa.NullPool,
+    )
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_sqlalchemy_async_connection(
+    app: pgqueue.App,
+    dsn: str,
+    echo: pgqueue.Task[Any, Any],
+    start_worker: StartWorker,
+    commit: bool,
+) -> None:
+    engine = _async_engine(dsn)
+    start_worker(app)
+
+    async def scenario() -> Any:
+        try:
+            async with engine.connect() as connection:
+                job = await echo.aapply_async(args=("sa-async",), connection=connection)
+                if not commit:
+                    await connection.rollback()
+                    return None
+                await connection.commit()
+            return await job.wait_async(timeout=15)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(scenario()) == ("sa-async" if commit else None)
+    assert _count(dsn) == (1 if commit else 0)
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_sqlalchemy_async_session(
+    app: pgqueue.App,
+    dsn: str,
+    echo: pgqueue.Task[Any, Any],
+    start_worker: StartWorker,
+    commit: bool,
+) -> None:
+    engine = _async_engine(dsn)
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    start_worker(app)
+
+    async def scenario() -> Any:
+        try:
+            async with AsyncSession(engine) as session:
+                job = await echo.aapply_async(args=("session-async",), connection=session)
+                if not commit:
+                    await session.rollback()
+                    return None
+                await session.commit()
+            return await job.wait_async(timeout=15)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(scenario()) == ("session-async" if commit else None)
+    assert _count(dsn) == (1 if commit else 0)
+
+
+# -- wrong connection kinds -------------------------------------------------------------
+
+
+def test_sync_connection_given_to_aapply_async_raises_type_error(
+    dsn: str, engine: sa.Engine, echo: pgqueue.Task[Any, Any]
+) -> None:
+    async def scenario(connection: Any) -> None:
+        with pytest.raises(TypeError, match="this connection is sync"):
+            await echo.aapply_async(connection=connection)
+
+    with psycopg.connect(dsn) as conn:
+        asyncio.run(scenario(conn))
+    with Session(engine) as session:
+        asyncio.run(scenario(session))
+    with engine.connect() as connection:
+        asyncio.run(scenario(connection))
+    assert _count(dsn) == 0
+
+
+def test_async_connection_given_to_apply_async_raises_type_error(
+    dsn: str, echo: pgqueue.Task[Any, Any]
+) -> None:
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            with pytest.raises(TypeError, match="this connection is async"):
+                echo.apply_async(connection=conn)
+        engine = _async_engine(dsn)
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        try:
+            async with AsyncSession(engine) as session:
+                with pytest.raises(TypeError, match="this connection is async"):
+                    echo.apply_async(connection=session)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+    assert _count(dsn) == 0
+
+
+def test_something_that_is_not_a_connection_raises_type_error(
+    echo: pgqueue.Task[Any, Any],
+) -> None:
+    with pytest.raises(TypeError, match="connection= takes a psycopg 3 Connection"):
+        echo.apply_async(connection="postgresql://not-a-connection")
+
+
+# -- no database ------------------------------------------------------------------------
+
+
+def test_enqueue_without_a_reachable_database_raises_database_unavailable() -> None:
+    app = pgqueue.App(dsn="postgresql://postgres@127.0.0.1:1/x")
+
+    @app.task
+    def unreachable() -> None: ...
+
+    with pytest.raises(pgqueue.DatabaseUnavailable, match="could not connect"):
+        unreachable.delay()
+
+    async def scenario() -> None:
+        with pytest.raises(pgqueue.DatabaseUnavailable):
+            await unreachable.adelay()
+
+    asyncio.run(scenario())

@@ -1,0 +1,220 @@
+"""A late worker cannot overwrite a job that was taken from it; lost workers' jobs come back."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+import pgqueue
+from pgqueue import queries
+from pgqueue.complete import write_outcomes
+from pgqueue.execute import ClaimedJob, Failed, Outcome, RetryLater, Succeeded, simple_error
+from pgqueue.maintenance import rescue_lost_jobs
+from pgqueue.schema import ADVISORY_LOCK_NAMESPACE
+
+LOCK_GRACE = 2.0
+HEARTBEAT_TIMEOUT = 30.0
+
+
+def _claim_by_hand(conn: psycopg.Connection[Any], worker_id: int) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            queries.CLAIM_JOBS, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
+        ).fetchall()
+    assert len(rows) == 1
+    return rows[0]
+
+
+def _row(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(queries.FETCH_JOB, {"id": job_id}).fetchone()
+    assert row is not None
+    return row
+
+
+def _write(dsn: str, outcome: Outcome) -> set[int]:
+    async def scenario() -> set[int]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            return await write_outcomes(conn, [outcome])
+
+    return asyncio.run(scenario())
+
+
+LATE = simple_error("RuntimeError", "late")
+OUTCOMES: dict[str, Callable[[ClaimedJob], Outcome]] = {
+    "succeeded": lambda job: Succeeded(job, '"late"'),
+    "failed": lambda job: Failed(job, LATE),
+    "retry": lambda job: RetryLater(job, LATE, delay=0.0),
+}
+
+
+@pytest.mark.parametrize("kind", OUTCOMES)
+def test_outcome_from_a_stale_claim_leaves_the_row_unchanged(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any], kind: str
+) -> None:
+    @app.task
+    def slow() -> None: ...
+
+    job = slow.delay()
+    claimed = _claim_by_hand(conn, worker_id=1)
+    assert claimed["attempts"] == 1
+    stale = ClaimedJob(
+        id=job.id,
+        queue="default",
+        task_name=slow.name,
+        args=[],
+        kwargs={},
+        priority=0,
+        attempt=claimed["attempts"],
+        max_attempts=claimed["max_attempts"],
+    )
+    # Meanwhile the job was rescued from worker 1 and claimed again by worker 2.
+    conn.execute(
+        "UPDATE pgqueue_jobs SET attempts = attempts + 1, worker_id = 2 WHERE id = %s", (job.id,)
+    )
+    before = _row(conn, job.id)
+
+    assert _write(dsn, OUTCOMES[kind](stale)) == set()
+    assert _row(conn, job.id) == before
+    assert before["status"] == "running" and before["attempts"] == 2
+
+    # The current claim's outcome still applies.
+    current = dataclasses.replace(stale, attempt=2)
+    assert _write(dsn, Succeeded(current, '"on time"')) == {job.id}
+    assert app.get_job(job.id).wait(timeout=5) == "on time"
+
+
+def _lost_worker(conn: psycopg.Connection[Any], heartbeat_age: float) -> int:
+    row = conn.execute(
+        """
+        INSERT INTO pgqueue_workers (name, hostname, pid, queues, concurrency, heartbeat_at)
+        VALUES ('gone', 'nowhere', 1, '{default}', 1, now() - %s * interval '1 second')
+        RETURNING id
+        """,
+        (heartbeat_age,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _rescue(dsn: str) -> list[dict[str, Any]]:
+    async def scenario() -> list[dict[str, Any]]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            return await rescue_lost_jobs(
+                aconn, lock_grace=LOCK_GRACE, heartbeat_timeout=HEARTBEAT_TIMEOUT
+            )
+
+    return asyncio.run(scenario())
+
+
+def _workers(conn: psycopg.Connection[Any]) -> list[int]:
+    return [row[0] for row in conn.execute("SELECT id FROM pgqueue_workers").fetchall()]
+
+
+def test_job_of_a_worker_without_its_lock_goes_back_to_the_queue(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task(max_attempts=3)
+    def interrupted() -> None: ...
+
+    job = interrupted.delay()
+    worker_id = _lost_worker(conn, heartbeat_age=LOCK_GRACE + 5)
+    _claim_by_hand(conn, worker_id)
+
+    rescued = _rescue(dsn)
+    assert [(r["id"], r["status"], r["attempts"]) for r in rescued] == [(job.id, "queued", 1)]
+    job.refresh()
+    assert job.status is pgqueue.JobStatus.QUEUED
+    assert job.attempts == 1
+    assert job.error is not None and job.error["type"] == "WorkerLost"
+    assert _workers(conn) == []
+    assert _rescue(dsn) == []  # idempotent
+
+
+def test_job_of_a_lost_worker_with_no_attempts_left_ends_failed(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task(max_attempts=1)
+    def crashes_its_worker() -> None: ...
+
+    job = crashes_its_worker.delay()
+    worker_id = _lost_worker(conn, heartbeat_age=LOCK_GRACE + 5)
+    _claim_by_hand(conn, worker_id)
+
+    assert [r["status"] for r in _rescue(dsn)] == ["failed"]
+    with pytest.raises(pgqueue.JobFailed) as info:
+        job.wait(timeout=5)
+    assert info.value.exc_type == "WorkerLost"
+    assert "attempt 1 of 1" in info.value.exc_message
+    assert job.attempts == 1
+    assert job.finished_at is not None
+
+
+def test_worker_holding_its_lock_keeps_its_jobs(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task
+    def long_running() -> None: ...
+
+    job = long_running.delay()
+    worker_id = _lost_worker(conn, heartbeat_age=LOCK_GRACE + 5)
+    _claim_by_hand(conn, worker_id)
+    with psycopg.connect(dsn, autocommit=True) as session:
+        session.execute("SELECT pg_advisory_lock(%s, %s)", (ADVISORY_LOCK_NAMESPACE, worker_id))
+        assert _rescue(dsn) == []
+        assert job.refresh().status is pgqueue.JobStatus.RUNNING
+    # The session ended, and its lock with it: now the worker is lost.
+    assert [r["id"] for r in _rescue(dsn)] == [job.id]
+
+
+def test_worker_within_its_lock_grace_keeps_its_jobs(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task
+    def reconnecting() -> None: ...
+
+    job = reconnecting.delay()
+    worker_id = _lost_worker(conn, heartbeat_age=0)
+    _claim_by_hand(conn, worker_id)
+    assert _rescue(dsn) == []
+    assert job.refresh().status is pgqueue.JobStatus.RUNNING
+    assert _workers(conn) == [worker_id]
+
+
+def test_worker_with_a_stale_heartbeat_is_lost_even_holding_its_lock(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task
+    def partitioned() -> None: ...
+
+    job = partitioned.delay()
+    worker_id = _lost_worker(conn, heartbeat_age=HEARTBEAT_TIMEOUT + 5)
+    _claim_by_hand(conn, worker_id)
+    with psycopg.connect(dsn, autocommit=True) as session:
+        session.execute("SELECT pg_advisory_lock(%s, %s)", (ADVISORY_LOCK_NAMESPACE, worker_id))
+        assert [r["id"] for r in _rescue(dsn)] == [job.id]
+    assert job.refresh().status is pgqueue.JobStatus.QUEUED
+
+
+def test_rescued_job_runs_again_on_a_live_worker(
+    app: pgqueue.App,
+    dsn: str,
+    conn: psycopg.Connection[Any],
+    start_worker: Callable[..., Any],
+) -> None:
+    @app.task(max_attempts=3)
+    def survives() -> int:
+        context = pgqueue.current_job()
+        assert context is not None
+        return context.attempt
+
+    job = survives.delay()
+    _claim_by_hand(conn, _lost_worker(conn, heartbeat_age=LOCK_GRACE + 5))
+    start_worker(app, rescue_interval=0.1)  # its own rescuer finds the job
+    assert job.wait(timeout=15) == 2

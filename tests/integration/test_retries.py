@@ -1,0 +1,118 @@
+"""Retries: autoretry_for with backoff, `raise pgqueue.Retry`, and giving up."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+import pytest
+
+import pgqueue
+from tests.conftest import WorkerThread
+
+StartWorker = Callable[..., WorkerThread]
+
+
+class Flaky(ConnectionError):
+    """A retryable failure."""
+
+
+def test_autoretry_exception_is_retried_until_max_attempts_then_failed(
+    app: pgqueue.App, start_worker: StartWorker
+) -> None:
+    attempts: list[int] = []
+
+    @app.task(max_attempts=3, autoretry_for=(ConnectionError,), retry_backoff=False)
+    def always_flaky() -> None:
+        context = pgqueue.current_job()
+        assert context is not None
+        attempts.append(context.attempt)
+        raise Flaky(f"down on attempt {context.attempt}")
+
+    start_worker(app)
+    job = always_flaky.delay()
+    with pytest.raises(pgqueue.JobFailed) as info:
+        job.wait(timeout=15)
+    assert info.value.exc_type.endswith("Flaky")
+    assert info.value.exc_message == "down on attempt 3"
+    assert attempts == [1, 2, 3]
+    assert job.attempts == job.max_attempts == 3
+    assert job.status is pgqueue.JobStatus.FAILED
+
+
+def test_autoretry_succeeds_once_the_failure_goes_away(
+    app: pgqueue.App, start_worker: StartWorker
+) -> None:
+    @app.task(max_attempts=5, autoretry_for=(ConnectionError,), retry_backoff=False)
+    def recovers() -> str:
+        context = pgqueue.current_job()
+        assert context is not None
+        if context.attempt < 3:
+            raise Flaky("not yet")
+        return f"ok on {context.attempt}"
+
+    start_worker(app)
+    job = recovers.delay()
+    assert job.wait(timeout=15) == "ok on 3"
+    assert job.attempts == 3
+    assert job.error is None  # a success clears the last retry's error
+
+
+def test_retries_are_spaced_by_the_backoff(app: pgqueue.App, start_worker: StartWorker) -> None:
+    started: list[float] = []
+
+    @app.task(max_attempts=3, autoretry_for=(Flaky,), retry_backoff=0.3, retry_jitter=False)
+    def spaced() -> None:
+        started.append(time.monotonic())
+        raise Flaky("again")
+
+    start_worker(app)
+    with pytest.raises(pgqueue.JobFailed):
+        spaced.delay().wait(timeout=30)
+    assert len(started) == 3
+    gaps = [later - earlier for earlier, later in itertools.pairwise(started)]
+    # Lower bounds are what the policy promises (0.3 s, then 0.6 s); the upper bound only
+    # says the retries were not left waiting for something else.
+    assert gaps[0] >= 0.3
+    assert gaps[1] >= 0.6
+    assert all(gap < 10 for gap in gaps)
+
+
+def test_raise_retry_with_countdown_runs_the_job_again(
+    app: pgqueue.App, start_worker: StartWorker
+) -> None:
+    started: list[float] = []
+
+    @app.task(max_attempts=3)
+    def polls() -> str:
+        started.append(time.monotonic())
+        context = pgqueue.current_job()
+        assert context is not None
+        if context.attempt == 1:
+            raise pgqueue.Retry(countdown=0.2, reason="not ready")
+        return "ready"
+
+    start_worker(app)
+    job = polls.delay()
+    assert job.wait(timeout=15) == "ready"
+    assert job.attempts == 2
+    assert started[1] - started[0] >= 0.2
+
+
+def test_retry_on_the_last_attempt_ends_failed_saying_so(
+    app: pgqueue.App, start_worker: StartWorker
+) -> None:
+    @app.task(max_attempts=2)
+    def never_ready() -> None:
+        raise pgqueue.Retry(countdown=0, reason="still waiting")
+
+    start_worker(app)
+    job = never_ready.delay()
+    with pytest.raises(pgqueue.JobFailed) as info:
+        job.wait(timeout=15)
+    assert info.value.exc_type == "Retry"
+    assert "still waiting" in info.value.exc_message
+    assert "attempt 2 of 2 was the last" in info.value.exc_message
+    assert job.attempts == 2
+    assert job.status is pgqueue.JobStatus.FAILED

@@ -1,0 +1,99 @@
+"""Settings: which database an App uses, and what a worker accepts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+import pgqueue
+from pgqueue.config import WorkerSettings, parse_queues, resolve_dsn
+
+ARG = "postgresql://arg@host/a"
+PGQUEUE = "postgresql://pgqueue@host/p"
+DATABASE = "postgresql://database@host/d"
+
+
+def test_the_argument_wins_over_the_environment() -> None:
+    env = {"PGQUEUE_DSN": PGQUEUE, "DATABASE_URL": DATABASE}
+    assert resolve_dsn(ARG, environ=env) == ARG
+
+
+def test_pgqueue_dsn_wins_over_database_url() -> None:
+    env = {"PGQUEUE_DSN": PGQUEUE, "DATABASE_URL": DATABASE}
+    assert resolve_dsn(None, environ=env) == PGQUEUE
+
+
+def test_database_url_is_the_last_resort() -> None:
+    assert resolve_dsn(None, environ={"DATABASE_URL": DATABASE}) == DATABASE
+
+
+def test_nothing_configured_means_the_embedded_database() -> None:
+    assert resolve_dsn(None, environ={}) is None
+
+
+def test_empty_values_count_as_unset() -> None:
+    env = {"PGQUEUE_DSN": "", "DATABASE_URL": DATABASE}
+    assert resolve_dsn("", environ=env) == DATABASE
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql+psycopg://u:p@h:5433/db", "postgresql://u:p@h:5433/db"),
+        ("postgresql+psycopg2://u@h/db", "postgresql://u@h/db"),
+        ("postgres+psycopg://u@h/db", "postgresql://u@h/db"),
+        ("  postgresql://u@h/db\n", "postgresql://u@h/db"),
+        ("host=h dbname=db user=u", "host=h dbname=db user=u"),
+    ],
+)
+def test_sqlalchemy_style_urls_are_normalised_for_libpq(given: str, expected: str) -> None:
+    assert resolve_dsn(given, environ={}) == expected
+    assert resolve_dsn(None, environ={"PGQUEUE_DSN": given}) == expected
+
+
+def test_app_does_not_touch_the_database_until_asked() -> None:
+    app = pgqueue.App("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert app.dsn == "postgresql://nobody@127.0.0.1:1/none"
+    assert not app.uses_embedded_database
+
+
+def test_worker_settings_defaults_are_valid() -> None:
+    settings = WorkerSettings()
+    assert settings.concurrency >= 1
+    assert settings.heartbeat_timeout > 2 * settings.heartbeat_interval
+
+
+def test_worker_settings_are_frozen() -> None:
+    settings = WorkerSettings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.concurrency = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"shutdown_timeout": -1}, "shutdown_timeout"),
+        ({"heartbeat_interval": 0}, "heartbeat_interval"),
+        ({"rescue_interval": 0}, "rescue_interval"),
+        ({"lock_grace": 0}, "lock_grace"),
+        ({"heartbeat_interval": 5.0, "heartbeat_timeout": 10.0}, "heartbeat_timeout"),
+        ({"completion_batch_size": 0}, "completion_batch_size"),
+        ({"completion_batch_size": 201}, "completion_batch_size"),
+        ({"queues": ("ok", "not ok")}, "queue name"),
+    ],
+)
+def test_invalid_worker_settings_name_the_setting(options: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(pgqueue.ConfigurationError, match=complaint):
+        WorkerSettings(**options)
+
+
+def test_parse_queues_accepts_text_or_a_list() -> None:
+    assert parse_queues("a, b,,c") == ("a", "b", "c")
+    assert parse_queues(["x", " y "]) == ("x", "y")
+    assert parse_queues(None) == ()
+    with pytest.raises(pgqueue.ConfigurationError):
+        parse_queues("a,b c")
