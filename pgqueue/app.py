@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import threading
@@ -261,6 +262,8 @@ class App:
         """This thread's autocommit connection, made again if it broke or the process forked."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is not None and (self._local.pid != os.getpid() or not idle_connection_ok(conn)):
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
             conn = None
         if conn is None:
             conn = self.connect(autocommit=True)
@@ -272,6 +275,9 @@ class App:
         loop = asyncio.get_running_loop()
         conn = self._async_conns.get(loop)
         if conn is None or not idle_connection_ok(conn):
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
             conn = await self.aconnect(autocommit=True)
             self._async_conns[loop] = conn
         return conn
@@ -282,6 +288,13 @@ class App:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    async def aclose(self) -> None:
+        """Close the shared async connection of the running event loop (and this thread's)."""
+        conn = self._async_conns.pop(asyncio.get_running_loop(), None)
+        if conn is not None:
+            await conn.close()
+        self.close()
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -378,22 +391,18 @@ class App:
 def idle_connection_ok(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     """Whether an idle connection is still usable, without a round trip.
 
-    A connection the server ended while it sat idle (restart, `pg_terminate_backend`, idle
-    timeout) has its goodbye waiting on the socket; reading it now means the next enqueue
-    goes to a fresh connection instead of failing. Retrying a failed INSERT instead would be
-    unsafe: the first one may have committed.
+    An idle connection that does not LISTEN has nothing to receive; when the server ends it
+    (restart, `pg_terminate_backend`, idle timeout), its goodbye is waiting on the socket. So
+    anything readable there means: use a fresh connection (the rare harmless message costs one
+    reconnect). Retrying a failed INSERT instead would be unsafe: the first may have committed.
     """
     if conn.broken or conn.closed:
         return False
     try:
-        for _ in range(2):  # the server's error message first, then the end of the stream
-            readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-            if not readable:
-                return True
-            conn.pgconn.consume_input()
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
     except (psycopg.Error, OSError, ValueError):
         return False
-    return conn.pgconn.status == ConnStatus.OK
+    return not readable and conn.pgconn.status == ConnStatus.OK
 
 
 def _check_exist(

@@ -52,7 +52,7 @@ class JobRequest:
 
 def build_request(
     task: Task[Any, Any],
-    args: Sequence[Any] = (),
+    args: Sequence[Any] | None = (),
     kwargs: Mapping[str, Any] | None = None,
     *,
     countdown: float | timedelta | None = None,
@@ -61,6 +61,8 @@ def build_request(
     queue: str | None = None,
 ) -> JobRequest:
     """Check every argument and serialise it; raises before anything is written."""
+    if args is None:  # accepted, as Celery does
+        args = ()
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
         raise TypeError(f"args must be a list or tuple, got {type(args).__name__}")
     if kwargs is not None and not isinstance(kwargs, Mapping):

@@ -80,7 +80,7 @@ class Task(Generic[P, R]):
 
     def apply_async(
         self,
-        args: Sequence[Any] = (),
+        args: Sequence[Any] | None = (),
         kwargs: Mapping[str, Any] | None = None,
         *,
         countdown: float | timedelta | None = None,
@@ -112,7 +112,7 @@ class Task(Generic[P, R]):
 
     async def aapply_async(
         self,
-        args: Sequence[Any] = (),
+        args: Sequence[Any] | None = (),
         kwargs: Mapping[str, Any] | None = None,
         *,
         countdown: float | timedelta | None = None,
@@ -132,7 +132,7 @@ class Task(Generic[P, R]):
 
     def _request(
         self,
-        args: Sequence[Any],
+        args: Sequence[Any] | None,
         kwargs: Mapping[str, Any] | None,
         countdown: float | timedelta | None,
         eta: datetime | None,

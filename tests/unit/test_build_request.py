@@ -84,10 +84,14 @@ def test_bad_priority_is_refused(task: pgqueue.Task[Any, Any], priority: Any) ->
         build_request(task, priority=priority)
 
 
-@pytest.mark.parametrize("args", ["abc", b"abc", 5, {"a": 1}, {1, 2}, None])
+@pytest.mark.parametrize("args", ["abc", b"abc", 5, {"a": 1}, {1, 2}])
 def test_args_must_be_a_sequence(task: pgqueue.Task[Any, Any], args: Any) -> None:
     with pytest.raises(TypeError, match="args must be a list or tuple"):
         build_request(task, args)
+
+
+def test_args_none_means_no_arguments_as_in_celery(task: pgqueue.Task[Any, Any]) -> None:
+    assert build_request(task, None).args_json == "[]"
 
 
 def test_kwargs_must_be_a_mapping(task: pgqueue.Task[Any, Any]) -> None:
