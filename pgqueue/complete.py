@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from pgqueue import queries
-from pgqueue.execute import Failed, Outcome, RetryLater, Succeeded
+from pgqueue.execute import Failed, Outcome, RetryLater, Succeeded, simple_error
 
 logger = logging.getLogger("pgqueue.worker")
 
@@ -27,7 +27,8 @@ Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
 def outcome_params(outcomes: list[Outcome]) -> dict[str, list[Any]]:
     """The COMPLETE_JOBS parameters for a batch: one array per column."""
     params: dict[str, list[Any]] = {
-        key: [] for key in ("ids", "attempts", "statuses", "results", "errors", "delays", "etas")
+        key: []
+        for key in ("ids", "attempts", "statuses", "results", "errors", "delays", "etas", "refunds")
     }
     for outcome in outcomes:
         params["ids"].append(outcome.job.id)
@@ -39,6 +40,9 @@ def outcome_params(outcomes: list[Outcome]) -> dict[str, list[Any]]:
         )
         params["delays"].append(outcome.delay if isinstance(outcome, RetryLater) else None)
         params["etas"].append(outcome.eta if isinstance(outcome, RetryLater) else None)
+        params["refunds"].append(
+            1 if isinstance(outcome, RetryLater) and outcome.refund_attempt else 0
+        )
     return params
 
 
@@ -100,7 +104,7 @@ class Completer:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = await self._connect()
-                applied = await write_outcomes(self._conn, batch)
+                applied = await self._write(self._conn, batch)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 logger.warning(
                     "could not write %d job outcome(s), retrying in %.1fs: %s",
@@ -124,6 +128,50 @@ class Completer:
                         outcome.job.attempt,
                         outcome.status,
                     )
+
+    async def _write(self, conn: psycopg.AsyncConnection[Any], batch: list[Outcome]) -> set[int]:
+        """Write a batch; if the database refuses it (not a lost connection), find the
+        outcome it refuses and store that job as FAILED with the reason instead, so no job is
+        left running under a live worker."""
+        try:
+            return await write_outcomes(conn, batch)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise
+            if len(batch) > 1:
+                applied: set[int] = set()
+                for outcome in batch:
+                    applied |= await self._write(conn, [outcome])
+                return applied
+            outcome = batch[0]
+            reason = " ".join(str(exc).split())
+            if isinstance(outcome, Failed) and outcome.error.get("type") == "OutcomeNotStored":
+                logger.error(
+                    "job %d %s: could not even store its failure (%s); it stays running "
+                    "until this worker stops",
+                    outcome.job.id,
+                    outcome.job.task_name,
+                    reason,
+                )
+                return set()
+            logger.error(
+                "job %d %s attempt %d: the database refused its %s outcome: %s",
+                outcome.job.id,
+                outcome.job.task_name,
+                outcome.job.attempt,
+                outcome.status,
+                reason,
+            )
+            replacement = Failed(
+                outcome.job,
+                simple_error(
+                    "OutcomeNotStored",
+                    f"the database refused this attempt's {outcome.status} outcome: {reason}",
+                ),
+            )
+            return await self._write(conn, [replacement])
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Close for new work and wait until every outcome is written; False on timeout."""

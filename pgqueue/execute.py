@@ -60,6 +60,8 @@ class RetryLater:
     error: dict[str, Any]
     delay: float = 0.0
     eta: datetime | None = None
+    # True when the worker, not the job, cut the attempt short (shutdown): it is not counted.
+    refund_attempt: bool = False
     status = "queued"
 
 

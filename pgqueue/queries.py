@@ -68,11 +68,13 @@ COMPLETE_JOBS = """
 WITH outcome AS (
     SELECT * FROM unnest(
         %(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
-        %(results)s::text[], %(errors)s::text[], %(delays)s::float8[], %(etas)s::timestamptz[]
-    ) AS o(id, attempt, status, result, error, delay, eta)
+        %(results)s::text[], %(errors)s::text[], %(delays)s::float8[], %(etas)s::timestamptz[],
+        %(refunds)s::int[]
+    ) AS o(id, attempt, status, result, error, delay, eta, refund)
 )
 UPDATE pgqueue_jobs AS j
 SET status = o.status::pgqueue_job_status,
+    attempts = j.attempts - o.refund,
     result = o.result::jsonb,
     error = o.error::jsonb,
     worker_id = NULL,

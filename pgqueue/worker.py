@@ -33,7 +33,6 @@ from pgqueue.errors import DatabaseUnavailable
 from pgqueue.execute import (
     ClaimedJob,
     Executor,
-    Failed,
     Outcome,
     RetryLater,
     Succeeded,
@@ -85,6 +84,7 @@ class Worker:
         self.queues = self.settings.queues or app.queues()
         self.running: dict[int, asyncio.Task[None]] = {}
         self.forced = False
+        self.crashed = False
         self._stop_count = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -166,6 +166,8 @@ class Worker:
             self.scheduler.start()
         completer_task = asyncio.create_task(self.completer.run(), name="pgqueue-completer")
         rescuer_task = asyncio.create_task(self._rescue_loop(), name="pgqueue-rescuer")
+        for service in (completer_task, rescuer_task):
+            service.add_done_callback(self._on_service_done)
         try:
             await self._claim_loop()
             await self._finish_running_jobs()
@@ -190,7 +192,22 @@ class Worker:
             self.thread_pool.shutdown(wait=False, cancel_futures=True)
             self._remove_signal_handlers(loop)
         logger.info("worker %s stopped", self.presence.name)
-        return 1 if self.forced else 0
+        return 1 if self.forced or self.crashed else 0
+
+    def _on_service_done(self, task: asyncio.Task[None]) -> None:
+        """A background loop must not die quietly: stop the worker, with a non-zero exit."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        logger.critical(
+            "%s stopped on an unexpected error, stopping the worker: %s: %s",
+            task.get_name(),
+            type(exc).__name__,
+            exc,
+        )
+        self.crashed = True
+        if not self._stopping.is_set():
+            self.request_stop()
 
     @staticmethod
     def stuck_threads(wait: float = 1.0) -> list[threading.Thread]:
@@ -293,14 +310,13 @@ class Worker:
             self._signal.wake()
 
     def _interrupted(self, job: ClaimedJob) -> Outcome:
+        """The worker, not the job, cut this attempt short: back to the queue, uncounted."""
         error = simple_error("WorkerShutdown", "the worker stopped before this attempt finished")
-        if job.attempt >= job.max_attempts:
-            return Failed(job, error)
         task = self.app.tasks.get(job.task_name)
         # A sync task's thread cannot be stopped and runs on until this process exits: its
         # retry waits long enough that the two can never overlap.
         delay = 0.0 if task is None or task.is_async else INTERRUPTED_THREAD_RETRY_DELAY
-        return RetryLater(job, error, delay=delay)
+        return RetryLater(job, error, delay=delay, refund_attempt=True)
 
     @staticmethod
     def _log_outcome(outcome: Outcome, duration: float) -> None:
@@ -308,6 +324,13 @@ class Worker:
         head = f"job {job.id} {job.task_name} attempt {job.attempt}/{job.max_attempts}"
         if isinstance(outcome, Succeeded):
             logger.info("%s succeeded in %.3fs", head, duration)
+        elif isinstance(outcome, RetryLater) and outcome.refund_attempt:
+            logger.warning(
+                "%s interrupted after %.3fs by the shutdown: back in the queue, "
+                "attempt not counted",
+                head,
+                duration,
+            )
         elif isinstance(outcome, RetryLater):
             when = f"at {outcome.eta.isoformat()}" if outcome.eta else f"in {outcome.delay:.2f}s"
             logger.warning(

@@ -78,15 +78,32 @@ def test_second_signal_stops_at_once_and_the_job_goes_back_to_the_queue(
     worker.send(signal.SIGTERM)
     assert worker.wait(30) == EXIT_FORCED
 
+    # Back in the queue, and the interrupted attempt is not counted against the job.
     requeued = job_row(db, job)
-    assert (requeued["status"], requeued["attempts"], requeued["worker_id"]) == ("queued", 1, None)
+    assert (requeued["status"], requeued["attempts"], requeued["worker_id"]) == ("queued", 0, None)
     assert requeued["error"]["type"] == "WorkerShutdown"
 
     set_flag(db, "second-worker")
     second = spawn_worker()
     done = wait_for_status(db, job, "succeeded")
-    assert done["attempts"] == 2
-    assert executions(db, job) == [(1, worker.pid), (2, second.pid)]
+    assert done["attempts"] == 1
+    assert executions(db, job) == [(1, worker.pid), (1, second.pid)]
+
+
+def test_second_signal_on_the_last_attempt_still_requeues_the_job(
+    db: psycopg.Connection[Any], spawn_worker: SpawnWorker
+) -> None:
+    worker = spawn_worker(*LONG_GRACE)
+    with db.transaction():  # committed together: the worker only ever sees max_attempts = 1
+        job = apps.ablock.apply_async(args=("last-attempt",), connection=db).id
+        db.execute("UPDATE pgqueue_jobs SET max_attempts = 1 WHERE id = %s", (job,))
+    wait_started(db, job)
+    worker.send(signal.SIGTERM)
+    worker.wait_for_log(STOPPING)
+    worker.send(signal.SIGTERM)
+    assert worker.wait(30) == EXIT_FORCED
+    requeued = job_row(db, job)
+    assert (requeued["status"], requeued["attempts"]) == ("queued", 0)
 
 
 def test_killed_worker_job_is_rescued_by_another_worker(

@@ -116,3 +116,30 @@ def test_retry_on_the_last_attempt_ends_failed_saying_so(
     assert "attempt 2 of 2 was the last" in info.value.exc_message
     assert job.attempts == 2
     assert job.status is pgqueue.JobStatus.FAILED
+
+
+def test_an_outcome_the_database_refuses_ends_the_job_failed_not_stuck(
+    app: pgqueue.App, start_worker: StartWorker
+) -> None:
+    # A retry delay past PostgreSQL's timestamp range: the database refuses to store it.
+    @app.task(
+        max_attempts=3,
+        autoretry_for=(ValueError,),
+        retry_backoff=1e300,
+        retry_backoff_max=1e300,
+        retry_jitter=False,
+    )
+    def doomed() -> None:
+        raise ValueError("boom")
+
+    @app.task
+    def fine() -> str:
+        return "still writing outcomes"
+
+    start_worker(app)
+    job = doomed.delay()
+    with pytest.raises(pgqueue.JobFailed) as info:
+        job.wait(timeout=15)
+    assert info.value.exc_type == "OutcomeNotStored"
+    assert "refused this attempt's queued outcome" in info.value.exc_message
+    assert fine.delay().wait(timeout=15) == "still writing outcomes"
