@@ -114,10 +114,8 @@ def _after_retry_request(task: Task[Any, Any], job: ClaimedJob, request: Retry) 
     error = error_info(request, with_traceback=False)
     error["type"] = "Retry"
     if not task.retry_policy.can_retry(job.attempt):
-        error["message"] = (
-            f"retry requested ({error['message']}) but attempt {job.attempt} of "
-            f"{job.max_attempts} was the last"
-        )
+        asked = f"retry requested ({error['message']})" if request.reason else "retry requested"
+        error["message"] = f"{asked} but attempt {job.attempt} of {job.max_attempts} was the last"
         return Failed(job, error)
     if request.eta is not None:
         return RetryLater(job, error, eta=request.eta)

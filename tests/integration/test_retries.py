@@ -143,3 +143,16 @@ def test_an_outcome_the_database_refuses_ends_the_job_failed_not_stuck(
     assert info.value.exc_type == "OutcomeNotStored"
     assert "refused this attempt's queued outcome" in info.value.exc_message
     assert fine.delay().wait(timeout=15) == "still writing outcomes"
+
+
+def test_retry_without_a_reason_on_the_last_attempt_reads_plainly(
+    app: pgqueue.App, start_worker: StartWorker
+) -> None:
+    @app.task(max_attempts=1)
+    def once() -> None:
+        raise pgqueue.Retry(countdown=0)
+
+    start_worker(app)
+    with pytest.raises(pgqueue.JobFailed) as info:
+        once.delay().wait(timeout=15)
+    assert info.value.exc_message == "retry requested but attempt 1 of 1 was the last"
