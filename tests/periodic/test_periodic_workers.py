@@ -63,3 +63,67 @@ def test_three_workers_make_exactly_one_job_per_one_second_tick(dsn: str, tmp_pa
     assert row is not None
     # Every job ran; the last tick's job may still have been queued when the workers stopped.
     assert row[0] >= row[1] - 2
+
+
+def _count(dsn: str, sql: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_worker_without_scheduler_runs_jobs_that_a_lone_scheduler_makes(
+    dsn: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.acceptance.helpers import subprocess_env
+    from tests.conftest import ROOT
+    from tests.periodic import periodic_app
+
+    worker = WorkerProcess(dsn, tmp_path / "worker.log", ["--app", APP, "--no-scheduler"])
+    scheduler: subprocess.Popen[bytes] | None = None
+    try:
+        worker.launch().wait_ready()
+        # The worker is fully running: it runs a job, yet never synced the schedule.
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            job = periodic_app.every_second.apply_async(connection=conn)
+        wait_until(
+            lambda: _count(
+                dsn,
+                f"SELECT count(*) FROM pgqueue_jobs WHERE id = {job.id} AND status = 'succeeded'",
+            ),
+            what="the worker to run a job",
+        )
+        assert _count(dsn, "SELECT count(*) FROM pgqueue_periodic") == 0
+
+        log = (tmp_path / "scheduler.log").open("wb")
+        scheduler = subprocess.Popen(
+            [sys.executable, "-m", "pgqueue", "scheduler", "--app", APP],
+            cwd=ROOT,
+            env=subprocess_env(dsn),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(
+            lambda: (
+                _count(
+                    dsn,
+                    "SELECT count(*) FROM pgqueue_jobs WHERE periodic_name = 'every-second'"
+                    " AND status = 'succeeded'",
+                )
+                >= 3
+            ),
+            timeout=30,
+            what="three scheduled jobs run",
+        )
+        scheduler.send_signal(signal.SIGTERM)
+        assert scheduler.wait(30) == 0
+        worker.send(signal.SIGTERM)
+        assert worker.wait(60) == 0
+    finally:
+        if scheduler is not None and scheduler.poll() is None:
+            scheduler.kill()
+            scheduler.wait(30)
+        worker.cleanup()
