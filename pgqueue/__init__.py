@@ -6,8 +6,10 @@ The public API, and nothing else.
 from pgqueue.app import App
 from pgqueue.context import JobContext, current_job
 from pgqueue.errors import (
+    Cancel,
     ConfigurationError,
     DatabaseUnavailable,
+    JobCancelled,
     JobFailed,
     JobNotFound,
     PgQueueError,
@@ -22,9 +24,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Cancel",
     "ConfigurationError",
     "DatabaseUnavailable",
     "Job",
+    "JobCancelled",
     "JobContext",
     "JobFailed",
     "JobNotFound",

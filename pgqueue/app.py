@@ -351,6 +351,37 @@ class App:
             raise JobNotFound(f"no job with id {job_id}")
         return Job(self, row)
 
+    def cancel(self, job_id: int, reason: str = "cancelled on request") -> bool:
+        """Cancel a job by id; see `Job.cancel()`. False if it had already finished."""
+        conn = self._shared_connection()
+        params = {"id": job_id, "message": reason}
+        try:
+            with conn.transaction():
+                if conn.execute(queries.CANCEL_QUEUED_JOB, params).fetchone():
+                    return True
+                if conn.execute(queries.REQUEST_CANCEL_RUNNING_JOB, params).fetchone():
+                    return True
+                if conn.execute(queries.FETCH_JOB, params).fetchone() is None:
+                    raise JobNotFound(f"no job with id {job_id}")
+                return False
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    async def acancel(self, job_id: int, reason: str = "cancelled on request") -> bool:
+        """Async twin of `cancel()`."""
+        conn = await self._ashared_connection()
+        params = {"id": job_id, "message": reason}
+        try:
+            async with conn.transaction():
+                for query in (queries.CANCEL_QUEUED_JOB, queries.REQUEST_CANCEL_RUNNING_JOB):
+                    if await (await conn.execute(query, params)).fetchone():
+                        return True
+                if await (await conn.execute(queries.FETCH_JOB, params)).fetchone() is None:
+                    raise JobNotFound(f"no job with id {job_id}")
+                return False
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
     def wait_all(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
         """Block until every job has finished (whatever its outcome), on one connection."""
         self._wait_for_jobs([job.id for job in jobs], timeout)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -17,9 +18,22 @@ from pgqueue import queries
 from pgqueue.execute import ClaimedJob
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What one claim statement took: jobs to run, and jobs it ended instead (expired, or
+    cancelled while waiting for a retry): `taken` counts both, against the limit."""
+
+    jobs: list[ClaimedJob]
+    ended: list[tuple[int, str]]
+
+    @property
+    def taken(self) -> int:
+        return len(self.jobs) + len(self.ended)
+
+
 async def claim_jobs(
     conn: psycopg.AsyncConnection[Any], queues: Sequence[str], limit: int, worker_id: int
-) -> list[ClaimedJob]:
+) -> Claim:
     """Claim up to `limit` due jobs for `worker_id`; each claim bumps the attempt (its token)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
@@ -28,7 +42,7 @@ async def claim_jobs(
         rows = await cur.fetchall()
     # The statement returns rows in no particular order; start the most urgent first.
     rows.sort(key=lambda r: (-r["priority"], r["id"]))
-    return [
+    jobs = [
         ClaimedJob(
             id=row["id"],
             queue=row["queue"],
@@ -40,7 +54,9 @@ async def claim_jobs(
             max_attempts=row["max_attempts"],
         )
         for row in rows
+        if not row["dead"]
     ]
+    return Claim(jobs, [(row["id"], row["task_name"]) for row in rows if row["dead"]])
 
 
 class ClaimSignal:

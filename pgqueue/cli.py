@@ -240,6 +240,28 @@ def cmd_periodic_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from pgqueue.errors import JobNotFound
+
+    app = _app_or_dsn(args)
+    missing = 0
+    for job_id in args.job_ids:
+        try:
+            done = app.cancel(job_id, args.reason)
+            job = app.get_job(job_id)
+        except JobNotFound:
+            print(f"job {job_id}: no such job")
+            missing += 1
+            continue
+        if not done:
+            print(f"job {job_id}: already finished ({job.status.value}), nothing to cancel")
+        elif job.status.value == "running":
+            print(f"job {job_id}: cancellation requested from its worker")
+        else:
+            print(f"job {job_id}: cancelled")
+    return EXIT_ERROR if missing else 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from pgqueue import queries
     from pgqueue.migrate import check_schema
@@ -388,6 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
         p = psub.add_parser(action, parents=[common, app_arg], help=text)
         p.add_argument("name", help="the schedule name (see `pgqueue periodic list`)")
         p.set_defaults(func=cmd_periodic_action)
+
+    cancel = sub.add_parser(
+        "cancel",
+        parents=[common, app_arg],
+        help="cancel jobs by id",
+        description="A queued job ends CANCELLED at once; a running job's worker is told to "
+        "cancel it (async tasks are cancelled, sync tasks see the request in their context).",
+    )
+    cancel.add_argument("job_ids", type=int, nargs="+", metavar="JOB_ID")
+    cancel.add_argument("--reason", default="cancelled on request", help="stored as the error")
+    cancel.set_defaults(func=cmd_cancel)
 
     stats = sub.add_parser(
         "stats",

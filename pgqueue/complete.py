@@ -36,7 +36,7 @@ def outcome_params(outcomes: list[Outcome]) -> dict[str, list[Any]]:
         params["statuses"].append(outcome.status)
         params["results"].append(outcome.result_json if isinstance(outcome, Succeeded) else None)
         params["errors"].append(
-            json.dumps(outcome.error) if isinstance(outcome, (Failed, RetryLater)) else None
+            None if isinstance(outcome, Succeeded) else json.dumps(outcome.error)
         )
         params["delays"].append(outcome.delay if isinstance(outcome, RetryLater) else None)
         params["etas"].append(outcome.eta if isinstance(outcome, RetryLater) else None)

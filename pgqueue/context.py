@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+
+from pgqueue.errors import Cancel
 
 
 @dataclass(frozen=True)
@@ -15,6 +18,18 @@ class JobContext:
     queue: str
     attempt: int
     max_attempts: int
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether `job.cancel()` was called on this running job."""
+        return self.cancel_event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise `pgqueue.Cancel` if cancellation was requested: call it between steps of a
+        long sync task (async tasks are cancelled at their current `await` anyway)."""
+        if self.cancel_event.is_set():
+            raise Cancel("cancelled on request while running")
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(

@@ -36,6 +36,8 @@ class JobRequest:
     eta: datetime | None
     countdown: float | None
     max_attempts: int
+    expires_at: datetime | None = None
+    expires_in: float | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,8 @@ class JobRequest:
             "eta": self.eta,
             "countdown": self.countdown,
             "max_attempts": self.max_attempts,
+            "expires_at": self.expires_at,
+            "expires_in": self.expires_in,
         }
 
 
@@ -59,6 +63,7 @@ def build_request(
     eta: datetime | None = None,
     priority: int | None = None,
     queue: str | None = None,
+    expires: float | timedelta | datetime | None = None,
 ) -> JobRequest:
     """Check every argument and serialise it; raises before anything is written."""
     if args is None:  # accepted, as Celery does
@@ -84,7 +89,10 @@ def build_request(
                 "eta must be timezone-aware (e.g. datetime.now(timezone.utc) + timedelta(...)); "
                 "a naive datetime is ambiguous"
             )
+    expires_at, expires_in = _expiry(expires)
     return JobRequest(
+        expires_at=expires_at,
+        expires_in=expires_in,
         queue=validate_queue_name(queue if queue is not None else task.queue),
         task_name=task.name,
         args_json=_json.dumps(list(args), "task arguments", "args"),
@@ -94,6 +102,25 @@ def build_request(
         countdown=float(countdown) if countdown is not None else None,
         max_attempts=task.retry_policy.max_attempts,
     )
+
+
+def _expiry(expires: float | timedelta | datetime | None) -> tuple[datetime | None, float | None]:
+    """`expires=`: seconds or a timedelta from now (database clock), or an aware datetime."""
+    if expires is None:
+        return None, None
+    if isinstance(expires, datetime):
+        if expires.tzinfo is None:
+            raise ConfigurationError(
+                "expires must be timezone-aware when it is a datetime "
+                "(e.g. datetime.now(timezone.utc) + timedelta(minutes=5))"
+            )
+        return expires, None
+    seconds = expires.total_seconds() if isinstance(expires, timedelta) else expires
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"expires takes seconds, a timedelta or a datetime, got {expires!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigurationError(f"expires must be a positive number of seconds, got {expires!r}")
+    return None, float(seconds)
 
 
 def _row_from_sqlalchemy(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,22 @@ class JobFailed(PgQueueError):
         super().__init__(f"job {job_id} ({task_name}) {status}: {exc_type}: {exc_message}")
 
 
+class JobCancelled(JobFailed):
+    """The job ended CANCELLED: cancelled on request (type "Cancelled") or expired ("Expired")."""
+
+
+class Cancel(PgQueueError):
+    """Raise inside a task to end its job CANCELLED, without retries.
+
+    `pgqueue.current_job().raise_if_cancelled()` raises it when someone called
+    `job.cancel()` on the running job: the way a sync task honours a cancellation.
+    """
+
+    def __init__(self, reason: str = "cancelled on request") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 class Retry(PgQueueError):
     """Raise inside a task to ask for another attempt.
 

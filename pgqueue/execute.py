@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import threading
 import traceback
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgqueue import _json
 from pgqueue.context import JobContext, _current
-from pgqueue.errors import Retry
+from pgqueue.errors import Cancel, Retry
 
 if TYPE_CHECKING:
     from pgqueue.app import App
@@ -65,7 +66,16 @@ class RetryLater:
     status = "queued"
 
 
-Outcome = Succeeded | Failed | RetryLater
+@dataclass(frozen=True)
+class Cancelled:
+    """The job ends CANCELLED: the task raised `pgqueue.Cancel`, or was cancelled on request."""
+
+    job: ClaimedJob
+    error: dict[str, Any]
+    status = "cancelled"
+
+
+Outcome = Succeeded | Failed | RetryLater | Cancelled
 
 
 class TaskTimeout(TimeoutError):
@@ -134,7 +144,7 @@ class Executor:
         # worker counts them against its free slots until they return.
         self.overrunning_threads: set[concurrent.futures.Future[Any]] = set()
 
-    async def run(self, job: ClaimedJob) -> Outcome:
+    async def run(self, job: ClaimedJob, cancel_event: threading.Event | None = None) -> Outcome:
         task = self.app.tasks.get(job.task_name)
         if task is None:
             return Failed(
@@ -146,9 +156,11 @@ class Executor:
                 ),
             )
         try:
-            value = await self._call(task, job)
+            value = await self._call(task, job, cancel_event or threading.Event())
         except asyncio.CancelledError:
             raise
+        except Cancel as cancel:
+            return Cancelled(job, simple_error("Cancelled", cancel.reason))
         except Retry as request:
             return _after_retry_request(task, job, request)
         except TaskTimeout as exc:
@@ -160,7 +172,9 @@ class Executor:
         except TypeError as exc:
             return Failed(job, error_info(exc, with_traceback=False))
 
-    async def _call(self, task: Task[Any, Any], job: ClaimedJob) -> Any:
+    async def _call(
+        self, task: Task[Any, Any], job: ClaimedJob, cancel_event: threading.Event
+    ) -> Any:
         context = contextvars.copy_context()
         context.run(
             _current.set,
@@ -170,6 +184,7 @@ class Executor:
                 queue=job.queue,
                 attempt=job.attempt,
                 max_attempts=job.max_attempts,
+                cancel_event=cancel_event,
             ),
         )
         if task.is_async:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pgqueue.errors import JobFailed, JobNotFound
+from pgqueue.errors import JobCancelled, JobFailed, JobNotFound
 
 if TYPE_CHECKING:
     from pgqueue.app import App
@@ -68,6 +68,8 @@ class Job:
         self.finished_at: datetime | None = row.get("finished_at")
         self.result: Any = row.get("result")
         self.error: dict[str, Any] | None = row.get("error")
+        self.expires_at: datetime | None = row.get("expires_at")
+        self.cancel_requested_at: datetime | None = row.get("cancel_requested_at")
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.task_name} {self.status.value} attempts={self.attempts}>"
@@ -92,7 +94,21 @@ class Job:
         self.refresh()
         return self._outcome()
 
+    def cancel(self, reason: str = "cancelled on request") -> bool:
+        """Cancel the job: a queued job ends CANCELLED at once; for a running one the worker
+        is told (async tasks are cancelled, sync tasks see `current_job().cancel_requested`)
+        and no retry follows. False if the job had already finished."""
+        done = self._app.cancel(self.id, reason)
+        self.refresh()
+        return done
+
     # -- async --------------------------------------------------------------------------
+
+    async def acancel(self, reason: str = "cancelled on request") -> bool:
+        """Async twin of `cancel()`."""
+        done = await self._app.acancel(self.id, reason)
+        await self.arefresh()
+        return done
 
     async def arefresh(self) -> Job:
         """Async twin of `refresh()`."""
@@ -114,7 +130,8 @@ class Job:
         if self.status is JobStatus.SUCCEEDED:
             return self.result
         error = self.error or {}
-        raise JobFailed(
+        failure = JobCancelled if self.status is JobStatus.CANCELLED else JobFailed
+        raise failure(
             job_id=self.id,
             task_name=self.task_name,
             exc_type=str(error.get("type", "Unknown")),

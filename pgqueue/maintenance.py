@@ -1,5 +1,6 @@
-"""Rescue the jobs of lost workers. Every worker runs it; no leader is needed, as the statement
-is idempotent and rescuers skip each other's locked rows.
+"""Maintenance every worker runs, each pass idempotent, so no leader is needed: rescue the jobs
+of lost workers, expire queued jobs past their deadline, and catch cancel requests whose
+notification was missed.
 
 A worker is lost when its session advisory lock is gone (PostgreSQL drops it with the session:
 a crash, `kill -9`, a closed connection) and its heartbeat is older than `lock_grace`, or when
@@ -28,3 +29,17 @@ async def rescue_lost_jobs(
             {"lock_grace": lock_grace, "heartbeat_timeout": heartbeat_timeout},
         )
         return await cur.fetchall()
+
+
+async def expire_queued_jobs(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """End queued jobs past their `expires_at` as CANCELLED (type Expired); returns them."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(queries.EXPIRE_QUEUED_JOBS)
+        return await cur.fetchall()
+
+
+async def cancel_requests_for(conn: psycopg.AsyncConnection[Any], worker_id: int) -> list[int]:
+    """Ids of this worker's running jobs whose cancellation was requested (the backstop for
+    a cancel notification lost while the worker was reconnecting)."""
+    cur = await conn.execute(queries.CANCEL_REQUESTS_FOR_WORKER, {"worker_id": worker_id})
+    return [row[0] for row in await cur.fetchall()]

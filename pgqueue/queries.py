@@ -11,11 +11,17 @@ from __future__ import annotations
 import re
 from functools import cache
 
-from pgqueue.schema import ADVISORY_LOCK_NAMESPACE, NOTIFY_ENQUEUED, NOTIFY_FINISHED
+from pgqueue.schema import (
+    ADVISORY_LOCK_NAMESPACE,
+    NOTIFY_CANCEL,
+    NOTIFY_ENQUEUED,
+    NOTIFY_FINISHED,
+)
 
 JOB_COLUMNS = (
     "id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts, "
-    "worker_id, result, error, created_at, started_at, finished_at"
+    "worker_id, result, error, created_at, started_at, finished_at, expires_at, "
+    "cancel_requested_at"
 )
 
 # Insert one job and wake idle workers of its queue, in the caller's transaction (the NOTIFY is
@@ -23,7 +29,8 @@ JOB_COLUMNS = (
 # Casts are spelled CAST(... AS ...) because this statement also runs through SQLAlchemy.
 INSERT_JOB = f"""
 WITH job AS (
-    INSERT INTO pgqueue_jobs (queue, task_name, args, kwargs, priority, run_at, max_attempts)
+    INSERT INTO pgqueue_jobs (
+        queue, task_name, args, kwargs, priority, run_at, max_attempts, expires_at)
     VALUES (
         %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
         %(priority)s,
@@ -31,7 +38,10 @@ WITH job AS (
             CAST(%(eta)s AS timestamptz),
             now() + CAST(%(countdown)s AS float8) * interval '1 second',
             now()),
-        %(max_attempts)s
+        %(max_attempts)s,
+        COALESCE(
+            CAST(%(expires_at)s AS timestamptz),
+            now() + CAST(%(expires_in)s AS float8) * interval '1 second')
     )
     RETURNING {JOB_COLUMNS}
 )
@@ -46,20 +56,41 @@ FROM job
 
 # Claim up to `limit` due jobs of the given queues, highest priority first, skipping rows other
 # workers hold; the attempt counter is bumped here and becomes this claim's fencing token.
-CLAIM_JOBS = """
+# A picked job that expired, or whose cancellation was requested (while it ran before a retry
+# or rescue), ends CANCELLED here instead of running: `dead` tells the worker, and its waiters
+# are notified.
+CLAIM_JOBS = f"""
 WITH picked AS (
-    SELECT id FROM pgqueue_jobs
+    SELECT id, (cancel_requested_at IS NOT NULL OR expires_at <= now()) IS TRUE AS dead
+    FROM pgqueue_jobs
     WHERE status = 'queued' AND queue = ANY(%(queues)s::text[]) AND run_at <= now()
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgqueue_jobs AS j
+    SET status = (CASE WHEN p.dead THEN 'cancelled' ELSE 'running' END)::pgqueue_job_status,
+        attempts = j.attempts + CASE WHEN p.dead THEN 0 ELSE 1 END,
+        worker_id = CASE WHEN p.dead THEN NULL ELSE %(worker_id)s END,
+        started_at = CASE WHEN p.dead THEN j.started_at ELSE now() END,
+        finished_at = CASE WHEN p.dead THEN now() END,
+        error = CASE
+            WHEN NOT p.dead THEN j.error
+            WHEN j.cancel_requested_at IS NOT NULL THEN jsonb_build_object(
+                'type', 'Cancelled', 'message', 'cancelled on request', 'traceback', NULL)
+            ELSE jsonb_build_object(
+                'type', 'Expired',
+                'message', 'not started before it expired at ' || j.expires_at::text,
+                'traceback', NULL)
+            END
+    FROM picked AS p
+    WHERE j.id = p.id
+    RETURNING j.id, j.queue, j.task_name, j.args, j.kwargs, j.priority, j.attempts,
+              j.max_attempts, p.dead
 )
-UPDATE pgqueue_jobs AS j
-SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
-    started_at = now(), finished_at = NULL
-FROM picked
-WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task_name, j.args, j.kwargs, j.priority, j.attempts, j.max_attempts
+SELECT c.*,
+       CASE WHEN c.dead THEN pg_notify('{NOTIFY_FINISHED}', c.id::text)::text END AS notified
+FROM claimed AS c
 """
 
 # Write a batch of outcomes in one statement; each row applies only if the job is still running
@@ -172,6 +203,56 @@ FROM rescued AS r
 # Lock-free test of whether this worker's session lock is still free to take (resume after a
 # reconnect): pg_try_advisory_lock never blocks on a session that outlived its client.
 TRY_LOCK_WORKER = f"SELECT pg_try_advisory_lock({ADVISORY_LOCK_NAMESPACE}, %(worker_id)s)"
+
+# Cancel a job that has not started: it ends CANCELLED at once, and waiters are told.
+CANCEL_QUEUED_JOB = f"""
+WITH done AS (
+    UPDATE pgqueue_jobs
+    SET status = 'cancelled', finished_at = now(),
+        error = jsonb_build_object(
+            'type', 'Cancelled', 'message', CAST(%(message)s AS text), 'traceback', NULL)
+    WHERE id = %(id)s AND status = 'queued'
+    RETURNING id
+)
+SELECT id, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified FROM done
+"""
+
+# Ask the worker running a job to cancel it; the flag also stops any later retry or rescue.
+REQUEST_CANCEL_RUNNING_JOB = f"""
+WITH asked AS (
+    UPDATE pgqueue_jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now())
+    WHERE id = %(id)s AND status = 'running'
+    RETURNING id
+)
+SELECT id, pg_notify('{NOTIFY_CANCEL}', id::text)::text AS notified FROM asked
+"""
+
+# A worker's backstop for cancel notifications it may have missed while reconnecting.
+CANCEL_REQUESTS_FOR_WORKER = """
+SELECT id FROM pgqueue_jobs
+WHERE worker_id = %(worker_id)s AND status = 'running' AND cancel_requested_at IS NOT NULL
+"""
+
+# Queued jobs past their deadline end CANCELLED (type Expired), even in queues no worker
+# serves; waiters are told.
+EXPIRE_QUEUED_JOBS = f"""
+WITH expired AS (
+    UPDATE pgqueue_jobs
+    SET status = 'cancelled', finished_at = now(),
+        error = jsonb_build_object(
+            'type', 'Expired',
+            'message', 'not started before it expired at ' || expires_at::text,
+            'traceback', NULL)
+    WHERE id IN (
+        SELECT id FROM pgqueue_jobs
+        WHERE status = 'queued' AND expires_at <= now()
+        ORDER BY expires_at
+        LIMIT 1000
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id, task_name
+)
+SELECT id, task_name, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified FROM expired
+"""
 
 # One job by id, for Job.refresh() and app.get_job().
 FETCH_JOB = f"SELECT {JOB_COLUMNS} FROM pgqueue_jobs WHERE id = %(id)s"

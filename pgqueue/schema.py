@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql as pg
 VERSION_TABLE = "pgqueue_alembic_version"
 NOTIFY_ENQUEUED = "pgqueue_enqueued"
 NOTIFY_FINISHED = "pgqueue_finished"
+NOTIFY_CANCEL = "pgqueue_cancel"
 # First key of the two-key advisory locks that pgqueue workers hold (ASCII "pgqu").
 ADVISORY_LOCK_NAMESPACE = 0x70677175
 
@@ -53,6 +54,10 @@ jobs = sa.Table(
     # Set on jobs made by a periodic schedule: which schedule, and which tick.
     sa.Column("periodic_name", sa.Text, nullable=True),
     sa.Column("periodic_fire_at", sa.DateTime(timezone=True), nullable=True),
+    # Not started by then: never run, ends CANCELLED (error type "Expired").
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    # Set by job.cancel() on a running job; its worker is told by NOTIFY and acts on it.
+    sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.
@@ -77,6 +82,12 @@ jobs = sa.Table(
         "periodic_fire_at",
         unique=True,
         postgresql_where=sa.text("periodic_name IS NOT NULL"),
+    ),
+    # The expiry sweep: queued jobs with a deadline, a small set.
+    sa.Index(
+        "pgqueue_jobs_expiring_idx",
+        "expires_at",
+        postgresql_where=sa.text("status = 'queued' AND expires_at IS NOT NULL"),
     ),
     # Pruning and "what finished lately" queries.
     sa.Index(

@@ -88,16 +88,19 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         queue: str | None = None,
         connection: Any = None,
+        expires: float | timedelta | datetime | None = None,
     ) -> Job:
         """Enqueue with options.
 
         `countdown` (seconds or timedelta) or `eta` (aware datetime) delays the first run;
-        `priority` (higher runs first) and `queue` override the task's defaults. With
+        `priority` (higher runs first) and `queue` override the task's defaults. `expires`
+        (seconds or timedelta from now, or an aware datetime): a job not started by then is
+        never run and ends CANCELLED with error type "Expired". With
         `connection=` (psycopg 3 Connection or SQLAlchemy Connection/Session) the job is
         written in that connection's current transaction and pgqueue does not commit: the job
         exists if and only if your transaction commits.
         """
-        request = self._request(args, kwargs, countdown, eta, priority, queue)
+        request = self._request(args, kwargs, countdown, eta, priority, queue, expires)
         if connection is None:
             row = self.app._insert_committed(request)
         else:
@@ -120,10 +123,11 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         queue: str | None = None,
         connection: Any = None,
+        expires: float | timedelta | datetime | None = None,
     ) -> Job:
         """Async twin of `apply_async()`; `connection=` takes a psycopg AsyncConnection or a
         SQLAlchemy AsyncConnection/AsyncSession."""
-        request = self._request(args, kwargs, countdown, eta, priority, queue)
+        request = self._request(args, kwargs, countdown, eta, priority, queue, expires)
         if connection is None:
             row = await self.app._ainsert_committed(request)
         else:
@@ -138,7 +142,15 @@ class Task(Generic[P, R]):
         eta: datetime | None,
         priority: int | None,
         queue: str | None,
+        expires: float | timedelta | datetime | None = None,
     ) -> JobRequest:
         return build_request(
-            self, args, kwargs, countdown=countdown, eta=eta, priority=priority, queue=queue
+            self,
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            priority=priority,
+            queue=queue,
+            expires=expires,
         )

@@ -31,6 +31,7 @@ from pgqueue.complete import Completer
 from pgqueue.config import WorkerSettings
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.execute import (
+    Cancelled,
     ClaimedJob,
     Executor,
     Outcome,
@@ -38,12 +39,12 @@ from pgqueue.execute import (
     Succeeded,
     simple_error,
 )
-from pgqueue.maintenance import rescue_lost_jobs
+from pgqueue.maintenance import cancel_requests_for, expire_queued_jobs, rescue_lost_jobs
 from pgqueue.migrate import check_schema
 from pgqueue.notifier import Notifier
 from pgqueue.periodic import Scheduler
 from pgqueue.presence import Presence
-from pgqueue.schema import NOTIFY_ENQUEUED
+from pgqueue.schema import NOTIFY_CANCEL, NOTIFY_ENQUEUED
 
 logger = logging.getLogger("pgqueue.worker")
 
@@ -83,6 +84,10 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.queues = self.settings.queues or app.queues()
         self.running: dict[int, asyncio.Task[None]] = {}
+        # Per running job: set when its cancellation is requested (JobContext reads it).
+        self.cancel_events: dict[int, threading.Event] = {}
+        self._cancelling: set[int] = set()
+        self._job_names: dict[int, str] = {}
         self.forced = False
         self.crashed = False
         self._stop_count = 0
@@ -118,6 +123,7 @@ class Worker:
 
     async def run_async(self) -> int:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self._stopping = asyncio.Event()
         self._force = asyncio.Event()
         self._signal = ClaimSignal(self.queues, self.settings.poll_interval)
@@ -129,8 +135,8 @@ class Worker:
 
         self.notifier = Notifier(
             connect=lambda: self.app.connect(autocommit=True),
-            channels=[NOTIFY_ENQUEUED],
-            on_notify=lambda _channel, payload: signal_.on_notify_threadsafe(payload),
+            channels=[NOTIFY_ENQUEUED, NOTIFY_CANCEL],
+            on_notify=self._on_notify_threadsafe,
             on_connect=self.presence.on_connect,
             on_tick=self.presence.on_tick,
             tick_interval=settings.heartbeat_interval,
@@ -165,7 +171,7 @@ class Worker:
             self.scheduler = Scheduler(self.app)
             self.scheduler.start()
         completer_task = asyncio.create_task(self.completer.run(), name="pgqueue-completer")
-        rescuer_task = asyncio.create_task(self._rescue_loop(), name="pgqueue-rescuer")
+        rescuer_task = asyncio.create_task(self._maintenance_loop(), name="pgqueue-maintenance")
         for service in (completer_task, rescuer_task):
             service.add_done_callback(self._on_service_done)
         try:
@@ -193,6 +199,33 @@ class Worker:
             self._remove_signal_handlers(loop)
         logger.info("worker %s stopped", self.presence.name)
         return 1 if self.forced or self.crashed else 0
+
+    def _on_notify_threadsafe(self, channel: str, payload: str) -> None:
+        """From the notifier's thread: enqueue hints wake the claimer; cancel requests are
+        handed to the loop."""
+        if channel == NOTIFY_CANCEL:
+            if payload.isdigit():
+                self._loop.call_soon_threadsafe(self._cancel_running, int(payload))
+        else:
+            self._signal.on_notify_threadsafe(payload)
+
+    def _cancel_running(self, job_id: int) -> None:
+        """Cancel a job this worker runs (ignored if it runs elsewhere or has finished).
+
+        The flag is always set, for sync tasks to read; an async task is also cancelled at
+        its current `await`. A sync task that ignores the flag runs to its end, and its own
+        outcome is stored.
+        """
+        event = self.cancel_events.get(job_id)
+        task = self.running.get(job_id)
+        if event is None or task is None or event.is_set():
+            return
+        event.set()
+        job_task = self.app.tasks.get(self._job_names.get(job_id, ""))
+        logger.info("job %d: cancellation requested", job_id)
+        if job_task is not None and job_task.is_async:
+            self._cancelling.add(job_id)
+            task.cancel()
 
     def _on_service_done(self, task: asyncio.Task[None]) -> None:
         """A background loop must not die quietly: stop the worker, with a non-zero exit."""
@@ -247,7 +280,7 @@ class Worker:
             if free > 0 and want_claim and self.notifier.connected.is_set() and worker_id:
                 try:
                     conn = await self._claim_conn.get()
-                    jobs = await claim_jobs(conn, self.queues, free, worker_id)
+                    claim = await claim_jobs(conn, self.queues, free, worker_id)
                 except (psycopg.Error, OSError) as exc:
                     logger.warning(
                         "could not claim jobs, retrying in %.1fs: %s", backoff, _one_line(exc)
@@ -257,14 +290,18 @@ class Worker:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
+                for job_id, task_name in claim.ended:
+                    logger.info("job %d %s ended CANCELLED before it could run", job_id, task_name)
                 if self._stopping.is_set():
-                    await self._release_unstarted(jobs)
+                    await self._release_unstarted(claim.jobs)
                     break
-                self._last_claim_full = len(jobs) == free
+                self._last_claim_full = claim.taken == free
                 want_claim = self._last_claim_full
-                for job in jobs:
+                for job in claim.jobs:
+                    self.cancel_events[job.id] = threading.Event()
+                    self._job_names[job.id] = job.task_name
                     self.running[job.id] = asyncio.create_task(self._run_job(job))
-                if jobs:
+                if claim.taken:
                     continue
             await self._signal.wait()
             want_claim = True
@@ -300,12 +337,20 @@ class Worker:
             job.max_attempts,
         )
         try:
-            outcome = await self.executor.run(job)
+            outcome = await self.executor.run(job, self.cancel_events.get(job.id))
         except asyncio.CancelledError:
-            outcome = self._interrupted(job)
+            if job.id in self._cancelling:
+                outcome = Cancelled(
+                    job, simple_error("Cancelled", "cancelled on request while running")
+                )
+            else:
+                outcome = self._interrupted(job)
         self._log_outcome(outcome, time.monotonic() - started)
         self.completer.submit(outcome)
         self.running.pop(job.id, None)
+        self.cancel_events.pop(job.id, None)
+        self._job_names.pop(job.id, None)
+        self._cancelling.discard(job.id)
         if self._last_claim_full:
             self._signal.wake()
 
@@ -324,6 +369,8 @@ class Worker:
         head = f"job {job.id} {job.task_name} attempt {job.attempt}/{job.max_attempts}"
         if isinstance(outcome, Succeeded):
             logger.info("%s succeeded in %.3fs", head, duration)
+        elif isinstance(outcome, Cancelled):
+            logger.warning("%s cancelled after %.3fs: %s", head, duration, outcome.error["message"])
         elif isinstance(outcome, RetryLater) and outcome.refund_attempt:
             logger.warning(
                 "%s interrupted after %.3fs by the shutdown: back in the queue, "
@@ -379,7 +426,7 @@ class Worker:
 
     # -- maintenance ----------------------------------------------------------------------
 
-    async def _rescue_loop(self) -> None:
+    async def _maintenance_loop(self) -> None:
         conn = _Connection(self.app)
         try:
             while True:
@@ -389,10 +436,21 @@ class Worker:
                         lock_grace=self.settings.lock_grace,
                         heartbeat_timeout=self.settings.heartbeat_timeout,
                     )
+                    expired = await expire_queued_jobs(await conn.get())
+                    worker_id = self.presence.worker_id
+                    asked = await cancel_requests_for(await conn.get(), worker_id or 0)
                 except psycopg.Error as exc:
-                    logger.warning("rescue pass failed: %s", _one_line(exc))
+                    logger.warning("maintenance pass failed: %s", _one_line(exc))
                     await conn.reset()
-                    rescued = []
+                    rescued, expired, asked = [], [], []
+                for row in expired:
+                    logger.info(
+                        "job %d %s expired before it started: CANCELLED",
+                        row["id"],
+                        row["task_name"],
+                    )
+                for job_id in asked:
+                    self._cancel_running(job_id)
                 for row in rescued:
                     log = logger.error if row["status"] == "failed" else logger.warning
                     log(
