@@ -15,7 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue import queries
-from pgqueue.execute import ClaimedJob
+from pgqueue.outcome import ClaimedJob
 
 
 @dataclass(frozen=True)

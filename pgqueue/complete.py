@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from pgqueue import queries
-from pgqueue.execute import Failed, Outcome, RetryLater, Succeeded, simple_error
+from pgqueue.outcome import Failed, Outcome, RetryLater, Succeeded, simple_error
 
 logger = logging.getLogger("pgqueue.worker")
 

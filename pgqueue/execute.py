@@ -11,104 +11,29 @@ import concurrent.futures
 import contextvars
 import functools
 import threading
-import traceback
-from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pgqueue import _json
 from pgqueue.context import JobContext, _current
 from pgqueue.errors import Cancel, Retry
+from pgqueue.outcome import (
+    Cancelled,
+    ClaimedJob,
+    Failed,
+    Outcome,
+    RetryLater,
+    Succeeded,
+    error_info,
+    simple_error,
+)
 
 if TYPE_CHECKING:
     from pgqueue.app import App
     from pgqueue.tasks import Task
 
 
-@dataclass(frozen=True)
-class ClaimedJob:
-    """A job this worker holds: `attempt` is the claim's fencing token."""
-
-    id: int
-    queue: str
-    task_name: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    priority: int
-    attempt: int
-    max_attempts: int
-
-
-@dataclass(frozen=True)
-class Succeeded:
-    job: ClaimedJob
-    result_json: str
-    status = "succeeded"
-
-
-@dataclass(frozen=True)
-class Failed:
-    job: ClaimedJob
-    error: dict[str, Any]
-    status = "failed"
-
-
-@dataclass(frozen=True)
-class RetryLater:
-    """Another attempt, after `delay` seconds (database clock) or at `eta`."""
-
-    job: ClaimedJob
-    error: dict[str, Any]
-    delay: float = 0.0
-    eta: datetime | None = None
-    # True when the worker, not the job, cut the attempt short (shutdown): it is not counted.
-    refund_attempt: bool = False
-    status = "queued"
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    """The job ends CANCELLED: the task raised `pgqueue.Cancel`, or was cancelled on request."""
-
-    job: ClaimedJob
-    error: dict[str, Any]
-    status = "cancelled"
-
-
-Outcome = Succeeded | Failed | RetryLater | Cancelled
-
-
 class TaskTimeout(TimeoutError):
     """An attempt ran past its task's `timeout`."""
-
-
-def error_info(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
-    """What is stored in the job's `error` column: type, message, traceback."""
-    exc_type = type(exc)
-    module = exc_type.__module__
-    name = (
-        exc_type.__qualname__
-        if module in ("builtins", "__main__")
-        else (f"{module}.{exc_type.__qualname__}")
-    )
-    try:
-        message = str(exc)
-    except Exception:  # a broken __str__ must not lose the outcome
-        message = f"<{name}: str() failed>"
-    # PostgreSQL's jsonb cannot store NUL characters; an unwritable error would never be stored.
-    return {
-        "type": name,
-        "message": message.replace("\x00", "\\x00"),
-        "traceback": (
-            "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")
-            if with_traceback
-            else None
-        ),
-    }
-
-
-def simple_error(type_name: str, message: str) -> dict[str, Any]:
-    return {"type": type_name, "message": message, "traceback": None}
 
 
 def _after_failure(

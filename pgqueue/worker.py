@@ -30,18 +30,18 @@ from pgqueue.claim import ClaimSignal, claim_jobs
 from pgqueue.complete import Completer
 from pgqueue.config import WorkerSettings
 from pgqueue.errors import DatabaseUnavailable
-from pgqueue.execute import (
+from pgqueue.execute import Executor
+from pgqueue.maintenance import cancel_requests_for, expire_queued_jobs, rescue_lost_jobs
+from pgqueue.migrate import check_schema
+from pgqueue.notifier import Notifier
+from pgqueue.outcome import (
     Cancelled,
     ClaimedJob,
-    Executor,
     Outcome,
     RetryLater,
     Succeeded,
     simple_error,
 )
-from pgqueue.maintenance import cancel_requests_for, expire_queued_jobs, rescue_lost_jobs
-from pgqueue.migrate import check_schema
-from pgqueue.notifier import Notifier
 from pgqueue.periodic import Scheduler
 from pgqueue.presence import Presence
 from pgqueue.schema import NOTIFY_CANCEL, NOTIFY_ENQUEUED

@@ -14,8 +14,8 @@ from psycopg.rows import dict_row
 import pgqueue
 from pgqueue import queries
 from pgqueue.complete import write_outcomes
-from pgqueue.execute import ClaimedJob, Failed, Outcome, RetryLater, Succeeded, simple_error
 from pgqueue.maintenance import rescue_lost_jobs
+from pgqueue.outcome import ClaimedJob, Failed, Outcome, RetryLater, Succeeded, simple_error
 from pgqueue.schema import ADVISORY_LOCK_NAMESPACE
 
 LOCK_GRACE = 2.0
