@@ -104,6 +104,7 @@ class App:
         retry_jitter: bool = True,
         autoretry_for: Iterable[type[BaseException]] = (),
         timeout: float | timedelta | None = None,
+        transactional: bool = False,
     ) -> Callable[[F], Task[Any, Any]]: ...
 
     def task(
@@ -120,6 +121,7 @@ class App:
         retry_jitter: bool = True,
         autoretry_for: Iterable[type[BaseException]] = (),
         timeout: float | timedelta | None = None,
+        transactional: bool = False,
     ) -> Task[Any, Any] | Callable[[F], Task[Any, Any]]:
         """Register a function (sync or async) as a task; usable bare or with options.
 
@@ -127,7 +129,8 @@ class App:
         exception types in `autoretry_for`, or when the task raises `pgqueue.Retry`; the wait
         before attempt n+1 is a random time up to `retry_backoff * 2**(n-1)` seconds, capped at
         `retry_backoff_max` (no randomness with `retry_jitter=False`). `timeout` limits one
-        attempt, in seconds.
+        attempt, in seconds. `transactional=True` runs the task in a transaction that also
+        commits its job's completion: see `pgqueue.current_job().connection`.
         """
 
         def register(function: F) -> Task[Any, Any]:
@@ -150,6 +153,7 @@ class App:
                 priority=priority,
                 retry_policy=policy,
                 timeout=timeout,
+                transactional=transactional,
             )
             existing = self.tasks.get(task.name)
             if existing is not None and existing.fn is not function:

@@ -191,3 +191,13 @@ class Completer:
 
     async def close(self) -> None:
         await self._close_conn()
+
+
+def write_outcomes_sync(conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> set[int]:
+    """`write_outcomes` on a sync connection, inside the caller's transaction (transactional
+    tasks write their own SUCCEEDED this way, before their transaction commits)."""
+    rows = conn.execute(queries.COMPLETE_JOBS, outcome_params(outcomes)).fetchall()
+    finished = [str(row[0]) for row in rows if row[1] != "queued"]
+    if finished:
+        conn.execute(queries.NOTIFY_FINISHED_JOBS, {"payload": ",".join(finished)})
+    return {row[0] for row in rows}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextvars
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
-from pgqueue.errors import Cancel
+from pgqueue.errors import Cancel, ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,27 @@ class JobContext:
     attempt: int
     max_attempts: int
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    # For tasks declared transactional=True: a psycopg connection (AsyncConnection for async
+    # tasks) in an open transaction, which also commits the job's completion.
+    _connection: Any = field(default=None, repr=False)
+
+    @property
+    def connection(self) -> Any:
+        """The connection whose transaction commits this job's completion (transactional
+        tasks only): write through it, and your writes and the job's SUCCEEDED commit
+        together, or not at all.
+
+        >>> @app.task(transactional=True)
+        ... def charge(order_id: int) -> None:
+        ...     pgqueue.current_job().connection.execute(
+        ...         "UPDATE orders SET charged = true WHERE id = %s", (order_id,))
+        """
+        if self._connection is None:
+            raise ConfigurationError(
+                f"task {self.task_name} has no job connection: declare it with "
+                "@app.task(transactional=True)"
+            )
+        return self._connection
 
     @property
     def cancel_requested(self) -> bool:

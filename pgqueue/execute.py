@@ -13,13 +13,14 @@ import functools
 import threading
 from typing import TYPE_CHECKING, Any
 
-from pgqueue import _json
+from pgqueue import _json, transactional
 from pgqueue.context import JobContext, _current
 from pgqueue.errors import Cancel, Retry
 from pgqueue.outcome import (
     Cancelled,
     ClaimedJob,
     Failed,
+    LeaseLost,
     Outcome,
     RetryLater,
     Succeeded,
@@ -65,11 +66,14 @@ class Executor:
     def __init__(self, app: App, thread_pool: concurrent.futures.ThreadPoolExecutor) -> None:
         self.app = app
         self.thread_pool = thread_pool
+        self.transactional = transactional.TransactionalConnections(app)
         # Threads of sync tasks that outlived their timeout: they still occupy a thread, so the
         # worker counts them against its free slots until they return.
         self.overrunning_threads: set[concurrent.futures.Future[Any]] = set()
 
-    async def run(self, job: ClaimedJob, cancel_event: threading.Event | None = None) -> Outcome:
+    async def run(
+        self, job: ClaimedJob, cancel_event: threading.Event | None = None
+    ) -> Outcome | LeaseLost:
         task = self.app.tasks.get(job.task_name)
         if task is None:
             return Failed(
@@ -84,6 +88,8 @@ class Executor:
             value = await self._call(task, job, cancel_event or threading.Event())
         except asyncio.CancelledError:
             raise
+        except transactional.LeaseLostError:
+            return LeaseLost(job)
         except Cancel as cancel:
             return Cancelled(job, simple_error("Cancelled", cancel.reason))
         except Retry as request:
@@ -92,6 +98,8 @@ class Executor:
             return _after_failure(task, job, exc, error_info(exc, with_traceback=False))
         except BaseException as exc:  # a task's failure is data, whatever it raised
             return _after_failure(task, job, exc, error_info(exc))
+        if task.transactional:
+            return value  # type: ignore[no-any-return]  # its committed Succeeded
         try:
             return Succeeded(job, _json.dumps(value, "the task's return value", "result"))
         except TypeError as exc:
@@ -100,6 +108,15 @@ class Executor:
     async def _call(
         self, task: Task[Any, Any], job: ClaimedJob, cancel_event: threading.Event
     ) -> Any:
+        """Run the task in the job's context; a transactional task returns its committed
+        Succeeded, any other its value."""
+        connection: Any = None
+        if task.transactional:
+            connection = await (
+                self.transactional.aacquire()
+                if task.is_async
+                else asyncio.to_thread(self.transactional.acquire)
+            )
         context = contextvars.copy_context()
         context.run(
             _current.set,
@@ -110,16 +127,24 @@ class Executor:
                 attempt=job.attempt,
                 max_attempts=job.max_attempts,
                 cancel_event=cancel_event,
+                _connection=connection,
             ),
         )
         if task.is_async:
             # A task created inside context.run() runs in (a copy of) that context; this is
             # the spelling that works on Python 3.10, before create_task(context=).
-            running: asyncio.Future[Any] = context.run(
-                asyncio.ensure_future, task.fn(*job.args, **job.kwargs)
+            call_async = functools.partial(task.fn, *job.args, **job.kwargs)
+            coro = (
+                transactional.run_async(self.transactional, connection, job, call_async)
+                if connection is not None
+                else call_async()
             )
+            running: asyncio.Future[Any] = context.run(asyncio.ensure_future, coro)
             return await self._with_timeout(task, running)
-        call = functools.partial(context.run, task.fn, *job.args, **job.kwargs)
+        fn = functools.partial(task.fn, *job.args, **job.kwargs)
+        if connection is not None:
+            fn = functools.partial(transactional.run_sync, self.transactional, connection, job, fn)
+        call = functools.partial(context.run, fn)
         future = self.thread_pool.submit(call)
         try:
             return await self._with_timeout(task, asyncio.wrap_future(future))

@@ -30,6 +30,8 @@ class ClaimedJob:
 class Succeeded:
     job: ClaimedJob
     result_json: str
+    # True for transactional tasks: written and committed with the task's own writes.
+    committed: bool = False
     status = "succeeded"
 
 
@@ -60,6 +62,15 @@ class Cancelled:
     job: ClaimedJob
     error: dict[str, Any]
     status = "cancelled"
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """A transactional task finished after its job was rescued from this worker: its
+    transaction, with everything the task wrote, was rolled back. Nothing to write."""
+
+    job: ClaimedJob
+    status = "lost"
 
 
 Outcome = Succeeded | Failed | RetryLater | Cancelled

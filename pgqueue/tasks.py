@@ -44,6 +44,7 @@ class Task(Generic[P, R]):
         priority: int = 0,
         retry_policy: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
+        transactional: bool = False,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"@app.task decorates a function, got {fn!r}")
@@ -61,6 +62,7 @@ class Task(Generic[P, R]):
         self.retry_policy: RetryPolicy = retry_policy or RetryPolicy()
         self.timeout: float | None = float(timeout) if timeout is not None else None
         self.is_async: bool = inspect.iscoroutinefunction(fn)
+        self.transactional: bool = bool(transactional)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__wrapped__ = fn

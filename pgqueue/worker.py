@@ -37,6 +37,7 @@ from pgqueue.notifier import Notifier
 from pgqueue.outcome import (
     Cancelled,
     ClaimedJob,
+    LeaseLost,
     Outcome,
     RetryLater,
     Succeeded,
@@ -190,6 +191,7 @@ class Worker:
                 )
             completer_task.cancel()
             await self.completer.close()
+            await self.executor.transactional.aclose()
             self.presence.stopping = True  # before the row goes, or a heartbeat re-registers
             await self._unregister()
             await self._claim_conn.reset()
@@ -346,7 +348,8 @@ class Worker:
             else:
                 outcome = self._interrupted(job)
         self._log_outcome(outcome, time.monotonic() - started)
-        self.completer.submit(outcome)
+        if not (isinstance(outcome, LeaseLost) or getattr(outcome, "committed", False)):
+            self.completer.submit(outcome)
         self.running.pop(job.id, None)
         self.cancel_events.pop(job.id, None)
         self._job_names.pop(job.id, None)
@@ -364,11 +367,18 @@ class Worker:
         return RetryLater(job, error, delay=delay, refund_attempt=True)
 
     @staticmethod
-    def _log_outcome(outcome: Outcome, duration: float) -> None:
+    def _log_outcome(outcome: Outcome | LeaseLost, duration: float) -> None:
         job = outcome.job
         head = f"job {job.id} {job.task_name} attempt {job.attempt}/{job.max_attempts}"
         if isinstance(outcome, Succeeded):
             logger.info("%s succeeded in %.3fs", head, duration)
+        elif isinstance(outcome, LeaseLost):
+            logger.warning(
+                "%s finished after %.3fs but lost its lease (rescued and claimed again "
+                "elsewhere): its transaction was rolled back",
+                head,
+                duration,
+            )
         elif isinstance(outcome, Cancelled):
             logger.warning("%s cancelled after %.3fs: %s", head, duration, outcome.error["message"])
         elif isinstance(outcome, RetryLater) and outcome.refund_attempt:

@@ -1,0 +1,124 @@
+"""Exactly-once effects for database work: a task's writes and its job's completion commit in
+one transaction.
+
+A task declared `@app.task(transactional=True)` runs inside a transaction on a connection of
+its own, given to it as `pgqueue.current_job().connection`. When the task returns, its
+SUCCEEDED outcome is written on that connection, guarded by the claim's fencing token, and
+the transaction commits: the task's writes and the job's completion become visible together,
+or not at all. If the task raises, is cancelled, times out, or its worker dies, or if the job
+was rescued from this worker meanwhile, the transaction rolls back, nothing the task wrote
+survives, and the job runs again (or fails) as usual.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from pgqueue import _json
+from pgqueue.complete import write_outcomes, write_outcomes_sync
+from pgqueue.outcome import ClaimedJob, Succeeded
+
+if TYPE_CHECKING:
+    from pgqueue.app import App
+
+
+class LeaseLostError(Exception):
+    """The guarded completion matched no row: the job is no longer ours; roll back."""
+
+
+class TransactionalConnections:
+    """Idle connections for transactional tasks, reused from job to job."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._aidle: list[psycopg.AsyncConnection[Any]] = []
+
+    def acquire(self) -> psycopg.Connection[Any]:
+        from pgqueue.app import idle_connection_ok
+
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if idle_connection_ok(conn):
+                    return conn
+                conn.close()
+        return self._app.connect()
+
+    def release(self, conn: psycopg.Connection[Any]) -> None:
+        if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.close()
+            return
+        with self._lock:
+            self._idle.append(conn)
+
+    async def aacquire(self) -> psycopg.AsyncConnection[Any]:
+        from pgqueue.app import idle_connection_ok
+
+        while self._aidle:
+            conn = self._aidle.pop()
+            if idle_connection_ok(conn):
+                return conn
+            await conn.close()
+        return await self._app.aconnect()
+
+    async def arelease(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
+            await conn.close()
+            return
+        self._aidle.append(conn)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+        aidle, self._aidle = self._aidle, []
+        for aconn in aidle:
+            await aconn.close()
+
+
+def _succeeded(job: ClaimedJob, value: Any) -> Succeeded:
+    return Succeeded(job, _json.dumps(value, "the task's return value", "result"), committed=True)
+
+
+def run_sync(
+    pool: TransactionalConnections,
+    conn: psycopg.Connection[Any],
+    job: ClaimedJob,
+    call: Callable[[], Any],
+) -> Succeeded:
+    """On the task's thread: BEGIN; the task; the guarded SUCCEEDED; COMMIT. Raises what the
+    task raised (or LeaseLostError) after rolling back."""
+    try:
+        with conn.transaction():
+            outcome = _succeeded(job, call())
+            if job.id not in write_outcomes_sync(conn, [outcome]):
+                raise LeaseLostError
+        return outcome
+    finally:
+        pool.release(conn)
+
+
+async def run_async(
+    pool: TransactionalConnections,
+    conn: psycopg.AsyncConnection[Any],
+    job: ClaimedJob,
+    call: Callable[[], Any],
+) -> Succeeded:
+    """The async twin of `run_sync`: `call()` returns the task's coroutine."""
+    try:
+        async with conn.transaction():
+            outcome = _succeeded(job, await call())
+            # A nested transaction() is a savepoint inside the task's transaction.
+            if job.id not in await write_outcomes(conn, [outcome]):
+                raise LeaseLostError
+        return outcome
+    finally:
+        await pool.arelease(conn)
