@@ -14,6 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import sqlalchemy as sa  # noqa: E402
 from shop import engine, metadata, place_order  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 from tasks import app  # noqa: E402
@@ -52,6 +53,11 @@ def main() -> int:
                 f"  job {job.id:>4} {job.task_name:<32} {job.status.value:<9} "
                 f"attempts={job.attempts}  -> {result}"
             )
+        with db.connect() as connection:
+            counts = connection.execute(
+                sa.text("SELECT order_id, count(*) FROM demo_charges GROUP BY 1 ORDER BY 1")
+            ).all()
+        print("charges per order: " + ", ".join(f"order {o}: {n}" for o, n in counts))
     finally:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from tasks import app, call_flaky_service, score_order, send_receipt
+from tasks import app, call_flaky_service, charge_order, score_order, send_receipt
 
 import pgqueue
 
@@ -18,6 +18,12 @@ orders = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("item", sa.Text, nullable=False),
     sa.Column("quantity", sa.Integer, nullable=False),
+)
+charges = sa.Table(
+    "demo_charges",
+    metadata,
+    sa.Column("order_id", sa.Integer, nullable=False),
+    sa.Column("amount_cents", sa.Integer, nullable=False),
 )
 
 
@@ -34,6 +40,7 @@ def place_order(session: Session, item: str, quantity: int) -> list[pgqueue.Job]
         orders.insert().values(item=item, quantity=quantity).returning(orders.c.id)
     ).scalar_one()
     return [
+        charge_order.apply_async(args=(order_id,), connection=session),
         send_receipt.apply_async(args=(order_id,), connection=session),
         score_order.apply_async(args=(order_id, quantity), connection=session),
         call_flaky_service.apply_async(args=(order_id,), connection=session),

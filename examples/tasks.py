@@ -1,5 +1,5 @@
-"""The demo's tasks: a shop that sends receipts, scores orders asynchronously, and calls a
-flaky service that pgqueue retries.
+"""The demo's tasks: a shop that charges orders exactly once, sends receipts, scores orders
+asynchronously, and calls a flaky service that pgqueue retries.
 
 Run a worker for them with `pgqueue worker --app tasks:app` from this folder.
 """
@@ -31,6 +31,21 @@ async def score_order(order_id: int, quantity: int) -> dict[str, int]:
     """An async task: runs on the worker's event loop."""
     await asyncio.sleep(0.01)
     return {"order_id": order_id, "score": quantity * 10}
+
+
+@app.task(transactional=True, max_attempts=5, autoretry_for=(ConnectionError,))
+def charge_order(order_id: int) -> str:
+    """Charges the order exactly once: the charge row and this job's SUCCEEDED commit in one
+    transaction. If the worker dies or the attempt fails, both roll back and the job runs
+    again; a retried job can never charge twice."""
+    job = pgqueue.current_job()
+    assert job is not None
+    job.connection.execute(
+        "INSERT INTO demo_charges (order_id, amount_cents) "
+        "SELECT id, quantity * 1999 FROM demo_orders WHERE id = %s",
+        (order_id,),
+    )
+    return f"order {order_id} charged once"
 
 
 @app.task(max_attempts=3, retry_backoff=0.2, autoretry_for=(ConnectionError,))

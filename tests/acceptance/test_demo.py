@@ -40,7 +40,12 @@ def test_demo_runs_every_job_and_stops_its_worker_cleanly(dsn: str) -> None:
     assert demo.returncode == 0, stderr
     results = [m.groups() for m in map(RESULT_LINE.match, stdout.splitlines()) if m]
     assert sorted((task, attempts) for task, attempts, _ in results) == sorted(
-        [("tasks.send_receipt", "1"), ("tasks.score_order", "1"), ("tasks.call_flaky_service", "2")]
+        [
+            ("tasks.charge_order", "1"),
+            ("tasks.send_receipt", "1"),
+            ("tasks.score_order", "1"),
+            ("tasks.call_flaky_service", "2"),
+        ]
         * 2
     )
     values = [value for _, _, value in results]
@@ -48,5 +53,6 @@ def test_demo_runs_every_job_and_stops_its_worker_cleanly(dsn: str) -> None:
     assert "receipt for order 2: 1 x kettle" in values
     assert sum("confirmed on attempt 2" in value for value in values) == 2
     assert "a rolled-back order left no job behind" in stdout
+    assert "charges per order: order 1: 1, order 2: 1" in stdout
     assert "worker stopped cleanly (exit code 0)" in stdout
     assert "Traceback" not in stderr
