@@ -77,8 +77,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         shutdown_timeout=args.shutdown_timeout,
         poll_interval=args.poll_interval,
+        heartbeat_timeout=args.heartbeat_timeout,
         name=args.name,
         run_scheduler=not args.no_scheduler,
+        pool=args.pool,
+        app_path=args.app or os.environ.get("PGQUEUE_APP"),
     )
     worker = Worker(app, settings)
     code = worker.run()
@@ -333,6 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="seconds between polls when no NOTIFY arrives; a fallback only (default: 1)",
+    )
+    worker.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=WorkerSettings.heartbeat_timeout,
+        help="seconds without a heartbeat after which this worker declares any worker lost "
+        "and rescues its jobs, even if its session still holds its lock (a frozen or cut-off "
+        "worker); must be more than twice the 1 s heartbeat interval (default: %(default)g)",
     )
     worker.add_argument(
         "--name", help="worker name in logs and pgqueue_workers (default: host:pid)"

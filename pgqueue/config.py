@@ -70,6 +70,10 @@ class WorkerSettings:
     completion_batch_size: int = 100
     # Run the periodic scheduler in this worker too (safe with any number of workers).
     run_scheduler: bool = True
+    # Where sync tasks run: "thread" (a thread pool) or "process" (child processes, for
+    # CPU-bound tasks; needs app_path, the module:attribute the children import).
+    pool: str = "thread"
+    app_path: str | None = None
     name: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -91,6 +95,13 @@ class WorkerSettings:
             raise ConfigurationError(
                 "heartbeat_timeout must be more than twice heartbeat_interval "
                 f"(got {self.heartbeat_timeout} and {self.heartbeat_interval})"
+            )
+        if self.pool not in ("thread", "process"):
+            raise ConfigurationError(f"pool must be 'thread' or 'process', got {self.pool!r}")
+        if self.pool == "process" and not self.app_path:
+            raise ConfigurationError(
+                "the process pool needs the app as module:attribute (--app) so that its "
+                "processes can import it"
             )
         if not 1 <= self.completion_batch_size <= 200:
             raise ConfigurationError("completion_batch_size must be between 1 and 200")

@@ -30,6 +30,7 @@ from pgqueue.outcome import (
 
 if TYPE_CHECKING:
     from pgqueue.app import App
+    from pgqueue.process_pool import ProcessPool
     from pgqueue.tasks import Task
 
 
@@ -60,12 +61,88 @@ def _after_retry_request(task: Task[Any, Any], job: ClaimedJob, request: Retry) 
     return RetryLater(job, error, delay=task.retry_policy.next_delay(job.attempt))
 
 
+def unknown_task(job: ClaimedJob) -> Failed:
+    return Failed(
+        job,
+        simple_error(
+            "UnknownTask",
+            f"no task named {job.task_name!r} is registered in this worker's app; "
+            "deploy the code that defines it, then retry the job",
+        ),
+    )
+
+
+def outcome_of_exception(
+    task: Task[Any, Any], job: ClaimedJob, exc: BaseException
+) -> Outcome | LeaseLost:
+    """What an attempt that raised `exc` comes to, per the task's policy."""
+    if isinstance(exc, transactional.LeaseLostError):
+        return LeaseLost(job)
+    if isinstance(exc, Cancel):
+        return Cancelled(job, simple_error("Cancelled", exc.reason))
+    if isinstance(exc, Retry):
+        return _after_retry_request(task, job, exc)
+    if isinstance(exc, TaskTimeout):
+        return _after_failure(task, job, exc, error_info(exc, with_traceback=False))
+    return _after_failure(task, job, exc, error_info(exc))
+
+
+def outcome_of_value(task: Task[Any, Any], job: ClaimedJob, value: Any) -> Outcome:
+    """What an attempt that returned `value` comes to (a transactional task returns its
+    committed Succeeded)."""
+    if task.transactional:
+        return value  # type: ignore[no-any-return]
+    try:
+        return Succeeded(job, _json.dumps(value, "the task's return value", "result"))
+    except TypeError as exc:
+        return Failed(job, error_info(exc, with_traceback=False))
+
+
+def job_context(job: ClaimedJob, cancel_event: threading.Event, connection: Any) -> JobContext:
+    return JobContext(
+        id=job.id,
+        task_name=job.task_name,
+        queue=job.queue,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        cancel_event=cancel_event,
+        _connection=connection,
+    )
+
+
+def run_in_this_process(
+    app: App, job: ClaimedJob, pool: transactional.TransactionalConnections
+) -> Outcome | LeaseLost:
+    """Run a sync task here and now, blocking (a process-pool child does this)."""
+    task = app.tasks.get(job.task_name)
+    if task is None:
+        return unknown_task(job)
+    connection = pool.acquire() if task.transactional else None
+    context = contextvars.copy_context()
+    context.run(_current.set, job_context(job, threading.Event(), connection))
+    fn = functools.partial(task.fn, *job.args, **job.kwargs)
+    if connection is not None:
+        fn = functools.partial(transactional.run_sync, pool, connection, job, fn)
+    try:
+        value = context.run(fn)
+    except BaseException as exc:  # a task's failure is data, whatever it raised
+        return outcome_of_exception(task, job, exc)
+    return outcome_of_value(task, job, value)
+
+
 class Executor:
     """Runs jobs for a worker: resolves the task, applies its timeout, builds the Outcome."""
 
-    def __init__(self, app: App, thread_pool: concurrent.futures.ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        app: App,
+        thread_pool: concurrent.futures.ThreadPoolExecutor,
+        process_pool: ProcessPool | None = None,
+    ) -> None:
         self.app = app
         self.thread_pool = thread_pool
+        # With `--pool process`, sync tasks run in child processes instead of threads.
+        self.process_pool = process_pool
         self.transactional = transactional.TransactionalConnections(app)
         # Threads of sync tasks that outlived their timeout: they still occupy a thread, so the
         # worker counts them against its free slots until they return.
@@ -76,34 +153,16 @@ class Executor:
     ) -> Outcome | LeaseLost:
         task = self.app.tasks.get(job.task_name)
         if task is None:
-            return Failed(
-                job,
-                simple_error(
-                    "UnknownTask",
-                    f"no task named {job.task_name!r} is registered in this worker's app; "
-                    "deploy the code that defines it, then retry the job",
-                ),
-            )
+            return unknown_task(job)
+        if self.process_pool is not None and not task.is_async:
+            return await self.process_pool.run(task, job)
         try:
             value = await self._call(task, job, cancel_event or threading.Event())
         except asyncio.CancelledError:
             raise
-        except transactional.LeaseLostError:
-            return LeaseLost(job)
-        except Cancel as cancel:
-            return Cancelled(job, simple_error("Cancelled", cancel.reason))
-        except Retry as request:
-            return _after_retry_request(task, job, request)
-        except TaskTimeout as exc:
-            return _after_failure(task, job, exc, error_info(exc, with_traceback=False))
         except BaseException as exc:  # a task's failure is data, whatever it raised
-            return _after_failure(task, job, exc, error_info(exc))
-        if task.transactional:
-            return value  # type: ignore[no-any-return]  # its committed Succeeded
-        try:
-            return Succeeded(job, _json.dumps(value, "the task's return value", "result"))
-        except TypeError as exc:
-            return Failed(job, error_info(exc, with_traceback=False))
+            return outcome_of_exception(task, job, exc)
+        return outcome_of_value(task, job, value)
 
     async def _call(
         self, task: Task[Any, Any], job: ClaimedJob, cancel_event: threading.Event
@@ -118,18 +177,7 @@ class Executor:
                 else asyncio.to_thread(self.transactional.acquire)
             )
         context = contextvars.copy_context()
-        context.run(
-            _current.set,
-            JobContext(
-                id=job.id,
-                task_name=job.task_name,
-                queue=job.queue,
-                attempt=job.attempt,
-                max_attempts=job.max_attempts,
-                cancel_event=cancel_event,
-                _connection=connection,
-            ),
-        )
+        context.run(_current.set, job_context(job, cancel_event, connection))
         if task.is_async:
             # A task created inside context.run() runs in (a copy of) that context; this is
             # the spelling that works on Python 3.10, before create_task(context=).

@@ -45,6 +45,7 @@ from pgqueue.outcome import (
 )
 from pgqueue.periodic import Scheduler
 from pgqueue.presence import Presence
+from pgqueue.process_pool import ProcessPool
 from pgqueue.schema import NOTIFY_CANCEL, NOTIFY_ENQUEUED
 
 logger = logging.getLogger("pgqueue.worker")
@@ -151,18 +152,29 @@ class Worker:
                 "could not register the worker: "
                 + (_one_line(self.notifier.failure) if self.notifier.failure else "timed out")
             )
+        self.thread_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.concurrency, thread_name_prefix="pgqueue-task"
+        )
+        self.process_pool: ProcessPool | None = None
+        if settings.pool == "process":
+            assert settings.app_path is not None
+            self.process_pool = ProcessPool(self.app, settings.app_path, settings.concurrency)
+            try:
+                await self.process_pool.start()
+            except BaseException:
+                await self.process_pool.close()
+                self.notifier.stop()
+                raise
+        self.executor = Executor(self.app, self.thread_pool, self.process_pool)
+
         logger.info(
-            "worker %s (id %s) ready: queues=%s concurrency=%d",
+            "worker %s (id %s) ready: queues=%s concurrency=%d pool=%s",
             self.presence.name,
             self.presence.worker_id,
             ",".join(self.queues),
             settings.concurrency,
+            settings.pool,
         )
-
-        self.thread_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=settings.concurrency, thread_name_prefix="pgqueue-task"
-        )
-        self.executor = Executor(self.app, self.thread_pool)
         self.completer = Completer(
             lambda: self.app.aconnect(autocommit=True), settings.completion_batch_size
         )
@@ -180,6 +192,8 @@ class Worker:
             await self._finish_running_jobs()
         finally:
             rescuer_task.cancel()
+            if self.process_pool is not None:
+                await self.process_pool.close()
             if self.scheduler is not None:
                 self.scheduler.stop()
             flushed = await self.completer.drain(FINAL_FLUSH_TIMEOUT)
@@ -225,9 +239,9 @@ class Worker:
         event.set()
         job_task = self.app.tasks.get(self._job_names.get(job_id, ""))
         logger.info("job %d: cancellation requested", job_id)
-        if job_task is not None and job_task.is_async:
+        if job_task is not None and (job_task.is_async or self.process_pool is not None):
             self._cancelling.add(job_id)
-            task.cancel()
+            task.cancel()  # an async task at its await; a pool process is terminated
 
     def _on_service_done(self, task: asyncio.Task[None]) -> None:
         """A background loop must not die quietly: stop the worker, with a non-zero exit."""
@@ -362,8 +376,10 @@ class Worker:
         error = simple_error("WorkerShutdown", "the worker stopped before this attempt finished")
         task = self.app.tasks.get(job.task_name)
         # A sync task's thread cannot be stopped and runs on until this process exits: its
-        # retry waits long enough that the two can never overlap.
-        delay = 0.0 if task is None or task.is_async else INTERRUPTED_THREAD_RETRY_DELAY
+        # retry waits long enough that the two can never overlap. (Async tasks are cancelled
+        # and pool processes are killed: nothing runs on.)
+        on_thread = task is not None and not task.is_async and self.process_pool is None
+        delay = INTERRUPTED_THREAD_RETRY_DELAY if on_thread else 0.0
         return RetryLater(job, error, delay=delay, refund_attempt=True)
 
     @staticmethod

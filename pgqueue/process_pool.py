@@ -1,0 +1,215 @@
+"""The process pool (`pgqueue worker --pool process`): sync tasks run in child processes, so a
+CPU-bound load uses every core, and an attempt past its timeout is ended by terminating the
+process that runs it.
+
+Each child is started with the spawn method (it inherits none of the worker's threads, locks
+or connections), imports the app itself, and runs one job at a time, deciding the Outcome with
+the same code as the thread pool. The worker's event loop waits on the children's pipes. A
+child that dies during a job (segfault, out-of-memory kill, `os._exit`) is replaced, and its
+job is retried, or ends FAILED ("WorkerLost") when no attempts remain: a job that kills its
+process cannot take the worker down. Async tasks still run on the worker's event loop.
+
+Children ignore SIGINT and SIGTERM: the worker decides when they stop (a Ctrl-C or a service
+manager signals the whole process group, and the warm shutdown must let jobs finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+from multiprocessing.context import SpawnProcess
+from typing import TYPE_CHECKING, Any
+
+from pgqueue.errors import ConfigurationError
+from pgqueue.outcome import ClaimedJob, Failed, LeaseLost, Outcome, RetryLater, simple_error
+
+if TYPE_CHECKING:
+    from pgqueue.app import App
+    from pgqueue.tasks import Task
+
+logger = logging.getLogger("pgqueue.worker")
+
+START_TIMEOUT = 120.0
+
+
+def _child_main(app_path: str, dsn: str, conn: multiprocessing.connection.Connection) -> None:
+    """A child's life: load the app, then run the jobs the worker sends until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from pgqueue.cli import load_app
+    from pgqueue.execute import run_in_this_process
+    from pgqueue.transactional import TransactionalConnections
+
+    try:
+        app = load_app(app_path)
+        app.set_dsn(dsn)
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    pool = TransactionalConnections(app)
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:  # the worker is gone
+            return
+        if job is None:
+            return
+        outcome = run_in_this_process(app, job, pool)
+        try:
+            conn.send(outcome)
+        except (BrokenPipeError, OSError):
+            return
+
+
+class _Child:
+    def __init__(self, process: SpawnProcess, conn: multiprocessing.connection.Connection):
+        self.process = process
+        self.conn = conn
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.process.kill()
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+    async def receive(self) -> Any:
+        """The child's next message, waiting on its pipe without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        fd = self.conn.fileno()
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            if future.done():
+                return
+            try:
+                future.set_result(self.conn.recv())
+            except BaseException as exc:  # EOFError when the child died
+                future.set_exception(exc)
+
+        loop.add_reader(fd, readable)
+        try:
+            return await future
+        finally:
+            loop.remove_reader(fd)
+
+
+class ProcessPool:
+    """`size` child processes running sync tasks, one job each at a time."""
+
+    def __init__(self, app: App, app_path: str, size: int) -> None:
+        self.app = app
+        self.app_path = app_path
+        self.size = size
+        self._context = multiprocessing.get_context("spawn")
+        self._idle: asyncio.Queue[_Child] = asyncio.Queue()
+        self._children: set[_Child] = set()
+        self._spawning: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def start(self) -> None:
+        """Start every child and wait until each has loaded the app."""
+        await asyncio.gather(*(self._spawn() for _ in range(self.size)))
+
+    async def _spawn(self) -> None:
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=_child_main,
+            args=(self.app_path, self.app.dsn, child_end),
+            name="pgqueue-process",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        child = _Child(process, parent_end)
+        self._children.add(child)
+        try:
+            kind, detail = await asyncio.wait_for(child.receive(), START_TIMEOUT)
+        except (EOFError, OSError, asyncio.TimeoutError):
+            kind, detail = "failed", f"it exited with code {process.exitcode}"
+        if kind != "ready":
+            self._discard(child)
+            raise ConfigurationError(
+                f"a process of the process pool could not load --app {self.app_path}: {detail}"
+            )
+        if self._closing:
+            self._discard(child)
+            return
+        self._idle.put_nowait(child)
+
+    def _discard(self, child: _Child) -> None:
+        child.kill()
+        self._children.discard(child)
+
+    def _replace(self, child: _Child) -> None:
+        """Kill a child (it timed out, was cancelled, or died) and start another in its place."""
+        self._discard(child)
+        if self._closing:
+            return
+        task = asyncio.get_running_loop().create_task(self._spawn())
+        self._spawning.add(task)
+        task.add_done_callback(self._spawned)
+
+    def _spawned(self, task: asyncio.Task[None]) -> None:
+        self._spawning.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("could not replace a process of the pool: %s", task.exception())
+
+    async def run(self, task: Task[Any, Any], job: ClaimedJob) -> Outcome | LeaseLost:
+        """Run a sync task's job in a child; the timeout terminates the child."""
+        from pgqueue.execute import TaskTimeout, outcome_of_exception
+
+        child = await self._idle.get()
+        try:
+            child.conn.send(job)
+            outcome: Outcome | LeaseLost = await asyncio.wait_for(child.receive(), task.timeout)
+        except asyncio.TimeoutError:
+            self._replace(child)
+            assert task.timeout is not None
+            timeout = TaskTimeout(
+                f"attempt ran past the task's timeout of {task.timeout:g} s; "
+                "its process was terminated"
+            )
+            return outcome_of_exception(task, job, timeout)
+        except asyncio.CancelledError:  # shutdown or cancellation: stop the work at once
+            self._replace(child)
+            raise
+        except (EOFError, OSError):
+            child.process.join(5)
+            code = child.process.exitcode
+            self._replace(child)
+            return self._lost(task, job, code)
+        self._idle.put_nowait(child)
+        return outcome
+
+    @staticmethod
+    def _lost(task: Task[Any, Any], job: ClaimedJob, exitcode: int | None) -> Outcome:
+        how = (
+            f"was killed by signal {-exitcode}"
+            if exitcode and exitcode < 0
+            else (f"exited with code {exitcode}")
+        )
+        error = simple_error("WorkerLost", f"the process running this attempt {how}")
+        policy = task.retry_policy
+        if policy.can_retry(job.attempt):
+            return RetryLater(job, error, delay=policy.next_delay(job.attempt))
+        return Failed(job, error)
+
+    async def close(self) -> None:
+        """Stop every child: idle ones are asked to exit, busy ones are killed."""
+        self._closing = True
+        for task in list(self._spawning):
+            task.cancel()
+        while not self._idle.empty():
+            child = self._idle.get_nowait()
+            with contextlib.suppress(Exception):
+                child.conn.send(None)
+        for child in list(self._children):
+            await asyncio.to_thread(child.process.join, 2)
+            self._discard(child)

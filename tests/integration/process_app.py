@@ -1,0 +1,64 @@
+"""The app that process-pool tests run: its child processes import it by this path."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pgqueue
+
+app = pgqueue.App()  # the pool passes the worker's DSN to each child
+
+
+def _record(what: str) -> None:
+    job = pgqueue.current_job()
+    assert job is not None
+    with app.connect(autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO pool_events (job_id, attempt, pid, what) VALUES (%s, %s, %s, %s)",
+            (job.id, job.attempt, os.getpid(), what),
+        )
+
+
+@app.task
+def whoami() -> int:
+    return os.getpid()
+
+
+@app.task
+def burn(n: int) -> int:
+    """CPU-bound: both cores stay busy with two of these in two processes."""
+    _record("started")
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+@app.task(timeout=0.5, max_attempts=1)
+def sleepy() -> None:
+    _record("started")
+    time.sleep(60)
+
+
+@app.task(max_attempts=2, retry_backoff=False)
+def crash() -> None:
+    _record("started")
+    os._exit(3)
+
+
+@app.task
+def wait_for_cancel() -> None:
+    _record("started")
+    time.sleep(60)
+
+
+@app.task(transactional=True)
+def charge(order_id: int) -> int:
+    job = pgqueue.current_job()
+    assert job is not None
+    job.connection.execute(
+        "INSERT INTO pool_events (job_id, attempt, pid, what) VALUES (%s, %s, %s, 'charged')",
+        (job.id, job.attempt, os.getpid()),
+    )
+    return order_id
