@@ -19,7 +19,7 @@ import psycopg
 
 from pgqueue import __version__
 from pgqueue.app import App
-from pgqueue.config import WorkerSettings, parse_queues
+from pgqueue.config import WorkerSettings, parse_duration, parse_queues
 from pgqueue.errors import ConfigurationError, PgQueueError
 
 EXIT_ERROR = 1
@@ -82,6 +82,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         run_scheduler=not args.no_scheduler,
         pool=args.pool,
         app_path=args.app or os.environ.get("PGQUEUE_APP"),
+        retention=parse_duration(args.retention),
     )
     worker = Worker(app, settings)
     code = worker.run()
@@ -243,6 +244,25 @@ def cmd_periodic_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pgqueue.maintenance import FINISHED, prune_finished_jobs_sync
+    from pgqueue.migrate import check_schema
+
+    older_than = parse_duration(args.older_than)
+    statuses = tuple(s.strip() for s in args.status.split(",") if s.strip())
+    bad = [s for s in statuses if s not in FINISHED]
+    if bad or not statuses:
+        raise ConfigurationError(
+            f"--status takes finished statuses ({', '.join(FINISHED)}), got {args.status!r}"
+        )
+    app = _app_or_dsn(args)
+    with app.connect(autocommit=True) as conn:
+        check_schema(conn)
+        deleted = prune_finished_jobs_sync(conn, older_than, statuses)
+    print(f"deleted {deleted} job(s) finished more than {args.older_than} ago")
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     from pgqueue.errors import JobNotFound
 
@@ -349,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", help="worker name in logs and pgqueue_workers (default: host:pid)"
     )
     worker.add_argument(
+        "--retention",
+        default="7d",
+        help="delete finished jobs (succeeded, failed, cancelled) older than this, e.g. 7d, "
+        "12h, 3600; 0 keeps them forever (default: 7d)",
+    )
+    worker.add_argument(
         "--no-scheduler",
         action="store_true",
         help="do not run the periodic scheduler in this worker (by default every worker "
@@ -421,6 +447,23 @@ def build_parser() -> argparse.ArgumentParser:
         p = psub.add_parser(action, parents=[common, app_arg], help=text)
         p.add_argument("name", help="the schedule name (see `pgqueue periodic list`)")
         p.set_defaults(func=cmd_periodic_action)
+
+    prune = sub.add_parser(
+        "prune",
+        parents=[common, app_arg],
+        help="delete old finished jobs",
+        description="Delete finished jobs older than --older-than, in batches. Workers also "
+        "do this on their own (see `pgqueue worker --retention`).",
+    )
+    prune.add_argument(
+        "--older-than", default="7d", help="age of the finished jobs to delete (default: 7d)"
+    )
+    prune.add_argument(
+        "--status",
+        default="succeeded,failed,cancelled",
+        help="which finished statuses to delete (default: succeeded,failed,cancelled)",
+    )
+    prune.set_defaults(func=cmd_prune)
 
     cancel = sub.add_parser(
         "cancel",

@@ -74,6 +74,10 @@ class WorkerSettings:
     # CPU-bound tasks; needs app_path, the module:attribute the children import).
     pool: str = "thread"
     app_path: str | None = None
+    # Finished jobs (succeeded, failed, cancelled) older than this are deleted by the workers'
+    # maintenance passes, at most once a minute each; 0 keeps them forever.
+    retention: float = 7 * 24 * 3600.0
+    prune_interval: float = 60.0
     name: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -96,6 +100,8 @@ class WorkerSettings:
                 "heartbeat_timeout must be more than twice heartbeat_interval "
                 f"(got {self.heartbeat_timeout} and {self.heartbeat_interval})"
             )
+        if self.retention < 0:
+            raise ConfigurationError(f"retention must be >= 0 seconds, got {self.retention}")
         if self.pool not in ("thread", "process"):
             raise ConfigurationError(f"pool must be 'thread' or 'process', got {self.pool!r}")
         if self.pool == "process" and not self.app_path:
@@ -105,6 +111,21 @@ class WorkerSettings:
             )
         if not 1 <= self.completion_batch_size <= 200:
             raise ConfigurationError("completion_batch_size must be between 1 and 200")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '12h', '7d', '2w' -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigurationError(
+            f"invalid duration {text!r}: use a number of seconds, or a number with s, m, h, d "
+            "or w (e.g. 7d)"
+        )
+    return float(match[1]) * _UNIT_SECONDS[match[2]]
 
 
 def parse_queues(text: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -43,3 +43,44 @@ async def cancel_requests_for(conn: psycopg.AsyncConnection[Any], worker_id: int
     a cancel notification lost while the worker was reconnecting)."""
     cur = await conn.execute(queries.CANCEL_REQUESTS_FOR_WORKER, {"worker_id": worker_id})
     return [row[0] for row in await cur.fetchall()]
+
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+async def prune_finished_jobs(
+    conn: psycopg.AsyncConnection[Any],
+    older_than: float,
+    statuses: tuple[str, ...] = FINISHED,
+    batch: int = 1000,
+    max_batches: int = 10,
+) -> int:
+    """Delete jobs that finished more than `older_than` seconds ago; returns how many.
+
+    At most `max_batches` batches per call, so a worker's maintenance pass stays short; the
+    next pass goes on where this one stopped.
+    """
+    deleted = 0
+    params = {"older_than": older_than, "statuses": list(statuses), "batch": batch}
+    for _ in range(max_batches):
+        cur = await conn.execute(queries.PRUNE_FINISHED_JOBS, params)
+        deleted += cur.rowcount
+        if cur.rowcount < batch:
+            break
+    return deleted
+
+
+def prune_finished_jobs_sync(
+    conn: psycopg.Connection[Any],
+    older_than: float,
+    statuses: tuple[str, ...] = FINISHED,
+    batch: int = 1000,
+) -> int:
+    """`pgqueue prune`: delete, batch by batch, every job that finished before the cutoff."""
+    deleted = 0
+    params = {"older_than": older_than, "statuses": list(statuses), "batch": batch}
+    while True:
+        cur = conn.execute(queries.PRUNE_FINISHED_JOBS, params)
+        deleted += cur.rowcount
+        if cur.rowcount < batch:
+            return deleted

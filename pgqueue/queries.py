@@ -395,3 +395,19 @@ NEXT_DUE_IN = """
 SELECT extract(epoch FROM min(next_fire_at) - now())::float8 FROM pgqueue_periodic
 WHERE enabled AND (declared OR source = 'cli')
 """
+
+# -- retention ------------------------------------------------------------------------------
+
+# Delete one batch of jobs that finished before the cutoff; workers pruning at once skip each
+# other's rows. Small batches keep locks and WAL bursts short.
+PRUNE_FINISHED_JOBS = """
+DELETE FROM pgqueue_jobs
+WHERE id IN (
+    SELECT id FROM pgqueue_jobs
+    WHERE finished_at < now() - %(older_than)s::float8 * interval '1 second'
+      AND status = ANY(%(statuses)s::pgqueue_job_status[])
+    ORDER BY finished_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+"""

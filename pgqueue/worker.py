@@ -31,7 +31,12 @@ from pgqueue.complete import Completer
 from pgqueue.config import WorkerSettings
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.execute import Executor
-from pgqueue.maintenance import cancel_requests_for, expire_queued_jobs, rescue_lost_jobs
+from pgqueue.maintenance import (
+    cancel_requests_for,
+    expire_queued_jobs,
+    prune_finished_jobs,
+    rescue_lost_jobs,
+)
 from pgqueue.migrate import check_schema
 from pgqueue.notifier import Notifier
 from pgqueue.outcome import (
@@ -454,8 +459,12 @@ class Worker:
 
     async def _maintenance_loop(self) -> None:
         conn = _Connection(self.app)
+        next_prune = time.monotonic() + self.settings.prune_interval / 4
         try:
             while True:
+                if self.settings.retention and time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self.settings.prune_interval
+                    await self._prune(conn)
                 try:
                     rescued = await rescue_lost_jobs(
                         await conn.get(),
@@ -494,6 +503,18 @@ class Worker:
                 await asyncio.sleep(self.settings.rescue_interval)
         finally:
             await conn.reset()
+
+    async def _prune(self, conn: _Connection) -> None:
+        try:
+            deleted = await prune_finished_jobs(await conn.get(), self.settings.retention)
+        except psycopg.Error as exc:
+            logger.warning("pruning finished jobs failed: %s", _one_line(exc))
+            await conn.reset()
+            return
+        if deleted:
+            logger.info(
+                "pruned %d job(s) finished more than %gs ago", deleted, self.settings.retention
+            )
 
     async def _unregister(self) -> None:
         if self.presence.worker_id is None:
