@@ -411,3 +411,22 @@ WHERE id IN (
     FOR UPDATE SKIP LOCKED
 )
 """
+
+# -- bulk enqueue -----------------------------------------------------------------------------
+
+# Reserve ids for a COPY (which cannot RETURN them) and read the database's clock once, so
+# countdowns and expiries are measured on it.
+RESERVE_JOB_IDS = """
+SELECT now(), array(
+    SELECT nextval(seq.name) FROM generate_series(1, %(n)s)
+)
+FROM (SELECT pg_get_serial_sequence('pgqueue_jobs', 'id')::regclass AS name) AS seq
+"""
+
+COPY_JOBS = (
+    "COPY pgqueue_jobs (id, queue, task_name, args, kwargs, priority, run_at, max_attempts, "
+    "expires_at) FROM STDIN"
+)
+
+# One wake-up for a bulk insert (delivered on commit).
+NOTIFY_ENQUEUED_PAYLOAD = f"SELECT pg_notify('{NOTIFY_ENQUEUED}', %(payload)s)"

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -109,7 +109,73 @@ class Task(Generic[P, R]):
             row = insert_job(connection, request)
         return Job(self.app, row)
 
+    def delay_many(
+        self,
+        calls: Iterable[Sequence[Any] | Mapping[str, Any]],
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        expires: float | timedelta | datetime | None = None,
+        connection: Any = None,
+    ) -> list[int]:
+        """Enqueue one job per call with a single COPY; returns the new job ids, in order.
+
+        Each call is a tuple/list of positional arguments or a dict of keyword arguments
+        (a task taking one dict argument gets `(the_dict,)`). The options apply to every job.
+        Everything is checked before anything is written. With `connection=` (psycopg 3, or
+        SQLAlchemy on the psycopg driver) the jobs join that transaction.
+
+        >>> send_receipt.delay_many([(order_id,) for order_id in order_ids])
+        """
+        from pgqueue.enqueue_many import build_bulk_request, copy_jobs, psycopg_connection
+
+        request = build_bulk_request(
+            self,
+            calls,
+            countdown=countdown,
+            eta=eta,
+            priority=priority,
+            queue=queue,
+            expires=expires,
+        )
+        if connection is not None:
+            return copy_jobs(psycopg_connection(connection), request)
+        conn = self.app._shared_connection()
+        with conn.transaction():
+            return copy_jobs(conn, request)
+
     # -- async --------------------------------------------------------------------------
+
+    async def adelay_many(
+        self,
+        calls: Iterable[Sequence[Any] | Mapping[str, Any]],
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        expires: float | timedelta | datetime | None = None,
+        connection: Any = None,
+    ) -> list[int]:
+        """Async twin of `delay_many()`."""
+        from pgqueue.enqueue_many import acopy_jobs, apsycopg_connection, build_bulk_request
+
+        request = build_bulk_request(
+            self,
+            calls,
+            countdown=countdown,
+            eta=eta,
+            priority=priority,
+            queue=queue,
+            expires=expires,
+        )
+        if connection is not None:
+            return await acopy_jobs(await apsycopg_connection(connection), request)
+        conn = await self.app._ashared_connection()
+        async with conn.transaction():
+            return await acopy_jobs(conn, request)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Async twin of `delay()`."""
