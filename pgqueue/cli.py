@@ -369,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", help="worker name in logs and pgqueue_workers (default: host:pid)"
     )
     worker.add_argument(
+        "--pool",
+        choices=["thread", "process"],
+        default="thread",
+        help="where sync tasks run: 'thread' (default), or 'process': child processes for "
+        "CPU-bound tasks, whose timeouts terminate the process (async tasks always run on "
+        "the worker's event loop)",
+    )
+    worker.add_argument(
         "--retention",
         default="7d",
         help="delete finished jobs (succeeded, failed, cancelled) older than this, e.g. 7d, "

@@ -115,3 +115,47 @@ def test_a_pool_that_cannot_import_the_app_says_so(
     error = wait_until(lambda: worker.error, timeout=60, what="the worker to give up")
     assert isinstance(error, pgqueue.ConfigurationError)
     assert "could not load --app nowhere:app" in str(error)
+
+
+def test_pgqueue_worker_pool_process_from_the_command_line(
+    pool_app: pgqueue.App, dsn: str, tmp_path: Any
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pgqueue",
+                "worker",
+                "--app",
+                APP_PATH,
+                "--pool",
+                "process",
+                "--concurrency",
+                "2",
+                "--dsn",
+                dsn,
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(
+                lambda: "pool=process" in log.read_text(), timeout=60, what="the worker to be ready"
+            )
+            pid = process_app.whoami.delay().wait(timeout=30)
+            assert pid not in (os.getpid(), worker.pid)
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(60) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(30)
