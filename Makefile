@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "pgqueue needs Python 3.10 or newer; set PYTHON=python3.x")'
@@ -30,3 +30,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pgqueue .pytest_cache .mypy_cache .ruff_cache
+
+# Throughput, latency, enqueue speed and churn, each against a baseline measured in the same
+# run; writes benchmarks/results/latest.json. BENCH_ARGS="--quick" for a small smoke run.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)

@@ -1,0 +1,340 @@
+"""pgqueue's benchmark: throughput, latency, enqueue speed and churn, each against a baseline
+measured in the same run on the same database (the machine is shared and noisy, so ratios
+are what carry over).
+
+    make bench                        # full size
+    make bench BENCH_ARGS="--quick"   # a small smoke run
+
+Uses $PGQUEUE_DSN's server (or the embedded one) and a fresh database it drops afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from pgqueue import migrate  # noqa: E402
+from pgqueue.config import resolve_dsn  # noqa: E402
+
+
+@dataclass
+class Results:
+    machine: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, name: str, **values: Any) -> None:
+        self.figures[name] = values
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+        print(f"{name:<28} {shown}", flush=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if value < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    q = statistics.quantiles(ordered, n=100, method="inclusive")
+    return {"p50_ms": q[49] * 1000, "p95_ms": q[94] * 1000, "p99_ms": q[98] * 1000,
+            "max_ms": ordered[-1] * 1000}
+
+
+# -- database -------------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database(server_dsn: str) -> Any:
+    name = f"pgqueue_bench_{os.getpid()}"
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(server_dsn, dbname=name)
+    migrate.upgrade(dsn)
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def reset(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("TRUNCATE pgqueue_jobs")
+    conn.execute("VACUUM (ANALYZE) pgqueue_jobs")
+
+
+def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def table_stats(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, n_dead_tup,"
+        " pg_total_relation_size('pgqueue_jobs')"
+        " FROM pg_stat_user_tables WHERE relname = 'pgqueue_jobs'"
+    ).fetchone()
+    assert row is not None
+    keys = ("inserts", "updates", "hot_updates", "deletes", "dead", "bytes")
+    return dict(zip(keys, (int(v) for v in row), strict=True))
+
+
+def settled_stats(conn: psycopg.Connection[Any], timeout: float = 5.0) -> dict[str, int]:
+    """Table statistics once the server has flushed every session's counters."""
+    deadline = time.monotonic() + timeout
+    last = table_stats(conn)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)  # the statistics collector flushes on its own schedule
+        now = table_stats(conn)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def wal_lsn(conn: psycopg.Connection[Any]) -> int:
+    return int(scalar(conn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+
+
+# -- workers --------------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, dsn: str, log: Path, *args: str) -> None:
+        self.log = log.open("wb")
+        env = {**os.environ, "PGQUEUE_DSN": dsn, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pgqueue", "worker", "--app", "bench_tasks:app",
+             "--no-scheduler", *args],
+            cwd=HERE, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.log_path = log
+        deadline = time.monotonic() + 60
+        while b" ready: " not in log.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{log.read_text()}")
+            time.sleep(0.05)  # polling the log for readiness
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+
+def wait_finished(conn: psycopg.Connection[Any], total: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while scalar(conn, "SELECT count(*) FROM pgqueue_jobs WHERE finished_at IS NOT NULL") < total:
+        if time.monotonic() > deadline:
+            raise RuntimeError("jobs did not finish in time")
+        time.sleep(0.05)  # polling progress
+
+
+# -- workloads ------------------------------------------------------------------------------
+
+
+def enqueue_noops(conn: psycopg.Connection[Any], n: int, task: str = "noop") -> None:
+    import bench_tasks
+
+    getattr(bench_tasks, task).delay_many([() for _ in range(n)], connection=conn)
+    conn.commit()
+
+
+def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
+    """Claim 100 with SKIP LOCKED and mark them done, in a bare loop: the ceiling."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        reset(conn)
+        with psycopg.connect(dsn) as tx:
+            enqueue_noops(tx, n)
+        start = time.perf_counter()
+        done = 0
+        while True:
+            cur = conn.execute(
+                "WITH c AS (SELECT id FROM pgqueue_jobs WHERE status = 'queued'"
+                " AND queue = 'bench' AND run_at <= now()"
+                " ORDER BY priority DESC, run_at, id LIMIT 100 FOR UPDATE SKIP LOCKED)"
+                " UPDATE pgqueue_jobs j SET status = 'succeeded', finished_at = now()"
+                " FROM c WHERE j.id = c.id"
+            )
+            if cur.rowcount == 0:
+                break
+            done += cur.rowcount
+        rate = done / (time.perf_counter() - start)
+    results.add("bare_sql_ceiling", jobs=done, jobs_per_s=rate)
+    return rate
+
+
+def drain(dsn: str, n: int, concurrency: int, pool: str, task: str, ceiling: float,
+          results: Results, logs: Path) -> None:
+    """One worker process empties n queued no-op jobs (queued before it starts)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        reset(conn)
+        with psycopg.connect(dsn) as tx:
+            enqueue_noops(tx, n, task)
+        before, wal_before = settled_stats(conn), wal_lsn(conn)
+        worker = Worker(dsn, logs / f"drain-{task}-{pool}.log", "--concurrency",
+                        str(concurrency), "--pool", pool)
+        try:
+            wait_finished(conn, n, timeout=600)
+        finally:
+            worker.stop()
+        seconds = scalar(
+            conn, "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM pgqueue_jobs"
+        )
+        after, wal_after = settled_stats(conn), wal_lsn(conn)
+        rate = n / float(seconds)
+        results.add(
+            f"drain_{task}_{pool}_c{concurrency}",
+            jobs=n, jobs_per_s=rate, vs_ceiling=rate / ceiling,
+            row_writes_per_job=(after["updates"] - before["updates"]) / n,
+            hot_updates_per_job=(after["hot_updates"] - before["hot_updates"]) / n,
+            wal_bytes_per_job=(wal_after - wal_before) / n,
+            dead_tuples=after["dead"], table_bytes=after["bytes"],
+        )
+
+
+def enqueue_speed(dsn: str, n_single: int, n_bulk: int, results: Results) -> None:
+    import bench_tasks
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        reset(conn)
+        # Single: pgqueue's delay() (its own autocommit connection) vs a bare INSERT + commit.
+        bench_tasks.app.set_dsn(dsn)
+        bench_tasks.noop.delay()  # connect outside the timing
+        start = time.perf_counter()
+        for _ in range(n_single):
+            bench_tasks.noop.delay()
+        single = n_single / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(n_single):
+            conn.execute(
+                "INSERT INTO pgqueue_jobs (queue, task_name, args, kwargs)"
+                " VALUES ('bench', 'bench_tasks.noop', '[]', '{}')"
+            )
+        bare_single = n_single / (time.perf_counter() - start)
+        results.add("enqueue_single", jobs_per_s=single, bare_insert_per_s=bare_single,
+                    vs_bare=single / bare_single)
+        reset(conn)
+        start = time.perf_counter()
+        with psycopg.connect(dsn) as tx:
+            enqueue_noops(tx, n_bulk)
+        bulk = n_bulk / (time.perf_counter() - start)
+        reset(conn)
+        start = time.perf_counter()
+        with psycopg.connect(dsn) as tx, tx.cursor() as cur, cur.copy(
+            "COPY pgqueue_jobs (queue, task_name, args, kwargs) FROM STDIN"
+        ) as copy:
+            for _ in range(n_bulk):
+                copy.write_row(("bench", "bench_tasks.noop", "[]", "{}"))
+        bare_copy = n_bulk / (time.perf_counter() - start)
+        results.add("enqueue_bulk", jobs_per_s=bulk, bare_copy_per_s=bare_copy,
+                    vs_bare=bulk / bare_copy)
+        bench_tasks.app.close()
+
+
+def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path,
+            name: str) -> None:
+    """Pickup latency (created -> started, both on the database's clock) at an offered
+    rate, with one worker; and whether the queue keeps up."""
+    import bench_tasks
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        reset(conn)
+        worker = Worker(dsn, logs / f"{name}.log", "--concurrency", "10")
+        bench_tasks.app.set_dsn(dsn)
+        try:
+            total = 0
+            batch = max(1, int(rate / 100))  # enqueue in ticks of 10 ms at high rates
+            interval = batch / rate
+            start = time.perf_counter()
+            next_at = start
+            while time.perf_counter() - start < seconds:
+                if batch == 1:
+                    bench_tasks.noop.delay()
+                else:
+                    bench_tasks.noop.delay_many([() for _ in range(batch)])
+                total += batch
+                next_at += interval
+                pause = next_at - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)  # pacing the offered load
+            backlog = scalar(conn, "SELECT count(*) FROM pgqueue_jobs WHERE started_at IS NULL")
+            wait_finished(conn, total, timeout=120)
+        finally:
+            worker.stop()
+            bench_tasks.app.close()
+        samples = [
+            row[0] for row in conn.execute(
+                "SELECT extract(epoch FROM started_at - created_at)::float8 FROM pgqueue_jobs"
+            )
+        ]
+        results.add(name, offered_per_s=rate, jobs=total, backlog_at_end=backlog,
+                    **percentiles(samples))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per drain (20,000)")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run")
+    parser.add_argument("--output", default=str(HERE / "results" / "latest.json"))
+    args = parser.parse_args()
+    n = 1_000 if args.quick else args.jobs
+    logs = HERE / "results" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    server = resolve_dsn(None)
+    if server is None:
+        from pgqueue import _embedded
+
+        server = _embedded.embedded_dsn()
+    results = Results()
+    with fresh_database(server) as dsn, psycopg.connect(dsn) as conn:
+        results.machine = {
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "postgres": scalar(conn, "SHOW server_version"),
+            "fsync": scalar(conn, "SHOW fsync"),
+            "synchronous_commit": scalar(conn, "SHOW synchronous_commit"),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
+        print("machine:", json.dumps(results.machine), flush=True)
+        ceiling = bare_sql_ceiling(dsn, n, results)
+        for task, pool, concurrency in (("noop", "thread", 10), ("anoop", "thread", 50)):
+            drain(dsn, n, concurrency, pool, task, ceiling, results, logs)
+        enqueue_speed(dsn, 200 if args.quick else 2_000, n, results)
+        latency(dsn, 50, 3 if args.quick else 10, results, logs, "latency_idle_50_per_s")
+        latency(dsn, 2_000, 3 if args.quick else 10, results, logs, "latency_steady_2000_per_s")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(asdict(results), indent=2))
+    print(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
