@@ -18,7 +18,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -57,8 +56,12 @@ def _fmt(value: Any) -> str:
 def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     q = statistics.quantiles(ordered, n=100, method="inclusive")
-    return {"p50_ms": q[49] * 1000, "p95_ms": q[94] * 1000, "p99_ms": q[98] * 1000,
-            "max_ms": ordered[-1] * 1000}
+    return {
+        "p50_ms": q[49] * 1000,
+        "p95_ms": q[94] * 1000,
+        "p99_ms": q[98] * 1000,
+        "max_ms": ordered[-1] * 1000,
+    }
 
 
 # -- database -------------------------------------------------------------------------------
@@ -127,9 +130,20 @@ class Worker:
         self.log = log.open("wb")
         env = {**os.environ, "PGQUEUE_DSN": dsn, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pgqueue", "worker", "--app", "bench_tasks:app",
-             "--no-scheduler", *args],
-            cwd=HERE, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "pgqueue",
+                "worker",
+                "--app",
+                "bench_tasks:app",
+                "--no-scheduler",
+                *args,
+            ],
+            cwd=HERE,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.log_path = log
@@ -191,16 +205,30 @@ def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
     return rate
 
 
-def drain(dsn: str, n: int, concurrency: int, pool: str, task: str, ceiling: float,
-          results: Results, logs: Path) -> None:
+def drain(
+    dsn: str,
+    n: int,
+    concurrency: int,
+    pool: str,
+    task: str,
+    ceiling: float,
+    results: Results,
+    logs: Path,
+) -> None:
     """One worker process empties n queued no-op jobs (queued before it starts)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         reset(conn)
         with psycopg.connect(dsn) as tx:
             enqueue_noops(tx, n, task)
         before, wal_before = settled_stats(conn), wal_lsn(conn)
-        worker = Worker(dsn, logs / f"drain-{task}-{pool}.log", "--concurrency",
-                        str(concurrency), "--pool", pool)
+        worker = Worker(
+            dsn,
+            logs / f"drain-{task}-{pool}.log",
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            pool,
+        )
         try:
             wait_finished(conn, n, timeout=600)
         finally:
@@ -212,11 +240,14 @@ def drain(dsn: str, n: int, concurrency: int, pool: str, task: str, ceiling: flo
         rate = n / float(seconds)
         results.add(
             f"drain_{task}_{pool}_c{concurrency}",
-            jobs=n, jobs_per_s=rate, vs_ceiling=rate / ceiling,
+            jobs=n,
+            jobs_per_s=rate,
+            vs_ceiling=rate / ceiling,
             row_writes_per_job=(after["updates"] - before["updates"]) / n,
             hot_updates_per_job=(after["hot_updates"] - before["hot_updates"]) / n,
             wal_bytes_per_job=(wal_after - wal_before) / n,
-            dead_tuples=after["dead"], table_bytes=after["bytes"],
+            dead_tuples=after["dead"],
+            table_bytes=after["bytes"],
         )
 
 
@@ -239,8 +270,12 @@ def enqueue_speed(dsn: str, n_single: int, n_bulk: int, results: Results) -> Non
                 " VALUES ('bench', 'bench_tasks.noop', '[]', '{}')"
             )
         bare_single = n_single / (time.perf_counter() - start)
-        results.add("enqueue_single", jobs_per_s=single, bare_insert_per_s=bare_single,
-                    vs_bare=single / bare_single)
+        results.add(
+            "enqueue_single",
+            jobs_per_s=single,
+            bare_insert_per_s=bare_single,
+            vs_bare=single / bare_single,
+        )
         reset(conn)
         start = time.perf_counter()
         with psycopg.connect(dsn) as tx:
@@ -248,19 +283,21 @@ def enqueue_speed(dsn: str, n_single: int, n_bulk: int, results: Results) -> Non
         bulk = n_bulk / (time.perf_counter() - start)
         reset(conn)
         start = time.perf_counter()
-        with psycopg.connect(dsn) as tx, tx.cursor() as cur, cur.copy(
-            "COPY pgqueue_jobs (queue, task_name, args, kwargs) FROM STDIN"
-        ) as copy:
+        with (
+            psycopg.connect(dsn) as tx,
+            tx.cursor() as cur,
+            cur.copy("COPY pgqueue_jobs (queue, task_name, args, kwargs) FROM STDIN") as copy,
+        ):
             for _ in range(n_bulk):
                 copy.write_row(("bench", "bench_tasks.noop", "[]", "{}"))
         bare_copy = n_bulk / (time.perf_counter() - start)
-        results.add("enqueue_bulk", jobs_per_s=bulk, bare_copy_per_s=bare_copy,
-                    vs_bare=bulk / bare_copy)
+        results.add(
+            "enqueue_bulk", jobs_per_s=bulk, bare_copy_per_s=bare_copy, vs_bare=bulk / bare_copy
+        )
         bench_tasks.app.close()
 
 
-def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path,
-            name: str) -> None:
+def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path, name: str) -> None:
     """Pickup latency (created -> started, both on the database's clock) at an offered
     rate, with one worker; and whether the queue keeps up."""
     import bench_tasks
@@ -291,12 +328,14 @@ def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path,
             worker.stop()
             bench_tasks.app.close()
         samples = [
-            row[0] for row in conn.execute(
+            row[0]
+            for row in conn.execute(
                 "SELECT extract(epoch FROM started_at - created_at)::float8 FROM pgqueue_jobs"
             )
         ]
-        results.add(name, offered_per_s=rate, jobs=total, backlog_at_end=backlog,
-                    **percentiles(samples))
+        results.add(
+            name, offered_per_s=rate, jobs=total, backlog_at_end=backlog, **percentiles(samples)
+        )
 
 
 def main() -> int:
@@ -317,7 +356,8 @@ def main() -> int:
     results = Results()
     with fresh_database(server) as dsn, psycopg.connect(dsn) as conn:
         results.machine = {
-            "cores": os.cpu_count(), "python": platform.python_version(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
             "postgres": scalar(conn, "SHOW server_version"),
             "fsync": scalar(conn, "SHOW fsync"),
             "synchronous_commit": scalar(conn, "SHOW synchronous_commit"),
