@@ -47,24 +47,10 @@ def outcome_params(outcomes: list[Outcome]) -> dict[str, list[Any]]:
 
 
 async def write_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: list[Outcome]) -> set[int]:
-    """Write a batch in one transaction; returns the ids that were applied (still leased)."""
-    async with conn.transaction():
-        cur = await conn.execute(queries.COMPLETE_JOBS, outcome_params(outcomes))
-        rows = await cur.fetchall()
-        finished = [str(row[0]) for row in rows if row[1] != "queued"]
-        if finished:
-            await conn.execute(queries.NOTIFY_FINISHED_JOBS, {"payload": ",".join(finished)})
-        # One wake-up per queue, for its earliest retry.
-        due_by_queue: dict[str, float] = {}
-        for row in rows:
-            if row[1] == "queued":
-                due_by_queue[row[2]] = min(row[3], due_by_queue.get(row[2], row[3]))
-        if due_by_queue:
-            await conn.execute(
-                queries.NOTIFY_RETRIES,
-                {"queues": list(due_by_queue), "dues": list(due_by_queue.values())},
-            )
-    return {row[0] for row in rows}
+    """Write a batch in one statement (in autocommit: its own transaction); returns the ids
+    that were applied (still leased)."""
+    cur = await conn.execute(queries.COMPLETE_JOBS, outcome_params(outcomes))
+    return {row[0] for row in await cur.fetchall()}
 
 
 class Completer:
@@ -197,7 +183,4 @@ def write_outcomes_sync(conn: psycopg.Connection[Any], outcomes: list[Outcome]) 
     """`write_outcomes` on a sync connection, inside the caller's transaction (transactional
     tasks write their own SUCCEEDED this way, before their transaction commits)."""
     rows = conn.execute(queries.COMPLETE_JOBS, outcome_params(outcomes)).fetchall()
-    finished = [str(row[0]) for row in rows if row[1] != "queued"]
-    if finished:
-        conn.execute(queries.NOTIFY_FINISHED_JOBS, {"payload": ",".join(finished)})
     return {row[0] for row in rows}

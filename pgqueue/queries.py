@@ -54,19 +54,27 @@ SELECT job.*, pg_notify(
 FROM job
 """
 
-# Claim up to `limit` due jobs of the given queues, highest priority first, skipping rows other
-# workers hold; the attempt counter is bumped here and becomes this claim's fencing token.
+# Claim up to `limit` due jobs of the given queues, skipping rows other workers hold; the
+# attempt counter is bumped here and becomes this claim's fencing token. Each queue is read
+# on its own through the claimable index, in (priority DESC, run_at, id) order, so a claim
+# costs the same with 20 or 20 million jobs waiting (one query over all queues at once has
+# to sort the whole backlog); queues are taken in the order given, which the worker rotates.
 # A picked job that expired, or whose cancellation was requested (while it ran before a retry
 # or rescue), ends CANCELLED here instead of running: `dead` tells the worker, and its waiters
 # are notified.
 CLAIM_JOBS = f"""
 WITH picked AS (
-    SELECT id, (cancel_requested_at IS NOT NULL OR expires_at <= now()) IS TRUE AS dead
-    FROM pgqueue_jobs
-    WHERE status = 'queued' AND queue = ANY(%(queues)s::text[]) AND run_at <= now()
-    ORDER BY priority DESC, run_at, id
+    SELECT j.id, j.dead
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, (cancel_requested_at IS NOT NULL OR expires_at <= now()) IS TRUE AS dead
+        FROM pgqueue_jobs
+        WHERE status = 'queued' AND queue = q.name AND run_at <= now()
+        ORDER BY priority DESC, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS j
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE pgqueue_jobs AS j
     SET status = (CASE WHEN p.dead THEN 'cancelled' ELSE 'running' END)::pgqueue_job_status,
@@ -93,38 +101,41 @@ SELECT c.*,
 FROM claimed AS c
 """
 
-# Write a batch of outcomes in one statement; each row applies only if the job is still running
-# under the same claim, so a rescued-and-reclaimed job is never overwritten by a late worker.
-COMPLETE_JOBS = """
+# Write a batch of outcomes in one statement and one round trip; each row applies only if the
+# job is still running under the same claim, so a rescued-and-reclaimed job is never
+# overwritten by a late worker. The same statement tells waiters (Job.wait) which jobs
+# finished, and workers when each queue's earliest retry comes due (so they set a timer
+# instead of waiting for a poll); notifications are delivered on commit.
+COMPLETE_JOBS = f"""
 WITH outcome AS (
     SELECT * FROM unnest(
         %(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
         %(results)s::text[], %(errors)s::text[], %(delays)s::float8[], %(etas)s::timestamptz[],
         %(refunds)s::int[]
     ) AS o(id, attempt, status, result, error, delay, eta, refund)
+), done AS (
+    UPDATE pgqueue_jobs AS j
+    SET status = o.status::pgqueue_job_status,
+        attempts = j.attempts - o.refund,
+        result = o.result::jsonb,
+        error = o.error::jsonb,
+        worker_id = NULL,
+        run_at = CASE WHEN o.status = 'queued'
+                      THEN COALESCE(o.eta, now() + o.delay * interval '1 second')
+                      ELSE j.run_at END,
+        finished_at = CASE WHEN o.status = 'queued' THEN NULL ELSE now() END
+    FROM outcome AS o
+    WHERE j.id = o.id AND j.status = 'running' AND j.attempts = o.attempt
+    RETURNING j.id, j.status, j.queue, j.run_at
+), finished AS (
+    SELECT pg_notify('{NOTIFY_FINISHED}', string_agg(id::text, ','))
+    FROM done WHERE status <> 'queued' HAVING count(*) > 0
+), retries AS (
+    SELECT pg_notify('{NOTIFY_ENQUEUED}', queue || '@' || extract(epoch FROM min(run_at))::text)
+    FROM done WHERE status = 'queued' GROUP BY queue
 )
-UPDATE pgqueue_jobs AS j
-SET status = o.status::pgqueue_job_status,
-    attempts = j.attempts - o.refund,
-    result = o.result::jsonb,
-    error = o.error::jsonb,
-    worker_id = NULL,
-    run_at = CASE WHEN o.status = 'queued'
-                  THEN COALESCE(o.eta, now() + o.delay * interval '1 second')
-                  ELSE j.run_at END,
-    finished_at = CASE WHEN o.status = 'queued' THEN NULL ELSE now() END
-FROM outcome AS o
-WHERE j.id = o.id AND j.status = 'running' AND j.attempts = o.attempt
-RETURNING j.id, j.status::text, j.queue, extract(epoch FROM j.run_at)::float8 AS due
-"""
-
-# Tell waiters (Job.wait) which jobs just finished; delivered on commit, ids comma-separated.
-NOTIFY_FINISHED_JOBS = f"SELECT pg_notify('{NOTIFY_FINISHED}', %(payload)s)"
-
-# Tell workers when a retried job comes due, so they set a timer instead of waiting for a poll.
-NOTIFY_RETRIES = f"""
-SELECT pg_notify('{NOTIFY_ENQUEUED}', r.queue || '@' || r.due::text)
-FROM unnest(%(queues)s::text[], %(dues)s::float8[]) AS r(queue, due)
+SELECT d.id, (SELECT count(*) FROM finished) + (SELECT count(*) FROM retries) AS notified
+FROM done AS d
 """
 
 # Give back jobs that were claimed but never started (shutdown): the attempt is not counted.

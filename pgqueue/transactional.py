@@ -116,7 +116,6 @@ async def run_async(
     try:
         async with conn.transaction():
             outcome = _succeeded(job, await call())
-            # A nested transaction() is a savepoint inside the task's transaction.
             if job.id not in await write_outcomes(conn, [outcome]):
                 raise LeaseLostError
         return outcome

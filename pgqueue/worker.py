@@ -301,7 +301,7 @@ class Worker:
             if free > 0 and want_claim and self.notifier.connected.is_set() and worker_id:
                 try:
                     conn = await self._claim_conn.get()
-                    claim = await claim_jobs(conn, self.queues, free, worker_id)
+                    claim = await claim_jobs(conn, self._queue_order(), free, worker_id)
                 except (psycopg.Error, OSError) as exc:
                     logger.warning(
                         "could not claim jobs, retrying in %.1fs: %s", backoff, _one_line(exc)
@@ -326,6 +326,12 @@ class Worker:
                     continue
             await self._signal.wait()
             want_claim = True
+
+    def _queue_order(self) -> tuple[str, ...]:
+        """The queues, starting one further each claim, so that no queue can starve the
+        others (a claim fills its slots from the first queue that has work)."""
+        self._rotation = (getattr(self, "_rotation", -1) + 1) % len(self.queues)
+        return self.queues[self._rotation :] + self.queues[: self._rotation]
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
