@@ -168,8 +168,9 @@ UNREGISTER_WORKER = "DELETE FROM pgqueue_workers WHERE id = %(worker_id)s"
 # Find workers whose session lock is gone (and whose heartbeat is older than a short grace, so
 # a reconnecting worker keeps its jobs) or whose heartbeat is stale, delete them, and put their
 # running jobs back in the queue, or end them FAILED when no attempts remain. Jobs whose worker
-# row no longer exists are rescued too. Every worker runs this; it is idempotent. Waiters on
-# jobs that ended FAILED are notified.
+# row no longer exists are rescued too. A rescued job keeps its run_at, so it goes back to its
+# place in line, not behind the backlog that built up while it ran. Every worker runs this; it
+# is idempotent. Waiters on jobs that ended FAILED are notified.
 RESCUE_LOST_JOBS = f"""
 WITH lost AS (
     SELECT w.id FROM pgqueue_workers AS w
@@ -193,7 +194,6 @@ WITH lost AS (
     SET status = CASE WHEN j.attempts >= j.max_attempts
                       THEN 'failed'::pgqueue_job_status ELSE 'queued'::pgqueue_job_status END,
         worker_id = NULL,
-        run_at = now(),
         finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
         error = jsonb_build_object(
             'type', 'WorkerLost',

@@ -137,6 +137,23 @@ def test_job_of_a_worker_without_its_lock_goes_back_to_the_queue(
     assert _rescue(dsn) == []  # idempotent
 
 
+def test_rescued_job_keeps_its_place_ahead_of_jobs_enqueued_after_it(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task
+    def in_line(n: int) -> None: ...
+
+    first = in_line.delay(0)
+    assert _claim_by_hand(conn, _lost_worker(conn, heartbeat_age=LOCK_GRACE + 5))["id"] == first.id
+    for n in range(1, 4):  # a backlog builds up while its worker is dying
+        in_line.delay(n)
+
+    assert [r["id"] for r in _rescue(dsn)] == [first.id]
+    # The next claim takes the rescued job, not the backlog queued behind it: a lost worker
+    # must not send its jobs to the back of a long queue.
+    assert _claim_by_hand(conn, _lost_worker(conn, heartbeat_age=0))["id"] == first.id
+
+
 def test_job_of_a_lost_worker_with_no_attempts_left_ends_failed(
     app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
 ) -> None:
