@@ -84,6 +84,13 @@ def outcome_of_exception(
         return _after_retry_request(task, job, exc)
     if isinstance(exc, TaskTimeout):
         return _after_failure(task, job, exc, error_info(exc, with_traceback=False))
+    if isinstance(exc, transactional.JobConnectionLost):
+        # The database failed, not the task, and the attempt's transaction is gone: retry
+        # while attempts remain, whatever autoretry_for says.
+        error = error_info(exc, with_traceback=False)
+        if task.retry_policy.can_retry(job.attempt):
+            return RetryLater(job, error, delay=task.retry_policy.next_delay(job.attempt))
+        return Failed(job, error)
     return _after_failure(task, job, exc, error_info(exc))
 
 
@@ -117,13 +124,13 @@ def run_in_this_process(
     task = app.tasks.get(job.task_name)
     if task is None:
         return unknown_task(job)
-    connection = pool.acquire() if task.transactional else None
-    context = contextvars.copy_context()
-    context.run(_current.set, job_context(job, threading.Event(), connection))
-    fn = functools.partial(task.fn, *job.args, **job.kwargs)
-    if connection is not None:
-        fn = functools.partial(transactional.run_sync, pool, connection, job, fn)
     try:
+        connection = pool.acquire() if task.transactional else None
+        context = contextvars.copy_context()
+        context.run(_current.set, job_context(job, threading.Event(), connection))
+        fn = functools.partial(task.fn, *job.args, **job.kwargs)
+        if connection is not None:
+            fn = functools.partial(transactional.run_sync, pool, connection, job, fn)
         value = context.run(fn)
     except BaseException as exc:  # a task's failure is data, whatever it raised
         return outcome_of_exception(task, job, exc)

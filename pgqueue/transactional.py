@@ -7,7 +7,9 @@ SUCCEEDED outcome is written on that connection, guarded by the claim's fencing 
 the transaction commits: the task's writes and the job's completion become visible together,
 or not at all. If the task raises, is cancelled, times out, or its worker dies, or if the job
 was rescued from this worker meanwhile, the transaction rolls back, nothing the task wrote
-survives, and the job runs again (or fails) as usual.
+survives, and the job runs again (or fails) as usual. If the job's connection itself is lost
+(a cut, a server restart), the database failed, not the task: the attempt raises
+JobConnectionLost, and the job is retried while attempts remain.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from psycopg.pq import TransactionStatus
 
 from pgqueue import _json
 from pgqueue.complete import write_outcomes, write_outcomes_sync
+from pgqueue.errors import DatabaseUnavailable
 from pgqueue.outcome import ClaimedJob, Succeeded
 
 if TYPE_CHECKING:
@@ -29,6 +32,15 @@ if TYPE_CHECKING:
 
 class LeaseLostError(Exception):
     """The guarded completion matched no row: the job is no longer ours; roll back."""
+
+
+class JobConnectionLost(Exception):
+    """The job's connection could not be opened or broke during the attempt: its transaction
+    is gone with nothing written, and the job is retried whatever the task's autoretry_for."""
+
+
+def _lost(exc: BaseException) -> JobConnectionLost:
+    return JobConnectionLost("the job's connection was lost: " + " ".join(str(exc).split()))
 
 
 class TransactionalConnections:
@@ -49,7 +61,10 @@ class TransactionalConnections:
                 if idle_connection_ok(conn):
                     return conn
                 conn.close()
-        return self._app.connect()
+        try:
+            return self._app.connect()
+        except DatabaseUnavailable as exc:
+            raise _lost(exc) from exc
 
     def release(self, conn: psycopg.Connection[Any]) -> None:
         if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
@@ -66,7 +81,10 @@ class TransactionalConnections:
             if idle_connection_ok(conn):
                 return conn
             await conn.close()
-        return await self._app.aconnect()
+        try:
+            return await self._app.aconnect()
+        except DatabaseUnavailable as exc:
+            raise _lost(exc) from exc
 
     async def arelease(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
@@ -95,13 +113,18 @@ def run_sync(
     call: Callable[[], Any],
 ) -> Succeeded:
     """On the task's thread: BEGIN; the task; the guarded SUCCEEDED; COMMIT. Raises what the
-    task raised (or LeaseLostError) after rolling back."""
+    task raised (or LeaseLostError) after rolling back, or JobConnectionLost if the connection
+    broke."""
     try:
         with conn.transaction():
             outcome = _succeeded(job, call())
             if job.id not in write_outcomes_sync(conn, [outcome]):
                 raise LeaseLostError
         return outcome
+    except Exception as exc:
+        if conn.broken and not isinstance(exc, LeaseLostError):
+            raise _lost(exc) from exc
+        raise
     finally:
         pool.release(conn)
 
@@ -119,5 +142,9 @@ async def run_async(
             if job.id not in await write_outcomes(conn, [outcome]):
                 raise LeaseLostError
         return outcome
+    except Exception as exc:
+        if conn.broken and not isinstance(exc, LeaseLostError):
+            raise _lost(exc) from exc
+        raise
     finally:
         await pool.arelease(conn)

@@ -77,6 +77,62 @@ def test_async_transactional_task(
     assert charges() == [(9, 1)]
 
 
+def test_an_attempt_whose_job_connection_was_cut_is_retried_and_charges_once(
+    app: pgqueue.App, start_worker: StartWorker, charges: Callable[[], list[Any]]
+) -> None:
+    @app.task(transactional=True, retry_backoff=False)  # nothing in autoretry_for
+    def charge(order_id: int) -> int:
+        attempt = _charge(order_id)
+        if attempt == 1:  # the server ends the job's connection after the write
+            job = pgqueue.current_job()
+            assert job is not None
+            job.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return attempt
+
+    start_worker(app)
+    job = charge.delay(11)
+    assert job.wait(timeout=15) == 2
+    assert charges() == [(11, 2)]
+
+
+def test_an_async_attempt_whose_job_connection_was_cut_is_retried(
+    app: pgqueue.App, start_worker: StartWorker, charges: Callable[[], list[Any]]
+) -> None:
+    @app.task(transactional=True, retry_backoff=False)
+    async def charge(order_id: int) -> int:
+        job = pgqueue.current_job()
+        assert job is not None
+        await job.connection.execute(
+            "INSERT INTO charges (order_id, attempt) VALUES (%s, %s)", (order_id, job.attempt)
+        )
+        if job.attempt == 1:
+            await job.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return job.attempt
+
+    start_worker(app)
+    assert charge.delay(12).wait(timeout=15) == 2
+    assert charges() == [(12, 2)]
+
+
+def test_a_cut_job_connection_on_the_last_attempt_ends_failed_and_says_why(
+    app: pgqueue.App, start_worker: StartWorker, charges: Callable[[], list[Any]]
+) -> None:
+    @app.task(transactional=True, max_attempts=1)
+    def charge(order_id: int) -> int:
+        attempt = _charge(order_id)
+        job = pgqueue.current_job()
+        assert job is not None
+        job.connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return attempt
+
+    start_worker(app)
+    with pytest.raises(pgqueue.JobFailed) as failed:
+        charge.delay(13).wait(timeout=15)
+    assert failed.value.exc_type == "pgqueue.transactional.JobConnectionLost"
+    assert "connection" in failed.value.exc_message
+    assert charges() == []
+
+
 def test_a_task_that_lost_its_lease_leaves_no_write_behind(
     app: pgqueue.App,
     start_worker: StartWorker,
