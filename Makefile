@@ -24,8 +24,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check pgqueue tests examples migrations
-	$(BIN)/ruff format --check pgqueue tests examples migrations
+	$(BIN)/ruff check pgqueue tests examples migrations benchmarks
+	$(BIN)/ruff format --check pgqueue tests examples migrations benchmarks
 	$(BIN)/mypy
 
 clean:
