@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from pgqueue import queries
+from pgqueue.errors import DatabaseUnavailable
 from pgqueue.outcome import Failed, Outcome, RetryLater, Succeeded, simple_error
 
 logger = logging.getLogger("pgqueue.worker")
@@ -91,7 +92,7 @@ class Completer:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = await self._connect()
                 applied = await self._write(self._conn, batch)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
                 logger.warning(
                     "could not write %d job outcome(s), retrying in %.1fs: %s",
                     len(batch),

@@ -82,7 +82,9 @@ class Notifier(threading.Thread):
                     " ".join(str(exc).split()) or type(exc).__name__,
                 )
                 self._stop_event.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                # At most 1 s: back within the default lock grace (2 s) of the server's return,
+                # this worker keeps its jobs.
+                backoff = min(backoff * 2, 1.0)
             finally:
                 self.connected.clear()
                 if conn is not None:

@@ -166,7 +166,8 @@ HEARTBEAT = "UPDATE pgqueue_workers SET heartbeat_at = now() WHERE id = %(worker
 UNREGISTER_WORKER = "DELETE FROM pgqueue_workers WHERE id = %(worker_id)s"
 
 # Find workers whose session lock is gone (and whose heartbeat is older than a short grace, so
-# a reconnecting worker keeps its jobs) or whose heartbeat is stale, delete them, and put their
+# a reconnecting worker keeps its jobs; after a server restart, which ends every session, the
+# grace runs from the server's start) or whose heartbeat is stale, delete them, and put their
 # running jobs back in the queue, or end them FAILED when no attempts remain. Jobs whose worker
 # row no longer exists are rescued too. A rescued job keeps its run_at, so it goes back to its
 # place in line, not behind the backlog that built up while it ran. Every worker runs this; it
@@ -175,7 +176,8 @@ RESCUE_LOST_JOBS = f"""
 WITH lost AS (
     SELECT w.id FROM pgqueue_workers AS w
     WHERE w.heartbeat_at < now() - %(heartbeat_timeout)s::float8 * interval '1 second'
-       OR (w.heartbeat_at < now() - %(lock_grace)s::float8 * interval '1 second'
+       OR (GREATEST(w.heartbeat_at, pg_postmaster_start_time())
+               < now() - %(lock_grace)s::float8 * interval '1 second'
            AND NOT EXISTS (
                 SELECT 1 FROM pg_locks AS l
                 WHERE l.locktype = 'advisory'

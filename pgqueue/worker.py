@@ -302,7 +302,7 @@ class Worker:
                 try:
                     conn = await self._claim_conn.get()
                     claim = await claim_jobs(conn, self._queue_order(), free, worker_id)
-                except (psycopg.Error, OSError) as exc:
+                except (psycopg.Error, OSError, DatabaseUnavailable) as exc:
                     logger.warning(
                         "could not claim jobs, retrying in %.1fs: %s", backoff, _one_line(exc)
                     )
@@ -345,7 +345,7 @@ class Worker:
             conn = await self._claim_conn.get()
             await conn.execute(queries.RELEASE_UNSTARTED, params)
             logger.info("gave %d claimed, unstarted job(s) back to the queue", len(jobs))
-        except psycopg.Error as exc:
+        except (psycopg.Error, DatabaseUnavailable) as exc:
             logger.warning(
                 "could not give back %d unstarted job(s) (%s); they will be rescued",
                 len(jobs),
@@ -480,7 +480,7 @@ class Worker:
                     expired = await expire_queued_jobs(await conn.get())
                     worker_id = self.presence.worker_id
                     asked = await cancel_requests_for(await conn.get(), worker_id or 0)
-                except psycopg.Error as exc:
+                except (psycopg.Error, DatabaseUnavailable) as exc:
                     logger.warning("maintenance pass failed: %s", _one_line(exc))
                     await conn.reset()
                     rescued, expired, asked = [], [], []
@@ -513,7 +513,7 @@ class Worker:
     async def _prune(self, conn: _Connection) -> None:
         try:
             deleted = await prune_finished_jobs(await conn.get(), self.settings.retention)
-        except psycopg.Error as exc:
+        except (psycopg.Error, DatabaseUnavailable) as exc:
             logger.warning("pruning finished jobs failed: %s", _one_line(exc))
             await conn.reset()
             return
@@ -528,5 +528,5 @@ class Worker:
         try:
             conn = await self._claim_conn.get()
             await conn.execute(queries.UNREGISTER_WORKER, {"worker_id": self.presence.worker_id})
-        except psycopg.Error as exc:
+        except (psycopg.Error, DatabaseUnavailable) as exc:
             logger.warning("could not unregister the worker: %s", _one_line(exc))
