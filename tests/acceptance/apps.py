@@ -122,3 +122,123 @@ def always_fails() -> None:
     """Fails every attempt with a retryable error: one retry, then FAILED."""
     _conn().execute(RECORD_EXECUTION, _execution_row())
     raise ValueError("this task always fails")
+
+
+# -- tasks of the reliability tests (kills, freezes, outages, time limits) -------------------
+
+# How long a task keeps trying to record its execution while the database is away.
+OUTAGE_PATIENCE = 60.0
+# How long `overrun` blocks its thread on the attempts it is told to overrun.
+OVERRUN_SECONDS = 3.0
+
+
+def overrun_finished_flag(job_id: int, attempt: int) -> str:
+    """The flag `overrun` sets when an overrunning attempt's thread finally returns."""
+    return f"overrun-{job_id}-{attempt}-returned"
+
+
+def _record_despite_outages() -> None:
+    """Record this execution, reconnecting while the server is away (its connections
+    terminated, or restarting): the job itself must not fail because its bookkeeping did.
+
+    A retried INSERT whose first try committed just before the cut would record twice, so
+    tests count executions as distinct (job, attempt, pid).
+    """
+    row = _execution_row()
+    deadline = time.monotonic() + OUTAGE_PATIENCE
+    while True:
+        try:
+            _conn().execute(RECORD_EXECUTION, row)
+            return
+        except (psycopg.OperationalError, pgqueue.DatabaseUnavailable):
+            if time.monotonic() > deadline:
+                raise
+            _local.conn = None
+            time.sleep(POLL_INTERVAL)  # the task's own reconnect backoff
+
+
+async def _arecord_despite_outages() -> None:
+    """The async twin of `_record_despite_outages`."""
+    global _async_conn
+    row = _execution_row()
+    deadline = time.monotonic() + OUTAGE_PATIENCE
+    while True:
+        try:
+            conn = await _aconn()
+            await conn.execute(RECORD_EXECUTION, row)
+            return
+        except (psycopg.OperationalError, pgqueue.DatabaseUnavailable):
+            if time.monotonic() > deadline:
+                raise
+            _async_conn = None
+            await asyncio.sleep(POLL_INTERVAL)
+
+
+@app.task
+def steady(n: int, seconds: float = 0.02) -> int:
+    """Record this execution (surviving outages), work for `seconds`, return `n` (sync)."""
+    _record_despite_outages()
+    time.sleep(seconds)  # the job's work
+    return n
+
+
+@app.task
+async def asteady(n: int, seconds: float = 0.02) -> int:
+    """Record this execution (surviving outages), work for `seconds`, return `n` (async)."""
+    await _arecord_despite_outages()
+    await asyncio.sleep(seconds)  # the job's work
+    return n
+
+
+@app.task
+def block_and_report(flag: str) -> dict[str, int]:
+    """Record that it started, run until `flag` is set, then say which process and attempt
+    produced the result (sync), so a test can tell whose outcome the job row kept."""
+    execution = _execution_row()
+    _conn().execute(RECORD_EXECUTION, execution)
+    while not _flag_is_set(flag):
+        time.sleep(POLL_INTERVAL)
+    return {"pid": os.getpid(), "attempt": execution[1]}
+
+
+@app.task(max_attempts=2)
+def kill_worker() -> None:
+    """A poison job: record the execution, then take the whole worker process down."""
+    _conn().execute(RECORD_EXECUTION, _execution_row())
+    os._exit(1)
+
+
+@app.task(
+    timeout=0.5,
+    max_attempts=2,
+    retry_backoff=0.1,
+    retry_jitter=False,
+    autoretry_for=(TimeoutError,),
+)
+async def sleep_forever() -> None:
+    """Record the execution, then never finish: only its 0.5 s timeout ends an attempt."""
+    await (await _aconn()).execute(RECORD_EXECUTION, _execution_row())
+    await asyncio.Event().wait()
+
+
+@app.task(
+    timeout=0.5,
+    max_attempts=2,
+    retry_backoff=0.1,
+    retry_jitter=False,
+    autoretry_for=(TimeoutError,),
+)
+def overrun(attempts: list[int]) -> str:
+    """Record the execution; on the listed attempts block the thread for OVERRUN_SECONDS,
+    far past the 0.5 s timeout, then set a flag and return a late result (sync)."""
+    execution = _execution_row()
+    _conn().execute(RECORD_EXECUTION, execution)
+    job_id, attempt = execution[0], execution[1]
+    if attempt in attempts:
+        time.sleep(OVERRUN_SECONDS)  # a thread Python cannot interrupt
+        _conn().execute(
+            "INSERT INTO acceptance_flags (name) VALUES (%s)",
+            (overrun_finished_flag(job_id, attempt),),
+        )
+        return f"late result of attempt {attempt}"
+    return f"result of attempt {attempt}"
