@@ -59,6 +59,9 @@ async def claim_jobs(
     return Claim(jobs, [(row["id"], row["task_name"]) for row in rows if row["dead"]])
 
 
+MAX_TIMERS = 10_000
+
+
 class ClaimSignal:
     """Tells the claimer when to look for work.
 
@@ -71,7 +74,10 @@ class ClaimSignal:
         self.poll_interval = poll_interval
         self._event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._next_due: float | None = None  # wall-clock epoch of the earliest known future job
+        # Due times (ms since the epoch) with a wake-up timer set: one timer each, so that a
+        # retry due just after another is not left to the poll tick. Bounded: past the bound,
+        # the poll tick is the fallback.
+        self._timers: set[int] = set()
 
     def wake(self) -> None:
         self._event.set()
@@ -90,25 +96,21 @@ class ClaimSignal:
         if due:
             with contextlib.suppress(ValueError):
                 when = float(due)
+                key = int(when * 1000)
                 if when <= time.time():
                     self._event.set()
-                elif self._next_due is None or when < self._next_due:
-                    self._next_due = when
-                    # A claimer already inside wait() took its timeout before this timer
-                    # existed; without a wake-up at the due time it would sleep to the poll tick.
-                    self._loop.call_later(when - time.time(), self._event.set)
+                elif key not in self._timers and len(self._timers) < MAX_TIMERS:
+                    self._timers.add(key)
+                    self._loop.call_later(when - time.time(), self._timer_due, key)
                 return
+        self._event.set()
+
+    def _timer_due(self, key: int) -> None:
+        self._timers.discard(key)
         self._event.set()
 
     async def wait(self) -> None:
         """Return when it is time to claim: woken, a timer came due, or the poll tick."""
-        timeout = self.poll_interval
-        if self._next_due is not None:
-            until_due = self._next_due - time.time()
-            if until_due <= 0:
-                self._next_due = None
-                return
-            timeout = min(timeout, until_due)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+            await asyncio.wait_for(self._event.wait(), self.poll_interval)
         self._event.clear()

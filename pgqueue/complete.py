@@ -101,7 +101,7 @@ class Completer:
                 )
                 await self._close_conn()
                 await asyncio.sleep(backoff)  # backoff between reconnects, not a test wait
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 1.0)  # results show up soon after an outage
                 continue
             backoff = 0.1
             del self._pending[: len(batch)]

@@ -308,7 +308,7 @@ class Worker:
                     )
                     await self._claim_conn.reset()
                     await self._sleep_unless_stopping(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, 1.0)
                     continue
                 backoff = 0.1
                 for job_id, task_name in claim.ended:

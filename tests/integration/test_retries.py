@@ -156,3 +156,22 @@ def test_retry_without_a_reason_on_the_last_attempt_reads_plainly(
     with pytest.raises(pgqueue.JobFailed) as info:
         once.delay().wait(timeout=15)
     assert info.value.exc_message == "retry requested but attempt 1 of 1 was the last"
+
+
+def test_retries_due_close_together_each_run_on_their_own_timer(
+    app: pgqueue.App, start_worker: StartWorker
+) -> None:
+    @app.task(max_attempts=2)
+    def later(countdown: float) -> int:
+        context = pgqueue.current_job()
+        assert context is not None
+        if context.attempt == 1:
+            raise pgqueue.Retry(countdown=countdown)
+        return context.attempt
+
+    start_worker(app, poll_interval=30)  # only the retry timers can make this test pass
+    started = time.monotonic()
+    jobs = [later.delay(0.3), later.delay(0.35)]
+    for job in jobs:
+        assert job.wait(timeout=20) == 2
+    assert time.monotonic() - started < 10
