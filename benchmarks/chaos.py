@@ -394,7 +394,7 @@ class ChaosRun:
         print(f"  date:       {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
         print(f"  machine:    {machine()}")
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        print(f"  load:       {load} (1, 5, 15 min averages, before the run)")
+        print(f"  load:       {load} (1, 5, 15 min averages), CPU {cpu_idle()} idle just before")
         print(
             f"  software:   pgqueue {pgqueue.__version__}, Python {platform.python_version()}, "
             f"PostgreSQL {self.pg_version}"
@@ -818,6 +818,22 @@ def machine() -> str:
                 text += ", " + " ".join(line.split(":", 1)[1].split())
                 break
     return text
+
+
+def cpu_idle(seconds: float = 1.0) -> str:
+    """The share of CPU time left idle over the next `seconds` (Linux), as text."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)  # the measuring window
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return "n/a"
+    return f"{100 * (idle1 - idle0) / max(1, total1 - total0):.0f}%"
 
 
 def provenance() -> str:
