@@ -14,8 +14,8 @@ default settings.
 The jobs are enqueued in equal batches, one just before each chaos action and the last one
 after them all, and each action strikes at a random point while its batch is being worked
 through: every kill and cut hits busy workers with jobs queued behind them, however fast the
-machine. Before a kill, the previous kill's replacement must be ready, so each kill takes one
-worker out of a full fleet; the victim is a random worker that is running jobs.
+machine. Before each action, the last kill's replacement must be ready, so every action hits
+a full fleet; the victim of a kill is a random worker that is running jobs.
 
 How it counts:
 
@@ -244,7 +244,7 @@ class Kill:
         """SIGKILL to the last job in flight seen back in the queue (or claimed, if sooner)."""
         if self.gave_up or not self.reclaimed:
             return None
-        seen = [self.requeued.get(job, at) for job, at in self.reclaimed.items()]
+        seen = [min(self.requeued.get(job, at), at) for job, at in self.reclaimed.items()]
         return max((at - self.killed_at).total_seconds() for at in seen)
 
 
@@ -431,7 +431,7 @@ class ChaosRun:
         self.rng.shuffle(actions)
         batches = self._batches(len(actions) + 1)
         for action, batch in zip(actions, batches[:-1], strict=True):
-            self._wait_for_turn(action)
+            self._wait_for_turn()
             self._enqueue(batch)
             self._wait_into_batch(len(batch))
             if action == "kill":
@@ -439,7 +439,7 @@ class ChaosRun:
             else:
                 self._cut()
             self.last_action = time.monotonic()
-        self._wait_for_turn("enqueue")
+        self._wait_for_turn()
         self._enqueue(batches[-1])
         self._wait_until_done()
         self._say("every job finished; checking that every rescue was measured")
@@ -521,16 +521,14 @@ class ChaosRun:
         assert row is not None
         return int(row[0]), int(row[1])
 
-    def _wait_for_turn(self, action: str) -> None:
-        """Until the last action is `--min-gap` old and, before a kill, the whole fleet is
-        ready (the last kill's replacement included)."""
+    def _wait_for_turn(self) -> None:
+        """Until the last action is `--min-gap` old and the whole fleet is ready (the last
+        kill's replacement included)."""
 
         def turn() -> bool:
-            if time.monotonic() - self.last_action < self.args.min_gap:
-                return False
-            return action != "kill" or self._fleet_ready()
+            return time.monotonic() - self.last_action >= self.args.min_gap and self._fleet_ready()
 
-        self._wait(turn, READY_TIMEOUT, "the fleet to be ready for the next kill")
+        self._wait(turn, READY_TIMEOUT, "the fleet to be ready for the next action")
 
     def _wait_into_batch(self, size: int) -> None:
         """Until a random share of the batch just enqueued is done: the workers are busy."""
