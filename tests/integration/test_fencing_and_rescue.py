@@ -17,6 +17,7 @@ from pgqueue.complete import write_outcomes
 from pgqueue.maintenance import rescue_lost_jobs
 from pgqueue.outcome import ClaimedJob, Failed, Outcome, RetryLater, Succeeded, simple_error
 from pgqueue.schema import ADVISORY_LOCK_NAMESPACE
+from tests.conftest import wait_until
 
 LOCK_GRACE = 2.0
 HEARTBEAT_TIMEOUT = 30.0
@@ -104,6 +105,19 @@ def _lost_worker(conn: psycopg.Connection[Any], heartbeat_age: float) -> int:
 
 
 def _rescue(dsn: str) -> list[dict[str, Any]]:
+    # The lock grace also runs from the server's start (a restart ends every session): on a
+    # server started moments ago, as the embedded one is at the start of a test session,
+    # nothing can be rescued until it has been up for the grace.
+    with psycopg.connect(dsn) as conn:
+        wait_until(
+            lambda: conn.execute(
+                "SELECT now() - pg_postmaster_start_time() > %s * interval '1 second'",
+                (LOCK_GRACE,),
+            ).fetchone()[0],  # type: ignore[index]
+            timeout=LOCK_GRACE + 30,
+            what="the server to have been up for the lock grace",
+        )
+
     async def scenario() -> list[dict[str, Any]]:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
             return await rescue_lost_jobs(
