@@ -108,10 +108,10 @@ def _rescue(dsn: str) -> list[dict[str, Any]]:
     # The lock grace also runs from the server's start (a restart ends every session): on a
     # server started moments ago, as the embedded one is at the start of a test session,
     # nothing can be rescued until it has been up for the grace.
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(dsn, autocommit=True) as conn:
         wait_until(
             lambda: conn.execute(
-                "SELECT now() - pg_postmaster_start_time() > %s * interval '1 second'",
+                "SELECT clock_timestamp() - pg_postmaster_start_time() > %s * interval '1 second'",
                 (LOCK_GRACE,),
             ).fetchone()[0],  # type: ignore[index]
             timeout=LOCK_GRACE + 30,
