@@ -76,6 +76,10 @@ class Completer:
     def backlog(self) -> int:
         return len(self._pending)
 
+    def pending_ids(self) -> set[int]:
+        """Jobs whose outcome is waiting to be written (they are still running in the table)."""
+        return {outcome.job.id for outcome in self._pending}
+
     async def run(self) -> None:
         """Flush until closed and drained."""
         backoff = 0.1

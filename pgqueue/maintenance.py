@@ -38,6 +38,16 @@ async def expire_queued_jobs(conn: psycopg.AsyncConnection[Any]) -> list[dict[st
         return await cur.fetchall()
 
 
+async def jobs_held_by(
+    conn: psycopg.AsyncConnection[Any], worker_id: int, min_age: float
+) -> list[tuple[int, int]]:
+    """(id, attempt) of the jobs running under `worker_id` for more than `min_age` seconds."""
+    cur = await conn.execute(
+        queries.JOBS_HELD_BY_WORKER, {"worker_id": worker_id, "min_age": min_age}
+    )
+    return [(row[0], row[1]) for row in await cur.fetchall()]
+
+
 async def cancel_requests_for(conn: psycopg.AsyncConnection[Any], worker_id: int) -> list[int]:
     """Ids of this worker's running jobs whose cancellation was requested (the backstop for
     a cancel notification lost while the worker was reconnecting)."""

@@ -240,6 +240,14 @@ WITH asked AS (
 SELECT id, pg_notify('{NOTIFY_CANCEL}', id::text)::text AS notified FROM asked
 """
 
+# What the database says this worker holds: a worker compares it with what it runs, to find
+# jobs whose claim committed but whose reply was lost with the connection.
+JOBS_HELD_BY_WORKER = """
+SELECT id, attempts FROM pgqueue_jobs
+WHERE worker_id = %(worker_id)s AND status = 'running'
+  AND started_at < now() - %(min_age)s::float8 * interval '1 second'
+"""
+
 # A worker's backstop for cancel notifications it may have missed while reconnecting.
 CANCEL_REQUESTS_FOR_WORKER = """
 SELECT id FROM pgqueue_jobs

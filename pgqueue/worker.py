@@ -34,6 +34,7 @@ from pgqueue.execute import Executor
 from pgqueue.maintenance import (
     cancel_requests_for,
     expire_queued_jobs,
+    jobs_held_by,
     prune_finished_jobs,
     rescue_lost_jobs,
 )
@@ -57,6 +58,9 @@ logger = logging.getLogger("pgqueue.worker")
 
 REGISTER_TIMEOUT = 30.0
 INTERRUPTED_THREAD_RETRY_DELAY = 10.0
+# A job running under this worker's id for longer than this, that it does not know about, was
+# claimed by a claim whose reply was lost.
+STRAY_AGE = 10.0
 FINAL_FLUSH_TIMEOUT = 10.0
 
 
@@ -492,6 +496,7 @@ class Worker:
                     )
                 for job_id in asked:
                     self._cancel_running(job_id)
+                await self._give_back_strays(conn)
                 for row in rescued:
                     log = logger.error if row["status"] == "failed" else logger.warning
                     log(
@@ -509,6 +514,33 @@ class Worker:
                 await asyncio.sleep(self.settings.rescue_interval)
         finally:
             await conn.reset()
+
+    async def _give_back_strays(self, conn: _Connection) -> None:
+        """Give back jobs the database says this worker holds but it does not run: their
+        claim committed, but its reply was lost with the connection. Only jobs claimed more
+        than STRAY_AGE seconds ago count, so a claim whose reply is on its way is never one."""
+        worker_id = self.presence.worker_id
+        if worker_id is None:
+            return
+        try:
+            held = await jobs_held_by(await conn.get(), worker_id, STRAY_AGE)
+            known = set(self.running) | self.completer.pending_ids()
+            strays = [(job_id, attempt) for job_id, attempt in held if job_id not in known]
+            if not strays:
+                return
+            await (await conn.get()).execute(
+                queries.RELEASE_UNSTARTED,
+                {"ids": [j for j, _ in strays], "attempts": [a for _, a in strays]},
+            )
+        except (psycopg.Error, DatabaseUnavailable) as exc:
+            logger.warning("checking for stray claims failed: %s", _one_line(exc))
+            await conn.reset()
+            return
+        logger.warning(
+            "gave back %d job(s) whose claim reached the database but not this worker: %s",
+            len(strays),
+            ", ".join(str(j) for j, _ in strays),
+        )
 
     async def _prune(self, conn: _Connection) -> None:
         try:

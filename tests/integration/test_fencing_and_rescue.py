@@ -249,3 +249,29 @@ def test_rescued_job_runs_again_on_a_live_worker(
     _claim_by_hand(conn, _lost_worker(conn, heartbeat_age=LOCK_GRACE + 5))
     start_worker(app, rescue_interval=0.1)  # its own rescuer finds the job
     assert job.wait(timeout=15) == 2
+
+
+def test_a_claim_whose_reply_was_lost_is_given_back_and_runs(
+    app: pgqueue.App, conn: psycopg.Connection[Any], start_worker: Callable[..., Any]
+) -> None:
+    ran: list[int] = []
+
+    @app.task
+    def stranded() -> None:
+        context = pgqueue.current_job()
+        assert context is not None
+        ran.append(context.attempt)
+
+    worker = start_worker(app, queues=("default",))
+    worker_id = worker.worker.presence.worker_id
+    assert worker_id is not None
+    # The worker's claim committed, but its reply never arrived: the job is running under
+    # the worker's id and the worker does not know it.
+    job = stranded.apply_async(queue="nowhere")
+    conn.execute(
+        "UPDATE pgqueue_jobs SET status = 'running', attempts = 1, worker_id = %s,"
+        " queue = 'default', started_at = now() - interval '1 minute' WHERE id = %s",
+        (worker_id, job.id),
+    )
+    job.wait(timeout=30)
+    assert ran == [1]  # given back uncounted, then run once
