@@ -61,6 +61,9 @@ INTERRUPTED_THREAD_RETRY_DELAY = 10.0
 # A job running under this worker's id for longer than this, that it does not know about, was
 # claimed by a claim whose reply was lost.
 STRAY_AGE = 10.0
+# What a background loop survives by logging, reconnecting and trying again: any error from
+# the database or the network, including pgqueue's own "could not connect".
+DATABASE_TROUBLE = (psycopg.Error, OSError, DatabaseUnavailable)
 FINAL_FLUSH_TIMEOUT = 10.0
 
 
@@ -306,7 +309,7 @@ class Worker:
                 try:
                     conn = await self._claim_conn.get()
                     claim = await claim_jobs(conn, self._queue_order(), free, worker_id)
-                except (psycopg.Error, OSError, DatabaseUnavailable) as exc:
+                except DATABASE_TROUBLE as exc:
                     logger.warning(
                         "could not claim jobs, retrying in %.1fs: %s", backoff, _one_line(exc)
                     )
@@ -349,7 +352,7 @@ class Worker:
             conn = await self._claim_conn.get()
             await conn.execute(queries.RELEASE_UNSTARTED, params)
             logger.info("gave %d claimed, unstarted job(s) back to the queue", len(jobs))
-        except (psycopg.Error, DatabaseUnavailable) as exc:
+        except DATABASE_TROUBLE as exc:
             logger.warning(
                 "could not give back %d unstarted job(s) (%s); they will be rescued",
                 len(jobs),
@@ -484,7 +487,7 @@ class Worker:
                     expired = await expire_queued_jobs(await conn.get())
                     worker_id = self.presence.worker_id
                     asked = await cancel_requests_for(await conn.get(), worker_id or 0)
-                except (psycopg.Error, DatabaseUnavailable) as exc:
+                except DATABASE_TROUBLE as exc:
                     logger.warning("maintenance pass failed: %s", _one_line(exc))
                     await conn.reset()
                     rescued, expired, asked = [], [], []
@@ -532,7 +535,7 @@ class Worker:
                 queries.RELEASE_UNSTARTED,
                 {"ids": [j for j, _ in strays], "attempts": [a for _, a in strays]},
             )
-        except (psycopg.Error, DatabaseUnavailable) as exc:
+        except DATABASE_TROUBLE as exc:
             logger.warning("checking for stray claims failed: %s", _one_line(exc))
             await conn.reset()
             return
@@ -545,7 +548,7 @@ class Worker:
     async def _prune(self, conn: _Connection) -> None:
         try:
             deleted = await prune_finished_jobs(await conn.get(), self.settings.retention)
-        except (psycopg.Error, DatabaseUnavailable) as exc:
+        except DATABASE_TROUBLE as exc:
             logger.warning("pruning finished jobs failed: %s", _one_line(exc))
             await conn.reset()
             return
@@ -560,5 +563,5 @@ class Worker:
         try:
             conn = await self._claim_conn.get()
             await conn.execute(queries.UNREGISTER_WORKER, {"worker_id": self.presence.worker_id})
-        except (psycopg.Error, DatabaseUnavailable) as exc:
+        except DATABASE_TROUBLE as exc:
             logger.warning("could not unregister the worker: %s", _one_line(exc))
