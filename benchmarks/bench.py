@@ -343,6 +343,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per drain (20,000)")
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--output", default=str(HERE / "results" / "latest.json"))
+    parser.add_argument(
+        "--only",
+        choices=["drain", "enqueue", "latency"],
+        action="append",
+        help="run only these workloads (repeatable); the ceiling runs with drain",
+    )
     args = parser.parse_args()
     n = 1_000 if args.quick else args.jobs
     logs = HERE / "results" / "logs"
@@ -364,12 +370,17 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
         print("machine:", json.dumps(results.machine), flush=True)
-        ceiling = bare_sql_ceiling(dsn, n, results)
-        for task, pool, concurrency in (("noop", "thread", 10), ("anoop", "thread", 50)):
-            drain(dsn, n, concurrency, pool, task, ceiling, results, logs)
-        enqueue_speed(dsn, 200 if args.quick else 2_000, n, results)
-        latency(dsn, 50, 3 if args.quick else 10, results, logs, "latency_idle_50_per_s")
-        latency(dsn, 2_000, 3 if args.quick else 10, results, logs, "latency_steady_2000_per_s")
+        only = set(args.only or ("drain", "enqueue", "latency"))
+        if "drain" in only:
+            ceiling = bare_sql_ceiling(dsn, n, results)
+            for task, pool, concurrency in (("noop", "thread", 10), ("anoop", "thread", 50)):
+                drain(dsn, n, concurrency, pool, task, ceiling, results, logs)
+        if "enqueue" in only:
+            enqueue_speed(dsn, 200 if args.quick else 2_000, n, results)
+        if "latency" in only:
+            seconds = 3 if args.quick else 10
+            latency(dsn, 50, seconds, results, logs, "latency_idle_50_per_s")
+            latency(dsn, 2_000, seconds, results, logs, "latency_steady_2000_per_s")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(asdict(results), indent=2))
     print(f"written to {args.output}")
