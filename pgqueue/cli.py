@@ -508,6 +508,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Their INFO lines are about their own machinery, not about jobs.
     for noisy in ("alembic", "pgserver"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
+    # A worker logs two lines per job: skip what the format above never prints (the caller's
+    # file and line, found by walking the stack; thread, process and task names).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    if hasattr(logging, "logAsyncioTasks"):
+        logging.logAsyncioTasks = False
     try:
         return int(args.func(args))
     except BrokenPipeError:
