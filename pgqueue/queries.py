@@ -104,8 +104,8 @@ FROM claimed AS c
 # Write a batch of outcomes in one statement and one round trip; each row applies only if the
 # job is still running under the same claim, so a rescued-and-reclaimed job is never
 # overwritten by a late worker. The same statement tells waiters (Job.wait) which jobs
-# finished, and workers when each queue's earliest retry comes due (so they set a timer
-# instead of waiting for a poll); notifications are delivered on commit.
+# finished, and workers when each retry comes due (so they set a timer instead of waiting
+# for a poll); notifications are delivered on commit.
 COMPLETE_JOBS = f"""
 WITH outcome AS (
     SELECT * FROM unnest(
@@ -131,8 +131,10 @@ WITH outcome AS (
     SELECT pg_notify('{NOTIFY_FINISHED}', string_agg(id::text, ','))
     FROM done WHERE status <> 'queued' HAVING count(*) > 0
 ), retries AS (
-    SELECT pg_notify('{NOTIFY_ENQUEUED}', queue || '@' || extract(epoch FROM min(run_at))::text)
-    FROM done WHERE status = 'queued' GROUP BY queue
+    -- The due time of each retry (identical payloads are sent once): a worker sets a timer
+    -- per due time, so a retry due just after another is not left to the poll tick.
+    SELECT pg_notify('{NOTIFY_ENQUEUED}', queue || '@' || extract(epoch FROM run_at)::text)
+    FROM done WHERE status = 'queued'
 )
 SELECT d.id, (SELECT count(*) FROM finished) + (SELECT count(*) FROM retries) AS notified
 FROM done AS d

@@ -175,3 +175,34 @@ def test_retries_due_close_together_each_run_on_their_own_timer(
     for job in jobs:
         assert job.wait(timeout=20) == 2
     assert time.monotonic() - started < 10
+
+
+def test_one_batch_of_retries_announces_every_due_time(app: pgqueue.App, dsn: str) -> None:
+    import asyncio
+
+    import psycopg
+
+    from pgqueue import queries
+    from pgqueue.complete import write_outcomes
+    from pgqueue.outcome import ClaimedJob, RetryLater, simple_error
+
+    @app.task
+    def later() -> None: ...
+
+    jobs = [later.delay(), later.delay()]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(queries.CLAIM_JOBS, {"queues": ["default"], "limit": 2, "worker_id": 1})
+        listener = psycopg.connect(dsn, autocommit=True)
+        listener.execute("LISTEN pgqueue_enqueued")
+    claimed = [ClaimedJob(j.id, "default", later.name, [], {}, 0, 1, 3) for j in jobs]
+    error = simple_error("Retry", "later")
+    batch = [RetryLater(claimed[0], error, delay=10.0), RetryLater(claimed[1], error, delay=20.0)]
+
+    async def write() -> set[int]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            return await write_outcomes(aconn, list(batch))
+
+    assert asyncio.run(write()) == {j.id for j in jobs}
+    with listener:
+        payloads = {n.payload for n in listener.notifies(timeout=5, stop_after=2)}
+    assert len(payloads) == 2  # one timer per due time, not only the earliest
