@@ -8,21 +8,18 @@ attempt (it was rescued from this worker and claimed again) is discarded and log
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 
 from pgqueue import queries
+from pgqueue._connection import ReconnectingConnection
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.outcome import Failed, Outcome, RetryLater, Succeeded, simple_error
 
 logger = logging.getLogger("pgqueue.worker")
-
-Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
 
 
 def outcome_params(outcomes: list[Outcome]) -> dict[str, list[Any]]:
@@ -57,14 +54,13 @@ async def write_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: list[Outc
 class Completer:
     """Collects outcomes and flushes them in batches of up to `batch_size`."""
 
-    def __init__(self, connect: Connect, batch_size: int = 100) -> None:
-        self._connect = connect
+    def __init__(self, connection: ReconnectingConnection, batch_size: int = 100) -> None:
+        self._connection = connection
         self._batch_size = batch_size
         self._pending: list[Outcome] = []
         self._has_work = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._conn: psycopg.AsyncConnection[Any] | None = None
         self._closed = False
 
     def submit(self, outcome: Outcome) -> None:
@@ -93,9 +89,7 @@ class Completer:
                 continue
             batch = self._pending[: self._batch_size]
             try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = await self._connect()
-                applied = await self._write(self._conn, batch)
+                applied = await self._write(await self._connection.get(), batch)
             except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
                 logger.warning(
                     "could not write %d job outcome(s), retrying in %.1fs: %s",
@@ -103,7 +97,7 @@ class Completer:
                     backoff,
                     " ".join(str(exc).split()),
                 )
-                await self._close_conn()
+                await self._connection.reset()
                 await asyncio.sleep(backoff)  # backoff between reconnects, not a test wait
                 backoff = min(backoff * 2, 1.0)  # results show up soon after an outage
                 continue
@@ -174,14 +168,8 @@ class Completer:
             return False
         return True
 
-    async def _close_conn(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await self._conn.close()
-            self._conn = None
-
     async def close(self) -> None:
-        await self._close_conn()
+        await self._connection.reset()
 
 
 def write_outcomes_sync(conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> set[int]:

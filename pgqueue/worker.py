@@ -20,11 +20,11 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
 
 import psycopg
 
 from pgqueue import queries
+from pgqueue._connection import ReconnectingConnection
 from pgqueue.app import App
 from pgqueue.claim import ClaimSignal, claim_jobs
 from pgqueue.complete import Completer
@@ -69,25 +69,6 @@ FINAL_FLUSH_TIMEOUT = 10.0
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-class _Connection:
-    """One async connection, made again after it breaks; shared by loops of one worker."""
-
-    def __init__(self, app: App) -> None:
-        self._app = app
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-
-    async def get(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await self._app.aconnect(autocommit=True)
-        return self._conn
-
-    async def reset(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await self._conn.close()
-        self._conn = None
 
 
 class Worker:
@@ -187,10 +168,8 @@ class Worker:
             settings.concurrency,
             settings.pool,
         )
-        self.completer = Completer(
-            lambda: self.app.aconnect(autocommit=True), settings.completion_batch_size
-        )
-        self._claim_conn = _Connection(self.app)
+        self.completer = Completer(ReconnectingConnection(self.app), settings.completion_batch_size)
+        self._claim_conn = ReconnectingConnection(self.app)
         self.scheduler: Scheduler | None = None
         if settings.run_scheduler:
             self.scheduler = Scheduler(self.app)
@@ -471,7 +450,7 @@ class Worker:
     # -- maintenance ----------------------------------------------------------------------
 
     async def _maintenance_loop(self) -> None:
-        conn = _Connection(self.app)
+        conn = ReconnectingConnection(self.app)
         next_prune = time.monotonic() + self.settings.prune_interval / 4
         try:
             while True:
@@ -518,7 +497,7 @@ class Worker:
         finally:
             await conn.reset()
 
-    async def _give_back_strays(self, conn: _Connection) -> None:
+    async def _give_back_strays(self, conn: ReconnectingConnection) -> None:
         """Give back jobs the database says this worker holds but it does not run: their
         claim committed, but its reply was lost with the connection. Only jobs claimed more
         than STRAY_AGE seconds ago count, so a claim whose reply is on its way is never one."""
@@ -545,7 +524,7 @@ class Worker:
             ", ".join(str(j) for j, _ in strays),
         )
 
-    async def _prune(self, conn: _Connection) -> None:
+    async def _prune(self, conn: ReconnectingConnection) -> None:
         try:
             deleted = await prune_finished_jobs(await conn.get(), self.settings.retention)
         except DATABASE_TROUBLE as exc:
