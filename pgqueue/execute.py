@@ -11,6 +11,7 @@ import concurrent.futures
 import contextvars
 import functools
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pgqueue import _json, transactional
@@ -117,6 +118,23 @@ def job_context(job: ClaimedJob, cancel_event: threading.Event, connection: Any)
     )
 
 
+def sync_call(
+    task: Task[Any, Any],
+    job: ClaimedJob,
+    cancel_event: threading.Event,
+    pool: transactional.TransactionalConnections,
+    connection: Any,
+) -> Callable[[], Any]:
+    """A sync task's call, in the job's context, inside its transaction when it has one
+    (the thread pool and the process pool's children both run this)."""
+    context = contextvars.copy_context()
+    context.run(_current.set, job_context(job, cancel_event, connection))
+    fn = functools.partial(task.fn, *job.args, **job.kwargs)
+    if connection is not None:
+        fn = functools.partial(transactional.run_sync, pool, connection, job, fn)
+    return functools.partial(context.run, fn)
+
+
 def run_in_this_process(
     app: App, job: ClaimedJob, pool: transactional.TransactionalConnections
 ) -> Outcome | LeaseLost:
@@ -126,12 +144,7 @@ def run_in_this_process(
         return unknown_task(job)
     try:
         connection = pool.acquire() if task.transactional else None
-        context = contextvars.copy_context()
-        context.run(_current.set, job_context(job, threading.Event(), connection))
-        fn = functools.partial(task.fn, *job.args, **job.kwargs)
-        if connection is not None:
-            fn = functools.partial(transactional.run_sync, pool, connection, job, fn)
-        value = context.run(fn)
+        value = sync_call(task, job, threading.Event(), pool, connection)()
     except BaseException as exc:  # a task's failure is data, whatever it raised
         return outcome_of_exception(task, job, exc)
     return outcome_of_value(task, job, value)
@@ -183,9 +196,9 @@ class Executor:
                 if task.is_async
                 else asyncio.to_thread(self.transactional.acquire)
             )
-        context = contextvars.copy_context()
-        context.run(_current.set, job_context(job, cancel_event, connection))
         if task.is_async:
+            context = contextvars.copy_context()
+            context.run(_current.set, job_context(job, cancel_event, connection))
             # A task created inside context.run() runs in (a copy of) that context; this is
             # the spelling that works on Python 3.10, before create_task(context=).
             call_async = functools.partial(task.fn, *job.args, **job.kwargs)
@@ -196,10 +209,7 @@ class Executor:
             )
             running: asyncio.Future[Any] = context.run(asyncio.ensure_future, coro)
             return await self._with_timeout(task, running)
-        fn = functools.partial(task.fn, *job.args, **job.kwargs)
-        if connection is not None:
-            fn = functools.partial(transactional.run_sync, self.transactional, connection, job, fn)
-        call = functools.partial(context.run, fn)
+        call = sync_call(task, job, cancel_event, self.transactional, connection)
         future = self.thread_pool.submit(call)
         try:
             return await self._with_timeout(task, asyncio.wrap_future(future))
