@@ -394,7 +394,8 @@ class App:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.connect(autocommit=True) as conn:
             conn.execute(f"LISTEN {NOTIFY_FINISHED}")
-            pending = _check_exist(conn.execute(queries.EXISTING_AMONG, {"ids": ids}), ids)
+            rows = conn.execute(queries.EXISTING_AMONG, {"ids": ids}).fetchall()
+            pending = _check_exist(ids, {row[0] for row in rows})
             while True:
                 rows = conn.execute(queries.UNFINISHED_AMONG, {"ids": list(pending)}).fetchall()
                 pending = {row[0] for row in rows}
@@ -410,8 +411,7 @@ class App:
         async with await self.aconnect(autocommit=True) as conn:
             await conn.execute(f"LISTEN {NOTIFY_FINISHED}")
             cur = await conn.execute(queries.EXISTING_AMONG, {"ids": ids})
-            pending = {row[0] for row in await cur.fetchall()}
-            _check_exist(None, ids, pending)
+            pending = _check_exist(ids, {row[0] for row in await cur.fetchall()})
             while True:
                 cur = await conn.execute(queries.UNFINISHED_AMONG, {"ids": list(pending)})
                 pending = {row[0] for row in await cur.fetchall()}
@@ -440,12 +440,8 @@ def idle_connection_ok(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[A
     return not readable and conn.pgconn.status == ConnStatus.OK
 
 
-def _check_exist(
-    cursor: psycopg.Cursor[Any] | None, ids: list[int], found: set[int] | None = None
-) -> set[int]:
-    if found is None:
-        assert cursor is not None
-        found = {row[0] for row in cursor.fetchall()}
+def _check_exist(ids: list[int], found: set[int]) -> set[int]:
+    """`found` (the ids that exist), or JobNotFound naming the first missing one."""
     missing = sorted(set(ids) - found)
     if missing:
         raise JobNotFound(
