@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from pgqueue import __version__
+from pgqueue import __version__, _logging
 from pgqueue.app import App
 from pgqueue.config import WorkerSettings, parse_duration, parse_queues
 from pgqueue.errors import ConfigurationError, PgQueueError
@@ -500,11 +500,10 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if logging.root.handlers:  # configured already (pgqueue run from a host program)
+        logging.root.setLevel(getattr(logging, args.log_level))
+    else:
+        _logging.configure(getattr(logging, args.log_level), sys.stderr)
     # Their INFO lines are about their own machinery, not about jobs.
     for noisy in ("alembic", "pgserver"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))

@@ -1,0 +1,74 @@
+"""The command line's batched log output: nothing lost, trouble never delayed."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+
+from pgqueue._logging import BatchingStreamHandler
+
+
+class RecordingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.written = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        self.written.set()
+        return super().write(text)
+
+
+def _logger(handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"pgqueue.test.{id(handler)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return logger
+
+
+def test_info_lines_are_written_together_soon_after() -> None:
+    stream = RecordingStream()
+    handler = BatchingStreamHandler(stream)
+    logger = _logger(handler)
+    for n in range(100):
+        logger.info("job %d succeeded", n)
+    assert stream.written.wait(5), "the flusher never wrote the buffered lines"
+    deadline = time.monotonic() + 5
+    while stream.getvalue().count("\n") < 100 and time.monotonic() < deadline:
+        stream.written.clear()
+        stream.written.wait(0.1)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 100
+    assert lines[0].endswith("INFO    " + logger.name + ": job 0 succeeded")
+    assert stream.writes < 100
+    handler.close()
+
+
+def test_a_warning_is_written_at_once_with_what_came_before() -> None:
+    stream = RecordingStream()
+    handler = BatchingStreamHandler(stream)
+    handler._stop_flushing.set()  # only the warning itself may cause the write
+    handler._flusher.join()
+    logger = _logger(handler)
+    logger.info("first")
+    logger.warning("trouble")
+    assert stream.getvalue().splitlines()[0].endswith("first")
+    assert stream.getvalue().splitlines()[1].endswith("trouble")
+    handler.close()
+
+
+def test_close_writes_what_is_buffered() -> None:
+    stream = RecordingStream()
+    handler = BatchingStreamHandler(stream)
+    handler._stop_flushing.set()
+    handler._flusher.join()
+    logger = _logger(handler)
+    logger.info("last words")
+    assert stream.getvalue() == ""
+    handler.close()
+    assert stream.getvalue().endswith("last words\n")
+    assert "," in stream.getvalue().split(" ")[1]  # time with milliseconds
