@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from pgqueue import queries
 from pgqueue.outcome import ClaimedJob
@@ -35,28 +34,23 @@ async def claim_jobs(
     conn: psycopg.AsyncConnection[Any], queues: Sequence[str], limit: int, worker_id: int
 ) -> Claim:
     """Claim up to `limit` due jobs for `worker_id`; each claim bumps the attempt (its token)."""
-    async with conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor() as cur:
         await cur.execute(
             queries.CLAIM_JOBS, {"queues": list(queues), "limit": limit, "worker_id": worker_id}
         )
         rows = await cur.fetchall()
     # The statement returns rows in no particular order; start the most urgent first.
-    rows.sort(key=lambda r: (-r["priority"], r["id"]))
-    jobs = [
-        ClaimedJob(
-            id=row["id"],
-            queue=row["queue"],
-            task_name=row["task_name"],
-            args=list(row["args"]),
-            kwargs=dict(row["kwargs"]),
-            priority=row["priority"],
-            attempt=row["attempts"],
-            max_attempts=row["max_attempts"],
-        )
-        for row in rows
-        if not row["dead"]
-    ]
-    return Claim(jobs, [(row["id"], row["task_name"]) for row in rows if row["dead"]])
+    rows.sort(key=lambda r: (-r[5], r[0]))
+    jobs = []
+    ended = []
+    for id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, dead, _ in rows:
+        if dead:
+            ended.append((id_, task_name))
+        else:
+            jobs.append(
+                ClaimedJob(id_, queue, task_name, args, kwargs, priority, attempts, max_attempts)
+            )
+    return Claim(jobs, ended)
 
 
 MAX_TIMERS = 10_000

@@ -197,18 +197,18 @@ class Executor:
                 else asyncio.to_thread(self.transactional.acquire)
             )
         if task.is_async:
-            context = contextvars.copy_context()
-            context.run(_current.set, job_context(job, cancel_event, connection))
-            # A task created inside context.run() runs in (a copy of) that context; this is
-            # the spelling that works on Python 3.10, before create_task(context=).
+            # The caller is the job's own asyncio task, which runs in a context of its own:
+            # setting the job there reaches the coroutine and whatever it starts.
+            _current.set(job_context(job, cancel_event, connection))
             call_async = functools.partial(task.fn, *job.args, **job.kwargs)
             coro = (
                 transactional.run_async(self.transactional, connection, job, call_async)
                 if connection is not None
                 else call_async()
             )
-            running: asyncio.Future[Any] = context.run(asyncio.ensure_future, coro)
-            return await self._with_timeout(task, running)
+            if task.timeout is None:
+                return await coro
+            return await self._with_timeout(task, asyncio.ensure_future(coro))
         call = sync_call(task, job, cancel_event, self.transactional, connection)
         future = self.thread_pool.submit(call)
         try:

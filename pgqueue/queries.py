@@ -108,17 +108,15 @@ FROM claimed AS c
 # for a poll); notifications are delivered on commit.
 COMPLETE_JOBS = f"""
 WITH outcome AS (
-    SELECT * FROM unnest(
-        %(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
-        %(results)s::text[], %(errors)s::text[], %(delays)s::float8[], %(etas)s::timestamptz[],
-        %(refunds)s::int[]
-    ) AS o(id, attempt, status, result, error, delay, eta, refund)
+    SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
+        id bigint, attempt int, status text, result jsonb, error jsonb, delay float8,
+        eta timestamptz, refund int)
 ), done AS (
     UPDATE pgqueue_jobs AS j
     SET status = o.status::pgqueue_job_status,
-        attempts = j.attempts - o.refund,
-        result = o.result::jsonb,
-        error = o.error::jsonb,
+        attempts = j.attempts - COALESCE(o.refund, 0),
+        result = o.result,
+        error = o.error,
         worker_id = NULL,
         run_at = CASE WHEN o.status = 'queued'
                       THEN COALESCE(o.eta, now() + o.delay * interval '1 second')
