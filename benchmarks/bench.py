@@ -83,8 +83,9 @@ def fresh_database(server_dsn: str) -> Any:
 
 
 def reset(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("TRUNCATE pgqueue_jobs")
+    conn.execute("TRUNCATE pgqueue_jobs, pgqueue_finished_jobs")
     conn.execute("VACUUM (ANALYZE) pgqueue_jobs")
+    conn.execute("VACUUM (ANALYZE) pgqueue_finished_jobs")
 
 
 def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
@@ -94,14 +95,26 @@ def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
 
 
 def table_stats(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Row counters of the hot table (queued and running jobs), and the finished table's size."""
     conn.execute("SELECT pg_stat_clear_snapshot()")
     row = conn.execute(
-        "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, n_dead_tup,"
-        " pg_total_relation_size('pgqueue_jobs')"
-        " FROM pg_stat_user_tables WHERE relname = 'pgqueue_jobs'"
+        "SELECT h.n_tup_ins, h.n_tup_upd, h.n_tup_hot_upd, h.n_tup_del, h.n_dead_tup,"
+        " pg_total_relation_size('pgqueue_jobs'), f.n_tup_ins,"
+        " pg_total_relation_size('pgqueue_finished_jobs')"
+        " FROM pg_stat_user_tables AS h, pg_stat_user_tables AS f"
+        " WHERE h.relname = 'pgqueue_jobs' AND f.relname = 'pgqueue_finished_jobs'"
     ).fetchone()
     assert row is not None
-    keys = ("inserts", "updates", "hot_updates", "deletes", "dead", "bytes")
+    keys = (
+        "inserts",
+        "updates",
+        "hot_updates",
+        "deletes",
+        "dead",
+        "bytes",
+        "finished_inserts",
+        "finished_bytes",
+    )
     return dict(zip(keys, (int(v) for v in row), strict=True))
 
 
@@ -165,7 +178,7 @@ class Worker:
 
 def wait_finished(conn: psycopg.Connection[Any], total: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while scalar(conn, "SELECT count(*) FROM pgqueue_jobs WHERE finished_at IS NOT NULL") < total:
+    while scalar(conn, "SELECT count(*) FROM pgqueue_finished_jobs") < total:
         if time.monotonic() > deadline:
             raise RuntimeError("jobs did not finish in time")
         time.sleep(0.05)  # polling progress
@@ -218,9 +231,10 @@ def drain(
     """One worker process empties n queued no-op jobs (queued before it starts)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         reset(conn)
+        # Churn and WAL over each job's whole life: enqueue, claim, completion.
+        before, wal_before = settled_stats(conn), wal_lsn(conn)
         with psycopg.connect(dsn) as tx:
             enqueue_noops(tx, n, task)
-        before, wal_before = settled_stats(conn), wal_lsn(conn)
         worker = Worker(
             dsn,
             logs / f"drain-{task}-{pool}.log",
@@ -234,7 +248,9 @@ def drain(
         finally:
             worker.stop()
         seconds = scalar(
-            conn, "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM pgqueue_jobs"
+            conn,
+            "SELECT extract(epoch FROM max(finished_at) - min(started_at))"
+            " FROM pgqueue_finished_jobs",
         )
         after, wal_after = settled_stats(conn), wal_lsn(conn)
         rate = n / float(seconds)
@@ -243,11 +259,18 @@ def drain(
             jobs=n,
             jobs_per_s=rate,
             vs_ceiling=rate / ceiling,
-            row_writes_per_job=(after["updates"] - before["updates"]) / n,
-            hot_updates_per_job=(after["hot_updates"] - before["hot_updates"]) / n,
+            # Row versions written to the hot table per job (its enqueue's included): the
+            # insert and the claim's update; ending it deletes the row (counted apart).
+            row_versions_per_job=(
+                after["inserts"] - before["inserts"] + after["updates"] - before["updates"]
+            )
+            / n,
+            deletes_per_job=(after["deletes"] - before["deletes"]) / n,
+            finished_rows_per_job=(after["finished_inserts"] - before["finished_inserts"]) / n,
             wal_bytes_per_job=(wal_after - wal_before) / n,
             dead_tuples=after["dead"],
-            table_bytes=after["bytes"],
+            hot_table_bytes=after["bytes"],
+            finished_table_bytes=after["finished_bytes"],
         )
 
 
@@ -330,7 +353,8 @@ def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path,
         samples = [
             row[0]
             for row in conn.execute(
-                "SELECT extract(epoch FROM started_at - created_at)::float8 FROM pgqueue_jobs"
+                "SELECT extract(epoch FROM started_at - created_at)::float8"
+                " FROM pgqueue_finished_jobs"
             )
         ]
         results.add(

@@ -310,7 +310,7 @@ class RescueTracker(threading.Thread):
         ids = sorted({job for kill in kills for job in kill.held})
         rows = self.conn.execute(
             "SELECT id, status::text, attempts, started_at, clock_timestamp() "
-            "FROM pgqueue_jobs WHERE id = ANY(%s)",
+            "FROM pgqueue_all_jobs WHERE id = ANY(%s)",
             (ids,),
         ).fetchall()
         now = self.conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
@@ -516,7 +516,7 @@ class ChaosRun:
         """(finished jobs, running jobs)."""
         row = self.conn.execute(
             "SELECT count(*) FILTER (WHERE status IN ('succeeded', 'failed', 'cancelled')), "
-            "count(*) FILTER (WHERE status = 'running') FROM pgqueue_jobs"
+            "count(*) FILTER (WHERE status = 'running') FROM pgqueue_all_jobs"
         ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
@@ -537,7 +537,7 @@ class ChaosRun:
 
     def _held(self, worker_id: int) -> list[tuple[int, int, str]]:
         rows = self.conn.execute(
-            "SELECT id, attempts, task_name FROM pgqueue_jobs "
+            "SELECT id, attempts, task_name FROM pgqueue_all_jobs "
             "WHERE worker_id = %s AND status = 'running'",
             (worker_id,),
         ).fetchall()
@@ -754,12 +754,12 @@ class ChaosRun:
         row = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'), "
             "count(*) FILTER (WHERE attempts > 1), max(attempts), max(finished_at) "
-            "FROM pgqueue_jobs"
+            "FROM pgqueue_all_jobs"
         ).fetchone()
         assert row is not None
         enqueued, succeeded, retried, max_attempts, last_finished = row
         not_succeeded = conn.execute(
-            "SELECT status::text, count(*) FROM pgqueue_jobs WHERE status <> 'succeeded' "
+            "SELECT status::text, count(*) FROM pgqueue_all_jobs WHERE status <> 'succeeded' "
             "GROUP BY 1 ORDER BY 1"
         ).fetchall()
         tx_dups, tx_missing = self._duplicates("chaos_effects", chaos_tasks.transactional.name)
@@ -790,7 +790,7 @@ class ChaosRun:
         """(records beyond the first per job, succeeded jobs of the task with no record)."""
         row = self.conn.execute(
             f"SELECT (SELECT count(*) - count(DISTINCT job_id) FROM {table}), "
-            "(SELECT count(*) FROM pgqueue_jobs AS j "
+            "(SELECT count(*) FROM pgqueue_all_jobs AS j "
             " WHERE j.task_name = %s AND j.status = 'succeeded' "
             f" AND NOT EXISTS (SELECT 1 FROM {table} AS r WHERE r.job_id = j.id))",
             (task_name,),

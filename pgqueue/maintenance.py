@@ -76,6 +76,7 @@ async def prune_finished_jobs(
         cur = await conn.execute(queries.PRUNE_FINISHED_JOBS, params)
         deleted += cur.rowcount
         if cur.rowcount < batch:
+            await conn.execute(queries.PRUNE_PERIODIC_TICKS, {"older_than": older_than})
             break
     return deleted
 
@@ -93,4 +94,5 @@ def prune_finished_jobs_sync(
         cur = conn.execute(queries.PRUNE_FINISHED_JOBS, params)
         deleted += cur.rowcount
         if cur.rowcount < batch:
+            conn.execute(queries.PRUNE_PERIODIC_TICKS, {"older_than": older_than})
             return deleted

@@ -24,6 +24,35 @@ JOB_COLUMNS = (
     "cancel_requested_at"
 )
 
+
+def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
+    """An INSERT that moves the rows of CTE `ended` (deleted from pgqueue_jobs, RETURNING *)
+    to pgqueue_finished_jobs, ending them with `status`, `error` and `result` (SQL
+    expressions over the alias `e`). Every statement that ends a job uses it."""
+    return f"""INSERT INTO pgqueue_finished_jobs (
+        id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
+        worker_id, result, error, created_at, started_at, finished_at, periodic_name,
+        periodic_fire_at, expires_at, cancel_requested_at)
+    SELECT e.id, e.queue, e.task_name, e.args, e.kwargs, ({status})::pgqueue_job_status,
+        e.priority, e.run_at, e.attempts, e.max_attempts, NULL, {result}, {error},
+        e.created_at, e.started_at, now(), e.periodic_name, e.periodic_fire_at, e.expires_at,
+        e.cancel_requested_at
+    FROM {ended} AS e
+    RETURNING id, task_name, status, attempts, max_attempts"""
+
+
+def _lost_message(alias: str) -> str:
+    return (
+        "format('worker lost while running attempt %%s of %%s', "
+        f"{alias}.attempts, {alias}.max_attempts)"
+    )
+
+
+def _error(type_: str, message: str) -> str:
+    """A job's stored error, built in SQL."""
+    return f"jsonb_build_object('type', '{type_}', 'message', {message}, 'traceback', NULL)"
+
+
 # Insert one job and wake idle workers of its queue, in the caller's transaction (the NOTIFY is
 # delivered only on commit). A job due later says when in the payload, so a worker can set a timer.
 # Casts are spelled CAST(... AS ...) because this statement also runs through SQLAlchemy.
@@ -77,65 +106,77 @@ WITH picked AS (
     LIMIT %(limit)s
 ), claimed AS (
     UPDATE pgqueue_jobs AS j
-    SET status = (CASE WHEN p.dead THEN 'cancelled' ELSE 'running' END)::pgqueue_job_status,
-        attempts = j.attempts + CASE WHEN p.dead THEN 0 ELSE 1 END,
-        worker_id = CASE WHEN p.dead THEN NULL ELSE %(worker_id)s END,
-        started_at = CASE WHEN p.dead THEN j.started_at ELSE now() END,
-        finished_at = CASE WHEN p.dead THEN now() END,
-        error = CASE
-            WHEN NOT p.dead THEN j.error
-            WHEN j.cancel_requested_at IS NOT NULL THEN jsonb_build_object(
-                'type', 'Cancelled', 'message', 'cancelled on request', 'traceback', NULL)
-            ELSE jsonb_build_object(
-                'type', 'Expired',
-                'message', 'not started before it expired at ' || j.expires_at::text,
-                'traceback', NULL)
-            END
+    SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
+        started_at = now()
     FROM picked AS p
-    WHERE j.id = p.id
+    WHERE j.id = p.id AND NOT p.dead
     RETURNING j.id, j.queue, j.task_name, j.args, j.kwargs, j.priority, j.attempts,
-              j.max_attempts, p.dead
+              j.max_attempts
+), ended AS (
+    DELETE FROM pgqueue_jobs AS j USING picked AS p WHERE j.id = p.id AND p.dead
+    RETURNING j.*
+), archived AS (
+    {
+    _archive(
+        "ended",
+        "'cancelled'",
+        "CASE WHEN e.cancel_requested_at IS NOT NULL THEN "
+        + _error("Cancelled", "'cancelled on request'")
+        + " ELSE "
+        + _error("Expired", "'not started before it expired at ' || e.expires_at::text")
+        + " END",
+    )
+}
 )
-SELECT c.*,
-       CASE WHEN c.dead THEN pg_notify('{NOTIFY_FINISHED}', c.id::text)::text END AS notified
-FROM claimed AS c
+SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
+UNION ALL
+SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, true,
+       pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
+FROM archived AS a
 """
 
 # Write a batch of outcomes in one statement and one round trip; each row applies only if the
 # job is still running under the same claim, so a rescued-and-reclaimed job is never
-# overwritten by a late worker. The same statement tells waiters (Job.wait) which jobs
-# finished, and workers when each retry comes due (so they set a timer instead of waiting
-# for a poll); notifications are delivered on commit.
+# overwritten by a late worker. A retry stays in pgqueue_jobs with its new due time; an ended
+# job moves to pgqueue_finished_jobs with its result or error. The same statement tells
+# waiters (Job.wait) which jobs finished, and workers when each retry comes due (so they set a
+# timer instead of waiting for a poll); notifications are delivered on commit.
 COMPLETE_JOBS = f"""
 WITH outcome AS (
     SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
         id bigint, attempt int, status text, result jsonb, error jsonb, delay float8,
         eta timestamptz, refund int)
-), done AS (
+), retried AS (
     UPDATE pgqueue_jobs AS j
-    SET status = o.status::pgqueue_job_status,
+    SET status = 'queued',
         attempts = j.attempts - COALESCE(o.refund, 0),
-        result = o.result,
         error = o.error,
         worker_id = NULL,
-        run_at = CASE WHEN o.status = 'queued'
-                      THEN COALESCE(o.eta, now() + o.delay * interval '1 second')
-                      ELSE j.run_at END,
-        finished_at = CASE WHEN o.status = 'queued' THEN NULL ELSE now() END
+        run_at = COALESCE(o.eta, now() + o.delay * interval '1 second')
     FROM outcome AS o
-    WHERE j.id = o.id AND j.status = 'running' AND j.attempts = o.attempt
-    RETURNING j.id, j.status, j.queue, j.run_at
+    WHERE o.status = 'queued' AND j.id = o.id AND j.status = 'running' AND j.attempts = o.attempt
+    RETURNING j.id, j.queue, j.run_at
+), ended AS (
+    DELETE FROM pgqueue_jobs AS j
+    USING outcome AS o
+    WHERE o.status <> 'queued' AND j.id = o.id AND j.status = 'running' AND j.attempts = o.attempt
+    RETURNING j.*, o.status AS new_status, o.result AS new_result, o.error AS new_error
+), archived AS (
+    {_archive("ended", "e.new_status", "e.new_error", "e.new_result")}
 ), finished AS (
     SELECT pg_notify('{NOTIFY_FINISHED}', string_agg(id::text, ','))
-    FROM done WHERE status <> 'queued' HAVING count(*) > 0
+    FROM archived HAVING count(*) > 0
 ), retries AS (
     -- The due time of each retry (identical payloads are sent once): a worker sets a timer
     -- per due time, so a retry due just after another is not left to the poll tick.
     SELECT pg_notify('{NOTIFY_ENQUEUED}', queue || '@' || extract(epoch FROM run_at)::text)
-    FROM done WHERE status = 'queued'
+    FROM retried
+), notified AS (
+    SELECT (SELECT count(*) FROM finished) + (SELECT count(*) FROM retries) AS n
 )
-SELECT d.id, (SELECT count(*) FROM finished) + (SELECT count(*) FROM retries) AS notified
-FROM done AS d
+SELECT id, (SELECT n FROM notified) AS notified FROM archived
+UNION ALL
+SELECT id, (SELECT n FROM notified) FROM retried
 """
 
 # Give back jobs that were claimed but never started (shutdown): the attempt is not counted.
@@ -191,26 +232,27 @@ WITH lost AS (
 ), removed AS (
     DELETE FROM pgqueue_workers AS w USING lost WHERE w.id = lost.id
     RETURNING w.id
-), rescued AS (
+), requeued AS (
     UPDATE pgqueue_jobs AS j
-    SET status = CASE WHEN j.attempts >= j.max_attempts
-                      THEN 'failed'::pgqueue_job_status ELSE 'queued'::pgqueue_job_status END,
-        worker_id = NULL,
-        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-        error = jsonb_build_object(
-            'type', 'WorkerLost',
-            'message', format('worker lost while running attempt %%s of %%s',
-                              j.attempts, j.max_attempts),
-            'traceback', NULL)
-    WHERE j.status = 'running'
+    SET status = 'queued', worker_id = NULL, error = {_error("WorkerLost", _lost_message("j"))}
+    WHERE j.status = 'running' AND j.attempts < j.max_attempts
       AND (j.worker_id IN (SELECT id FROM removed)
            OR NOT EXISTS (SELECT 1 FROM pgqueue_workers AS w WHERE w.id = j.worker_id))
-    RETURNING j.id, j.task_name, j.attempts, j.max_attempts, j.status::text AS status
+    RETURNING j.id, j.task_name, j.status::text AS status, j.attempts, j.max_attempts
+), ended AS (
+    DELETE FROM pgqueue_jobs AS j
+    WHERE j.status = 'running' AND j.attempts >= j.max_attempts
+      AND (j.worker_id IN (SELECT id FROM removed)
+           OR NOT EXISTS (SELECT 1 FROM pgqueue_workers AS w WHERE w.id = j.worker_id))
+    RETURNING j.*
+), archived AS (
+    {_archive("ended", "'failed'", _error("WorkerLost", _lost_message("e")))}
 )
-SELECT r.*,
-       CASE WHEN r.status = 'failed'
-            THEN pg_notify('{NOTIFY_FINISHED}', r.id::text)::text END AS notified
-FROM rescued AS r
+SELECT a.id, a.task_name, a.attempts, a.max_attempts, a.status::text AS status,
+       pg_notify('{NOTIFY_FINISHED}', a.id::text)::text AS notified
+FROM archived AS a
+UNION ALL
+SELECT r.id, r.task_name, r.attempts, r.max_attempts, r.status, NULL FROM requeued AS r
 """
 
 # Lock-free test of whether this worker's session lock is still free to take (resume after a
@@ -219,15 +261,13 @@ TRY_LOCK_WORKER = f"SELECT pg_try_advisory_lock({ADVISORY_LOCK_NAMESPACE}, %(wor
 
 # Cancel a job that has not started: it ends CANCELLED at once, and waiters are told.
 CANCEL_QUEUED_JOB = f"""
-WITH done AS (
-    UPDATE pgqueue_jobs
-    SET status = 'cancelled', finished_at = now(),
-        error = jsonb_build_object(
-            'type', 'Cancelled', 'message', CAST(%(message)s AS text), 'traceback', NULL)
-    WHERE id = %(id)s AND status = 'queued'
-    RETURNING id
+WITH ended AS (
+    DELETE FROM pgqueue_jobs WHERE id = %(id)s AND status = 'queued'
+    RETURNING *
+), archived AS (
+    {_archive("ended", "'cancelled'", _error("Cancelled", "CAST(%(message)s AS text)"))}
 )
-SELECT id, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified FROM done
+SELECT id, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified FROM archived
 """
 
 # Ask the worker running a job to cancel it; the flag also stops any later retry or rescue.
@@ -257,41 +297,50 @@ WHERE worker_id = %(worker_id)s AND status = 'running' AND cancel_requested_at I
 # Queued jobs past their deadline end CANCELLED (type Expired), even in queues no worker
 # serves; waiters are told.
 EXPIRE_QUEUED_JOBS = f"""
-WITH expired AS (
-    UPDATE pgqueue_jobs
-    SET status = 'cancelled', finished_at = now(),
-        error = jsonb_build_object(
-            'type', 'Expired',
-            'message', 'not started before it expired at ' || expires_at::text,
-            'traceback', NULL)
+WITH ended AS (
+    DELETE FROM pgqueue_jobs
     WHERE id IN (
         SELECT id FROM pgqueue_jobs
         WHERE status = 'queued' AND expires_at <= now()
         ORDER BY expires_at
         LIMIT 1000
         FOR UPDATE SKIP LOCKED)
-    RETURNING id, task_name
+    RETURNING *
+), archived AS (
+    {
+    _archive(
+        "ended",
+        "'cancelled'",
+        _error("Expired", "'not started before it expired at ' || e.expires_at::text"),
+    )
+}
 )
-SELECT id, task_name, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified FROM expired
+SELECT id, task_name, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified FROM archived
 """
 
-# One job by id, for Job.refresh() and app.get_job().
-FETCH_JOB = f"SELECT {JOB_COLUMNS} FROM pgqueue_jobs WHERE id = %(id)s"
+# One job by id, for Job.refresh() and app.get_job(): it is in one of the two tables (one
+# statement sees one snapshot, so a job moving between them is seen exactly once).
+FETCH_JOB = f"""
+SELECT {JOB_COLUMNS} FROM pgqueue_jobs WHERE id = %(id)s
+UNION ALL
+SELECT {JOB_COLUMNS} FROM pgqueue_finished_jobs WHERE id = %(id)s
+"""
 
 # Which of these jobs have not finished yet (Job.wait re-checks after each wake-up).
-UNFINISHED_AMONG = """
-SELECT id FROM pgqueue_jobs
-WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('queued', 'running')
-"""
+UNFINISHED_AMONG = "SELECT id FROM pgqueue_jobs WHERE id = ANY(%(ids)s::bigint[])"
 
 # Which of these ids exist at all (so that waiting on a pruned job fails fast).
-EXISTING_AMONG = "SELECT id FROM pgqueue_jobs WHERE id = ANY(%(ids)s::bigint[])"
+EXISTING_AMONG = """
+SELECT id FROM pgqueue_jobs WHERE id = ANY(%(ids)s::bigint[])
+UNION ALL
+SELECT id FROM pgqueue_finished_jobs WHERE id = ANY(%(ids)s::bigint[])
+"""
 
 # Queue depth per queue and status: the first question operators ask.
 QUEUE_STATS = """
 SELECT queue, status::text, count(*) AS jobs,
        min(run_at) FILTER (WHERE status = 'queued') AS oldest_run_at
-FROM pgqueue_jobs
+FROM pgqueue_all_jobs
 GROUP BY queue, status
 ORDER BY queue, status
 """
@@ -369,16 +418,27 @@ FOR UPDATE SKIP LOCKED
 
 DUE_SCHEDULES_UNLOCKED = DUE_SCHEDULES.replace("FOR UPDATE SKIP LOCKED", "")
 
-# One job for one tick; a second insert for the same (schedule, fire time) does nothing.
+# One job for one tick: the tick's row, under its primary key, is inserted first, and a second
+# insert for the same (schedule, fire time) makes no job. `run-now` jobs (no fire time) always
+# insert.
 INSERT_PERIODIC_JOB = f"""
-WITH job AS (
+WITH tick AS (
+    INSERT INTO pgqueue_periodic_ticks (periodic_name, fire_at, job_id)
+    SELECT %(periodic_name)s, CAST(%(fire_at)s AS timestamptz),
+           nextval(pg_get_serial_sequence('pgqueue_jobs', 'id'))
+    WHERE CAST(%(fire_at)s AS timestamptz) IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING job_id
+), job AS (
     INSERT INTO pgqueue_jobs (
-        queue, task_name, args, kwargs, priority, max_attempts,
+        id, queue, task_name, args, kwargs, priority, max_attempts,
         periodic_name, periodic_fire_at)
-    VALUES (
+    SELECT
+        COALESCE((SELECT job_id FROM tick),
+                 nextval(pg_get_serial_sequence('pgqueue_jobs', 'id'))),
         %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
-        %(priority)s, %(max_attempts)s, %(periodic_name)s, %(fire_at)s)
-    ON CONFLICT (periodic_name, periodic_fire_at) WHERE periodic_name IS NOT NULL DO NOTHING
+        %(priority)s, %(max_attempts)s, %(periodic_name)s, CAST(%(fire_at)s AS timestamptz)
+    WHERE CAST(%(fire_at)s AS timestamptz) IS NULL OR EXISTS (SELECT 1 FROM tick)
     RETURNING id, queue
 )
 SELECT id, pg_notify('{NOTIFY_ENQUEUED}', queue)::text AS notified FROM job
@@ -398,7 +458,7 @@ WHERE name = %(name)s
 LIST_SCHEDULES = """
 SELECT p.*, j.status::text AS last_job_status
 FROM pgqueue_periodic AS p
-LEFT JOIN pgqueue_jobs AS j ON j.id = p.last_job_id
+LEFT JOIN pgqueue_all_jobs AS j ON j.id = p.last_job_id
 ORDER BY p.name
 """
 
@@ -422,15 +482,21 @@ WHERE enabled AND (declared OR source = 'cli')
 # Delete one batch of jobs that finished before the cutoff; workers pruning at once skip each
 # other's rows. Small batches keep locks and WAL bursts short.
 PRUNE_FINISHED_JOBS = """
-DELETE FROM pgqueue_jobs
+DELETE FROM pgqueue_finished_jobs
 WHERE id IN (
-    SELECT id FROM pgqueue_jobs
+    SELECT id FROM pgqueue_finished_jobs
     WHERE finished_at < now() - %(older_than)s::float8 * interval '1 second'
       AND status = ANY(%(statuses)s::pgqueue_job_status[])
     ORDER BY finished_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 )
+"""
+
+# The periodic ticks past retention: their schedules have long moved on.
+PRUNE_PERIODIC_TICKS = """
+DELETE FROM pgqueue_periodic_ticks
+WHERE fire_at < now() - %(older_than)s::float8 * interval '1 second'
 """
 
 # -- bulk enqueue -----------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 Every table and type is prefixed `pgqueue_`, and alembic's history is kept in
 `pgqueue_alembic_version`, so the schema sits beside an application's own tables and its own
 alembic history without clashing.
+
+Jobs live in two tables: `pgqueue_jobs` holds the jobs that are queued or running, the hot
+table that workers claim from, kept small; a job that ends (succeeded, failed, cancelled) is
+moved, in the statement that ends it, to `pgqueue_finished_jobs`, which keeps results until
+retention prunes them. The view `pgqueue_all_jobs` shows both.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ job_status = pg.ENUM(
     metadata=metadata,
 )
 
+# The hot table: queued and running jobs only. Its autovacuum settings (vacuum early, never
+# throttled: every job leaves dead row versions behind within seconds) are set by migration 0004.
 jobs = sa.Table(
     "pgqueue_jobs",
     metadata,
@@ -75,26 +82,49 @@ jobs = sa.Table(
         "worker_id",
         postgresql_where=sa.text("status = 'running'"),
     ),
-    # One job per tick of a schedule, however many schedulers race: the database decides.
-    sa.Index(
-        "pgqueue_jobs_periodic_tick_key",
-        "periodic_name",
-        "periodic_fire_at",
-        unique=True,
-        postgresql_where=sa.text("periodic_name IS NOT NULL"),
-    ),
     # The expiry sweep: queued jobs with a deadline, a small set.
     sa.Index(
         "pgqueue_jobs_expiring_idx",
         "expires_at",
         postgresql_where=sa.text("status = 'queued' AND expires_at IS NOT NULL"),
     ),
-    # Pruning and "what finished lately" queries.
-    sa.Index(
-        "pgqueue_jobs_finished_idx",
-        "finished_at",
-        postgresql_where=sa.text("finished_at IS NOT NULL"),
-    ),
+)
+
+
+def _finished_jobs_table() -> sa.Table:
+    """The same columns as `pgqueue_jobs` (a job moves with all of them), for ended jobs."""
+    columns = [c._copy() for c in jobs.columns]
+    for column in columns:
+        column.server_default = None
+        if column.name == "id":  # ids come with the job, from pgqueue_jobs's identity
+            column.identity = None
+            column.autoincrement = False
+    table = sa.Table(
+        "pgqueue_finished_jobs",
+        metadata,
+        *columns,
+        sa.CheckConstraint(
+            "status IN ('succeeded', 'failed', 'cancelled')",
+            name="pgqueue_finished_jobs_status_check",
+        ),
+        # Pruning, and "what finished lately" queries.
+        sa.Index("pgqueue_finished_jobs_finished_idx", "finished_at"),
+        sa.Index("pgqueue_finished_jobs_periodic_idx", "periodic_name", "periodic_fire_at"),
+    )
+    table.c.finished_at.nullable = False
+    return table
+
+
+finished_jobs = _finished_jobs_table()
+
+# One row per tick of a schedule that made a job: the primary key makes it one job per tick,
+# however many schedulers race (the job itself moves between tables, so it cannot hold that).
+periodic_ticks = sa.Table(
+    "pgqueue_periodic_ticks",
+    metadata,
+    sa.Column("periodic_name", sa.Text, primary_key=True),
+    sa.Column("fire_at", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("job_id", sa.BigInteger, nullable=False),
 )
 
 workers = sa.Table(

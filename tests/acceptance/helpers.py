@@ -157,7 +157,7 @@ def job_row(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             "SELECT id, task_name, status::text AS status, attempts, max_attempts, worker_id,"
-            " result, error FROM pgqueue_jobs WHERE id = %s",
+            " result, error FROM pgqueue_all_jobs WHERE id = %s",
             (job_id,),
         ).fetchone()
     assert row is not None, f"job {job_id} does not exist"

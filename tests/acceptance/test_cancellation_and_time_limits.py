@@ -98,7 +98,7 @@ def test_job_expiring_while_no_worker_runs_ends_cancelled_as_expired(
 
     def past_its_deadline() -> bool:
         row = db.execute(
-            "SELECT expires_at <= now() FROM pgqueue_jobs WHERE id = %s", (job,)
+            "SELECT expires_at <= now() FROM pgqueue_all_jobs WHERE id = %s", (job,)
         ).fetchone()
         return bool(row and row[0])
 

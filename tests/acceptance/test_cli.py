@@ -101,7 +101,7 @@ def test_migrate_creates_the_schema_and_a_second_run_is_a_no_op(empty_dsn: str) 
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        rows: list[Any] = conn.execute("SELECT task_name FROM pgqueue_jobs").fetchall()
+        rows: list[Any] = conn.execute("SELECT task_name FROM pgqueue_all_jobs").fetchall()
     assert rows == [("kept.across.migrate",)], "the second run changed nothing"
 
 

@@ -24,14 +24,14 @@ LOST = "lost the listening connection, reconnecting"
 
 def finished_jobs(db: psycopg.Connection[Any]) -> int:
     row = db.execute(
-        "SELECT count(*) FROM pgqueue_jobs WHERE status NOT IN ('queued', 'running')"
+        "SELECT count(*) FROM pgqueue_all_jobs WHERE status NOT IN ('queued', 'running')"
     ).fetchone()
     assert row is not None
     return int(row[0])
 
 
 def running_jobs(db: psycopg.Connection[Any]) -> int:
-    row = db.execute("SELECT count(*) FROM pgqueue_jobs WHERE status = 'running'").fetchone()
+    row = db.execute("SELECT count(*) FROM pgqueue_all_jobs WHERE status = 'running'").fetchone()
     assert row is not None
     return int(row[0])
 
@@ -78,7 +78,9 @@ def test_worker_survives_its_connections_being_terminated_twice(
 
     wait_until(lambda: finished_jobs(db) == JOBS, timeout=120, interval=0.1, what="every job")
     assert worker.poll() is None
-    statuses = db.execute("SELECT status::text, count(*) FROM pgqueue_jobs GROUP BY 1").fetchall()
+    statuses = db.execute(
+        "SELECT status::text, count(*) FROM pgqueue_all_jobs GROUP BY 1"
+    ).fetchall()
     assert statuses == [("succeeded", JOBS)], "none lost, none failed"
     # A task whose own bookkeeping INSERT was cut may have retried it: an execution is a
     # distinct (job, attempt, process).
@@ -97,6 +99,6 @@ def test_worker_survives_its_connections_being_terminated_twice(
     )
     assert executed == JOBS, "every job ran"
     assert duplicates <= sum(in_flight_at_cuts)
-    row = db.execute("SELECT count(*) FROM pgqueue_jobs WHERE result = args -> 0").fetchone()
+    row = db.execute("SELECT count(*) FROM pgqueue_all_jobs WHERE result = args -> 0").fetchone()
     assert row == (JOBS,)
     assert stop_gracefully(worker) == 0

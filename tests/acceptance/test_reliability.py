@@ -62,7 +62,7 @@ def test_kill_9_mid_batch_every_running_job_is_rescued_within_5s_and_succeeds(
 
     def every_job_claimed_again() -> bool:
         rows = db.execute(
-            "SELECT id, attempts, worker_id FROM pgqueue_jobs WHERE id = ANY(%s)", (jobs,)
+            "SELECT id, attempts, worker_id FROM pgqueue_all_jobs WHERE id = ANY(%s)", (jobs,)
         ).fetchall()
         now = time.monotonic() - killed_at
         for job_id, attempts, worker_id in rows:
@@ -170,7 +170,7 @@ def test_poison_job_that_kills_its_worker_fails_as_worker_lost_after_max_attempt
     def finished() -> bool:
         replace_dead_workers()
         row = db.execute(
-            "SELECT count(*) FROM pgqueue_jobs WHERE status NOT IN ('queued', 'running')"
+            "SELECT count(*) FROM pgqueue_all_jobs WHERE status NOT IN ('queued', 'running')"
         ).fetchone()
         return row is not None and row[0] == 1 + len(others)
 
@@ -183,7 +183,7 @@ def test_poison_job_that_kills_its_worker_fails_as_worker_lost_after_max_attempt
     assert exit_codes == [1, 1], "the poison took down exactly one worker per attempt"
 
     statuses = db.execute(
-        "SELECT status::text, count(*) FROM pgqueue_jobs WHERE id = ANY(%s) GROUP BY 1",
+        "SELECT status::text, count(*) FROM pgqueue_all_jobs WHERE id = ANY(%s) GROUP BY 1",
         (others,),
     ).fetchall()
     assert statuses == [("succeeded", len(others))]
@@ -230,7 +230,7 @@ def test_rolling_restart_under_load_loses_no_job_and_runs_none_twice(
             worker_id: int = old.worker_id or 0, first: int = first
         ) -> bool:
             row = db.execute(
-                "SELECT EXISTS (SELECT 1 FROM pgqueue_jobs"
+                "SELECT EXISTS (SELECT 1 FROM pgqueue_all_jobs"
                 " WHERE status = 'running' AND worker_id = %s AND (args ->> 0)::int >= %s)",
                 (worker_id, first),
             ).fetchone()
@@ -247,17 +247,17 @@ def test_rolling_restart_under_load_loses_no_job_and_runs_none_twice(
 
     def all_finished() -> bool:
         row = db.execute(
-            "SELECT count(*) FROM pgqueue_jobs WHERE status NOT IN ('queued', 'running')"
+            "SELECT count(*) FROM pgqueue_all_jobs WHERE status NOT IN ('queued', 'running')"
         ).fetchone()
         return row is not None and row[0] == enqueued
 
     wait_until(all_finished, timeout=120, interval=0.25, what=f"{enqueued} jobs to finish")
     statuses = db.execute(
-        "SELECT status::text, attempts, count(*) FROM pgqueue_jobs GROUP BY 1, 2"
+        "SELECT status::text, attempts, count(*) FROM pgqueue_all_jobs GROUP BY 1, 2"
     ).fetchall()
     assert statuses == [("succeeded", 1, enqueued)]
     assert count_executions(db) == (enqueued, enqueued), "every job ran exactly once"
-    row = db.execute("SELECT count(*) FROM pgqueue_jobs WHERE result = args -> 0").fetchone()
+    row = db.execute("SELECT count(*) FROM pgqueue_all_jobs WHERE result = args -> 0").fetchone()
     assert row == (enqueued,), "every job kept its own result"
 
     in_flight = []

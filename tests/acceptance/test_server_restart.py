@@ -127,7 +127,7 @@ def throwaway_dsn(throwaway_server: ThrowawayServer) -> str:
 
 def finished_jobs(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute(
-        "SELECT count(*) FROM pgqueue_jobs WHERE status NOT IN ('queued', 'running')"
+        "SELECT count(*) FROM pgqueue_all_jobs WHERE status NOT IN ('queued', 'running')"
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -153,7 +153,9 @@ def test_worker_survives_a_restart_of_its_own_throwaway_postgresql_server(
         enqueued = JOBS + 1
 
         held = psycopg.connect(throwaway_dsn, autocommit=True)  # open across the outage
-        row = held.execute("SELECT count(*) FROM pgqueue_jobs WHERE status = 'running'").fetchone()
+        row = held.execute(
+            "SELECT count(*) FROM pgqueue_all_jobs WHERE status = 'running'"
+        ).fetchone()
         assert row is not None
         in_flight = int(row[0])
         stopped_at = time.monotonic()
@@ -193,15 +195,15 @@ def test_worker_survives_a_restart_of_its_own_throwaway_postgresql_server(
             )
             assert worker.poll() is None, "the same worker process carried on"
             statuses = db.execute(
-                "SELECT status::text, count(*) FROM pgqueue_jobs GROUP BY 1"
+                "SELECT status::text, count(*) FROM pgqueue_all_jobs GROUP BY 1"
             ).fetchall()
             assert statuses == [("succeeded", enqueued)], "none lost, none failed"
             row = db.execute(
-                "SELECT count(*) FROM pgqueue_jobs WHERE result = args -> 0"
+                "SELECT count(*) FROM pgqueue_all_jobs WHERE result = args -> 0"
             ).fetchone()
             assert row == (enqueued,)
             assert db.execute(
-                "SELECT count(*) FROM pgqueue_jobs WHERE (args -> 0)::int = %s", (JOBS + 1,)
+                "SELECT count(*) FROM pgqueue_all_jobs WHERE (args -> 0)::int = %s", (JOBS + 1,)
             ).fetchone() == (0,), "the refused enqueue wrote nothing"
             # The worker came back within the lock grace, which runs from the server's start:
             # it kept its jobs, wrote the outcomes it held, and no job ran twice.

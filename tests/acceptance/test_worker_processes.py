@@ -35,14 +35,14 @@ def test_every_job_runs_exactly_once_across_worker_processes(
 
     def finished() -> bool:
         row = db.execute(
-            "SELECT count(*) FROM pgqueue_jobs WHERE status NOT IN ('queued', 'running')"
+            "SELECT count(*) FROM pgqueue_all_jobs WHERE status NOT IN ('queued', 'running')"
         ).fetchone()
         return row is not None and row[0] == FLEET_JOBS
 
     wait_until(finished, timeout=120, interval=0.25, what=f"{FLEET_JOBS} jobs to finish")
 
     statuses = db.execute(
-        "SELECT status::text, attempts, count(*) FROM pgqueue_jobs GROUP BY 1, 2"
+        "SELECT status::text, attempts, count(*) FROM pgqueue_all_jobs GROUP BY 1, 2"
     ).fetchall()
     assert statuses == [("succeeded", 1, FLEET_JOBS)]
     total, distinct_jobs, max_attempt = db.execute(
@@ -50,7 +50,7 @@ def test_every_job_runs_exactly_once_across_worker_processes(
     ).fetchone() or (None, None, None)
     assert (total, distinct_jobs, max_attempt) == (FLEET_JOBS, FLEET_JOBS, 1)
     row = db.execute(
-        "SELECT count(*) FROM pgqueue_jobs WHERE result = args -> 0 AND error IS NULL"
+        "SELECT count(*) FROM pgqueue_all_jobs WHERE result = args -> 0 AND error IS NULL"
     ).fetchone()
     assert row is not None and row[0] == FLEET_JOBS, "every job kept its own result"
     pids = {row[0] for row in db.execute("SELECT DISTINCT pid FROM acceptance_executions")}

@@ -220,7 +220,7 @@ def test_bad_expires_is_refused_before_anything_is_written(
 
     with pytest.raises(error, match="expires"):
         noop.apply_async(expires=expires)
-    assert conn.execute("SELECT count(*) FROM pgqueue_jobs").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pgqueue_all_jobs").fetchone() == (0,)
 
 
 def test_cancel_from_the_command_line(app: pgqueue.App, dsn: str) -> None:

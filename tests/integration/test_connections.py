@@ -20,7 +20,7 @@ StartWorker = Callable[..., WorkerThread]
 
 def _count(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM pgqueue_jobs").fetchone()
+        row = conn.execute("SELECT count(*) FROM pgqueue_all_jobs").fetchone()
         assert row is not None
         return int(row[0])
 

@@ -12,7 +12,7 @@ import pgqueue
 
 def _count(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM pgqueue_jobs").fetchone()
+        row = conn.execute("SELECT count(*) FROM pgqueue_all_jobs").fetchone()
         assert row is not None
         return int(row[0])
 

@@ -19,7 +19,7 @@ StartWorker = Callable[..., WorkerThread]
 
 
 def _count(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT count(*) FROM pgqueue_jobs").fetchone()
+    row = conn.execute("SELECT count(*) FROM pgqueue_all_jobs").fetchone()
     assert row is not None
     return int(row[0])
 
@@ -104,7 +104,7 @@ def test_delay_many_options_apply_to_every_job(
 
     noop.delay_many([(1,), (2,)], countdown=3600, priority=7, queue="later", expires=7200)
     rows = conn.execute(
-        "SELECT queue, priority, run_at - created_at, expires_at - created_at FROM pgqueue_jobs"
+        "SELECT queue, priority, run_at - created_at, expires_at - created_at FROM pgqueue_all_jobs"
     ).fetchall()
     assert len(rows) == 2
     for queue, priority, wait, expiry in rows:

@@ -34,17 +34,26 @@ def _jobs(app: pgqueue.App, conn: psycopg.Connection[Any]) -> dict[str, int]:
         ("old_cancelled", "cancelled", "2 hours"),
         ("recent_ok", "succeeded", "1 minute"),
     ):
+        if status == "running":
+            conn.execute(
+                "UPDATE pgqueue_jobs SET status = 'running', queue = 'idle' WHERE id = %s",
+                (ids[name],),
+            )
+            continue
         conn.execute(
-            "UPDATE pgqueue_jobs SET status = %s::pgqueue_job_status, queue = 'idle',"
-            " finished_at = now() - %s::interval WHERE id = %s",
-            (status, age, ids[name]),
+            "WITH ended AS (DELETE FROM pgqueue_jobs WHERE id = %s RETURNING *)"
+            " INSERT INTO pgqueue_finished_jobs (id, queue, task_name, args, kwargs, status,"
+            "  priority, run_at, attempts, max_attempts, created_at, finished_at)"
+            " SELECT id, 'idle', task_name, args, kwargs, %s::pgqueue_job_status, priority,"
+            "  run_at, attempts, max_attempts, created_at, now() - %s::interval FROM ended",
+            (ids[name], status, age),
         )
     conn.execute("UPDATE pgqueue_jobs SET queue = 'idle' WHERE id = %s", (ids["queued"],))
     return ids
 
 
 def _remaining(conn: psycopg.Connection[Any], ids: dict[str, int]) -> set[str]:
-    present = {row[0] for row in conn.execute("SELECT id FROM pgqueue_jobs")}
+    present = {row[0] for row in conn.execute("SELECT id FROM pgqueue_all_jobs")}
     return {name for name, job_id in ids.items() if job_id in present}
 
 

@@ -77,3 +77,32 @@ def test_downgrade_to_base_leaves_no_pgqueue_table_at_all(dsn: str) -> None:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'pgqueue%'")
         assert rows.fetchall() == []
+
+
+def test_upgrade_to_0004_moves_finished_jobs_out_of_the_hot_table_and_back(dsn: str) -> None:
+    migrate.downgrade(dsn, "0003")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO pgqueue_jobs (task_name, status, finished_at, result, periodic_name,"
+            " periodic_fire_at) VALUES"
+            " ('t.done', 'succeeded', now(), '7', 'nightly', '2026-01-01T00:00:00Z'),"
+            " ('t.waiting', 'queued', NULL, NULL, NULL, NULL)"
+        )
+    migrate.upgrade(dsn)
+    with psycopg.connect(dsn) as conn:
+        hot = conn.execute("SELECT task_name FROM pgqueue_jobs").fetchall()
+        finished = conn.execute(
+            "SELECT task_name, status::text, result FROM pgqueue_finished_jobs"
+        ).fetchall()
+        ticks = conn.execute("SELECT periodic_name FROM pgqueue_periodic_ticks").fetchall()
+        everything = conn.execute("SELECT count(*) FROM pgqueue_all_jobs").fetchone()
+    assert hot == [("t.waiting",)]
+    assert finished == [("t.done", "succeeded", 7)]
+    assert ticks == [("nightly",)]
+    assert everything == (2,)
+    migrate.downgrade(dsn, "0003")
+    with psycopg.connect(dsn) as conn:
+        back = conn.execute("SELECT task_name FROM pgqueue_jobs ORDER BY id").fetchall()
+    assert back == [("t.done",), ("t.waiting",)]
+    migrate.upgrade(dsn)
+    assert _diff(dsn) == []

@@ -41,6 +41,7 @@ def test_wait_on_a_missing_job_raises_job_not_found(app: pgqueue.App) -> None:
     job = orphan.delay()
     with psycopg.connect(app.dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM pgqueue_jobs")
+        conn.execute("DELETE FROM pgqueue_finished_jobs")
     with pytest.raises(pgqueue.JobNotFound):
         job.wait(timeout=5)
     with pytest.raises(pgqueue.JobNotFound):
@@ -54,7 +55,7 @@ def _waiter_is_listening(dsn: str) -> bool:
             """
             SELECT count(*) FROM pg_stat_activity
             WHERE datname = current_database() AND state = 'idle'
-              AND query LIKE '%status IN (''queued'', ''running'')%'
+              AND query LIKE '%SELECT id FROM pgqueue_jobs WHERE id = ANY%'
             """
         ).fetchone()
     return bool(row and row[0])

@@ -20,7 +20,7 @@ def _fire_times(dsn: str) -> list[object]:
         return [
             row[0]
             for row in conn.execute(
-                "SELECT periodic_fire_at FROM pgqueue_jobs"
+                "SELECT periodic_fire_at FROM pgqueue_all_jobs"
                 " WHERE periodic_name = 'every-second' ORDER BY periodic_fire_at"
             )
         ]
@@ -58,7 +58,7 @@ def test_three_workers_make_exactly_one_job_per_one_second_tick(dsn: str, tmp_pa
     )
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FROM pgqueue_jobs"
+            "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FROM pgqueue_all_jobs"
         ).fetchone()
     assert row is not None
     # Every job ran; the last tick's job may still have been queued when the workers stopped.
@@ -92,7 +92,8 @@ def test_a_worker_without_scheduler_runs_jobs_that_a_lone_scheduler_makes(
         wait_until(
             lambda: _count(
                 dsn,
-                f"SELECT count(*) FROM pgqueue_jobs WHERE id = {job.id} AND status = 'succeeded'",
+                f"SELECT count(*) FROM pgqueue_all_jobs WHERE id = {job.id}"
+                " AND status = 'succeeded'",
             ),
             what="the worker to run a job",
         )
@@ -110,7 +111,7 @@ def test_a_worker_without_scheduler_runs_jobs_that_a_lone_scheduler_makes(
             lambda: (
                 _count(
                     dsn,
-                    "SELECT count(*) FROM pgqueue_jobs WHERE periodic_name = 'every-second'"
+                    "SELECT count(*) FROM pgqueue_all_jobs WHERE periodic_name = 'every-second'"
                     " AND status = 'succeeded'",
                 )
                 >= 3

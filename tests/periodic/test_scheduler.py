@@ -20,7 +20,7 @@ T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 def _jobs(dsn: str) -> list[tuple[str, datetime | None]]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(
-            "SELECT periodic_name, periodic_fire_at FROM pgqueue_jobs ORDER BY id"
+            "SELECT periodic_name, periodic_fire_at FROM pgqueue_all_jobs ORDER BY id"
         ).fetchall()
 
 
@@ -195,7 +195,7 @@ def test_run_time_management_through_the_cli(dsn: str) -> None:
     job_id = int(ran.stdout.split()[2])
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            "SELECT task_name, kwargs, periodic_name FROM pgqueue_jobs WHERE id = %s", (job_id,)
+            "SELECT task_name, kwargs, periodic_name FROM pgqueue_all_jobs WHERE id = %s", (job_id,)
         ).fetchone()
     assert row == ("ops.cleanup", {"days": 30}, "cleanup")
     assert f"{job_id} queued" in _cli(dsn, "periodic", "list").stdout
