@@ -511,7 +511,7 @@ FROM (SELECT pg_get_serial_sequence('pgqueue_jobs', 'id')::regclass AS name) AS 
 """
 
 COPY_JOBS = (
-    "COPY pgqueue_jobs (id, queue, task_name, args, kwargs, priority, run_at, max_attempts, "
+    "COPY pgqueue_jobs (id, args, kwargs, queue, task_name, priority, run_at, max_attempts, "
     "expires_at) FROM STDIN"
 )
 

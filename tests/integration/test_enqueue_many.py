@@ -137,3 +137,16 @@ def test_delay_many_of_nothing_writes_nothing(app: pgqueue.App) -> None:
     def noop() -> None: ...
 
     assert noop.delay_many([]) == []
+
+
+def test_delay_many_stores_every_character_as_given(app: pgqueue.App) -> None:
+    @app.task
+    def echo(*args: Any, **kwargs: Any) -> None: ...
+
+    text = 'back\\slash \\N tab\tnew\nline cr\r quote" été 雪 \u2028 \\\\'
+    nested = {"list": [text, 1.5, None, True], "dict": {"k\\": text}}
+    ids = echo.delay_many([(text, nested), {"key": text, "n": nested}, ()])
+    jobs = [app.get_job(i) for i in ids]
+    assert jobs[0].args == [text, nested]
+    assert jobs[1].kwargs == {"key": text, "n": nested}
+    assert (jobs[2].args, jobs[2].kwargs) == ([], {})
