@@ -305,24 +305,21 @@ class App:
     def _insert_committed(self, request: JobRequest) -> dict[str, Any]:
         conn = self._shared_connection()
         try:
-            with conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(queries.INSERT_JOB, request.params())
-                row = cur.fetchone()
+            row = conn.execute(queries.INSERT_JOB, request.params()).fetchone()
         except psycopg.Error as exc:
             raise _translate(exc) from exc
         assert row is not None
-        return row
+        return request.job_row(row)
 
     async def _ainsert_committed(self, request: JobRequest) -> dict[str, Any]:
         conn = await self._ashared_connection()
         try:
-            async with conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(queries.INSERT_JOB, request.params())
-                row = await cur.fetchone()
+            cur = await conn.execute(queries.INSERT_JOB, request.params())
+            row = await cur.fetchone()
         except psycopg.Error as exc:
             raise _translate(exc) from exc
         assert row is not None
-        return row
+        return request.job_row(row)
 
     def _fetch_job_row(self, job_id: int) -> dict[str, Any] | None:
         conn = self._shared_connection()

@@ -7,6 +7,7 @@ commits it; without, pgqueue uses its own autocommit connection.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from pgqueue import _json, queries
 from pgqueue.config import validate_priority, validate_queue_name
@@ -38,6 +38,25 @@ class JobRequest:
     max_attempts: int
     expires_at: datetime | None = None
     expires_in: float | None = None
+
+    def job_row(self, returned: Sequence[Any]) -> dict[str, Any]:
+        """The new job's row: INSERT_JOB's (id, run_at, created_at, expires_at), completed
+        with what this request already knows."""
+        job_id, run_at, created_at, expires_at = returned[:4]
+        return {
+            "id": job_id,
+            "queue": self.queue,
+            "task_name": self.task_name,
+            "status": "queued",
+            "priority": self.priority,
+            "attempts": 0,
+            "max_attempts": self.max_attempts,
+            "args": json.loads(self.args_json),
+            "kwargs": json.loads(self.kwargs_json),
+            "run_at": run_at,
+            "created_at": created_at,
+            "expires_at": expires_at,
+        }
 
     def params(self) -> dict[str, Any]:
         return {
@@ -123,13 +142,6 @@ def _expiry(expires: float | timedelta | datetime | None) -> tuple[datetime | No
     return None, float(seconds)
 
 
-def _row_from_sqlalchemy(row: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for key in ("args", "kwargs", "result", "error"):
-        out[key] = _json.loads(out.get(key))
-    return out
-
-
 def _sqlalchemy_kind(connection: Any) -> str | None:
     """'sync' or 'async' for SQLAlchemy connections/sessions, None for anything else."""
     module = type(connection).__module__
@@ -170,13 +182,11 @@ def insert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
     """INSERT one job on a sync psycopg or SQLAlchemy connection, in its current transaction."""
     if isinstance(connection, psycopg.Connection):
         try:
-            with connection.cursor(row_factory=dict_row) as cur:
-                cur.execute(queries.INSERT_JOB, request.params())
-                row = cur.fetchone()
+            row = connection.execute(queries.INSERT_JOB, request.params()).fetchone()
         except psycopg.Error as exc:
             raise _translate(exc) from exc
         assert row is not None
-        return row
+        return request.job_row(row)
     kind = _sqlalchemy_kind(connection)
     if kind == "sync":
         import sqlalchemy as sa
@@ -185,7 +195,7 @@ def insert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
             result = connection.execute(
                 sa.text(queries.as_sqlalchemy(queries.INSERT_JOB)), request.params()
             )
-            return _row_from_sqlalchemy(result.mappings().one())
+            return request.job_row(tuple(result.one()))
         except sa.exc.DBAPIError as exc:
             translated = _unwrap_sqlalchemy_error(exc)
             if translated is exc:
@@ -203,13 +213,12 @@ async def ainsert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
     """Async twin of `insert_job` for psycopg AsyncConnection and SQLAlchemy async objects."""
     if isinstance(connection, psycopg.AsyncConnection):
         try:
-            async with connection.cursor(row_factory=dict_row) as cur:
-                await cur.execute(queries.INSERT_JOB, request.params())
-                row = await cur.fetchone()
+            cur = await connection.execute(queries.INSERT_JOB, request.params())
+            row = await cur.fetchone()
         except psycopg.Error as exc:
             raise _translate(exc) from exc
         assert row is not None
-        return row
+        return request.job_row(row)
     kind = _sqlalchemy_kind(connection)
     if kind == "async":
         import sqlalchemy as sa
@@ -218,7 +227,7 @@ async def ainsert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
             result = await connection.execute(
                 sa.text(queries.as_sqlalchemy(queries.INSERT_JOB)), request.params()
             )
-            return _row_from_sqlalchemy(result.mappings().one())
+            return request.job_row(tuple(result.one()))
         except sa.exc.DBAPIError as exc:
             translated = _unwrap_sqlalchemy_error(exc)
             if translated is exc:

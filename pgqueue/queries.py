@@ -55,6 +55,7 @@ def _error(type_: str, message: str) -> str:
 
 # Insert one job and wake idle workers of its queue, in the caller's transaction (the NOTIFY is
 # delivered only on commit). A job due later says when in the payload, so a worker can set a timer.
+# Only what the database decided comes back (the caller knows the rest: see JobRequest.job_row).
 # Casts are spelled CAST(... AS ...) because this statement also runs through SQLAlchemy.
 INSERT_JOB = f"""
 WITH job AS (
@@ -72,9 +73,9 @@ WITH job AS (
             CAST(%(expires_at)s AS timestamptz),
             now() + CAST(%(expires_in)s AS float8) * interval '1 second')
     )
-    RETURNING {JOB_COLUMNS}
+    RETURNING id, run_at, created_at, expires_at, queue
 )
-SELECT job.*, pg_notify(
+SELECT job.id, job.run_at, job.created_at, job.expires_at, pg_notify(
     '{NOTIFY_ENQUEUED}',
     CASE WHEN job.run_at > now()
          THEN job.queue || '@' || extract(epoch FROM job.run_at)::text
