@@ -68,7 +68,8 @@ async def prune_finished_jobs(
     """Delete jobs that finished more than `older_than` seconds ago; returns how many.
 
     At most `max_batches` batches per call, so a worker's maintenance pass stays short; the
-    next pass goes on where this one stopped.
+    next pass goes on where this one stopped (and the worker runs it soon when this one was
+    cut short).
     """
     deleted = 0
     params = {"older_than": older_than, "statuses": list(statuses), "batch": batch}

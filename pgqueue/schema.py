@@ -107,9 +107,9 @@ def _finished_jobs_table() -> sa.Table:
             "status IN ('succeeded', 'failed', 'cancelled')",
             name="pgqueue_finished_jobs_status_check",
         ),
-        # Pruning, and "what finished lately" queries.
+        # Pruning, and "what finished lately" queries. The only index besides the primary key:
+        # every finished job writes each one.
         sa.Index("pgqueue_finished_jobs_finished_idx", "finished_at"),
-        sa.Index("pgqueue_finished_jobs_periodic_idx", "periodic_name", "periodic_fire_at"),
     )
     table.c.finished_at.nullable = False
     return table

@@ -65,6 +65,11 @@ STRAY_AGE = 10.0
 # the database or the network, including pgqueue's own "could not connect".
 DATABASE_TROUBLE = (psycopg.Error, OSError, DatabaseUnavailable)
 FINAL_FLUSH_TIMEOUT = 10.0
+# A pruning pass deletes at most this many batches, so that rescues are never held up for
+# long; a pass that hits the limit is followed by another at the next maintenance pass (every
+# second), so pruning keeps up with thousands of jobs a second.
+PRUNE_BATCH = 1000
+PRUNE_BATCHES_PER_PASS = 10
 
 
 def _one_line(exc: BaseException) -> str:
@@ -455,8 +460,9 @@ class Worker:
         try:
             while True:
                 if self.settings.retention and time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + self.settings.prune_interval
-                    await self._prune(conn)
+                    behind = await self._prune(conn)
+                    # Behind (a pass stopped at its limit): go on at the next maintenance pass.
+                    next_prune = time.monotonic() + (0 if behind else self.settings.prune_interval)
                 try:
                     rescued = await rescue_lost_jobs(
                         await conn.get(),
@@ -524,17 +530,24 @@ class Worker:
             ", ".join(str(j) for j, _ in strays),
         )
 
-    async def _prune(self, conn: ReconnectingConnection) -> None:
+    async def _prune(self, conn: ReconnectingConnection) -> bool:
+        """One bounded pruning pass; True if it stopped at its limit with more to delete."""
         try:
-            deleted = await prune_finished_jobs(await conn.get(), self.settings.retention)
+            deleted = await prune_finished_jobs(
+                await conn.get(),
+                self.settings.retention,
+                batch=PRUNE_BATCH,
+                max_batches=PRUNE_BATCHES_PER_PASS,
+            )
         except DATABASE_TROUBLE as exc:
             logger.warning("pruning finished jobs failed: %s", _one_line(exc))
             await conn.reset()
-            return
+            return False
         if deleted:
             logger.info(
                 "pruned %d job(s) finished more than %gs ago", deleted, self.settings.retention
             )
+        return deleted >= PRUNE_BATCH * PRUNE_BATCHES_PER_PASS
 
     async def _unregister(self) -> None:
         if self.presence.worker_id is None:

@@ -63,11 +63,6 @@ def upgrade() -> None:
         ),
     )
     op.create_index("pgqueue_finished_jobs_finished_idx", "pgqueue_finished_jobs", ["finished_at"])
-    op.create_index(
-        "pgqueue_finished_jobs_periodic_idx",
-        "pgqueue_finished_jobs",
-        ["periodic_name", "periodic_fire_at"],
-    )
     op.create_table(
         "pgqueue_periodic_ticks",
         sa.Column("periodic_name", sa.Text, nullable=False),
@@ -117,6 +112,5 @@ def downgrade() -> None:
         postgresql_where=sa.text("periodic_name IS NOT NULL"),
     )
     op.drop_table("pgqueue_periodic_ticks")
-    op.drop_index("pgqueue_finished_jobs_periodic_idx", table_name="pgqueue_finished_jobs")
     op.drop_index("pgqueue_finished_jobs_finished_idx", table_name="pgqueue_finished_jobs")
     op.drop_table("pgqueue_finished_jobs")
