@@ -114,7 +114,8 @@ WITH picked AS (
     RETURNING j.id, j.queue, j.task_name, j.args, j.kwargs, j.priority, j.attempts,
               j.max_attempts
 ), ended AS (
-    DELETE FROM pgqueue_jobs AS j USING picked AS p WHERE j.id = p.id AND p.dead
+    DELETE FROM pgqueue_jobs AS j USING picked AS p
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
     RETURNING j.*
 ), archived AS (
     {
@@ -141,7 +142,10 @@ FROM archived AS a
 # overwritten by a late worker. A retry stays in pgqueue_jobs with its new due time; an ended
 # job moves to pgqueue_finished_jobs with its result or error. The same statement tells
 # waiters (Job.wait) which jobs finished, and workers when each retry comes due (so they set a
-# timer instead of waiting for a poll); notifications are delivered on commit.
+# timer instead of waiting for a poll); notifications are delivered on commit. The jobs are
+# found by `id = ANY(ARRAY(...))`, a primary-key lookup per outcome; the status is compared as
+# text so that the planner cannot pick the partial index of running jobs instead and walk every
+# running job of the fleet (and its dead entries) for each batch, as it did on stale statistics.
 COMPLETE_JOBS = f"""
 WITH outcome AS (
     SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
@@ -155,12 +159,16 @@ WITH outcome AS (
         worker_id = NULL,
         run_at = COALESCE(o.eta, now() + o.delay * interval '1 second')
     FROM outcome AS o
-    WHERE o.status = 'queued' AND j.id = o.id AND j.status = 'running' AND j.attempts = o.attempt
+    WHERE j.id = ANY(ARRAY(SELECT id FROM outcome WHERE status = 'queued'))
+      AND o.status = 'queued' AND j.id = o.id AND j.attempts = o.attempt
+      AND j.status::text = 'running'
     RETURNING j.id, j.queue, j.run_at
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j
     USING outcome AS o
-    WHERE o.status <> 'queued' AND j.id = o.id AND j.status = 'running' AND j.attempts = o.attempt
+    WHERE j.id = ANY(ARRAY(SELECT id FROM outcome WHERE status <> 'queued'))
+      AND o.status <> 'queued' AND j.id = o.id AND j.attempts = o.attempt
+      AND j.status::text = 'running'
     RETURNING j.*, o.status AS new_status, o.result AS new_result, o.error AS new_error
 ), archived AS (
     {_archive("ended", "e.new_status", "e.new_error", "e.new_result")}
