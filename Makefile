@@ -32,8 +32,16 @@ clean:
 	rm -rf $(VENV) .pgqueue .pytest_cache .mypy_cache .ruff_cache
 
 # Throughput, latency, enqueue speed and churn, each against a baseline measured in the same
-# run; writes benchmarks/results/latest.json. BENCH_ARGS="--quick" for a small smoke run.
-bench: $(STAMP)
+# run, then the same workloads on PgQueuer, procrastinate and Celery with Redis (the `bench`
+# extra, installed here) side by side; writes benchmarks/results/latest.json and
+# side_by_side.png. BENCH_ARGS="--quick" for a small smoke run; see docs/benchmarks.md.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # The chaos run of docs/reliability.md: 3 workers run 10,000 jobs while workers are killed with

@@ -218,6 +218,12 @@ def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
     return rate
 
 
+# The drain configurations measured: (task, pool, concurrency); the last is pgqueue's fastest,
+# the one compared with the peers.
+DRAINS = (("noop", "thread", 10), ("anoop", "thread", 50), ("anoop", "thread", 200))
+FASTEST_DRAIN = DRAINS[-1]
+
+
 def drain(
     dsn: str,
     n: int,
@@ -274,6 +280,40 @@ def drain(
         )
 
 
+def cpu_bound(dsn: str, jobs: int, results: Results, logs: Path) -> None:
+    """CPU-bound jobs on one worker process: the thread pool (one core, the GIL) against
+    `--pool process` (every core), both with --concurrency = the number of cores."""
+    import bench_tasks
+
+    cores = os.cpu_count() or 1
+    rates = {}
+    for pool in ("thread", "process"):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            reset(conn)
+            with psycopg.connect(dsn) as tx:
+                bench_tasks.burn.delay_many([(300_000,) for _ in range(jobs)], connection=tx)
+            worker = Worker(
+                dsn, logs / f"cpu-{pool}.log", "--concurrency", str(cores), "--pool", pool
+            )
+            try:
+                wait_finished(conn, jobs, timeout=600)
+            finally:
+                worker.stop()
+            seconds = scalar(
+                conn,
+                "SELECT extract(epoch FROM max(finished_at) - min(started_at))"
+                " FROM pgqueue_finished_jobs",
+            )
+            rates[pool] = jobs / float(seconds)
+    results.add(
+        f"cpu_bound_c{cores}",
+        jobs=jobs,
+        thread_jobs_per_s=rates["thread"],
+        process_jobs_per_s=rates["process"],
+        process_vs_thread=rates["process"] / rates["thread"],
+    )
+
+
 def enqueue_speed(dsn: str, n_single: int, n_bulk: int, results: Results) -> None:
     import bench_tasks
 
@@ -322,12 +362,12 @@ def enqueue_speed(dsn: str, n_single: int, n_bulk: int, results: Results) -> Non
 
 def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path, name: str) -> None:
     """Pickup latency (created -> started, both on the database's clock) at an offered
-    rate, with one worker; and whether the queue keeps up."""
+    rate, with one worker (async no-op tasks, --concurrency 50); and whether the queue keeps up."""
     import bench_tasks
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         reset(conn)
-        worker = Worker(dsn, logs / f"{name}.log", "--concurrency", "10")
+        worker = Worker(dsn, logs / f"{name}.log", "--concurrency", "50")
         bench_tasks.app.set_dsn(dsn)
         try:
             total = 0
@@ -337,9 +377,9 @@ def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path,
             next_at = start
             while time.perf_counter() - start < seconds:
                 if batch == 1:
-                    bench_tasks.noop.delay()
+                    bench_tasks.anoop.delay()
                 else:
-                    bench_tasks.noop.delay_many([() for _ in range(batch)])
+                    bench_tasks.anoop.delay_many([() for _ in range(batch)])
                 total += batch
                 next_at += interval
                 pause = next_at - time.perf_counter()
@@ -369,9 +409,10 @@ def main() -> int:
     parser.add_argument("--output", default=str(HERE / "results" / "latest.json"))
     parser.add_argument(
         "--only",
-        choices=["drain", "enqueue", "latency"],
+        choices=["drain", "enqueue", "latency", "cpu", "peers"],
         action="append",
-        help="run only these workloads (repeatable); the ceiling runs with drain",
+        help="run only these workloads (repeatable); the ceiling runs with drain; peers "
+        "(the side-by-side run with PgQueuer, procrastinate and Celery) needs drain and enqueue",
     )
     args = parser.parse_args()
     n = 1_000 if args.quick else args.jobs
@@ -394,10 +435,10 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
         print("machine:", json.dumps(results.machine), flush=True)
-        only = set(args.only or ("drain", "enqueue", "latency"))
+        only = set(args.only or ("drain", "enqueue", "latency", "cpu", "peers"))
         if "drain" in only:
             ceiling = bare_sql_ceiling(dsn, n, results)
-            for task, pool, concurrency in (("noop", "thread", 10), ("anoop", "thread", 50)):
+            for task, pool, concurrency in DRAINS:
                 drain(dsn, n, concurrency, pool, task, ceiling, results, logs)
         if "enqueue" in only:
             enqueue_speed(dsn, 200 if args.quick else 2_000, n, results)
@@ -405,6 +446,21 @@ def main() -> int:
             seconds = 3 if args.quick else 10
             latency(dsn, 50, seconds, results, logs, "latency_idle_50_per_s")
             latency(dsn, 2_000, seconds, results, logs, "latency_steady_2000_per_s")
+        if "cpu" in only:
+            cpu_bound(dsn, 20 if args.quick else 200, results, logs)
+        if {"peers", "drain", "enqueue"} <= only:
+            import side_by_side
+
+            task, pool, concurrency = FASTEST_DRAIN
+            ours = {
+                "drain_per_s": results.figures[f"drain_{task}_{pool}_c{concurrency}"]["jobs_per_s"],
+                "bulk_per_s": results.figures["enqueue_bulk"]["jobs_per_s"],
+                "settings": f"pgqueue worker --concurrency {concurrency} --pool {pool}, "
+                f"{'async' if task.startswith('a') else 'sync'} task, delay_many",
+            }
+            results.figures["side_by_side"] = side_by_side.run(
+                server, dsn, n, 3 if args.quick else 10, ours, HERE / "results" / "side_by_side.png"
+            )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(asdict(results), indent=2))
     print(f"written to {args.output}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pgqueue
 
 app = pgqueue.App()
@@ -15,3 +17,19 @@ def noop() -> None:
 @app.task(queue="bench")
 async def anoop() -> None:
     """The async twin of `noop`."""
+
+
+@app.task(queue="bench")
+def burn(n: int) -> int:
+    """CPU-bound: pure Python arithmetic that holds the GIL, as real CPU-heavy tasks do."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+@app.task(queue="bench")
+async def probe(sent: float) -> float:
+    """Pickup latency on the client's clock, measured as the peers' probes measure it: from
+    just before the enqueue to the task's start."""
+    return time.time() - sent
