@@ -61,14 +61,15 @@ PRESETS = ("fastest", "default")
 # itself uses; asyncpg is PgQueuer's `asyncpg` extra, not installed with it).
 PGQUEUER_BATCH = 250
 PGQUEUER_DRIVER = "asyncpg" if importlib.util.find_spec("asyncpg") else "psycopg"
+_PGQUEUER_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"  # as pgq run
 #
 # procrastinate (docs: howto/concurrency, discussions "Asynchronous operations & concurrency"
 # and "Mind the size of your PostgreSQL pool"): async tasks run natively (sync ones go through
 # a thread); `--concurrency` sub-workers, each fetching one job at a time; with short jobs the
 # pool should hold as many connections as the concurrency; LISTEN/NOTIFY on (its default).
-# Swept: concurrency 1 ~150/s, 5 ~200, 10 ~230, 20 ~180, 50 ~130. Jobs are kept (the default;
-# --delete-jobs would also delete the events the drain is timed by). Out of the box:
-# concurrency 1, psycopg_pool's default pool (4 connections).
+# Swept (queue not yet analyzed): concurrency 1 ~150/s, 5 ~200, 10 ~230, 20 ~180, 50 ~130.
+# Jobs are kept (the default; --delete-jobs would also delete the events the drain is timed
+# by). Out of the box: concurrency 1, psycopg_pool's default pool (4 connections).
 PROCRASTINATE_CONCURRENCY = 10
 #
 # Celery (docs: userguide/optimizing "Prefetch limits", "lots of short tasks": a large
@@ -83,15 +84,20 @@ CELERY_POOL = "prefork"
 CELERY_CONCURRENCY = os.cpu_count() or 1
 CELERY_PREFETCH = 128
 
+# Not a peer setting but a condition of the drain, said beside the settings of the peers it
+# concerns: see drain(analyze=...).
+_ANALYZED = "; the filled queue ANALYZEd before the drain"
+
 SETTINGS: dict[str, str] = {
     "pgqueuer": (
-        f"pgqueuer.run (= pgq run), a QueueManager on one {PGQUEUER_DRIVER} connection,"
+        f"pgqueuer.run (= pgq run) on {_PGQUEUER_LOOP}, a QueueManager on one"
+        f" {PGQUEUER_DRIVER} connection,"
         f" batch_size {PGQUEUER_BATCH}, max_concurrent_tasks unlimited, LISTEN/NOTIFY,"
-        " pgq autovac, durable tables, async entrypoint"
+        " pgq autovac, durable tables, async entrypoint" + _ANALYZED
     ),
     "procrastinate": (
         f"procrastinate worker --concurrency {PROCRASTINATE_CONCURRENCY}, psycopg pool of"
-        f" {PROCRASTINATE_CONCURRENCY}, listen_notify on, jobs kept, async task"
+        f" {PROCRASTINATE_CONCURRENCY}, listen_notify on, jobs kept, async task" + _ANALYZED
     ),
     "celery": (
         f"celery worker --pool {CELERY_POOL} --concurrency {CELERY_CONCURRENCY}"
@@ -100,8 +106,13 @@ SETTINGS: dict[str, str] = {
     ),
 }
 DEFAULT_SETTINGS: dict[str, str] = {
-    "pgqueuer": "pgqueuer.run (= pgq run), a QueueManager on one psycopg connection, batch 10",
-    "procrastinate": "procrastinate worker, concurrency 1, default pool (4), listen_notify on",
+    "pgqueuer": (
+        f"pgqueuer.run (= pgq run) on {_PGQUEUER_LOOP}, a QueueManager on one psycopg"
+        " connection, batch 10" + _ANALYZED
+    ),
+    "procrastinate": (
+        "procrastinate worker, concurrency 1, default pool (4), listen_notify on" + _ANALYZED
+    ),
     "celery": (
         "celery worker, prefork pool of one child per core, prefetch multiplier 4,"
         " heartbeat/gossip/mingle on, rate limits on, no result backend, Redis broker"
@@ -489,14 +500,25 @@ def _drain_seconds(run: _Run, n: int) -> float:
     return float(row[1])
 
 
-def drain(peer: str, server_dsn: str, n: int, *, preset: str = "fastest") -> float:
+def drain(
+    peer: str, server_dsn: str, n: int, *, preset: str = "fastest", analyze: bool = True
+) -> float:
     """Jobs/s for ONE worker process emptying n queued no-op jobs, from the first job's start
     to the last one's finish (the database's own timestamps for PgQueuer and procrastinate;
     the task's own clock for Celery, which keeps none). Enqueueing and worker start-up are
-    outside the timing."""
+    outside the timing.
+
+    `analyze` runs ANALYZE on the filled queue before the worker starts, as autovacuum's
+    autoanalyze would soon after such an insert in production: without statistics on a fresh
+    database, procrastinate's fetch plan costs in proportion to the backlog (seen here: a
+    5,000-job drain went from ~120/s to ~290/s as it emptied; ~320/s flat once analyzed;
+    20,000 jobs ~60/s). It favours the peers: pgqueue's own drain runs without it."""
     with _run(peer, preset, server_dsn, "drain") as run:
         with _Producer(run) as producer:
             producer.noops(n)
+        if analyze and run.dsn:
+            with psycopg.connect(run.dsn, autocommit=True) as conn:
+                conn.execute("ANALYZE")
         with _worker(run) as worker, _finished_check(run, n) as finished:
             _wait(worker, finished, timeout=120 + n / 50, what=f"{peer} drain")
         return n / _drain_seconds(run, n)

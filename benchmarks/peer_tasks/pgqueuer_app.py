@@ -76,18 +76,24 @@ async def create() -> AsyncIterator[QueueManager]:
 def main() -> None:
     """`python -m peer_tasks.pgqueuer_app --batch-size N`: PgQueuer's documented programmatic
     twin of `pgq run peer_tasks.pgqueuer_app:create` (guides/programmatic-run.md), on uvloop
-    as `pgq run` does. Used because `pgq run` itself fails in 1.6.0 with the installed typer
-    (its --log-level option reaches the logger as a str: "'str' object has no attribute
-    'name'"), whatever the options."""
+    when it is installed, as `pgq run` does. Used because `pgq run` itself fails in 1.6.0 with
+    the installed typer (its --log-level option reaches the logger as a str: "'str' object has
+    no attribute 'name'"), whatever the options."""
     import argparse
+    import asyncio
 
     import pgqueuer
-    import uvloop
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-size", type=int, default=10)
     args = parser.parse_args()
-    uvloop.run(pgqueuer.run(create, batch_size=args.batch_size))
+    worker = pgqueuer.run(create, batch_size=args.batch_size)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(worker)
+    else:
+        uvloop.run(worker)
 
 
 if __name__ == "__main__":
