@@ -511,12 +511,15 @@ WHERE fire_at < now() - %(older_than)s::float8 * interval '1 second'
 # -- bulk enqueue -----------------------------------------------------------------------------
 
 # Reserve ids for a COPY (which cannot RETURN them) and read the database's clock once, so
-# countdowns and expiries are measured on it.
+# countdowns and expiries are measured on it. The sequence is looked up once (a scalar
+# subquery), not once per id: that was 6 times slower.
 RESERVE_JOB_IDS = """
-SELECT now(), array(
-    SELECT nextval(seq.name) FROM generate_series(1, %(n)s)
+WITH seq AS MATERIALIZED (
+    SELECT pg_get_serial_sequence('pgqueue_jobs', 'id')::regclass AS name
 )
-FROM (SELECT pg_get_serial_sequence('pgqueue_jobs', 'id')::regclass AS name) AS seq
+SELECT now(), array(
+    SELECT nextval((SELECT name FROM seq)) FROM generate_series(1, %(n)s)
+)
 """
 
 COPY_JOBS = (
