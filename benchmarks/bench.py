@@ -319,20 +319,27 @@ def enqueue_speed(dsn: str, n_single: int, n_bulk: int, results: Results) -> Non
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         reset(conn)
-        # Single: pgqueue's delay() (its own autocommit connection) vs a bare INSERT + commit.
+        # Single: pgqueue's delay() (its own autocommit connection) vs a bare INSERT + commit,
+        # in alternating rounds so that the machine's drift hits both alike.
         bench_tasks.app.set_dsn(dsn)
         bench_tasks.noop.delay()  # connect outside the timing
-        start = time.perf_counter()
-        for _ in range(n_single):
-            bench_tasks.noop.delay()
-        single = n_single / (time.perf_counter() - start)
-        start = time.perf_counter()
-        for _ in range(n_single):
+
+        def bare_insert() -> None:
             conn.execute(
                 "INSERT INTO pgqueue_jobs (queue, task_name, args, kwargs)"
                 " VALUES ('bench', 'bench_tasks.noop', '[]', '{}')"
             )
-        bare_single = n_single / (time.perf_counter() - start)
+
+        spent = {"pgqueue": 0.0, "bare": 0.0}
+        rounds = 10
+        for _ in range(rounds):
+            for name, enqueue in (("pgqueue", bench_tasks.noop.delay), ("bare", bare_insert)):
+                start = time.perf_counter()
+                for _ in range(n_single // rounds):
+                    enqueue()
+                spent[name] += time.perf_counter() - start
+        single = n_single / spent["pgqueue"]
+        bare_single = n_single / spent["bare"]
         results.add(
             "enqueue_single",
             jobs_per_s=single,

@@ -58,30 +58,25 @@ def _error(type_: str, message: str) -> str:
 # Only what the database decided comes back (the caller knows the rest: see JobRequest.job_row).
 # Casts are spelled CAST(... AS ...) because this statement also runs through SQLAlchemy.
 INSERT_JOB = f"""
-WITH job AS (
-    INSERT INTO pgqueue_jobs (
-        queue, task_name, args, kwargs, priority, run_at, max_attempts, expires_at)
-    VALUES (
-        %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
-        %(priority)s,
-        COALESCE(
-            CAST(%(eta)s AS timestamptz),
-            now() + CAST(%(countdown)s AS float8) * interval '1 second',
-            now()),
-        %(max_attempts)s,
-        COALESCE(
-            CAST(%(expires_at)s AS timestamptz),
-            now() + CAST(%(expires_in)s AS float8) * interval '1 second')
-    )
-    RETURNING id, run_at, created_at, expires_at, queue
+INSERT INTO pgqueue_jobs (
+    queue, task_name, args, kwargs, priority, run_at, max_attempts, expires_at)
+VALUES (
+    %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
+    %(priority)s,
+    COALESCE(
+        CAST(%(eta)s AS timestamptz),
+        now() + CAST(%(countdown)s AS float8) * interval '1 second',
+        now()),
+    %(max_attempts)s,
+    COALESCE(
+        CAST(%(expires_at)s AS timestamptz),
+        now() + CAST(%(expires_in)s AS float8) * interval '1 second')
 )
-SELECT job.id, job.run_at, job.created_at, job.expires_at, pg_notify(
+RETURNING id, run_at, created_at, expires_at, pg_notify(
     '{NOTIFY_ENQUEUED}',
-    CASE WHEN job.run_at > now()
-         THEN job.queue || '@' || extract(epoch FROM job.run_at)::text
-         ELSE job.queue END
+    CASE WHEN run_at > now() THEN queue || '@' || extract(epoch FROM run_at)::text
+         ELSE queue END
 )::text AS notified
-FROM job
 """
 
 # Claim up to `limit` due jobs of the given queues, skipping rows other workers hold; the
