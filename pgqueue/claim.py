@@ -7,14 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from pgqueue import queries
 from pgqueue.outcome import ClaimedJob
+
+# Where a claim stopped in a queue: the (priority, run_at, id) of the last job it took.
+Position = tuple[int, datetime, int]
 
 
 @dataclass(frozen=True)
@@ -24,33 +28,69 @@ class Claim:
 
     jobs: list[ClaimedJob]
     ended: list[tuple[int, str]]
+    # Per queue, the (priority, run_at, id) of the last job taken, in the claim's order.
+    last: dict[str, Position]
 
     @property
     def taken(self) -> int:
         return len(self.jobs) + len(self.ended)
 
 
+def claim_params(
+    queues: Sequence[str],
+    limit: int,
+    worker_id: int,
+    after: Mapping[str, Position] | None = None,
+) -> dict[str, Any]:
+    """CLAIM_JOBS's parameters: the queues, each with its position or NULL (from the start)."""
+    positions = [(after or {}).get(queue) for queue in queues]
+    return {
+        "queues": list(queues),
+        "after_priority": [p[0] if p else None for p in positions],
+        "after_run_at": [p[1] if p else None for p in positions],
+        "after_id": [p[2] if p else None for p in positions],
+        "limit": limit,
+        "worker_id": worker_id,
+    }
+
+
 async def claim_jobs(
-    conn: psycopg.AsyncConnection[Any], queues: Sequence[str], limit: int, worker_id: int
+    conn: psycopg.AsyncConnection[Any],
+    queues: Sequence[str],
+    limit: int,
+    worker_id: int,
+    after: Mapping[str, Position] | None = None,
 ) -> Claim:
-    """Claim up to `limit` due jobs for `worker_id`; each claim bumps the attempt (its token)."""
+    """Claim up to `limit` due jobs for `worker_id`; each claim bumps the attempt (its token).
+
+    A queue with a position in `after` is read from there on, within the position's priority
+    (see CLAIM_JOBS); the others from the start.
+    """
     async with conn.cursor() as cur:
-        await cur.execute(
-            queries.CLAIM_JOBS, {"queues": list(queues), "limit": limit, "worker_id": worker_id}
-        )
+        await cur.execute(queries.CLAIM_JOBS, claim_params(queues, limit, worker_id, after))
         rows = await cur.fetchall()
     # The statement returns rows in no particular order; start the most urgent first.
     rows.sort(key=lambda r: (-r[5], r[0]))
     jobs = []
     ended = []
-    for id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, dead, _ in rows:
+    last: dict[str, Position] = {}
+    for row in rows:
+        id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, run_at, dead, _ = row
         if dead:
             ended.append((id_, task_name))
-        else:
-            jobs.append(
-                ClaimedJob(id_, queue, task_name, args, kwargs, priority, attempts, max_attempts)
-            )
-    return Claim(jobs, ended)
+            continue
+        jobs.append(
+            ClaimedJob(id_, queue, task_name, args, kwargs, priority, attempts, max_attempts)
+        )
+        position = (priority, run_at, id_)
+        if queue not in last or _later(position, last[queue]):
+            last[queue] = position
+    return Claim(jobs, ended, last)
+
+
+def _later(a: Position, b: Position) -> bool:
+    """Whether `a` comes after `b` in claim order (priority DESC, run_at, id)."""
+    return (-a[0], a[1], a[2]) > (-b[0], b[1], b[2])
 
 
 MAX_TIMERS = 10_000

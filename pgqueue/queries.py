@@ -84,20 +84,45 @@ RETURNING id, run_at, created_at, expires_at, pg_notify(
 # on its own through the claimable index, in (priority DESC, run_at, id) order, so a claim
 # costs the same with 20 or 20 million jobs waiting (one query over all queues at once has
 # to sort the whole backlog); queues are taken in the order given, which the worker rotates.
+#
+# A queue given a position (`after_*`: the last job this worker claimed there) is read from
+# that position on, within its priority: the jobs before it were claimed already, and while
+# another session holds an old snapshot their index entries cannot be cleaned, so reading
+# from the start would step over all of them at every claim. The worker reads each queue
+# from the start (position NULL) at least once a second, for jobs that sort before the
+# position: a higher priority, a rescued job's earlier run_at.
+#
 # A picked job that expired, or whose cancellation was requested (while it ran before a retry
 # or rescue), ends CANCELLED here instead of running: `dead` tells the worker, and its waiters
 # are notified.
 CLAIM_JOBS = f"""
 WITH picked AS (
     SELECT j.id, j.dead
-    FROM unnest(%(queues)s::text[]) AS q(name)
+    FROM unnest(
+        %(queues)s::text[], %(after_priority)s::int[], %(after_run_at)s::timestamptz[],
+        %(after_id)s::bigint[]
+    ) AS q(name, priority, run_at, id)
     CROSS JOIN LATERAL (
-        SELECT id, (cancel_requested_at IS NOT NULL OR expires_at <= now()) IS TRUE AS dead
-        FROM pgqueue_jobs
-        WHERE status = 'queued' AND queue = q.name AND run_at <= now()
-        ORDER BY priority DESC, run_at, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
+        SELECT * FROM (
+            SELECT id, (cancel_requested_at IS NOT NULL OR expires_at <= now()) IS TRUE AS dead
+            FROM pgqueue_jobs
+            WHERE q.priority IS NOT NULL
+              AND status = 'queued' AND queue = q.name AND priority = q.priority
+              AND (run_at, id) > (q.run_at, q.id) AND run_at <= now()
+            ORDER BY run_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS after_position
+        UNION ALL
+        SELECT * FROM (
+            SELECT id, (cancel_requested_at IS NOT NULL OR expires_at <= now()) IS TRUE AS dead
+            FROM pgqueue_jobs
+            WHERE q.priority IS NULL
+              AND status = 'queued' AND queue = q.name AND run_at <= now()
+            ORDER BY priority DESC, run_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS from_start
     ) AS j
     LIMIT %(limit)s
 ), claimed AS (
@@ -107,7 +132,7 @@ WITH picked AS (
     FROM picked AS p
     WHERE j.id = p.id AND NOT p.dead
     RETURNING j.id, j.queue, j.task_name, j.args, j.kwargs, j.priority, j.attempts,
-              j.max_attempts
+              j.max_attempts, j.run_at
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j USING picked AS p
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
@@ -127,7 +152,7 @@ WITH picked AS (
 )
 SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
 UNION ALL
-SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, true,
+SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, true,
        pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
 FROM archived AS a
 """

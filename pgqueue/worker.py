@@ -26,7 +26,7 @@ import psycopg
 from pgqueue import queries
 from pgqueue._connection import ReconnectingConnection
 from pgqueue.app import App
-from pgqueue.claim import ClaimSignal, claim_jobs
+from pgqueue.claim import ClaimSignal, Position, claim_jobs
 from pgqueue.complete import Completer
 from pgqueue.config import WorkerSettings
 from pgqueue.errors import DatabaseUnavailable
@@ -65,6 +65,10 @@ STRAY_AGE = 10.0
 # the database or the network, including pgqueue's own "could not connect".
 DATABASE_TROUBLE = (psycopg.Error, OSError, DatabaseUnavailable)
 FINAL_FLUSH_TIMEOUT = 10.0
+# How often a worker reads each queue from its start rather than after its last claim: the
+# longest a job that sorts before that position (higher priority, a rescued job) can wait
+# while the worker is busy with the queue.
+FULL_CLAIM_INTERVAL = 1.0
 # A pruning pass deletes at most this many batches, so that rescues are never held up for
 # long; a pass that hits the limit is followed by another at the next maintenance pass (every
 # second), so pruning keeps up with thousands of jobs a second.
@@ -88,6 +92,9 @@ class Worker:
         self.cancel_events: dict[int, threading.Event] = {}
         self._cancelling: set[int] = set()
         self._job_names: dict[int, str] = {}
+        # Per queue: where the last claim stopped, and when the queue was last read whole.
+        self._positions: dict[str, Position] = {}
+        self._full_claim_at: dict[str, float] = {}
         self.forced = False
         self.crashed = False
         self._stop_count = 0
@@ -292,7 +299,9 @@ class Worker:
             if free > 0 and want_claim and self.notifier.connected.is_set() and worker_id:
                 try:
                     conn = await self._claim_conn.get()
-                    claim = await claim_jobs(conn, self._queue_order(), free, worker_id)
+                    claim = await claim_jobs(
+                        conn, self._queue_order(), free, worker_id, self._claim_positions()
+                    )
                 except DATABASE_TROUBLE as exc:
                     logger.warning(
                         "could not claim jobs, retrying in %.1fs: %s", backoff, _one_line(exc)
@@ -302,6 +311,7 @@ class Worker:
                     backoff = min(backoff * 2, 1.0)
                     continue
                 backoff = 0.1
+                self._positions.update(claim.last)
                 for job_id, task_name in claim.ended:
                     logger.info("job %d %s ended CANCELLED before it could run", job_id, task_name)
                 if self._stopping.is_set():
@@ -317,6 +327,20 @@ class Worker:
                     continue
             await self._signal.wait()
             want_claim = True
+
+    def _claim_positions(self) -> dict[str, Position]:
+        """Where each queue's claim starts: after this worker's last claim there, but from
+        the start when the last full read of the queue is FULL_CLAIM_INTERVAL old (see
+        CLAIM_JOBS: jobs sorting before the position are found then)."""
+        now = time.monotonic()
+        positions = {}
+        for queue in self.queues:
+            if now - self._full_claim_at.get(queue, 0.0) >= FULL_CLAIM_INTERVAL:
+                self._full_claim_at[queue] = now
+                self._positions.pop(queue, None)
+            elif queue in self._positions:
+                positions[queue] = self._positions[queue]
+        return positions
 
     def _queue_order(self) -> tuple[str, ...]:
         """The queues, starting one further each claim, so that no queue can starve the

@@ -1,17 +1,21 @@
-"""The claim reads the claimable index, even on a table just filled and never analysed.
+"""The claim: what it reads and where it starts.
 
-A planner without statistics that chose a sequential scan and a sort would make every claim
-cost the whole backlog; the claim's shape (per-queue LIMIT in index order) must not allow it.
+It reads the claimable index, even on a table just filled and never analysed (a planner
+without statistics that chose a sequential scan and a sort would make every claim cost the
+whole backlog); and, given a position, it starts there rather than at the start of the index,
+whose dead entries an old snapshot can keep from being cleaned.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
 
 import pgqueue
 from pgqueue import queries
+from pgqueue.claim import Claim, claim_jobs, claim_params
 
 
 def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -31,8 +35,7 @@ def test_claim_uses_the_claimable_index_on_a_fresh_table_without_statistics(
     noop.delay_many([() for _ in range(20_000)])
     # EXPLAIN without ANALYZE plans the statement and runs nothing.
     row = conn.execute(
-        "EXPLAIN (FORMAT JSON) " + queries.CLAIM_JOBS,
-        {"queues": ["bulk"], "limit": 10, "worker_id": 1},
+        "EXPLAIN (FORMAT JSON) " + queries.CLAIM_JOBS, _params(["bulk"], [None])
     ).fetchone()
     assert row is not None
     plan = row[0][0]["Plan"]
@@ -43,3 +46,65 @@ def test_claim_uses_the_claimable_index_on_a_fresh_table_without_statistics(
     ]
     assert ("Index Scan", "pgqueue_jobs", "pgqueue_jobs_claimable_idx") in scans, scans
     assert not any(kind == "Seq Scan" for kind, _, _ in scans), scans
+
+
+def _params(queues: list[str], positions: list[Any]) -> dict[str, Any]:
+    after = {q: tuple(p) for q, p in zip(queues, positions, strict=True) if p}
+    return claim_params(queues, 10, 1, after)
+
+
+def _worker_id(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "INSERT INTO pgqueue_workers (name, hostname, pid, queues, concurrency)"
+        " VALUES ('test', 'test', 1, '{q}', 10) RETURNING id"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_claim_after_a_position_takes_only_what_sorts_after_it(
+    app: pgqueue.App, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task(queue="q")
+    def noop() -> None: ...
+
+    ids = noop.delay_many([() for _ in range(8)])
+    urgent = noop.apply_async(priority=5).id
+    worker_id = _worker_id(conn)
+    position = conn.execute(
+        "SELECT priority, run_at, id FROM pgqueue_jobs WHERE id = %s", (ids[3],)
+    ).fetchone()
+    assert position is not None
+
+    async def claims() -> tuple[Claim, Claim]:
+        async with await psycopg.AsyncConnection.connect(app.dsn, autocommit=True) as aconn:
+            after = await claim_jobs(aconn, ["q"], 10, worker_id, {"q": tuple(position)})
+            return after, await claim_jobs(aconn, ["q"], 10, worker_id)
+
+    after, whole = asyncio.run(claims())
+    assert [job.id for job in after.jobs] == ids[4:]
+    assert after.last["q"][2] == ids[-1]
+    # Read from the start: what sorts first (the higher priority), then the rest.
+    assert [job.id for job in whole.jobs] == [urgent, *ids[:4]]
+
+
+def test_a_claim_after_a_position_starts_there_in_the_index(
+    app: pgqueue.App, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task(queue="bulk")
+    def noop() -> None: ...
+
+    noop.delay_many([() for _ in range(1000)])
+    position = conn.execute(
+        "SELECT priority, run_at, id FROM pgqueue_jobs ORDER BY id OFFSET 500 LIMIT 1"
+    ).fetchone()
+    row = conn.execute(
+        "EXPLAIN (FORMAT JSON) " + queries.CLAIM_JOBS, _params(["bulk"], [position])
+    ).fetchone()
+    assert row is not None
+    conditions = [
+        node.get("Index Cond", "")
+        for node in _plan_nodes(row[0][0]["Plan"])
+        if node.get("Index Name") == "pgqueue_jobs_claimable_idx"
+    ]
+    assert any("ROW(run_at, id) > ROW(" in condition for condition in conditions), conditions

@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 
 import pgqueue
 from pgqueue import queries
+from pgqueue.claim import claim_params
 from pgqueue.complete import write_outcomes
 from pgqueue.maintenance import rescue_lost_jobs
 from pgqueue.outcome import ClaimedJob, Failed, Outcome, RetryLater, Succeeded, simple_error
@@ -25,9 +26,7 @@ HEARTBEAT_TIMEOUT = 30.0
 
 def _claim_by_hand(conn: psycopg.Connection[Any], worker_id: int) -> dict[str, Any]:
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            queries.CLAIM_JOBS, {"queues": ["default"], "limit": 1, "worker_id": worker_id}
-        ).fetchall()
+        rows = cur.execute(queries.CLAIM_JOBS, claim_params(["default"], 1, worker_id)).fetchall()
     assert len(rows) == 1
     return rows[0]
 

@@ -183,6 +183,7 @@ def test_one_batch_of_retries_announces_every_due_time(app: pgqueue.App, dsn: st
     import psycopg
 
     from pgqueue import queries
+    from pgqueue.claim import claim_params
     from pgqueue.complete import write_outcomes
     from pgqueue.outcome import ClaimedJob, RetryLater, simple_error
 
@@ -191,7 +192,7 @@ def test_one_batch_of_retries_announces_every_due_time(app: pgqueue.App, dsn: st
 
     jobs = [later.delay(), later.delay()]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(queries.CLAIM_JOBS, {"queues": ["default"], "limit": 2, "worker_id": 1})
+        conn.execute(queries.CLAIM_JOBS, claim_params(["default"], 2, 1))
         listener = psycopg.connect(dsn, autocommit=True)
         listener.execute("LISTEN pgqueue_enqueued")
     claimed = [ClaimedJob(j.id, "default", later.name, [], {}, 0, 1, 3) for j in jobs]
