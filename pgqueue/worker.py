@@ -67,8 +67,11 @@ DATABASE_TROUBLE = (psycopg.Error, OSError, DatabaseUnavailable)
 FINAL_FLUSH_TIMEOUT = 10.0
 # How often a worker reads each queue from its start rather than after its last claim: the
 # longest a job that sorts before that position (higher priority, a rescued job) can wait
-# while the worker is busy with the queue.
+# while the worker is busy with the queue. When such reads grow slow (an old snapshot keeps
+# many dead index entries at the start), they are spaced out so as to take at most
+# 1/FULL_CLAIM_SHARE of the time.
 FULL_CLAIM_INTERVAL = 1.0
+FULL_CLAIM_SHARE = 10
 # A pruning pass deletes at most this many batches, so that rescues are never held up for
 # long; a pass that hits the limit is followed by another at the next maintenance pass (every
 # second), so pruning keeps up with thousands of jobs a second.
@@ -95,6 +98,7 @@ class Worker:
         # Per queue: where the last claim stopped, and when the queue was last read whole.
         self._positions: dict[str, Position] = {}
         self._full_claim_at: dict[str, float] = {}
+        self._full_claim_seconds = 0.0  # how long the last claim with a full read took
         self.forced = False
         self.crashed = False
         self._stop_count = 0
@@ -299,9 +303,11 @@ class Worker:
             if free > 0 and want_claim and self.notifier.connected.is_set() and worker_id:
                 try:
                     conn = await self._claim_conn.get()
-                    claim = await claim_jobs(
-                        conn, self._queue_order(), free, worker_id, self._claim_positions()
-                    )
+                    positions = self._claim_positions()
+                    began = time.monotonic()
+                    claim = await claim_jobs(conn, self._queue_order(), free, worker_id, positions)
+                    if len(positions) < len(self.queues):
+                        self._full_claim_seconds = time.monotonic() - began
                 except DATABASE_TROUBLE as exc:
                     logger.warning(
                         "could not claim jobs, retrying in %.1fs: %s", backoff, _one_line(exc)
@@ -330,12 +336,14 @@ class Worker:
 
     def _claim_positions(self) -> dict[str, Position]:
         """Where each queue's claim starts: after this worker's last claim there, but from
-        the start when the last full read of the queue is FULL_CLAIM_INTERVAL old (see
-        CLAIM_JOBS: jobs sorting before the position are found then)."""
+        the start when the last full read of the queue is FULL_CLAIM_INTERVAL old, or more
+        when full reads are slow (see CLAIM_JOBS: jobs sorting before the position are found
+        then)."""
         now = time.monotonic()
+        interval = max(FULL_CLAIM_INTERVAL, FULL_CLAIM_SHARE * self._full_claim_seconds)
         positions = {}
         for queue in self.queues:
-            if now - self._full_claim_at.get(queue, 0.0) >= FULL_CLAIM_INTERVAL:
+            if now - self._full_claim_at.get(queue, 0.0) >= interval:
                 self._full_claim_at[queue] = now
                 self._positions.pop(queue, None)
             elif queue in self._positions:
