@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -184,6 +185,33 @@ def wait_finished(conn: psycopg.Connection[Any], total: int, timeout: float) -> 
         time.sleep(0.05)  # polling progress
 
 
+def drain_seconds(conn: psycopg.Connection[Any], worker: Worker, n: int) -> float:
+    """Wait until the worker has finished n jobs, stop it, and return the seconds from the
+    first job's start to the last one's finish (the database's clock)."""
+    try:
+        wait_finished(conn, n, timeout=600)
+    finally:
+        worker.stop()
+    return float(
+        scalar(
+            conn,
+            "SELECT extract(epoch FROM max(finished_at) - min(started_at))"
+            " FROM pgqueue_finished_jobs",
+        )
+    )
+
+
+def paced(calls: int, interval: float, call: Callable[[], object]) -> None:
+    """Make `calls` calls, one every `interval` seconds: an offered load, not a burst."""
+    next_at = time.perf_counter()
+    for _ in range(calls):
+        call()
+        next_at += interval
+        pause = next_at - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)  # pacing the offered load
+
+
 # -- workloads ------------------------------------------------------------------------------
 
 
@@ -249,17 +277,9 @@ def drain(
             "--pool",
             pool,
         )
-        try:
-            wait_finished(conn, n, timeout=600)
-        finally:
-            worker.stop()
-        seconds = scalar(
-            conn,
-            "SELECT extract(epoch FROM max(finished_at) - min(started_at))"
-            " FROM pgqueue_finished_jobs",
-        )
+        seconds = drain_seconds(conn, worker, n)
         after, wal_after = settled_stats(conn), wal_lsn(conn)
-        rate = n / float(seconds)
+        rate = n / seconds
         results.add(
             f"drain_{task}_{pool}_c{concurrency}",
             jobs=n,
@@ -295,16 +315,7 @@ def cpu_bound(dsn: str, jobs: int, results: Results, logs: Path) -> None:
             worker = Worker(
                 dsn, logs / f"cpu-{pool}.log", "--concurrency", str(cores), "--pool", pool
             )
-            try:
-                wait_finished(conn, jobs, timeout=600)
-            finally:
-                worker.stop()
-            seconds = scalar(
-                conn,
-                "SELECT extract(epoch FROM max(finished_at) - min(started_at))"
-                " FROM pgqueue_finished_jobs",
-            )
-            rates[pool] = jobs / float(seconds)
+            rates[pool] = jobs / drain_seconds(conn, worker, jobs)
     results.add(
         f"cpu_bound_c{cores}",
         jobs=jobs,
@@ -377,21 +388,13 @@ def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path,
         worker = Worker(dsn, logs / f"{name}.log", "--concurrency", "50")
         bench_tasks.app.set_dsn(dsn)
         try:
-            total = 0
             batch = max(1, int(rate / 100))  # enqueue in ticks of 10 ms at high rates
-            interval = batch / rate
-            start = time.perf_counter()
-            next_at = start
-            while time.perf_counter() - start < seconds:
-                if batch == 1:
-                    bench_tasks.anoop.delay()
-                else:
-                    bench_tasks.anoop.delay_many([() for _ in range(batch)])
-                total += batch
-                next_at += interval
-                pause = next_at - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)  # pacing the offered load
+            ticks = max(1, round(seconds * rate / batch))
+            total = ticks * batch
+            if batch == 1:
+                paced(ticks, 1 / rate, bench_tasks.anoop.delay)
+            else:
+                paced(ticks, batch / rate, lambda: bench_tasks.anoop.delay_many([()] * batch))
             backlog = scalar(conn, "SELECT count(*) FROM pgqueue_jobs WHERE started_at IS NULL")
             wait_finished(conn, total, timeout=120)
         finally:

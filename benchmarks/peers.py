@@ -21,7 +21,6 @@ import importlib
 import importlib.util
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from psycopg.conninfo import make_conninfo
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # the peer_tasks package, as the workers see it (cwd=HERE)
+
+from bench import paced, percentiles  # noqa: E402
 
 LOGS = HERE / "results" / "logs"
 REDIS_URL = os.environ.get("PEERS_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -524,17 +525,6 @@ def drain(
         return n / _drain_seconds(run, n)
 
 
-def _percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    q = statistics.quantiles(ordered, n=100, method="inclusive")
-    return {
-        "p50_ms": q[49] * 1000,
-        "p95_ms": q[94] * 1000,
-        "p99_ms": q[98] * 1000,
-        "max_ms": ordered[-1] * 1000,
-    }
-
-
 def pickup_latency(
     peer: str, server_dsn: str, rate: float = 50, seconds: float = 10, *, preset: str = "fastest"
 ) -> dict[str, float]:
@@ -546,17 +536,10 @@ def pickup_latency(
             producer.probe()
             _wait(worker, lambda: len(_lines(run.samples)) >= 1, 120, f"{peer} start")
             total = max(2, int(rate * seconds))
-            interval = 1 / rate
-            next_at = time.perf_counter()
-            for _ in range(total):
-                producer.probe()
-                next_at += interval
-                pause = next_at - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)  # pacing the offered load
+            paced(total, 1 / rate, producer.probe)
             _wait(worker, lambda: len(_lines(run.samples)) >= total + 1, 120, f"{peer} probes")
         samples = [float(line) for line in _lines(run.samples)[1:]]
-    return {**_percentiles(samples), "jobs": float(len(samples))}
+    return {**percentiles(samples), "jobs": float(len(samples))}
 
 
 def bulk_enqueue(peer: str, server_dsn: str, n: int) -> float:

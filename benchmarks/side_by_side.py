@@ -30,13 +30,7 @@ def pgqueue_probe_latency(dsn: str, rate: float, seconds: float) -> dict[str, fl
         try:
             bench_tasks.probe.delay(time.time()).wait(timeout=60)  # warm, not counted
             total = max(2, int(rate * seconds))
-            next_at = time.perf_counter()
-            for _ in range(total):
-                bench_tasks.probe.delay(time.time())
-                next_at += 1 / rate
-                pause = next_at - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)  # pacing the offered load
+            bench.paced(total, 1 / rate, lambda: bench_tasks.probe.delay(time.time()))
             bench.wait_finished(conn, total + 1, timeout=120)
         finally:
             worker.stop()
