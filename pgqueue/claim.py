@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -79,8 +80,19 @@ async def claim_jobs(
         if dead:
             ended.append((id_, task_name))
             continue
+        # Arguments come as text: decoded here, without the driver's bytes decoding, and not
+        # at all when empty (as most are).
         jobs.append(
-            ClaimedJob(id_, queue, task_name, args, kwargs, priority, attempts, max_attempts)
+            ClaimedJob(
+                id_,
+                queue,
+                task_name,
+                [] if args == "[]" else json.loads(args),
+                {} if kwargs == "{}" else json.loads(kwargs),
+                priority,
+                attempts,
+                max_attempts,
+            )
         )
         position = (priority, run_at, id_)
         if queue not in last or _later(position, last[queue]):

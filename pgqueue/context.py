@@ -4,25 +4,92 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgqueue.errors import Cancel, ConfigurationError
 
+if TYPE_CHECKING:
+    from pgqueue.outcome import ClaimedJob
 
-@dataclass(frozen=True)
+
+class CancelFlag:
+    """Set when the job's cancellation is requested: a `threading.Event` for the task's
+    purposes (`is_set()`, `wait(timeout)`), whose Event is only made when some code waits on
+    it, as few jobs do; a worker makes one flag per job."""
+
+    __slots__ = ("_event", "_set")
+    _making_event = threading.Lock()
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until set, or for `timeout` seconds; True if set (as `Event.wait`)."""
+        event = self._event
+        if event is None:
+            with CancelFlag._making_event:
+                if self._event is None:
+                    self._event = threading.Event()
+                event = self._event
+            # A set() that ran before the Event existed did not reach it.
+            if self._set:
+                event.set()
+        return event.wait(timeout)
+
+
 class JobContext:
-    """What a task may want to know about the attempt it is running in."""
+    """What a task may want to know about the attempt it is running in (read-only)."""
 
-    id: int
-    task_name: str
-    queue: str
-    attempt: int
-    max_attempts: int
-    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
-    # For tasks declared transactional=True: a psycopg connection (AsyncConnection for async
-    # tasks) in an open transaction, which also commits the job's completion.
-    _connection: Any = field(default=None, repr=False)
+    __slots__ = ("_connection", "_job", "cancel_event")
+
+    def __init__(
+        self,
+        job: ClaimedJob,
+        cancel_event: CancelFlag | None = None,
+        connection: Any = None,
+    ) -> None:
+        self._job = job
+        self.cancel_event = cancel_event if cancel_event is not None else CancelFlag()
+        # For tasks declared transactional=True: a psycopg connection (AsyncConnection for
+        # async tasks) in an open transaction, which also commits the job's completion.
+        self._connection = connection
+
+    @property
+    def id(self) -> int:
+        return self._job.id
+
+    @property
+    def task_name(self) -> str:
+        return self._job.task_name
+
+    @property
+    def queue(self) -> str:
+        return self._job.queue
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number, from 1."""
+        return self._job.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        return self._job.max_attempts
+
+    def __repr__(self) -> str:
+        return (
+            f"JobContext(id={self.id}, task_name={self.task_name!r}, queue={self.queue!r}, "
+            f"attempt={self.attempt}, max_attempts={self.max_attempts})"
+        )
 
     @property
     def connection(self) -> Any:

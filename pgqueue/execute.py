@@ -10,12 +10,11 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pgqueue import _json, transactional
-from pgqueue.context import JobContext, _current
+from pgqueue.context import CancelFlag, JobContext, _current
 from pgqueue.errors import Cancel, Retry
 from pgqueue.outcome import (
     Cancelled,
@@ -106,29 +105,17 @@ def outcome_of_value(task: Task[Any, Any], job: ClaimedJob, value: Any) -> Outco
         return Failed(job, error_info(exc, with_traceback=False))
 
 
-def job_context(job: ClaimedJob, cancel_event: threading.Event, connection: Any) -> JobContext:
-    return JobContext(
-        id=job.id,
-        task_name=job.task_name,
-        queue=job.queue,
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        cancel_event=cancel_event,
-        _connection=connection,
-    )
-
-
 def sync_call(
     task: Task[Any, Any],
     job: ClaimedJob,
-    cancel_event: threading.Event,
+    cancel_event: CancelFlag,
     pool: transactional.TransactionalConnections,
     connection: Any,
 ) -> Callable[[], Any]:
     """A sync task's call, in the job's context, inside its transaction when it has one
     (the thread pool and the process pool's children both run this)."""
     context = contextvars.copy_context()
-    context.run(_current.set, job_context(job, cancel_event, connection))
+    context.run(_current.set, JobContext(job, cancel_event, connection))
     fn = functools.partial(task.fn, *job.args, **job.kwargs)
     if connection is not None:
         fn = functools.partial(transactional.run_sync, pool, connection, job, fn)
@@ -144,7 +131,7 @@ def run_in_this_process(
         return unknown_task(job)
     try:
         connection = pool.acquire() if task.transactional else None
-        value = sync_call(task, job, threading.Event(), pool, connection)()
+        value = sync_call(task, job, CancelFlag(), pool, connection)()
     except BaseException as exc:  # a task's failure is data, whatever it raised
         return outcome_of_exception(task, job, exc)
     return outcome_of_value(task, job, value)
@@ -169,7 +156,7 @@ class Executor:
         self.overrunning_threads: set[concurrent.futures.Future[Any]] = set()
 
     async def run(
-        self, job: ClaimedJob, cancel_event: threading.Event | None = None
+        self, job: ClaimedJob, cancel_event: CancelFlag | None = None
     ) -> Outcome | LeaseLost:
         task = self.app.tasks.get(job.task_name)
         if task is None:
@@ -177,16 +164,14 @@ class Executor:
         if self.process_pool is not None and not task.is_async:
             return await self.process_pool.run(task, job)
         try:
-            value = await self._call(task, job, cancel_event or threading.Event())
+            value = await self._call(task, job, cancel_event or CancelFlag())
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a task's failure is data, whatever it raised
             return outcome_of_exception(task, job, exc)
         return outcome_of_value(task, job, value)
 
-    async def _call(
-        self, task: Task[Any, Any], job: ClaimedJob, cancel_event: threading.Event
-    ) -> Any:
+    async def _call(self, task: Task[Any, Any], job: ClaimedJob, cancel_event: CancelFlag) -> Any:
         """Run the task in the job's context; a transactional task returns its committed
         Succeeded, any other its value."""
         connection: Any = None
@@ -199,7 +184,7 @@ class Executor:
         if task.is_async:
             # The caller is the job's own asyncio task, which runs in a context of its own:
             # setting the job there reaches the coroutine and whatever it starts.
-            _current.set(job_context(job, cancel_event, connection))
+            _current.set(JobContext(job, cancel_event, connection))
             call_async = functools.partial(task.fn, *job.args, **job.kwargs)
             coro = (
                 transactional.run_async(self.transactional, connection, job, call_async)

@@ -131,7 +131,7 @@ WITH picked AS (
         started_at = now()
     FROM picked AS p
     WHERE j.id = p.id AND NOT p.dead
-    RETURNING j.id, j.queue, j.task_name, j.args, j.kwargs, j.priority, j.attempts,
+    RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
               j.max_attempts, j.run_at
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j USING picked AS p

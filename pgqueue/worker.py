@@ -29,6 +29,7 @@ from pgqueue.app import App
 from pgqueue.claim import ClaimSignal, Position, claim_jobs
 from pgqueue.complete import Completer
 from pgqueue.config import WorkerSettings
+from pgqueue.context import CancelFlag
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.execute import Executor
 from pgqueue.maintenance import (
@@ -92,13 +93,16 @@ class Worker:
         self.queues = self.settings.queues or app.queues()
         self.running: dict[int, asyncio.Task[None]] = {}
         # Per running job: set when its cancellation is requested (JobContext reads it).
-        self.cancel_events: dict[int, threading.Event] = {}
+        self.cancel_events: dict[int, CancelFlag] = {}
         self._cancelling: set[int] = set()
         self._job_names: dict[int, str] = {}
         # Per queue: where the last claim stopped, and when the queue was last read whole.
         self._positions: dict[str, Position] = {}
         self._full_claim_at: dict[str, float] = {}
         self._full_claim_seconds = 0.0  # how long the last claim with a full read took
+        # A claim takes at most half the slots, so that the next claim's round trip overlaps
+        # with running the jobs of the last one instead of waiting for them all to finish.
+        self._claim_limit = max(1, (self.settings.concurrency + 1) // 2)
         self.forced = False
         self.crashed = False
         self._stop_count = 0
@@ -305,7 +309,8 @@ class Worker:
                     conn = await self._claim_conn.get()
                     positions = self._claim_positions()
                     began = time.monotonic()
-                    claim = await claim_jobs(conn, self._queue_order(), free, worker_id, positions)
+                    limit = min(free, self._claim_limit)
+                    claim = await claim_jobs(conn, self._queue_order(), limit, worker_id, positions)
                     if len(positions) < len(self.queues):
                         self._full_claim_seconds = time.monotonic() - began
                 except DATABASE_TROUBLE as exc:
@@ -323,10 +328,10 @@ class Worker:
                 if self._stopping.is_set():
                     await self._release_unstarted(claim.jobs)
                     break
-                self._last_claim_full = claim.taken == free
+                self._last_claim_full = claim.taken == limit
                 want_claim = self._last_claim_full
                 for job in claim.jobs:
-                    self.cancel_events[job.id] = threading.Event()
+                    self.cancel_events[job.id] = CancelFlag()
                     self._job_names[job.id] = job.task_name
                     self.running[job.id] = asyncio.create_task(self._run_job(job))
                 if claim.taken:
@@ -379,13 +384,14 @@ class Worker:
 
     async def _run_job(self, job: ClaimedJob) -> None:
         started = time.monotonic()
-        logger.info(
-            "job %d %s attempt %d/%d running",
-            job.id,
-            job.task_name,
-            job.attempt,
-            job.max_attempts,
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # one INFO line per job: its outcome
+            logger.debug(
+                "job %d %s attempt %d/%d running",
+                job.id,
+                job.task_name,
+                job.attempt,
+                job.max_attempts,
+            )
         try:
             outcome = await self.executor.run(job, self.cancel_events.get(job.id))
         except asyncio.CancelledError:
@@ -419,10 +425,18 @@ class Worker:
     @staticmethod
     def _log_outcome(outcome: Outcome | LeaseLost, duration: float) -> None:
         job = outcome.job
+        if isinstance(outcome, Succeeded):  # the common case, spelled without `head`
+            logger.info(
+                "job %d %s attempt %d/%d succeeded in %.3fs",
+                job.id,
+                job.task_name,
+                job.attempt,
+                job.max_attempts,
+                duration,
+            )
+            return
         head = f"job {job.id} {job.task_name} attempt {job.attempt}/{job.max_attempts}"
-        if isinstance(outcome, Succeeded):
-            logger.info("%s succeeded in %.3fs", head, duration)
-        elif isinstance(outcome, LeaseLost):
+        if isinstance(outcome, LeaseLost):
             logger.warning(
                 "%s finished after %.3fs but lost its lease (rescued and claimed again "
                 "elsewhere): its transaction was rolled back",

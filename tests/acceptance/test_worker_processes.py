@@ -62,7 +62,7 @@ def test_every_job_runs_exactly_once_across_worker_processes(
     assert db.execute("SELECT count(*) FROM pgqueue_workers").fetchone() == (0,)
 
 
-def test_worker_logs_one_line_per_job_state_change(
+def test_worker_logs_one_line_per_attempt_outcome(
     db: psycopg.Connection[Any], spawn_worker: SpawnWorker
 ) -> None:
     worker = spawn_worker()
@@ -72,25 +72,37 @@ def test_worker_logs_one_line_per_job_state_change(
     wait_for_status(db, failing, "failed")
     assert stop_gracefully(worker) == 0
 
-    ok_head = f"job {ok} tests.acceptance.apps.record attempt 1/3"
-    assert len(worker.log_lines(f"job {ok} ")) == 2
-    assert len(worker.log_lines(f"{ok_head} running")) == 1
-    [succeeded] = worker.log_lines(f"{ok_head} succeeded in ")
-    assert re.search(r"succeeded in \d+\.\d{3}s$", succeeded)
-
+    [succeeded] = worker.log_lines(f"job {ok} ")
+    assert re.search(
+        rf"job {ok} tests.acceptance.apps.record attempt 1/3 succeeded in \d+\.\d{{3}}s$",
+        succeeded,
+    )
     head = f"job {failing} tests.acceptance.apps.always_fails"
     lines = worker.log_lines(f"job {failing} ")
     expected = [
-        rf"{head} attempt 1/2 running$",
         rf"{head} attempt 1/2 failed in \d+\.\d{{3}}s, retry in 0\.10s: "
         r"ValueError: this task always fails$",
-        rf"{head} attempt 2/2 running$",
         rf"{head} attempt 2/2 failed in \d+\.\d{{3}}s: ValueError: this task always fails$",
     ]
     assert len(lines) == len(expected), lines
     for line, pattern in zip(lines, expected, strict=True):
         assert re.search(pattern, line), (line, pattern)
     assert [attempt for attempt, _ in executions(db, failing)] == [1, 2]
+
+
+def test_worker_logs_each_attempts_start_at_debug_level(
+    db: psycopg.Connection[Any], spawn_worker: SpawnWorker
+) -> None:
+    worker = spawn_worker("--log-level", "DEBUG")
+    ok = enqueue(db, apps.record, 7)
+    wait_for_status(db, ok, "succeeded")
+    assert stop_gracefully(worker) == 0
+
+    head = f"job {ok} tests.acceptance.apps.record attempt 1/3"
+    lines = worker.log_lines(f"job {ok} ")
+    assert len(lines) == 2, lines
+    assert re.search(rf"DEBUG .*{head} running$", lines[0]), lines
+    assert re.search(rf"{head} succeeded in \d+\.\d{{3}}s$", lines[1]), lines
 
 
 def test_job_of_unknown_task_fails_and_worker_keeps_running(
