@@ -273,6 +273,7 @@ class App:
             conn = self.connect(autocommit=True)
             self._local.conn = conn
             self._local.pid = os.getpid()
+            self._local.insert_cursor = conn.cursor(binary=True)
         return conn
 
     async def _ashared_connection(self) -> psycopg.AsyncConnection[Any]:
@@ -303,9 +304,10 @@ class App:
     # -- jobs -----------------------------------------------------------------------------
 
     def _insert_committed(self, request: JobRequest) -> dict[str, Any]:
-        conn = self._shared_connection()
+        self._shared_connection()
+        cursor = self._local.insert_cursor  # kept with the connection: one fewer object a job
         try:
-            row = conn.execute(queries.INSERT_JOB, request.params()).fetchone()
+            row = cursor.execute(request.statement, request.params()).fetchone()
         except psycopg.Error as exc:
             raise _translate(exc) from exc
         assert row is not None
@@ -314,7 +316,7 @@ class App:
     async def _ainsert_committed(self, request: JobRequest) -> dict[str, Any]:
         conn = await self._ashared_connection()
         try:
-            cur = await conn.execute(queries.INSERT_JOB, request.params())
+            cur = await conn.execute(request.statement, request.params(), binary=True)
             row = await cur.fetchone()
         except psycopg.Error as exc:
             raise _translate(exc) from exc

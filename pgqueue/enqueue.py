@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from pgqueue.tasks import Task
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JobRequest:
-    """A validated, serialised job, ready to insert."""
+    """A validated, serialised job, ready to insert (read-only once built)."""
 
     queue: str
     task_name: str
@@ -39,10 +39,46 @@ class JobRequest:
     expires_at: datetime | None = None
     expires_in: float | None = None
 
+    @property
+    def due_now(self) -> bool:
+        """Due at once and never expiring: INSERT_JOB_NOW, the lean statement, inserts it."""
+        return (
+            self.eta is None
+            and self.countdown is None
+            and self.expires_at is None
+            and self.expires_in is None
+        )
+
+    @property
+    def statement(self) -> str:
+        return queries.INSERT_JOB_NOW if self.due_now else queries.INSERT_JOB
+
+    def params(self) -> dict[str, Any]:
+        """The statement's parameters."""
+        params = {
+            "queue": self.queue,
+            "task_name": self.task_name,
+            "args": self.args_json,
+            "kwargs": self.kwargs_json,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+        }
+        if not self.due_now:
+            params["eta"] = self.eta
+            params["countdown"] = self.countdown
+            params["expires_at"] = self.expires_at
+            params["expires_in"] = self.expires_in
+        return params
+
     def job_row(self, returned: Sequence[Any]) -> dict[str, Any]:
-        """The new job's row: INSERT_JOB's (id, run_at, created_at, expires_at), completed
-        with what this request already knows."""
-        job_id, run_at, created_at, expires_at = returned[:4]
+        """The new job's row: what the statement returned (INSERT_JOB_NOW: id, created_at;
+        INSERT_JOB: id, run_at, created_at, expires_at), completed with what this request
+        already knows."""
+        if self.due_now:
+            job_id, created_at = returned[:2]
+            run_at, expires_at = created_at, None  # both now(): one transaction's clock
+        else:
+            job_id, run_at, created_at, expires_at = returned[:4]
         return {
             "id": job_id,
             "queue": self.queue,
@@ -51,25 +87,11 @@ class JobRequest:
             "priority": self.priority,
             "attempts": 0,
             "max_attempts": self.max_attempts,
-            "args": json.loads(self.args_json),
-            "kwargs": json.loads(self.kwargs_json),
+            "args": [] if self.args_json == "[]" else json.loads(self.args_json),
+            "kwargs": {} if self.kwargs_json == "{}" else json.loads(self.kwargs_json),
             "run_at": run_at,
             "created_at": created_at,
             "expires_at": expires_at,
-        }
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "queue": self.queue,
-            "task_name": self.task_name,
-            "args": self.args_json,
-            "kwargs": self.kwargs_json,
-            "priority": self.priority,
-            "eta": self.eta,
-            "countdown": self.countdown,
-            "max_attempts": self.max_attempts,
-            "expires_at": self.expires_at,
-            "expires_in": self.expires_in,
         }
 
 
@@ -112,11 +134,12 @@ def build_request(
     return JobRequest(
         expires_at=expires_at,
         expires_in=expires_in,
-        queue=validate_queue_name(queue if queue is not None else task.queue),
+        # The task's own queue and priority were validated when it was declared.
+        queue=task.queue if queue is None else validate_queue_name(queue),
         task_name=task.name,
-        args_json=_json.dumps(list(args), "task arguments", "args"),
-        kwargs_json=_json.dumps(dict(kwargs or {}), "task arguments", "kwargs"),
-        priority=validate_priority(priority if priority is not None else task.priority),
+        args_json=_json.dumps(list(args), "task arguments", "args") if args else "[]",
+        kwargs_json=_json.dumps(dict(kwargs), "task arguments", "kwargs") if kwargs else "{}",
+        priority=task.priority if priority is None else validate_priority(priority),
         eta=eta,
         countdown=float(countdown) if countdown is not None else None,
         max_attempts=task.retry_policy.max_attempts,
@@ -182,7 +205,7 @@ def insert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
     """INSERT one job on a sync psycopg or SQLAlchemy connection, in its current transaction."""
     if isinstance(connection, psycopg.Connection):
         try:
-            row = connection.execute(queries.INSERT_JOB, request.params()).fetchone()
+            row = connection.execute(request.statement, request.params(), binary=True).fetchone()
         except psycopg.Error as exc:
             raise _translate(exc) from exc
         assert row is not None
@@ -193,7 +216,7 @@ def insert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
 
         try:
             result = connection.execute(
-                sa.text(queries.as_sqlalchemy(queries.INSERT_JOB)), request.params()
+                sa.text(queries.as_sqlalchemy(request.statement)), request.params()
             )
             return request.job_row(tuple(result.one()))
         except sa.exc.DBAPIError as exc:
@@ -213,7 +236,7 @@ async def ainsert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
     """Async twin of `insert_job` for psycopg AsyncConnection and SQLAlchemy async objects."""
     if isinstance(connection, psycopg.AsyncConnection):
         try:
-            cur = await connection.execute(queries.INSERT_JOB, request.params())
+            cur = await connection.execute(request.statement, request.params(), binary=True)
             row = await cur.fetchone()
         except psycopg.Error as exc:
             raise _translate(exc) from exc
@@ -225,7 +248,7 @@ async def ainsert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
 
         try:
             result = await connection.execute(
-                sa.text(queries.as_sqlalchemy(queries.INSERT_JOB)), request.params()
+                sa.text(queries.as_sqlalchemy(request.statement)), request.params()
             )
             return request.job_row(tuple(result.one()))
         except sa.exc.DBAPIError as exc:

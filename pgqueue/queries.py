@@ -79,6 +79,17 @@ RETURNING id, run_at, created_at, expires_at, pg_notify(
 )::text AS notified
 """
 
+# INSERT_JOB for the common case, a job due now that never expires: run_at and created_at are
+# the same now(), expires_at is NULL, so only the id and created_at come back. Every column
+# returned costs a few percent of an enqueue; this is the statement `delay()` runs.
+INSERT_JOB_NOW = f"""
+INSERT INTO pgqueue_jobs (queue, task_name, args, kwargs, priority, max_attempts)
+VALUES (
+    %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
+    %(priority)s, %(max_attempts)s)
+RETURNING id, created_at, pg_notify('{NOTIFY_ENQUEUED}', queue)
+"""
+
 # Claim up to `limit` due jobs of the given queues, skipping rows other workers hold; the
 # attempt counter is bumped here and becomes this claim's fencing token. Each queue is read
 # on its own through the claimable index, in (priority DESC, run_at, id) order, so a claim
