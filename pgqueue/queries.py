@@ -137,11 +137,13 @@ WITH picked AS (
     ) AS j
     LIMIT %(limit)s
 ), claimed AS (
+    -- By `id = ANY(ARRAY(...))`, a primary-key lookup per job: as a join with `picked`, on
+    -- statistics taken while the queue was empty, the planner walked the whole primary key
+    -- once per claim (and a claim of 10 cost 30 ms with 20,000 jobs waiting).
     UPDATE pgqueue_jobs AS j
     SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
         started_at = now()
-    FROM picked AS p
-    WHERE j.id = p.id AND NOT p.dead
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE NOT dead))
     RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
               j.max_attempts, j.run_at
 ), ended AS (
@@ -224,7 +226,8 @@ RELEASE_UNSTARTED = """
 UPDATE pgqueue_jobs AS j
 SET status = 'queued', attempts = j.attempts - 1, worker_id = NULL, started_at = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS c(id, attempt)
-WHERE j.id = c.id AND j.status = 'running' AND j.attempts = c.attempt
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = c.id AND j.status = 'running'
+  AND j.attempts = c.attempt
 RETURNING j.id
 """
 
@@ -335,16 +338,18 @@ WHERE worker_id = %(worker_id)s AND status = 'running' AND cancel_requested_at I
 """
 
 # Queued jobs past their deadline end CANCELLED (type Expired), even in queues no worker
-# serves; waiters are told.
+# serves; waiters are told. Every worker runs this each second: the rows are found by
+# `id = ANY(ARRAY(...))`, because as `id IN (...)`, on statistics taken while the queue was
+# empty, the planner walked the whole primary key each time (30 ms with 50,000 jobs queued).
 EXPIRE_QUEUED_JOBS = f"""
 WITH ended AS (
     DELETE FROM pgqueue_jobs
-    WHERE id IN (
+    WHERE id = ANY(ARRAY(
         SELECT id FROM pgqueue_jobs
         WHERE status = 'queued' AND expires_at <= now()
         ORDER BY expires_at
         LIMIT 1000
-        FOR UPDATE SKIP LOCKED)
+        FOR UPDATE SKIP LOCKED))
     RETURNING *
 ), archived AS (
     {

@@ -2,7 +2,8 @@
 
 It reads the claimable index, even on a table just filled and never analysed (a planner
 without statistics that chose a sequential scan and a sort would make every claim cost the
-whole backlog); and, given a position, it starts there rather than at the start of the index,
+whole backlog), and touches only the rows it claims, even on statistics taken while the queue
+was empty; and, given a position, it starts there rather than at the start of the index,
 whose dead entries an old snapshot can keep from being cleaned.
 """
 
@@ -46,6 +47,42 @@ def test_claim_uses_the_claimable_index_on_a_fresh_table_without_statistics(
     ]
     assert ("Index Scan", "pgqueue_jobs", "pgqueue_jobs_claimable_idx") in scans, scans
     assert not any(kind == "Seq Scan" for kind, _, _ in scans), scans
+
+
+def _rows_touched(node: dict[str, Any]) -> int:
+    """Rows a plan node produced or threw away, over all its loops (EXPLAIN ANALYZE)."""
+    rows = (
+        node.get("Actual Rows", 0)
+        + node.get("Rows Removed by Filter", 0)
+        + node.get("Rows Removed by Join Filter", 0)
+    )
+    return int(rows * node.get("Actual Loops", 1))
+
+
+def test_claim_and_expiry_touch_only_their_rows_on_statistics_taken_while_empty(
+    app: pgqueue.App, conn: psycopg.Connection[Any]
+) -> None:
+    """The usual life of a queue: analysed (by autovacuum) while drained, then a burst. On
+    those statistics the planner believes the table empty; a claim joined to its picked rows
+    then walked the whole primary key, and the per-second expiry check did the same."""
+
+    @app.task(queue="bulk")
+    def noop() -> None: ...
+
+    noop.delay_many([() for _ in range(2_000)])
+    conn.execute("DELETE FROM pgqueue_jobs")
+    conn.execute("ANALYZE pgqueue_jobs")  # no live rows, but pages: estimates of ~0 rows
+    noop.delay_many([() for _ in range(20_000)])
+    worker_id = _worker_id(conn)
+    statements = {
+        "claim": (queries.CLAIM_JOBS, claim_params(["bulk"], 10, worker_id)),
+        "expiry": (queries.EXPIRE_QUEUED_JOBS, {}),
+    }
+    for name, (sql, params) in statements.items():
+        row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()
+        assert row is not None
+        worst = max(_rows_touched(node) for node in _plan_nodes(row[0][0]["Plan"]))
+        assert worst <= 100, (name, worst)
 
 
 def _params(queues: list[str], positions: list[Any]) -> dict[str, Any]:
