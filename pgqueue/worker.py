@@ -24,7 +24,7 @@ import time
 import psycopg
 
 from pgqueue import queries
-from pgqueue._connection import ReconnectingConnection
+from pgqueue._connection import INDEX_SCAN_SETTINGS, ReconnectingConnection
 from pgqueue.app import App
 from pgqueue.claim import ClaimSignal, Position, claim_jobs
 from pgqueue.complete import Completer
@@ -188,8 +188,10 @@ class Worker:
             settings.concurrency,
             settings.pool,
         )
-        self.completer = Completer(ReconnectingConnection(self.app), settings.completion_batch_size)
-        self._claim_conn = ReconnectingConnection(self.app)
+        self.completer = Completer(
+            ReconnectingConnection(self.app, INDEX_SCAN_SETTINGS), settings.completion_batch_size
+        )
+        self._claim_conn = ReconnectingConnection(self.app, INDEX_SCAN_SETTINGS)
         self.scheduler: Scheduler | None = None
         if settings.run_scheduler:
             self.scheduler = Scheduler(self.app)
