@@ -100,6 +100,7 @@ class Worker:
         self._positions: dict[str, Position] = {}
         self._full_claim_at: dict[str, float] = {}
         self._full_claim_seconds = 0.0  # how long the last claim with a full read took
+        self._full_read = False  # whether the claim being made reads a queue from its start
         # A claim takes at most half the slots, so that the next claim's round trip overlaps
         # with running the jobs of the last one instead of waiting for them all to finish.
         self._claim_limit = max(1, (self.settings.concurrency + 1) // 2)
@@ -313,7 +314,9 @@ class Worker:
                     began = time.monotonic()
                     limit = min(free, self._claim_limit)
                     claim = await claim_jobs(conn, self._queue_order(), limit, worker_id, positions)
-                    if len(positions) < len(self.queues):
+                    # Timed only when due to the interval: a queue that never had a job has no
+                    # position either, and its cheap reads must not shorten the spacing.
+                    if self._full_read:
                         self._full_claim_seconds = time.monotonic() - began
                 except DATABASE_TROUBLE as exc:
                     logger.warning(
@@ -349,9 +352,11 @@ class Worker:
         now = time.monotonic()
         interval = max(FULL_CLAIM_INTERVAL, FULL_CLAIM_SHARE * self._full_claim_seconds)
         positions = {}
+        self._full_read = False
         for queue in self.queues:
             if now - self._full_claim_at.get(queue, 0.0) >= interval:
                 self._full_claim_at[queue] = now
+                self._full_read = True
                 self._positions.pop(queue, None)
             elif queue in self._positions:
                 positions[queue] = self._positions[queue]
