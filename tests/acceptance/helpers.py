@@ -21,7 +21,6 @@ from typing import IO, Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pgqueue import queries
 from pgqueue.enqueue import build_request
 from pgqueue.tasks import Task
 from tests.conftest import ROOT, wait_until
@@ -148,9 +147,11 @@ def enqueue_many(
     conn: psycopg.Connection[Any], jobs: Sequence[tuple[Task[Any, Any], Sequence[Any]]]
 ) -> None:
     """Enqueue many jobs with the engine's own INSERT, pipelined, in one transaction."""
-    params = [build_request(task, args).params() for task, args in jobs]
+    requests = [build_request(task, args) for task, args in jobs]
+    statement = requests[0].statement  # all due now: INSERT_JOB_NOW
+    assert all(request.statement == statement for request in requests)
     with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(queries.INSERT_JOB, params)
+        cur.executemany(statement, [request.params() for request in requests])
 
 
 def job_row(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
