@@ -51,7 +51,12 @@ def dumps(value: Any, what: str = "value", path: str = "value") -> str:
 
 
 def loads(value: Any) -> Any:
-    """Decode a JSON column that a driver may hand back as text or already decoded."""
+    """Decode a JSON column that a driver may hand back as text or already decoded. Empty
+    arguments, as most jobs have, skip the decoder (a fresh list or dict each time)."""
+    if value == "[]":
+        return []
+    if value == "{}":
+        return {}
     if isinstance(value, (str, bytes, bytearray)):
         return json.loads(value)
     return value

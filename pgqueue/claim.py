@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from pgqueue import queries
+from pgqueue import _json, queries
 from pgqueue.outcome import ClaimedJob
 
 # Where a claim stopped in a queue: the (priority, run_at, id) of the last job it took.
@@ -80,15 +79,14 @@ async def claim_jobs(
         if dead:
             ended.append((id_, task_name))
             continue
-        # Arguments come as text: decoded here, without the driver's bytes decoding, and not
-        # at all when empty (as most are).
+        # Arguments come as text: decoded here, without the driver's bytes decoding.
         jobs.append(
             ClaimedJob(
                 id_,
                 queue,
                 task_name,
-                [] if args == "[]" else json.loads(args),
-                {} if kwargs == "{}" else json.loads(kwargs),
+                _json.loads(args),
+                _json.loads(kwargs),
                 priority,
                 attempts,
                 max_attempts,

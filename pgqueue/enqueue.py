@@ -7,7 +7,6 @@ commits it; without, pgqueue uses its own autocommit connection.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -87,8 +86,8 @@ class JobRequest:
             "priority": self.priority,
             "attempts": 0,
             "max_attempts": self.max_attempts,
-            "args": [] if self.args_json == "[]" else json.loads(self.args_json),
-            "kwargs": {} if self.kwargs_json == "{}" else json.loads(self.kwargs_json),
+            "args": _json.loads(self.args_json),
+            "kwargs": _json.loads(self.kwargs_json),
             "run_at": run_at,
             "created_at": created_at,
             "expires_at": expires_at,

@@ -100,7 +100,6 @@ class Worker:
         self._positions: dict[str, Position] = {}
         self._full_claim_at: dict[str, float] = {}
         self._full_claim_seconds = 0.0  # how long the last claim with a full read took
-        self._full_read = False  # whether the claim being made reads a queue from its start
         # A claim takes at most half the slots, so that the next claim's round trip overlaps
         # with running the jobs of the last one instead of waiting for them all to finish.
         self._claim_limit = max(1, (self.settings.concurrency + 1) // 2)
@@ -310,13 +309,13 @@ class Worker:
             if free > 0 and want_claim and self.notifier.connected.is_set() and worker_id:
                 try:
                     conn = await self._claim_conn.get()
-                    positions = self._claim_positions()
+                    positions, full_read = self._claim_positions()
                     began = time.monotonic()
                     limit = min(free, self._claim_limit)
                     claim = await claim_jobs(conn, self._queue_order(), limit, worker_id, positions)
                     # Timed only when due to the interval: a queue that never had a job has no
                     # position either, and its cheap reads must not shorten the spacing.
-                    if self._full_read:
+                    if full_read:
                         self._full_claim_seconds = time.monotonic() - began
                 except DATABASE_TROUBLE as exc:
                     logger.warning(
@@ -344,23 +343,23 @@ class Worker:
             await self._signal.wait()
             want_claim = True
 
-    def _claim_positions(self) -> dict[str, Position]:
+    def _claim_positions(self) -> tuple[dict[str, Position], bool]:
         """Where each queue's claim starts: after this worker's last claim there, but from
         the start when the last full read of the queue is FULL_CLAIM_INTERVAL old, or more
         when full reads are slow (see CLAIM_JOBS: jobs sorting before the position are found
-        then)."""
+        then). Also whether some queue is read from its start for that reason (a full read)."""
         now = time.monotonic()
         interval = max(FULL_CLAIM_INTERVAL, FULL_CLAIM_SHARE * self._full_claim_seconds)
         positions = {}
-        self._full_read = False
+        full_read = False
         for queue in self.queues:
             if now - self._full_claim_at.get(queue, 0.0) >= interval:
                 self._full_claim_at[queue] = now
-                self._full_read = True
+                full_read = True
                 self._positions.pop(queue, None)
             elif queue in self._positions:
                 positions[queue] = self._positions[queue]
-        return positions
+        return positions, full_read
 
     def _queue_order(self) -> tuple[str, ...]:
         """The queues, starting one further each claim, so that no queue can starve the

@@ -17,13 +17,11 @@ def _worker() -> Worker:
 
 def test_each_queue_is_read_from_its_start_first_then_from_its_position() -> None:
     worker = _worker()
-    assert worker._claim_positions() == {}
-    assert worker._full_read
+    assert worker._claim_positions() == ({}, True)
     worker._positions["busy"] = POSITION  # the claim took jobs from "busy" only
-    assert worker._claim_positions() == {"busy": POSITION}
     # "idle" has no position because it never had a job: reading it is not a full read, and
     # must not count as one when full reads are timed.
-    assert not worker._full_read
+    assert worker._claim_positions() == ({"busy": POSITION}, False)
 
 
 def test_slow_full_reads_are_spaced_out() -> None:
@@ -33,8 +31,6 @@ def test_slow_full_reads_are_spaced_out() -> None:
     for queue in worker.queues:  # the last full read was 2 intervals ago...
         worker._full_claim_at[queue] -= 2 * FULL_CLAIM_INTERVAL
     worker._full_claim_seconds = FULL_CLAIM_INTERVAL  # ...and took a whole interval
-    assert worker._claim_positions() == {"busy": POSITION}
-    assert not worker._full_read
+    assert worker._claim_positions() == ({"busy": POSITION}, False)
     worker._full_claim_seconds = 0.001
-    assert worker._claim_positions() == {}
-    assert worker._full_read
+    assert worker._claim_positions() == ({}, True)
