@@ -1,6 +1,6 @@
 """Maintenance every worker runs, each pass idempotent, so no leader is needed: rescue the jobs
-of lost workers, expire queued jobs past their deadline, and catch cancel requests whose
-notification was missed.
+of lost workers (and, less often, running jobs whose worker row is gone), expire queued jobs
+past their deadline, and catch cancel requests whose notification was missed.
 
 A worker is lost when its session advisory lock is gone (PostgreSQL drops it with the session:
 a crash, `kill -9`, a closed connection) and its heartbeat is older than `lock_grace`, or when
@@ -23,11 +23,23 @@ async def rescue_lost_jobs(
     conn: psycopg.AsyncConnection[Any], *, lock_grace: float, heartbeat_timeout: float
 ) -> list[dict[str, Any]]:
     """Run one rescue pass; returns the rescued jobs (id, task_name, attempts, status)."""
+    return await _rescue(
+        conn,
+        queries.RESCUE_LOST_JOBS,
+        {"lock_grace": lock_grace, "heartbeat_timeout": heartbeat_timeout},
+    )
+
+
+async def rescue_orphaned_jobs(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+    """Rescue running jobs whose worker row no longer exists; returns them, as above."""
+    return await _rescue(conn, queries.RESCUE_ORPHANED_JOBS, {})
+
+
+async def _rescue(
+    conn: psycopg.AsyncConnection[Any], statement: str, params: dict[str, Any]
+) -> list[dict[str, Any]]:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            queries.RESCUE_LOST_JOBS,
-            {"lock_grace": lock_grace, "heartbeat_timeout": heartbeat_timeout},
-        )
+        await cur.execute(statement, params)
         return await cur.fetchall()
 
 

@@ -76,7 +76,7 @@ jobs = sa.Table(
         "id",
         postgresql_where=sa.text("status = 'queued'"),
     ),
-    # Rescue finds the jobs of a lost worker through this one.
+    # Rescue finds the jobs of a lost worker through this one, a worker its stray claims.
     sa.Index(
         "pgqueue_jobs_running_idx",
         "worker_id",
@@ -87,6 +87,12 @@ jobs = sa.Table(
         "pgqueue_jobs_expiring_idx",
         "expires_at",
         postgresql_where=sa.text("status = 'queued' AND expires_at IS NOT NULL"),
+    ),
+    # Each worker's look for cancel requests it missed: running jobs asked to stop, a small set.
+    sa.Index(
+        "pgqueue_jobs_cancel_requested_idx",
+        "worker_id",
+        postgresql_where=sa.text("status = 'running' AND cancel_requested_at IS NOT NULL"),
     ),
 )
 

@@ -38,6 +38,7 @@ from pgqueue.maintenance import (
     jobs_held_by,
     prune_finished_jobs,
     rescue_lost_jobs,
+    rescue_orphaned_jobs,
 )
 from pgqueue.migrate import check_schema
 from pgqueue.notifier import Notifier
@@ -62,6 +63,11 @@ INTERRUPTED_THREAD_RETRY_DELAY = 10.0
 # A job running under this worker's id for longer than this, that it does not know about, was
 # claimed by a claim whose reply was lost.
 STRAY_AGE = 10.0
+# Checks that read every job this worker (or the fleet) runs, and so every dead index entry an
+# old snapshot keeps, run this often rather than each maintenance pass: a look for stray claims
+# (see above), and one for running jobs whose worker row is gone.
+STRAY_CHECK_INTERVAL = STRAY_AGE / 2
+ORPHAN_CHECK_INTERVAL = 10.0
 # What a background loop survives by logging, reconnecting and trying again: any error from
 # the database or the network, including pgqueue's own "could not connect".
 DATABASE_TROUBLE = (psycopg.Error, OSError, DatabaseUnavailable)
@@ -508,19 +514,26 @@ class Worker:
 
     async def _maintenance_loop(self) -> None:
         conn = ReconnectingConnection(self.app)
-        next_prune = time.monotonic() + self.settings.prune_interval / 4
+        began = time.monotonic()
+        next_prune = began + self.settings.prune_interval / 4
+        next_orphan_check = began  # at once: a worker that exited may have left some
+        next_stray_check = began + STRAY_CHECK_INTERVAL
         try:
             while True:
                 if self.settings.retention and time.monotonic() >= next_prune:
                     behind = await self._prune(conn)
                     # Behind (a pass stopped at its limit): go on at the next maintenance pass.
                     next_prune = time.monotonic() + (0 if behind else self.settings.prune_interval)
+                orphan_check = time.monotonic() >= next_orphan_check
                 try:
                     rescued = await rescue_lost_jobs(
                         await conn.get(),
                         lock_grace=self.settings.lock_grace,
                         heartbeat_timeout=self.settings.heartbeat_timeout,
                     )
+                    if orphan_check:
+                        rescued += await rescue_orphaned_jobs(await conn.get())
+                        next_orphan_check = time.monotonic() + ORPHAN_CHECK_INTERVAL
                     expired = await expire_queued_jobs(await conn.get())
                     worker_id = self.presence.worker_id
                     asked = await cancel_requests_for(await conn.get(), worker_id or 0)
@@ -536,7 +549,9 @@ class Worker:
                     )
                 for job_id in asked:
                     self._cancel_running(job_id)
-                await self._give_back_strays(conn)
+                if time.monotonic() >= next_stray_check:
+                    await self._give_back_strays(conn)
+                    next_stray_check = time.monotonic() + STRAY_CHECK_INTERVAL
                 for row in rescued:
                     log = logger.error if row["status"] == "failed" else logger.warning
                     log(

@@ -15,7 +15,7 @@ import pgqueue
 from pgqueue import queries
 from pgqueue.claim import claim_params
 from pgqueue.complete import write_outcomes
-from pgqueue.maintenance import rescue_lost_jobs
+from pgqueue.maintenance import rescue_lost_jobs, rescue_orphaned_jobs
 from pgqueue.outcome import ClaimedJob, Failed, Outcome, RetryLater, Succeeded, simple_error
 from pgqueue.schema import ADVISORY_LOCK_NAMESPACE
 from tests.conftest import wait_until
@@ -274,3 +274,47 @@ def test_a_claim_whose_reply_was_lost_is_given_back_and_runs(
     )
     job.wait(timeout=30)
     assert ran == [1]  # given back uncounted, then run once
+
+
+def test_a_running_job_whose_worker_row_is_gone_is_rescued_by_the_orphan_check(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    """A worker that exited without writing every outcome leaves running jobs and no row. The
+    per-second rescue looks only at the jobs of workers it finds lost; the orphan check, run
+    less often, reads every running job and finds these."""
+
+    @app.task(max_attempts=1)
+    def left_behind() -> None: ...
+
+    job = left_behind.delay()
+    gone = _lost_worker(conn, heartbeat_age=0)
+    _claim_by_hand(conn, gone)
+    conn.execute("DELETE FROM pgqueue_workers WHERE id = %s", (gone,))
+
+    async def passes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            lost = await rescue_lost_jobs(aconn, lock_grace=60, heartbeat_timeout=60)
+            return lost, await rescue_orphaned_jobs(aconn)
+
+    lost, orphaned = asyncio.run(passes())
+    assert lost == []
+    assert [(r["id"], r["status"]) for r in orphaned] == [(job.id, "failed")]
+    with pytest.raises(pgqueue.JobFailed, match="worker lost"):
+        job.wait(timeout=5)
+
+
+def test_a_starting_worker_rescues_orphaned_jobs_at_once(
+    app: pgqueue.App, conn: psycopg.Connection[Any], start_worker: Callable[..., Any]
+) -> None:
+    @app.task(max_attempts=3)
+    def survives() -> int:
+        context = pgqueue.current_job()
+        assert context is not None
+        return context.attempt
+
+    job = survives.delay()
+    gone = _lost_worker(conn, heartbeat_age=0)
+    _claim_by_hand(conn, gone)
+    conn.execute("DELETE FROM pgqueue_workers WHERE id = %s", (gone,))
+    start_worker(app)
+    assert job.wait(timeout=15) == 2
