@@ -103,6 +103,13 @@ def _lost_worker(conn: psycopg.Connection[Any], heartbeat_age: float) -> int:
     return int(row[0])
 
 
+def _claim_by_a_gone_worker(conn: psycopg.Connection[Any]) -> None:
+    """Claim the queued job for a worker, then delete the worker's row: an orphaned job."""
+    gone = _lost_worker(conn, heartbeat_age=0)
+    _claim_by_hand(conn, gone)
+    conn.execute("DELETE FROM pgqueue_workers WHERE id = %s", (gone,))
+
+
 def _rescue(dsn: str) -> list[dict[str, Any]]:
     # The lock grace also runs from the server's start (a restart ends every session): on a
     # server started moments ago, as the embedded one is at the start of a test session,
@@ -232,12 +239,16 @@ def test_worker_with_a_stale_heartbeat_is_lost_even_holding_its_lock(
     assert job.refresh().status is pgqueue.JobStatus.QUEUED
 
 
+@pytest.mark.parametrize("left_by", ["a lost worker", "a worker row that is gone"])
 def test_rescued_job_runs_again_on_a_live_worker(
     app: pgqueue.App,
-    dsn: str,
     conn: psycopg.Connection[Any],
     start_worker: Callable[..., Any],
+    left_by: str,
 ) -> None:
+    """A starting worker's rescuer finds the job: a lost worker's at its first pass, one whose
+    worker row is gone at the orphan check it runs when it starts."""
+
     @app.task(max_attempts=3)
     def survives() -> int:
         context = pgqueue.current_job()
@@ -245,8 +256,11 @@ def test_rescued_job_runs_again_on_a_live_worker(
         return context.attempt
 
     job = survives.delay()
-    _claim_by_hand(conn, _lost_worker(conn, heartbeat_age=LOCK_GRACE + 5))
-    start_worker(app, rescue_interval=0.1)  # its own rescuer finds the job
+    if left_by == "a lost worker":
+        _claim_by_hand(conn, _lost_worker(conn, heartbeat_age=LOCK_GRACE + 5))
+    else:
+        _claim_by_a_gone_worker(conn)
+    start_worker(app, rescue_interval=0.1)
     assert job.wait(timeout=15) == 2
 
 
@@ -287,9 +301,7 @@ def test_a_running_job_whose_worker_row_is_gone_is_rescued_by_the_orphan_check(
     def left_behind() -> None: ...
 
     job = left_behind.delay()
-    gone = _lost_worker(conn, heartbeat_age=0)
-    _claim_by_hand(conn, gone)
-    conn.execute("DELETE FROM pgqueue_workers WHERE id = %s", (gone,))
+    _claim_by_a_gone_worker(conn)
 
     async def passes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
@@ -301,20 +313,3 @@ def test_a_running_job_whose_worker_row_is_gone_is_rescued_by_the_orphan_check(
     assert [(r["id"], r["status"]) for r in orphaned] == [(job.id, "failed")]
     with pytest.raises(pgqueue.JobFailed, match="worker lost"):
         job.wait(timeout=5)
-
-
-def test_a_starting_worker_rescues_orphaned_jobs_at_once(
-    app: pgqueue.App, conn: psycopg.Connection[Any], start_worker: Callable[..., Any]
-) -> None:
-    @app.task(max_attempts=3)
-    def survives() -> int:
-        context = pgqueue.current_job()
-        assert context is not None
-        return context.attempt
-
-    job = survives.delay()
-    gone = _lost_worker(conn, heartbeat_age=0)
-    _claim_by_hand(conn, gone)
-    conn.execute("DELETE FROM pgqueue_workers WHERE id = %s", (gone,))
-    start_worker(app)
-    assert job.wait(timeout=15) == 2
