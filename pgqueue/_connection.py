@@ -20,12 +20,23 @@ if TYPE_CHECKING:
 # or a bitmap scan and sort of the whole backlog for each claim: 2-10 ms a statement instead
 # of 0.3, growing with the backlog. (Not for statements that read the system catalogs, such
 # as the rescue's look at pg_locks: without sequential scans their plans are far slower.)
-INDEX_SCAN_SETTINGS = "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off"
+#
+# The same one good plan is why these statements are planned once per connection (a generic
+# plan, kept until ANALYZE or DDL invalidates it) rather than for each execution. Left to
+# choose, PostgreSQL compares its first five custom plans with the generic one, and a claim
+# of a few jobs looks cheaper planned for its own LIMIT: the claim connection then planned
+# every claim afresh, which took longer than running it, and the worker drained a burst 30%
+# slower (45 against 90 ms of claim-session CPU per 1,000 jobs; docs/benchmarks.md). Which
+# way it went changed with each ANALYZE, so from one run to the next.
+HOT_PATH_SETTINGS = (
+    "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off;"
+    " SET plan_cache_mode = force_generic_plan"
+)
 
 
 class ReconnectingConnection:
     """`get()` returns the connection, connecting first if there is none or it broke (and
-    running `setup`, such as INDEX_SCAN_SETTINGS, on each new one); `reset()` closes it after
+    running `setup`, such as HOT_PATH_SETTINGS, on each new one); `reset()` closes it after
     an error, so the next `get()` starts afresh."""
 
     def __init__(self, app: App, setup: str | None = None) -> None:

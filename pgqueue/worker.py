@@ -24,7 +24,7 @@ import time
 import psycopg
 
 from pgqueue import queries
-from pgqueue._connection import INDEX_SCAN_SETTINGS, ReconnectingConnection
+from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue.app import App
 from pgqueue.claim import ClaimSignal, Position, claim_jobs
 from pgqueue.complete import Completer
@@ -195,9 +195,9 @@ class Worker:
             settings.pool,
         )
         self.completer = Completer(
-            ReconnectingConnection(self.app, INDEX_SCAN_SETTINGS), settings.completion_batch_size
+            ReconnectingConnection(self.app, HOT_PATH_SETTINGS), settings.completion_batch_size
         )
-        self._claim_conn = ReconnectingConnection(self.app, INDEX_SCAN_SETTINGS)
+        self._claim_conn = ReconnectingConnection(self.app, HOT_PATH_SETTINGS)
         self.scheduler: Scheduler | None = None
         if settings.run_scheduler:
             self.scheduler = Scheduler(self.app)

@@ -11,15 +11,16 @@ whose dead entries an old snapshot can keep from being cleaned.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import psycopg
 
 import pgqueue
 from pgqueue import queries
-from pgqueue._connection import INDEX_SCAN_SETTINGS
+from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue.claim import Claim, claim_jobs, claim_params
-from pgqueue.complete import outcomes_document
+from pgqueue.complete import outcomes_document, write_outcomes
 from pgqueue.outcome import ClaimedJob, Succeeded
 
 
@@ -97,7 +98,7 @@ def test_worker_claims_and_completions_use_index_scans_on_statistics_of_a_few_ro
 ) -> None:
     """Statistics taken with a handful of jobs queued: the planner then preferred, for a claim
     after a position, a bitmap scan and sort of the whole backlog. The worker's claim and
-    completer connections run with INDEX_SCAN_SETTINGS, which leave only the index scans."""
+    completer connections run with HOT_PATH_SETTINGS, which leave only the index scans."""
 
     @app.task(queue="bulk")
     def noop() -> None: ...
@@ -112,7 +113,7 @@ def test_worker_claims_and_completions_use_index_scans_on_statistics_of_a_few_ro
     ).fetchone()
     assert position is not None
     with psycopg.connect(app.dsn, autocommit=True) as worker_conn:
-        worker_conn.execute(INDEX_SCAN_SETTINGS)
+        worker_conn.execute(HOT_PATH_SETTINGS)
         claims = {
             "after a position": claim_params(["bulk"], 10, worker_id, {"bulk": tuple(position)}),
             "from the start": claim_params(["bulk"], 10, worker_id),
@@ -141,6 +142,117 @@ def test_worker_claims_and_completions_use_index_scans_on_statistics_of_a_few_ro
         assert row is not None
         worst = _jobs_rows_read(row[0][0]["Plan"])
         assert worst <= 100, ("completion", worst)
+
+
+def _generic_plan(
+    conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of `sql` as a prepared statement run with its generic plan, the plan a
+    worker's connection runs (HOT_PATH_SETTINGS force it): one planned for any parameters,
+    where EXPLAIN of the statement itself would plan for these ones."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    prepared = re.sub(r"%\((\w+)\)s", number, sql).replace("%%", "%")
+    conn.execute(f"PREPARE hot_path_statement AS {prepared}")
+    try:
+        types = conn.execute(
+            "SELECT parameter_types::text[] FROM pg_prepared_statements"
+            " WHERE name = 'hot_path_statement'"
+        ).fetchone()
+        assert types is not None
+        arguments = ", ".join(
+            f"%({name})s::{type_}" for name, type_ in zip(names, types[0], strict=True)
+        )
+        # EXPLAIN EXECUTE takes no bound parameters: the values are written into the text.
+        row = (
+            psycopg.ClientCursor(conn)
+            .execute(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE hot_path_statement({arguments})", params
+            )
+            .fetchone()
+        )
+    finally:
+        conn.execute("DEALLOCATE hot_path_statement")
+    assert row is not None
+    return dict(row[0][0]["Plan"])
+
+
+def test_the_worker_plans_its_claim_and_outcome_statements_once(
+    app: pgqueue.App, conn: psycopg.Connection[Any]
+) -> None:
+    """A claim of a few jobs looked cheaper to the planner planned for its own LIMIT, so it
+    planned every claim afresh, which took longer than running it (a burst drained 30% slower).
+    The worker's connections use one generic plan: it must never be a custom one, and the
+    generic plan must touch only the rows it claims or ends, on statistics taken while the
+    queue was empty, from the start of a queue or from a position."""
+
+    @app.task(queue="bulk")
+    def noop() -> None: ...
+
+    conn.execute("ANALYZE pgqueue_jobs")  # empty: the statistics of a drained queue
+    noop.delay_many([() for _ in range(20_000)])
+    worker_id = _worker_id(conn)
+
+    async def claim_as_the_worker_does() -> list[tuple[str, int, int]]:
+        hot_path = ReconnectingConnection(app, HOT_PATH_SETTINGS)
+        try:
+            aconn = await hot_path.get()
+            position = None
+            for limit in (1, 2, 3, 1, 2, 3, 1, 2):  # slots freed a few at a time
+                claim = await claim_jobs(aconn, ["bulk"], limit, worker_id, position)
+                position = claim.last
+                await write_outcomes(aconn, [Succeeded(job, "null") for job in claim.jobs])
+            cur = await aconn.execute(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            )
+            return [(str(r[0]), int(r[1]), int(r[2])) for r in await cur.fetchall()]
+        finally:
+            await hot_path.reset()
+
+    prepared = asyncio.run(claim_as_the_worker_does())
+    plans = {
+        name: (generic, custom)
+        for statement, generic, custom in prepared
+        for name, marker in (("claim", "picked AS"), ("outcomes", "jsonb_to_recordset"))
+        if marker in statement
+    }
+    assert set(plans) == {"claim", "outcomes"}, prepared
+    for name, (generic, custom) in plans.items():
+        assert custom == 0 and generic > 0, (name, generic, custom)
+
+    position = conn.execute(
+        "SELECT priority, run_at, id FROM pgqueue_jobs WHERE status = 'queued'"
+        " ORDER BY id OFFSET 100 LIMIT 1"
+    ).fetchone()
+    assert position is not None
+    conn.execute(HOT_PATH_SETTINGS)
+    claims = {
+        "after a position": claim_params(["bulk"], 3, worker_id, {"bulk": tuple(position)}),
+        "from the start": claim_params(["bulk"], 3, worker_id),
+    }
+    for name, params in claims.items():
+        worst = _jobs_rows_read(_generic_plan(conn, queries.CLAIM_JOBS, params))
+        assert worst <= 100, (name, worst)
+    claimed = conn.execute(
+        "SELECT id, attempts FROM pgqueue_jobs WHERE status = 'running'"
+    ).fetchall()
+    assert len(claimed) == 6
+    outcomes = outcomes_document(
+        [
+            Succeeded(ClaimedJob(job_id, "bulk", "noop", [], {}, 0, attempt, 3), "null")
+            for job_id, attempt in claimed
+        ]
+    )
+    plan = _generic_plan(conn, queries.COMPLETE_JOBS, {"outcomes": outcomes})
+    assert _jobs_rows_read(plan) <= 100, ("outcomes", _jobs_rows_read(plan))
+    assert conn.execute(
+        "SELECT count(*) FROM pgqueue_jobs WHERE status = 'running'"
+    ).fetchone() == (0,)
 
 
 def test_per_second_checks_do_not_read_every_running_job(
