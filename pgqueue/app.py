@@ -27,6 +27,7 @@ from psycopg.pq import ConnStatus
 from psycopg.rows import dict_row
 
 from pgqueue import _embedded, queries
+from pgqueue._fast_insert import FastInsert
 from pgqueue.config import DEFAULT_QUEUE, resolve_dsn
 from pgqueue.enqueue import JobRequest, _translate
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
@@ -274,6 +275,7 @@ class App:
             self._local.conn = conn
             self._local.pid = os.getpid()
             self._local.insert_cursor = conn.cursor(binary=True)
+            self._local.fast_insert = FastInsert(conn)
         return conn
 
     async def _ashared_connection(self) -> psycopg.AsyncConnection[Any]:
@@ -305,8 +307,10 @@ class App:
 
     def _insert_committed(self, request: JobRequest) -> dict[str, Any]:
         self._shared_connection()
-        cursor = self._local.insert_cursor  # kept with the connection: one fewer object a job
         try:
+            if request.due_now:  # the common case, through libpq: see _fast_insert
+                return request.job_row(self._local.fast_insert.insert(request))
+            cursor = self._local.insert_cursor  # kept with the connection: one fewer object
             row = cursor.execute(request.statement, request.params()).fetchone()
         except psycopg.Error as exc:
             raise _translate(exc) from exc

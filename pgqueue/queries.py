@@ -9,6 +9,7 @@ written only `WHERE status = 'running' AND attempts = <the claim's attempt>` (th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import cache
 
 from pgqueue.schema import (
@@ -416,6 +417,15 @@ _PARAM = re.compile(r"%\((\w+)\)s")
 def as_sqlalchemy(sql: str) -> str:
     """The same statement with SQLAlchemy's `:name` placeholders (and `%%` unescaped)."""
     return _PARAM.sub(r":\1", sql).replace("%%", "%")
+
+
+def as_libpq(sql: str, names: Sequence[str]) -> str:
+    """The same statement with libpq's `$n` placeholders, numbered in the order of `names`
+    (which must name every parameter it has), and `%%` unescaped."""
+    found = set(_PARAM.findall(sql))
+    if found != set(names):
+        raise ValueError(f"the statement's parameters are {sorted(found)}, not {list(names)}")
+    return _PARAM.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql).replace("%%", "%")
 
 
 # -- periodic schedules ---------------------------------------------------------------------
