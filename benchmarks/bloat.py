@@ -1,7 +1,7 @@
 """The bloat and long-transaction benchmark: does a steady load keep throughput flat and the hot
 table bounded, and how much capacity is left while another session holds an old snapshot?
 
-    make bloat                          # 10 min steady + 5 min held snapshot: about 16 min
+    make bloat                          # 10 min steady + 5 min held snapshot: about 17 min
     make bloat BLOAT_ARGS="--quick"     # a smoke run: about 1.5 min
 
 Uses $PGQUEUE_DSN's server (or the embedded one) and a fresh database it drops afterwards, with
