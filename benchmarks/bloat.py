@@ -663,6 +663,7 @@ class Run:
         )
         cpu = cpu_spent(cpu_before, cpu_by_role(self.conn, self.worker.process.pid))
         jobs, seconds, first_start, claims, batches = self.jobs.burst(self.conn, after_id)
+        cpu_per_1000 = {role: ms * 1000 / jobs for role, ms in cpu.items()}
         self.highest_burst_id = self.jobs.highest_id(self.conn)
         result = {
             "jobs": jobs,
@@ -674,17 +675,13 @@ class Run:
             "hot_bytes_after": hot_size(table_sizes(self.conn)),
             "jobs_per_claim": jobs / claims,
             "jobs_per_outcome_batch": jobs / batches,
-            "cpu_ms_per_1000_jobs": {role: ms * 1000 / jobs for role, ms in cpu.items()},
+            "cpu_ms_per_1000_jobs": cpu_per_1000,
         }
         print(
             f"-- burst {name}: {jobs:,} jobs in {seconds:.2f} s = {result['jobs_per_s']:,.0f}"
             f" jobs/s; {jobs / claims:.1f} jobs a claim, {jobs / batches:.1f} an outcome batch;"
             " CPU ms per 1,000 jobs: "
-            + ", ".join(
-                f"{role} {ms * 1000 / jobs:.0f}"
-                for role, ms in cpu.items()
-                if round(ms * 1000 / jobs)
-            ),
+            + ", ".join(f"{role} {ms:.0f}" for role, ms in cpu_per_1000.items() if round(ms)),
             flush=True,
         )
         return result

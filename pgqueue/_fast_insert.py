@@ -86,15 +86,14 @@ class FastInsert:
         self._prepared = True
 
     def _error(self, result: Any) -> psycopg.Error:
-        message = result.get_error_message(self._encoding)
         if self._conn.pgconn.status == ConnStatus.BAD:
             # The connection is gone (psycopg raises the same class for it).
-            return psycopg.OperationalError(message)
+            return psycopg.OperationalError(result.get_error_message(self._encoding))
         return errors.error_from_result(result, self._encoding)
 
 
 def _sqlstate(result: Any) -> str:
-    state = result.error_field(DiagnosticField.SQLSTATE) if result else None
+    state = result.error_field(DiagnosticField.SQLSTATE)
     return state.decode() if state else ""
 
 

@@ -93,6 +93,20 @@ def test_claim_and_expiry_touch_only_their_rows_on_statistics_taken_while_empty(
         assert worst <= 100, (name, worst)
 
 
+def _success_of_every_running_job(conn: psycopg.Connection[Any], expected: int) -> str:
+    """COMPLETE_JOBS's parameter: a success for each running job (there must be `expected`)."""
+    claimed = conn.execute(
+        "SELECT id, attempts FROM pgqueue_jobs WHERE status = 'running'"
+    ).fetchall()
+    assert len(claimed) == expected
+    return outcomes_document(
+        [
+            Succeeded(ClaimedJob(job_id, "bulk", "noop", [], {}, 0, attempt, 3), "null")
+            for job_id, attempt in claimed
+        ]
+    )
+
+
 def test_worker_claims_and_completions_use_index_scans_on_statistics_of_a_few_rows(
     app: pgqueue.App, conn: psycopg.Connection[Any]
 ) -> None:
@@ -118,7 +132,6 @@ def test_worker_claims_and_completions_use_index_scans_on_statistics_of_a_few_ro
             "after a position": claim_params(["bulk"], 10, worker_id, {"bulk": tuple(position)}),
             "from the start": claim_params(["bulk"], 10, worker_id),
         }
-        claimed: list[tuple[int, int]] = []
         for name, params in claims.items():
             row = worker_conn.execute(
                 "EXPLAIN (ANALYZE, FORMAT JSON) " + queries.CLAIM_JOBS, params
@@ -126,16 +139,7 @@ def test_worker_claims_and_completions_use_index_scans_on_statistics_of_a_few_ro
             assert row is not None
             worst = _jobs_rows_read(row[0][0]["Plan"])
             assert worst <= 100, (name, worst)
-        claimed = worker_conn.execute(
-            "SELECT id, attempts FROM pgqueue_jobs WHERE status = 'running'"
-        ).fetchall()
-        assert len(claimed) == 20
-        outcomes = outcomes_document(
-            [
-                Succeeded(ClaimedJob(job_id, "bulk", "noop", [], {}, 0, attempt, 3), "null")
-                for job_id, attempt in claimed
-            ]
-        )
+        outcomes = _success_of_every_running_job(worker_conn, expected=20)
         row = worker_conn.execute(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + queries.COMPLETE_JOBS, {"outcomes": outcomes}
         ).fetchone()
@@ -150,15 +154,8 @@ def _generic_plan(
     """EXPLAIN ANALYZE of `sql` as a prepared statement run with its generic plan, the plan a
     worker's connection runs (HOT_PATH_SETTINGS force it): one planned for any parameters,
     where EXPLAIN of the statement itself would plan for these ones."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    prepared = re.sub(r"%\((\w+)\)s", number, sql).replace("%%", "%")
-    conn.execute(f"PREPARE hot_path_statement AS {prepared}")
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))  # in order of appearance
+    conn.execute(f"PREPARE hot_path_statement AS {queries.as_libpq(sql, names)}")
     try:
         types = conn.execute(
             "SELECT parameter_types::text[] FROM pg_prepared_statements"
@@ -238,16 +235,7 @@ def test_the_worker_plans_its_claim_and_outcome_statements_once(
     for name, params in claims.items():
         worst = _jobs_rows_read(_generic_plan(conn, queries.CLAIM_JOBS, params))
         assert worst <= 100, (name, worst)
-    claimed = conn.execute(
-        "SELECT id, attempts FROM pgqueue_jobs WHERE status = 'running'"
-    ).fetchall()
-    assert len(claimed) == 6
-    outcomes = outcomes_document(
-        [
-            Succeeded(ClaimedJob(job_id, "bulk", "noop", [], {}, 0, attempt, 3), "null")
-            for job_id, attempt in claimed
-        ]
-    )
+    outcomes = _success_of_every_running_job(conn, expected=6)
     plan = _generic_plan(conn, queries.COMPLETE_JOBS, {"outcomes": outcomes})
     assert _jobs_rows_read(plan) <= 100, ("outcomes", _jobs_rows_read(plan))
     assert conn.execute(
