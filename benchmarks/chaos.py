@@ -1,10 +1,14 @@
 """The chaos run: worker processes run thousands of jobs while workers are killed with SIGKILL
 and every database connection is cut; then it checks that no job was lost, that no
 transactional job took effect twice, and that each killed worker's jobs were claimed again
-within 5 seconds.
+within 5 seconds (`--rescue-limit`).
 
     make chaos                                                # 10,000 jobs, the full run
     make chaos CHAOS_ARGS="--jobs 300 --kills 2 --cuts 1"     # a smoke run
+
+The rescue time is a figure of the machine as much as of pgqueue: on a loaded machine it grows.
+`--rescue-limit 0` still reports it and still fails a rescue that never happens, but does not
+hold it to a limit; the test suite's smoke run uses that, and leaves the figure to this run.
 
 It works in a fresh database of its own (created, then dropped) on the server pgqueue itself
 would use: `--dsn`, else PGQUEUE_DSN, else DATABASE_URL, else the embedded development
@@ -66,7 +70,7 @@ from pgqueue import _embedded, migrate
 from pgqueue.config import resolve_dsn
 
 HERE = Path(__file__).resolve().parent
-RESCUE_LIMIT = 5.0  # seconds: the promise of issue 3, with default settings
+RESCUE_LIMIT = 5.0  # seconds: the promise of issue 3, with default settings (--rescue-limit)
 READY_TIMEOUT = 90.0  # a cold Python start on a busy 2-core machine can take a while
 STALL_TIMEOUT = 120.0  # no job finished for this long: stop waiting
 RESCUE_GIVE_UP = 120.0  # a job in flight not claimed again after this long was never rescued
@@ -108,6 +112,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dsn", help="the server to use (default: as pgqueue resolves it)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after (1800 s)")
     parser.add_argument("--keep-logs", action="store_true", help="keep worker logs on success")
+    parser.add_argument(
+        "--rescue-limit",
+        type=float,
+        default=RESCUE_LIMIT,
+        help=f"fail if the slowest rescue takes this long or longer ({RESCUE_LIMIT:g} s); 0 "
+        "reports it without a limit (a rescue that never happens still fails)",
+    )
     args = parser.parse_args(argv)
     try:
         low, _, high = args.work_ms.partition("-")
@@ -119,6 +130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("jobs", "workers", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.rescue_limit < 0:
+        parser.error("--rescue-limit cannot be negative")
     if args.kills < 0 or args.cuts < 0:
         parser.error("--kills and --cuts cannot be negative")
     if args.kills and args.workers < 2:
@@ -390,6 +403,9 @@ class ChaosRun:
         args = self.args
         low, high = args.work_range
         actions = args.kills + args.cuts
+        limit = f" --rescue-limit {args.rescue_limit:g}"
+        if args.rescue_limit == RESCUE_LIMIT:
+            limit = ""
         print("pgqueue chaos run")
         print(f"  date:       {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
         print(f"  machine:    {machine()}")
@@ -404,7 +420,7 @@ class ChaosRun:
         print(
             f"  command:    benchmarks/chaos.py --jobs {args.jobs} --workers {args.workers} "
             f"--kills {args.kills} --cuts {args.cuts} --concurrency {args.concurrency} "
-            f"--work-ms {args.work_ms} --min-gap {args.min_gap:g} --seed {args.seed}"
+            f"--work-ms {args.work_ms} --min-gap {args.min_gap:g} --seed {args.seed}{limit}"
         )
         print(
             f"  workload:   {args.jobs} jobs in {actions + 1} batches, half chaos.transactional "
@@ -722,7 +738,12 @@ class ChaosRun:
         )
         print(f"  jobs in flight at the kills: {in_flight} (both kinds)")
         slowest_text = f"{slowest:.2f} s" if slowest is not None else "n/a (nothing in flight)"
-        print(f"  slowest rescue: {slowest_text} (must be under {RESCUE_LIMIT:g} s)")
+        limit_text = (
+            f"must be under {args.rescue_limit:g} s"
+            if args.rescue_limit
+            else "reported, not checked: --rescue-limit 0"
+        )
+        print(f"  slowest rescue: {slowest_text} ({limit_text})")
         print(f"  kills: {len(self.kills)} (at least {args.kills})")
         print(f"  connection cuts: {len(self.cuts)} (at least {args.cuts})")
 
@@ -735,8 +756,10 @@ class ChaosRun:
             failures.append(f"{figures['tx_dups']} duplicate transactional execution(s)")
         if figures["plain_dups"] > plain_bound:
             failures.append(f"{figures['plain_dups']} plain duplicates > {plain_bound} in flight")
-        if slowest is not None and slowest >= RESCUE_LIMIT:
-            failures.append(f"slowest rescue {slowest:.2f} s >= {RESCUE_LIMIT:g} s")
+        if any(kill.gave_up for kill in self.kills):
+            failures.append(f"a killed worker's job not claimed again in {RESCUE_GIVE_UP:g} s")
+        elif args.rescue_limit and slowest is not None and slowest >= args.rescue_limit:
+            failures.append(f"slowest rescue {slowest:.2f} s >= {args.rescue_limit:g} s")
         if len(self.kills) < args.kills or len(self.cuts) < args.cuts:
             failures.append("fewer kills or cuts than asked for")
         if any(cut.recovered_seconds is None for cut in self.cuts):
