@@ -1,9 +1,13 @@
 """Cancellation, expiry and time limits in real worker processes.
 
-A cancelled queued job never runs; a cancelled running async job ends CANCELLED promptly; a job
-whose `expires=` passes while no worker runs ends CANCELLED (Expired) once one starts. An async
-task past its `timeout=` is cancelled; a sync task on a thread past it has its attempt ended as
-timed out, and the thread's late result is discarded.
+A cancelled queued job never runs; a cancelled running async job is stopped at its await and
+ends CANCELLED; a job whose `expires=` passes while no worker runs ends CANCELLED (Expired) once
+one starts. An async task past its `timeout=` is cancelled; a sync task on a thread past it has
+its attempt ended as timed out, and the thread's late result is discarded.
+
+No test here holds a duration to an upper limit, which a loaded machine could break: each
+checks what happened instead (the task could not have ended by itself; the attempt failed as
+timed out while its thread was still blocked). The figures they print are for reading only.
 """
 
 from __future__ import annotations
@@ -23,14 +27,13 @@ from tests.acceptance.helpers import (
     enqueue,
     executions,
     job_row,
+    set_flag,
     stop_gracefully,
     wait_for_status,
     wait_started,
 )
 from tests.conftest import wait_until
 
-# A cancel request reaches the worker by NOTIFY; "promptly" leaves room for a loaded machine.
-PROMPT_CANCEL = 5.0
 TIMEOUT_MESSAGE = "attempt ran past the task's timeout of 0.5 s"
 
 
@@ -68,21 +71,20 @@ def test_cancelled_queued_job_never_runs(
     assert stop_gracefully(worker) == 0
 
 
-def test_cancelled_running_async_job_ends_cancelled_promptly(
+def test_cancelled_running_async_job_is_stopped_at_its_await_and_ends_cancelled(
     db: psycopg.Connection[Any], spawn_worker: SpawnWorker, client: pgqueue.App
 ) -> None:
     worker = spawn_worker()
-    job = enqueue(db, apps.ablock, "never-set")
+    job = enqueue(db, apps.ablock, "never-set")  # it can only end by being cancelled
     wait_started(db, job)
 
     asked_at = time.monotonic()
     assert client.cancel(job) is True
-    cancelled = wait_for_status(db, job, "cancelled", timeout=30)
-    took = time.monotonic() - asked_at
-    print(f"running async job cancelled {took:.2f}s after the request")
-    assert took < PROMPT_CANCEL
+    cancelled = wait_for_status(db, job, "cancelled", timeout=60)
+    print(f"running async job cancelled {time.monotonic() - asked_at:.2f}s after the request")
     assert cancelled["attempts"] == 1, "cancelled, not retried"
     assert cancelled["error"]["type"] == "Cancelled"
+    assert cancelled["error"]["message"] == "cancelled on request while running"
     assert worker.log_lines(f"job {job}: cancellation requested")
     assert executions(db, job) == [(1, worker.pid)]
 
@@ -131,40 +133,51 @@ def test_async_task_past_its_timeout_is_cancelled_then_retried_then_failed(
     head = f"job {job} tests.acceptance.apps.sleep_forever"
     [first] = worker.log_lines(f"{head} attempt 1/2 failed in ")
     assert re.search(rf"retry in 0\.10s: \S*TaskTimeout: {re.escape(TIMEOUT_MESSAGE)}$", first)
+    # The task never returns: only its timeout ended each attempt, and never before 0.5 s.
     durations = attempt_durations(worker.log(), job)
     assert len(durations) == 2
-    assert all(0.5 <= d < 3.0 for d in durations), durations
+    assert all(d >= 0.5 for d in durations), durations
     assert stop_gracefully(worker) == 0
 
 
 def test_sync_thread_task_past_its_timeout_is_ended_and_its_late_result_discarded(
     db: psycopg.Connection[Any], spawn_worker: SpawnWorker
 ) -> None:
+    # Concurrency 4: three overrunning threads held at once, and a slot for the retry.
     worker = spawn_worker("--concurrency", "4")
     # Overruns on its first attempt only: the retry's outcome must stay.
     retried = enqueue(db, apps.overrun, [1])
     # Overruns on every attempt: the timeout failure must stay.
     failing = enqueue(db, apps.overrun, [1, 2])
+    late = [(retried, 1), (failing, 1), (failing, 2)]
+    late_flags = [apps.overrun_finished_flag(job, attempt) for job, attempt in late]
+
+    def threads_returned() -> int:
+        row = db.execute(
+            "SELECT count(*) FROM acceptance_flags WHERE name = ANY(%s)", (late_flags,)
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
 
     done = wait_for_status(db, retried, "succeeded")
     assert (done["attempts"], done["result"]) == (2, "result of attempt 2")
     failed = wait_for_status(db, failing, "failed")
     assert failed["attempts"] == 2
     assert is_timeout(failed["error"]), failed["error"]
+    # Every attempt ended while its thread was still blocked: the timeout ended it, not the
+    # thread's return, and not before 0.5 s.
+    assert threads_returned() == 0, "no overrunning thread can return before the release"
     for job in (retried, failing):
-        assert all(0.5 <= d < 3.0 for d in attempt_durations(worker.log(), job))
+        assert all(d >= 0.5 for d in attempt_durations(worker.log(), job))
 
     # Let every overrunning thread return its late result...
-    late = [(retried, 1), (failing, 1), (failing, 2)]
-
-    def threads_returned() -> bool:
-        names = [apps.overrun_finished_flag(job, attempt) for job, attempt in late]
-        row = db.execute(
-            "SELECT count(*) FROM acceptance_flags WHERE name = ANY(%s)", (names,)
-        ).fetchone()
-        return row == (len(late),)
-
-    wait_until(threads_returned, timeout=30, interval=0.05, what="the late threads to return")
+    set_flag(db, apps.OVERRUN_RELEASE)
+    wait_until(
+        lambda: threads_returned() == len(late),
+        timeout=60,
+        interval=0.05,
+        what="the late threads to return",
+    )
     # ...and a later job's outcome to be written after anything those threads handed over.
     marker = enqueue(db, apps.record, 9)
     wait_for_status(db, marker, "succeeded")
