@@ -123,7 +123,8 @@ def test_killed_worker_job_is_rescued_by_another_worker(
         row = job_row(db, job)
         return time.monotonic() - killed_at if row["attempts"] >= 2 else None
 
-    rescue_seconds = wait_until(claimed_again, timeout=10, interval=0.02, what="the rescue")
+    # A hang guard only: `make chaos` holds the rescue to its 5 s figure.
+    rescue_seconds = wait_until(claimed_again, timeout=60, interval=0.02, what="the rescue")
     record_property("rescue_seconds", round(rescue_seconds, 2))
     print(f"job {job} claimed again {rescue_seconds:.2f}s after kill -9 of its worker")
 
