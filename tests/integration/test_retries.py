@@ -13,6 +13,11 @@ from tests.conftest import WorkerThread
 
 StartWorker = Callable[..., WorkerThread]
 
+# A worker poll interval no test outlives: a retry that runs at all was run by its own timer.
+# Deadlines are then only hang guards; no elapsed time is held to an upper limit.
+NEVER = 3600.0
+PATIENCE = 60.0
+
 
 class Flaky(ConnectionError):
     """A retryable failure."""
@@ -67,16 +72,14 @@ def test_retries_are_spaced_by_the_backoff(app: pgqueue.App, start_worker: Start
         started.append(time.monotonic())
         raise Flaky("again")
 
-    start_worker(app)
+    start_worker(app, poll_interval=NEVER)  # each retry is run by its own timer, not a poll
     with pytest.raises(pgqueue.JobFailed):
-        spaced.delay().wait(timeout=30)
+        spaced.delay().wait(timeout=PATIENCE)
     assert len(started) == 3
     gaps = [later - earlier for earlier, later in itertools.pairwise(started)]
-    # Lower bounds are what the policy promises (0.3 s, then 0.6 s); the upper bound only
-    # says the retries were not left waiting for something else.
+    # What the policy promises: never sooner than 0.3 s, then 0.6 s.
     assert gaps[0] >= 0.3
     assert gaps[1] >= 0.6
-    assert all(gap < 10 for gap in gaps)
 
 
 def test_raise_retry_with_countdown_runs_the_job_again(
@@ -169,12 +172,10 @@ def test_retries_due_close_together_each_run_on_their_own_timer(
             raise pgqueue.Retry(countdown=countdown)
         return context.attempt
 
-    start_worker(app, poll_interval=30)  # only the retry timers can make this test pass
-    started = time.monotonic()
+    start_worker(app, poll_interval=NEVER)  # only the retry timers can make this test pass
     jobs = [later.delay(0.3), later.delay(0.35)]
     for job in jobs:
-        assert job.wait(timeout=20) == 2
-    assert time.monotonic() - started < 10
+        assert job.wait(timeout=PATIENCE) == 2
 
 
 def test_one_batch_of_retries_announces_every_due_time(app: pgqueue.App, dsn: str) -> None:

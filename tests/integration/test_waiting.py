@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,12 @@ from pgqueue import app as app_module
 from tests.conftest import WorkerThread, wait_until
 
 StartWorker = Callable[..., WorkerThread]
+
+# The worker's poll and the waiter's safety re-check, pushed past any test's deadline: a test
+# that finishes at all was woken by a notification. Its deadline is then only a hang guard,
+# and no elapsed time needs to be asserted (a loaded machine can stretch any of them).
+NEVER = 3600.0
+PATIENCE = 60.0
 
 
 def test_wait_on_a_job_nobody_runs_raises_timeout_error(app: pgqueue.App) -> None:
@@ -69,7 +74,7 @@ def test_wait_is_woken_by_notify_not_by_polling(
 ) -> None:
     # Neither the worker's poll nor the waiter's safety re-check could finish this in time:
     # only the notifications (job enqueued, job finished) can.
-    monkeypatch.setattr(app_module, "WAIT_RECHECK_SECONDS", 60.0)
+    monkeypatch.setattr(app_module, "WAIT_RECHECK_SECONDS", NEVER)
 
     @app.task
     def quick() -> str:
@@ -77,26 +82,22 @@ def test_wait_is_woken_by_notify_not_by_polling(
 
     job = quick.delay()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        waiting: concurrent.futures.Future[Any] = pool.submit(job.wait, 50)
+        waiting: concurrent.futures.Future[Any] = pool.submit(job.wait, NEVER)
         wait_until(lambda: _waiter_is_listening(dsn), what="the waiter to LISTEN")
         assert not waiting.done()
-        begun = time.monotonic()
-        start_worker(app, poll_interval=30)
-        assert waiting.result(timeout=40) == "done"
-        assert time.monotonic() - begun < 10
+        start_worker(app, poll_interval=NEVER)
+        assert waiting.result(timeout=PATIENCE) == "done"
 
 
 def test_idle_worker_is_woken_by_enqueue_notify(
     app: pgqueue.App, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app_module, "WAIT_RECHECK_SECONDS", 60.0)
+    monkeypatch.setattr(app_module, "WAIT_RECHECK_SECONDS", NEVER)
 
     @app.task
     def quick(n: int) -> int:
         return n
 
-    start_worker(app, poll_interval=30)
-    assert quick.delay(1).wait(timeout=20) == 1  # the worker is now idle, polling every 30 s
-    begun = time.monotonic()
-    assert quick.delay(2).wait(timeout=20) == 2
-    assert time.monotonic() - begun < 10
+    start_worker(app, poll_interval=NEVER)
+    assert quick.delay(1).wait(timeout=PATIENCE) == 1  # the worker is now idle, never polling
+    assert quick.delay(2).wait(timeout=PATIENCE) == 2
