@@ -380,7 +380,7 @@ class Worker:
     async def _release_unstarted(self, jobs: list[ClaimedJob]) -> None:
         if not jobs:
             return
-        params = {"ids": [j.id for j in jobs], "attempts": [j.attempt for j in jobs]}
+        params = {"ids": [j.id for j in jobs], "leases": [j.lease for j in jobs]}
         try:
             conn = await self._claim_conn.get()
             await conn.execute(queries.RELEASE_UNSTARTED, params)
@@ -580,12 +580,12 @@ class Worker:
         try:
             held = await jobs_held_by(await conn.get(), worker_id, STRAY_AGE)
             known = set(self.running) | self.completer.pending_ids()
-            strays = [(job_id, attempt) for job_id, attempt in held if job_id not in known]
+            strays = [(job_id, lease) for job_id, lease in held if job_id not in known]
             if not strays:
                 return
             await (await conn.get()).execute(
                 queries.RELEASE_UNSTARTED,
-                {"ids": [j for j, _ in strays], "attempts": [a for _, a in strays]},
+                {"ids": [j for j, _ in strays], "leases": [lease for _, lease in strays]},
             )
         except DATABASE_TROUBLE as exc:
             logger.warning("checking for stray claims failed: %s", _one_line(exc))
