@@ -247,6 +247,17 @@ RETURNING id
 # The worker's liveness: a session lock that PostgreSQL itself releases when the session ends.
 LOCK_WORKER = f"SELECT pg_advisory_lock({ADVISORY_LOCK_NAMESPACE}, %(worker_id)s)"
 
+# A worker registering again under a new id (its old session is gone, or still held by a
+# server that has not noticed) takes over the jobs still running under its old id, in the same
+# transaction as the new row and lock: what the rescuer has not taken back is still this
+# worker's to finish. The leases returned are the claims it keeps; any other attempt it runs
+# was rescued, and the worker stops it.
+ADOPT_JOBS = """
+UPDATE pgqueue_jobs SET worker_id = %(worker_id)s
+WHERE worker_id = %(old_worker_id)s AND status = 'running'
+RETURNING lease
+"""
+
 # Heartbeat, the backstop for a session that outlives its worker; no row means this worker was
 # declared lost and must register again.
 HEARTBEAT = "UPDATE pgqueue_workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURNING id"
