@@ -267,9 +267,10 @@ class Worker:
         self._loop.call_soon_threadsafe(self._on_new_registration, old_id, new_id, kept)
 
     def _on_new_registration(self, old_id: int, new_id: int, kept: frozenset[int]) -> None:
-        """The worker's row under `old_id` is gone and it now runs as `new_id`, having taken
-        over the claims in `kept` (by lease). Any other attempt claimed under the old id lost
-        its lease, its job rescued: stop it, and write nothing for it."""
+        """The worker gave up `old_id` (its row is gone, or its old session still holds the
+        lock) and now runs as `new_id`, having taken over the claims in `kept` (by lease). Any
+        other attempt claimed under the old id lost its lease, its job rescued: stop it, and
+        write nothing for it."""
         lost = []
         still_ours = 0
         for job_id, under in list(self._claimed_under.items()):
