@@ -61,7 +61,8 @@ async def claim_jobs(
     worker_id: int,
     after: Mapping[str, Position] | None = None,
 ) -> Claim:
-    """Claim up to `limit` due jobs for `worker_id`; each claim bumps the attempt (its token).
+    """Claim up to `limit` due jobs for `worker_id`; each claim bumps the attempt and draws a
+    new lease (its fencing token).
 
     A queue with a position in `after` is read from there on, within the position's priority
     (see CLAIM_JOBS); the others from the start.
@@ -75,7 +76,8 @@ async def claim_jobs(
     ended = []
     last: dict[str, Position] = {}
     for row in rows:
-        id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, run_at, dead, _ = row
+        id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, run_at = row[:9]
+        lease, dead = row[9], row[10]
         if dead:
             ended.append((id_, task_name))
             continue
@@ -90,6 +92,7 @@ async def claim_jobs(
                 priority,
                 attempts,
                 max_attempts,
+                lease,
             )
         )
         position = (priority, run_at, id_)

@@ -1,8 +1,9 @@
-"""Write outcomes back in batches, each row guarded by its claim's fencing token.
+"""Write outcomes back in batches, each row guarded by its claim's fencing token (its lease).
 
 Outcomes wait in memory until written; a failed write (lost connection, server restart) is
 retried with backoff, never dropped. An outcome whose job is no longer `running` under the same
-attempt (it was rescued from this worker and claimed again) is discarded and logged.
+lease (it was rescued from this worker and claimed again, or this very outcome was written
+already and the reply lost) is discarded and logged.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ def outcomes_document(outcomes: list[Outcome]) -> str:
         job = outcome.job
         if isinstance(outcome, Succeeded):
             parts.append(
-                f'{{"id":{job.id},"attempt":{job.attempt},"status":"succeeded",'
+                f'{{"id":{job.id},"lease":{job.lease},"status":"succeeded",'
                 f'"result":{outcome.result_json}}}'
             )
             continue
         item: dict[str, Any] = {
             "id": job.id,
-            "attempt": job.attempt,
+            "lease": job.lease,
             "status": outcome.status,
             "error": outcome.error,
         }

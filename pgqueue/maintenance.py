@@ -53,7 +53,7 @@ async def expire_queued_jobs(conn: psycopg.AsyncConnection[Any]) -> list[dict[st
 async def jobs_held_by(
     conn: psycopg.AsyncConnection[Any], worker_id: int, min_age: float
 ) -> list[tuple[int, int]]:
-    """(id, attempt) of the jobs running under `worker_id` for more than `min_age` seconds."""
+    """(id, lease) of the jobs running under `worker_id` for more than `min_age` seconds."""
     cur = await conn.execute(
         queries.JOBS_HELD_BY_WORKER, {"worker_id": worker_id, "min_age": min_age}
     )

@@ -14,7 +14,9 @@ from typing import Any
 
 @dataclass(slots=True)
 class ClaimedJob:
-    """A job this worker holds: `attempt` is the claim's fencing token.
+    """A job this worker holds: `attempt` counts its runs (from 1), `lease` is the claim's
+    fencing token, which every write on behalf of this claim must present (0: none, matches
+    nothing).
 
     This and the outcomes below are read-only by convention; they are not frozen, because a
     worker makes one of each per job and frozen dataclasses cost five times as much to make.
@@ -28,6 +30,7 @@ class ClaimedJob:
     priority: int
     attempt: int
     max_attempts: int
+    lease: int = 0
 
 
 @dataclass(slots=True)

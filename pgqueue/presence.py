@@ -2,8 +2,11 @@
 that PostgreSQL releases the moment the session ends, and the heartbeat.
 
 All of it runs on the notifier's connection and thread. After a reconnect the worker takes its
-lock again under the same id if its row survived; if it was declared lost meanwhile (its jobs
-were rescued), it registers under a new id and its late outcomes are refused by fencing.
+lock again under the same id if its row survived. Otherwise (it was declared lost meanwhile and
+its jobs rescued, or the server still holds its old session) it registers under a new id,
+takes over the jobs still running under the old one, and tells the worker, through
+`on_new_registration(old_id, new_id, kept_leases)`, which claims it kept: the worker stops
+every other attempt it runs, whose outcomes fencing would refuse anyway.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -24,8 +27,15 @@ logger = logging.getLogger("pgqueue.worker")
 class Presence:
     """Registration, lock and heartbeat of one worker process."""
 
-    def __init__(self, name: str | None, queues: Sequence[str], concurrency: int) -> None:
+    def __init__(
+        self,
+        name: str | None,
+        queues: Sequence[str],
+        concurrency: int,
+        on_new_registration: Callable[[int, int, frozenset[int]], None] = lambda *_: None,
+    ) -> None:
         self.hostname = socket.gethostname()
+        self.on_new_registration = on_new_registration
         self.name = name or f"{self.hostname}:{os.getpid()}"
         self.queues = list(queues)
         self.concurrency = concurrency
@@ -66,18 +76,34 @@ class Presence:
         return True
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
-        # Row and lock in one transaction: no rescuer can see the row without the lock.
-        with conn.transaction():
-            row = conn.execute(
-                queries.REGISTER_WORKER,
-                {
-                    "name": self.name,
-                    "hostname": self.hostname,
-                    "pid": os.getpid(),
-                    "queues": self.queues,
-                    "concurrency": self.concurrency,
-                },
-            ).fetchone()
-            assert row is not None
-            self.worker_id = int(row[0])
-            conn.execute(queries.LOCK_WORKER, {"worker_id": self.worker_id})
+        previous = self.worker_id
+        kept: list[tuple[Any, ...]] = []
+        # Row, lock and the jobs kept in one transaction: no rescuer can see the row without
+        # the lock, nor take back a job between the old id and the new.
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    queries.REGISTER_WORKER,
+                    {
+                        "name": self.name,
+                        "hostname": self.hostname,
+                        "pid": os.getpid(),
+                        "queues": self.queues,
+                        "concurrency": self.concurrency,
+                    },
+                ).fetchone()
+                assert row is not None
+                # Claims made from here on carry the new id; a claim sent under the old one
+                # and answered after this is given back by the worker, unstarted.
+                self.worker_id = int(row[0])
+                conn.execute(queries.LOCK_WORKER, {"worker_id": self.worker_id})
+                if previous is not None:
+                    kept = conn.execute(
+                        queries.ADOPT_JOBS,
+                        {"worker_id": self.worker_id, "old_worker_id": previous},
+                    ).fetchall()
+        except BaseException:
+            self.worker_id = previous  # the new row was rolled back: it never existed
+            raise
+        if previous is not None:
+            self.on_new_registration(previous, self.worker_id, frozenset(r[0] for r in kept))

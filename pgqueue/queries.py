@@ -2,8 +2,9 @@
 
 Parameters use psycopg's `%(name)s` style; `as_sqlalchemy()` turns a statement into the
 `:name` form for SQLAlchemy connections. Each state change is one guarded statement, so two
-processes can never both "win" the same job: claims use SKIP LOCKED, and every outcome is
-written only `WHERE status = 'running' AND attempts = <the claim's attempt>` (the fencing token).
+processes can never both "win" the same job: claims use SKIP LOCKED, and every write on behalf
+of a claim is made only `WHERE status = 'running' AND lease = <the claim's lease>`, the fencing
+token each claim draws afresh from a sequence (docs/reliability.md lists every guard).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ RETURNING id, created_at, pg_notify('{NOTIFY_ENQUEUED}', queue)
 """
 
 # Claim up to `limit` due jobs of the given queues, skipping rows other workers hold; the
-# attempt counter is bumped here and becomes this claim's fencing token. Each queue is read
+# attempt counter is bumped here, and the claim draws its fencing token (`lease`) from a
+# sequence, so that no later claim of the job can ever hold the same one. Each queue is read
 # on its own through the claimable index, in (priority DESC, run_at, id) order, so a claim
 # costs the same with 20 or 20 million jobs waiting (one query over all queues at once has
 # to sort the whole backlog); queues are taken in the order given, which the worker rotates.
@@ -143,10 +145,10 @@ WITH picked AS (
     -- once per claim (and a claim of 10 cost 30 ms with 20,000 jobs waiting).
     UPDATE pgqueue_jobs AS j
     SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
-        started_at = now()
+        started_at = now(), lease = nextval('pgqueue_job_lease_seq')
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE NOT dead))
     RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
-              j.max_attempts, j.run_at
+              j.max_attempts, j.run_at, j.lease
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j USING picked AS p
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
@@ -166,14 +168,15 @@ WITH picked AS (
 )
 SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
 UNION ALL
-SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, true,
+SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, NULL, true,
        pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
 FROM archived AS a
 """
 
 # Write a batch of outcomes in one statement and one round trip; each row applies only if the
-# job is still running under the same claim, so a rescued-and-reclaimed job is never
-# overwritten by a late worker. A retry stays in pgqueue_jobs with its new due time; an ended
+# job is still running under the same claim (its lease), so neither a late worker (its job
+# rescued and claimed again) nor a batch sent again after its commit reply was lost can touch
+# a later claim. A retry stays in pgqueue_jobs with its new due time; an ended
 # job moves to pgqueue_finished_jobs with its result or error. The same statement tells
 # waiters (Job.wait) which jobs finished, and workers when each retry comes due (so they set a
 # timer instead of waiting for a poll); notifications are delivered on commit. The jobs are
@@ -183,7 +186,7 @@ FROM archived AS a
 COMPLETE_JOBS = f"""
 WITH outcome AS (
     SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
-        id bigint, attempt int, status text, result jsonb, error jsonb, delay float8,
+        id bigint, lease bigint, status text, result jsonb, error jsonb, delay float8,
         eta timestamptz, refund int)
 ), retried AS (
     UPDATE pgqueue_jobs AS j
@@ -194,14 +197,14 @@ WITH outcome AS (
         run_at = COALESCE(o.eta, now() + o.delay * interval '1 second')
     FROM outcome AS o
     WHERE j.id = ANY(ARRAY(SELECT id FROM outcome WHERE status = 'queued'))
-      AND o.status = 'queued' AND j.id = o.id AND j.attempts = o.attempt
+      AND o.status = 'queued' AND j.id = o.id AND j.lease = o.lease
       AND j.status::text = 'running'
     RETURNING j.id, j.queue, j.run_at
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j
     USING outcome AS o
     WHERE j.id = ANY(ARRAY(SELECT id FROM outcome WHERE status <> 'queued'))
-      AND o.status <> 'queued' AND j.id = o.id AND j.attempts = o.attempt
+      AND o.status <> 'queued' AND j.id = o.id AND j.lease = o.lease
       AND j.status::text = 'running'
     RETURNING j.*, o.status AS new_status, o.result AS new_result, o.error AS new_error
 ), archived AS (
@@ -222,13 +225,14 @@ UNION ALL
 SELECT id, (SELECT n FROM notified) FROM retried
 """
 
-# Give back jobs that were claimed but never started (shutdown): the attempt is not counted.
+# Give back jobs that were claimed but never started (a shutdown, a claim whose reply was
+# lost): the attempt is not counted. Guarded by each claim's lease, like an outcome.
 RELEASE_UNSTARTED = """
 UPDATE pgqueue_jobs AS j
 SET status = 'queued', attempts = j.attempts - 1, worker_id = NULL, started_at = NULL
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS c(id, attempt)
+FROM unnest(%(ids)s::bigint[], %(leases)s::bigint[]) AS c(id, lease)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = c.id AND j.status = 'running'
-  AND j.attempts = c.attempt
+  AND j.lease = c.lease
 RETURNING j.id
 """
 
@@ -242,6 +246,17 @@ RETURNING id
 
 # The worker's liveness: a session lock that PostgreSQL itself releases when the session ends.
 LOCK_WORKER = f"SELECT pg_advisory_lock({ADVISORY_LOCK_NAMESPACE}, %(worker_id)s)"
+
+# A worker registering again under a new id (its old session is gone, or still held by a
+# server that has not noticed) takes over the jobs still running under its old id, in the same
+# transaction as the new row and lock: what the rescuer has not taken back is still this
+# worker's to finish. The leases returned are the claims it keeps; any other attempt it runs
+# was rescued, and the worker stops it.
+ADOPT_JOBS = """
+UPDATE pgqueue_jobs SET worker_id = %(worker_id)s
+WHERE worker_id = %(old_worker_id)s AND status = 'running'
+RETURNING lease
+"""
 
 # Heartbeat, the backstop for a session that outlives its worker; no row means this worker was
 # declared lost and must register again.
@@ -345,7 +360,7 @@ SELECT id, pg_notify('{NOTIFY_CANCEL}', id::text)::text AS notified FROM asked
 # What the database says this worker holds: a worker compares it with what it runs, to find
 # jobs whose claim committed but whose reply was lost with the connection.
 JOBS_HELD_BY_WORKER = """
-SELECT id, attempts FROM pgqueue_jobs
+SELECT id, lease FROM pgqueue_jobs
 WHERE worker_id = %(worker_id)s AND status = 'running'
   AND started_at < now() - %(min_age)s::float8 * interval '1 second'
 """

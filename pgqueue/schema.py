@@ -24,6 +24,9 @@ ADVISORY_LOCK_NAMESPACE = 0x70677175
 
 metadata = sa.MetaData()
 
+# Where claims draw their fencing tokens (pgqueue_jobs.lease): strictly increasing.
+LEASE_SEQUENCE = sa.Sequence("pgqueue_job_lease_seq", metadata=metadata)
+
 job_status = pg.ENUM(
     "queued",
     "running",
@@ -47,7 +50,8 @@ jobs = sa.Table(
     sa.Column("status", job_status, nullable=False, server_default="queued"),
     sa.Column("priority", sa.SmallInteger, nullable=False, server_default="0"),
     sa.Column("run_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    # Incremented by every claim: the attempt number is also the claim's fencing token.
+    # Counts the runs (against max_attempts): incremented by every claim, given back by a
+    # refund (shutdown) or a release (claimed, never started). Not the fencing token: `lease`.
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("max_attempts", sa.Integer, nullable=False, server_default="3"),
     sa.Column("worker_id", sa.Integer, nullable=True),
@@ -65,6 +69,10 @@ jobs = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
     # Set by job.cancel() on a running job; its worker is told by NOTIFY and acts on it.
     sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True),
+    # The fencing token of the job's latest claim: a fresh value of LEASE_SEQUENCE at every
+    # claim, never lowered or reused. Every write on behalf of a claim (outcome, refund,
+    # give-back) requires it unchanged; NULL until the first claim. Ended jobs do not keep it.
+    sa.Column("lease", sa.BigInteger, nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.
@@ -98,8 +106,10 @@ jobs = sa.Table(
 
 
 def _finished_jobs_table() -> sa.Table:
-    """The same columns as `pgqueue_jobs` (a job moves with all of them), for ended jobs."""
-    columns = [c._copy() for c in jobs.columns]
+    """The columns of `pgqueue_jobs` (a job moves with all of them but its lease), for ended
+    jobs."""
+    # A claim's lease means nothing once its job has ended.
+    columns = [c._copy() for c in jobs.columns if c.name != "lease"]
     for column in columns:
         column.server_default = None
         if column.name == "id":  # ids come with the job, from pgqueue_jobs's identity

@@ -4,6 +4,11 @@ One asyncio loop claims jobs (never more than free slots), runs async tasks on t
 sync tasks on a thread pool, and hands each Outcome to the batch completer. A notifier thread
 keeps the LISTEN session, which also holds the worker's presence lock and heartbeat.
 
+A worker declared lost (its session was away longer than the lock grace) learns it when its
+heartbeat or reconnect finds its row gone; it registers again, and every attempt whose job was
+rescued meanwhile is stopped (async tasks and pool processes cancelled, sync tasks' cancel
+flag set) and writes nothing: the job is someone else's now.
+
 Stopping: the first SIGTERM/SIGINT stops claiming, gives claimed-but-unstarted jobs back and
 lets running jobs finish for up to `shutdown_timeout` seconds; a second signal (or the end of
 the grace period) interrupts what is still running, and those jobs go back to the queue as
@@ -102,6 +107,12 @@ class Worker:
         self.cancel_events: dict[int, CancelFlag] = {}
         self._cancelling: set[int] = set()
         self._job_names: dict[int, str] = {}
+        # Per running job: its claim, and the worker id it was claimed under.
+        self._claims: dict[int, ClaimedJob] = {}
+        self._claimed_under: dict[int, int] = {}
+        # Attempts stopped because their lease is gone, by lease: they still hold a slot
+        # until they end (a sync task runs until it reads its cancel flag), and write nothing.
+        self._abandoned: dict[int, asyncio.Task[None]] = {}
         # Per queue: where the last claim stopped, and when the queue was last read whole.
         self._positions: dict[str, Position] = {}
         self._full_claim_at: dict[str, float] = {}
@@ -151,7 +162,12 @@ class Worker:
         self._install_signal_handlers(loop)
         settings = self.settings
 
-        self.presence = Presence(settings.name, self.queues, settings.concurrency)
+        self.presence = Presence(
+            settings.name,
+            self.queues,
+            settings.concurrency,
+            on_new_registration=self._on_new_registration_threadsafe,
+        )
         signal_ = self._signal
 
         self.notifier = Notifier(
@@ -244,6 +260,72 @@ class Worker:
         else:
             self._signal.on_notify_threadsafe(payload)
 
+    def _on_new_registration_threadsafe(
+        self, old_id: int, new_id: int, kept: frozenset[int]
+    ) -> None:
+        """From the notifier's thread: the worker registered again; hand it to the loop."""
+        self._loop.call_soon_threadsafe(self._on_new_registration, old_id, new_id, kept)
+
+    def _on_new_registration(self, old_id: int, new_id: int, kept: frozenset[int]) -> None:
+        """The worker gave up `old_id` (its row is gone, or its old session still holds the
+        lock) and now runs as `new_id`, having taken over the claims in `kept` (by lease). Any
+        other attempt claimed under the old id lost its lease, its job rescued: stop it, and
+        write nothing for it."""
+        lost = []
+        still_ours = 0
+        for job_id, under in list(self._claimed_under.items()):
+            if under != old_id:
+                continue
+            job = self._claims[job_id]
+            if job.lease in kept:
+                self._claimed_under[job_id] = new_id
+                still_ours += 1
+            else:
+                lost.append(job)
+        log = logger.warning if lost else logger.info
+        log(
+            "worker %s now runs as id %d (id %d is gone): kept %d running job(s), stopping %d "
+            "whose lease was lost",
+            self.presence.name,
+            new_id,
+            old_id,
+            still_ours,
+            len(lost),
+        )
+        for job in lost:
+            self._abandon(job)
+
+    def _abandon(self, job: ClaimedJob) -> None:
+        """Stop an attempt whose lease is gone: cancel an async task or a pool process, set a
+        sync task's cancel flag; its slot is held until it ends, and nothing is written."""
+        task = self.running.pop(job.id, None)
+        if task is None:
+            return
+        flag = self.cancel_events.pop(job.id, None)
+        self._forget(job.id)
+        self._abandoned[job.lease] = task
+        if flag is not None:
+            flag.set()
+        job_task = self.app.tasks.get(job.task_name)
+        stoppable = job_task is None or job_task.is_async or self.process_pool is not None
+        if stoppable:
+            task.cancel()
+        logger.warning(
+            "job %d %s attempt %d/%d: %s; its lease was lost (the job was rescued from this "
+            "worker), so nothing it does is written",
+            job.id,
+            job.task_name,
+            job.attempt,
+            job.max_attempts,
+            "cancelled" if stoppable else "asked to stop (cancel flag set)",
+        )
+
+    def _forget(self, job_id: int) -> None:
+        self._job_names.pop(job_id, None)
+        self._claims.pop(job_id, None)
+        self._claimed_under.pop(job_id, None)
+        self._cancelling.discard(job_id)
+
     def _cancel_running(self, job_id: int) -> None:
         """Cancel a job this worker runs (ignored if it runs elsewhere or has finished).
 
@@ -301,7 +383,7 @@ class Worker:
     # -- claiming -------------------------------------------------------------------------
 
     def free_slots(self) -> int:
-        busy = len(self.running) + len(self.executor.overrunning_threads)
+        busy = len(self.running) + len(self._abandoned) + len(self.executor.overrunning_threads)
         return self.settings.concurrency - busy
 
     async def _claim_loop(self) -> None:
@@ -338,11 +420,18 @@ class Worker:
                 if self._stopping.is_set():
                     await self._release_unstarted(claim.jobs)
                     break
+                if self.presence.worker_id != worker_id:
+                    # The worker registered again while this claim was on its way; made under
+                    # an id that may be gone, its jobs are given back unstarted.
+                    await self._release_unstarted(claim.jobs)
+                    continue
                 self._last_claim_full = claim.taken == limit
                 want_claim = self._last_claim_full
                 for job in claim.jobs:
                     self.cancel_events[job.id] = CancelFlag()
                     self._job_names[job.id] = job.task_name
+                    self._claims[job.id] = job
+                    self._claimed_under[job.id] = worker_id
                     self.running[job.id] = asyncio.create_task(self._run_job(job))
                 if claim.taken:
                     continue
@@ -380,7 +469,7 @@ class Worker:
     async def _release_unstarted(self, jobs: list[ClaimedJob]) -> None:
         if not jobs:
             return
-        params = {"ids": [j.id for j in jobs], "attempts": [j.attempt for j in jobs]}
+        params = {"ids": [j.id for j in jobs], "leases": [j.lease for j in jobs]}
         try:
             conn = await self._claim_conn.get()
             await conn.execute(queries.RELEASE_UNSTARTED, params)
@@ -407,19 +496,29 @@ class Worker:
         try:
             outcome = await self.executor.run(job, self.cancel_events.get(job.id))
         except asyncio.CancelledError:
+            if job.lease in self._abandoned:
+                del self._abandoned[job.lease]
+                self._signal.wake()  # a slot is free
+                return
             if job.id in self._cancelling:
                 outcome = Cancelled(
                     job, simple_error("Cancelled", "cancelled on request while running")
                 )
             else:
                 outcome = self._interrupted(job)
+        if job.lease in self._abandoned:  # stopped after its lease was lost (logged then)
+            del self._abandoned[job.lease]
+            logger.debug(
+                "job %d attempt %d ended, its lease lost: nothing written", job.id, job.attempt
+            )
+            self._signal.wake()  # a slot is free
+            return
         self._log_outcome(outcome, time.monotonic() - started)
         if not (isinstance(outcome, LeaseLost) or getattr(outcome, "committed", False)):
             self.completer.submit(outcome)
         self.running.pop(job.id, None)
         self.cancel_events.pop(job.id, None)
-        self._job_names.pop(job.id, None)
-        self._cancelling.discard(job.id)
+        self._forget(job.id)
         if self._last_claim_full:
             self._signal.wake()
 
@@ -505,7 +604,7 @@ class Worker:
                 )
         finally:
             force.cancel()
-        remaining = list(self.running.values())
+        remaining = [*self.running.values(), *self._abandoned.values()]
         for task in remaining:
             task.cancel()
         await asyncio.gather(*remaining, return_exceptions=True)
@@ -580,12 +679,12 @@ class Worker:
         try:
             held = await jobs_held_by(await conn.get(), worker_id, STRAY_AGE)
             known = set(self.running) | self.completer.pending_ids()
-            strays = [(job_id, attempt) for job_id, attempt in held if job_id not in known]
+            strays = [(job_id, lease) for job_id, lease in held if job_id not in known]
             if not strays:
                 return
             await (await conn.get()).execute(
                 queries.RELEASE_UNSTARTED,
-                {"ids": [j for j, _ in strays], "attempts": [a for _, a in strays]},
+                {"ids": [j for j, _ in strays], "leases": [lease for _, lease in strays]},
             )
         except DATABASE_TROUBLE as exc:
             logger.warning("checking for stray claims failed: %s", _one_line(exc))

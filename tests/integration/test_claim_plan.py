@@ -96,13 +96,13 @@ def test_claim_and_expiry_touch_only_their_rows_on_statistics_taken_while_empty(
 def _success_of_every_running_job(conn: psycopg.Connection[Any], expected: int) -> str:
     """COMPLETE_JOBS's parameter: a success for each running job (there must be `expected`)."""
     claimed = conn.execute(
-        "SELECT id, attempts FROM pgqueue_jobs WHERE status = 'running'"
+        "SELECT id, attempts, lease FROM pgqueue_jobs WHERE status = 'running'"
     ).fetchall()
     assert len(claimed) == expected
     return outcomes_document(
         [
-            Succeeded(ClaimedJob(job_id, "bulk", "noop", [], {}, 0, attempt, 3), "null")
-            for job_id, attempt in claimed
+            Succeeded(ClaimedJob(job_id, "bulk", "noop", [], {}, 0, attempt, 3, lease), "null")
+            for job_id, attempt, lease in claimed
         ]
     )
 

@@ -62,8 +62,8 @@ def test_outcome_from_a_stale_claim_leaves_the_row_unchanged(
     def slow() -> None: ...
 
     job = slow.delay()
-    claimed = _claim_by_hand(conn, worker_id=1)
-    assert claimed["attempts"] == 1
+    first = _claim_by_hand(conn, _lost_worker(conn, heartbeat_age=LOCK_GRACE + 5))
+    assert first["attempts"] == 1
     stale = ClaimedJob(
         id=job.id,
         queue="default",
@@ -71,13 +71,13 @@ def test_outcome_from_a_stale_claim_leaves_the_row_unchanged(
         args=[],
         kwargs={},
         priority=0,
-        attempt=claimed["attempts"],
-        max_attempts=claimed["max_attempts"],
+        attempt=first["attempts"],
+        max_attempts=first["max_attempts"],
+        lease=first["lease"],
     )
     # Meanwhile the job was rescued from worker 1 and claimed again by worker 2.
-    conn.execute(
-        "UPDATE pgqueue_jobs SET attempts = attempts + 1, worker_id = 2 WHERE id = %s", (job.id,)
-    )
+    assert [r["id"] for r in _rescue(dsn)] == [job.id]
+    second = _claim_by_hand(conn, _lost_worker(conn, heartbeat_age=0))
     before = _row(conn, job.id)
 
     assert _write(dsn, OUTCOMES[kind](stale)) == set()
@@ -85,7 +85,7 @@ def test_outcome_from_a_stale_claim_leaves_the_row_unchanged(
     assert before["status"] == "running" and before["attempts"] == 2
 
     # The current claim's outcome still applies.
-    current = dataclasses.replace(stale, attempt=2)
+    current = dataclasses.replace(stale, attempt=2, lease=second["lease"])
     assert _write(dsn, Succeeded(current, '"on time"')) == {job.id}
     assert app.get_job(job.id).wait(timeout=5) == "on time"
 
@@ -281,10 +281,11 @@ def test_a_claim_whose_reply_was_lost_is_given_back_and_runs(
     # The worker's claim committed, but its reply never arrived: the job is running under
     # the worker's id and the worker does not know it.
     job = stranded.apply_async(queue="nowhere")
+    conn.execute(queries.CLAIM_JOBS, claim_params(["nowhere"], 1, worker_id))
     conn.execute(
-        "UPDATE pgqueue_jobs SET status = 'running', attempts = 1, worker_id = %s,"
-        " queue = 'default', started_at = now() - interval '1 minute' WHERE id = %s",
-        (worker_id, job.id),
+        "UPDATE pgqueue_jobs SET queue = 'default', started_at = now() - interval '1 minute'"
+        " WHERE id = %s",
+        (job.id,),
     )
     job.wait(timeout=30)
     assert ran == [1]  # given back uncounted, then run once

@@ -193,10 +193,11 @@ def test_one_batch_of_retries_announces_every_due_time(app: pgqueue.App, dsn: st
 
     jobs = [later.delay(), later.delay()]
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(queries.CLAIM_JOBS, claim_params(["default"], 2, 1))
+        rows = conn.execute(queries.CLAIM_JOBS, claim_params(["default"], 2, 1)).fetchall()
+        leases = {row[0]: row[9] for row in rows}  # id, ..., lease: see CLAIM_JOBS
         listener = psycopg.connect(dsn, autocommit=True)
         listener.execute("LISTEN pgqueue_enqueued")
-    claimed = [ClaimedJob(j.id, "default", later.name, [], {}, 0, 1, 3) for j in jobs]
+    claimed = [ClaimedJob(j.id, "default", later.name, [], {}, 0, 1, 3, leases[j.id]) for j in jobs]
     error = simple_error("Retry", "later")
     batch = [RetryLater(claimed[0], error, delay=10.0), RetryLater(claimed[1], error, delay=20.0)]
 

@@ -152,7 +152,11 @@ def test_a_task_that_lost_its_lease_leaves_no_write_behind(
     job = charge.delay(10)
     assert wrote.wait(15)
     # Meanwhile the job was rescued and claimed again elsewhere (attempt 2 holds the lease).
-    conn.execute("UPDATE pgqueue_jobs SET attempts = 2 WHERE id = %s", (job.id,))
+    conn.execute(
+        "UPDATE pgqueue_jobs SET attempts = 2, lease = nextval('pgqueue_job_lease_seq')"
+        " WHERE id = %s",
+        (job.id,),
+    )
     release.set()
     # The connection goes back to the worker's pool only once its transaction has ended.
     pool = worker.worker.executor.transactional
