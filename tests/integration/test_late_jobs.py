@@ -49,7 +49,7 @@ def test_a_job_committed_after_newer_jobs_were_claimed_is_picked_up(
 
     start_worker(app, concurrency=4)
     with psycopg.connect(app.dsn) as tx:  # the application's transaction
-        late = noop.delay(connection=tx)  # run_at: this transaction's start
+        late = noop.apply_async(connection=tx)  # run_at: this transaction's start
         _claim_past(app, noop)
         tx.commit()
         wait_until(lambda: _finished(app, late), what="the late job to run")
