@@ -253,6 +253,13 @@ WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = c.id AND j.status = 'running'
 RETURNING j.id
 """
 
+# Tell workers where jobs given back by RELEASE_UNSTARTED sort: they keep their run_at, which is
+# before where the workers' claims have got to.
+NOTIFY_RELEASED = f"""
+SELECT pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()}) FROM pgqueue_jobs
+WHERE id = ANY(%(ids)s::bigint[]) AND status = 'queued'
+"""
+
 # Announce a worker; run in the same transaction as LOCK_WORKER so that no rescuer can ever see
 # the row without the lock held.
 REGISTER_WORKER = """

@@ -405,6 +405,7 @@ class Worker:
         try:
             conn = await self._claim_conn.get()
             await conn.execute(queries.RELEASE_UNSTARTED, params)
+            await conn.execute(queries.NOTIFY_RELEASED, {"ids": params["ids"]})
             logger.info("gave %d claimed, unstarted job(s) back to the queue", len(jobs))
         except DATABASE_TROUBLE as exc:
             logger.warning(
@@ -607,6 +608,9 @@ class Worker:
             await (await conn.get()).execute(
                 queries.RELEASE_UNSTARTED,
                 {"ids": [j for j, _ in strays], "attempts": [a for _, a in strays]},
+            )
+            await (await conn.get()).execute(
+                queries.NOTIFY_RELEASED, {"ids": [j for j, _ in strays]}
             )
         except DATABASE_TROUBLE as exc:
             logger.warning("checking for stray claims failed: %s", _one_line(exc))

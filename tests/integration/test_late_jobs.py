@@ -101,3 +101,54 @@ def test_a_job_of_another_priority_than_the_last_claimed_is_picked_up(
     _claim_past(app, noop)  # the worker's position is in priority 0
     other = noop.apply_async(priority=priority)
     wait_until(lambda: _finished(app, other), what=f"the job of priority {priority} to run")
+
+
+def _hold_as_running(conn: psycopg.Connection[Any], job: pgqueue.Job, worker_id: int) -> None:
+    """Move a queued job (of a queue no worker serves) to the served queue, running under
+    `worker_id` since a minute ago: its run_at is before the worker's position there."""
+    conn.execute(
+        "UPDATE pgqueue_jobs SET status = 'running', attempts = 1, worker_id = %s,"
+        " queue = 'default', started_at = now() - interval '1 minute' WHERE id = %s",
+        (worker_id, job.id),
+    )
+
+
+def test_a_rescued_job_keeping_its_run_at_is_picked_up(
+    app: pgqueue.App, start_worker: StartWorker, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task(max_attempts=3)
+    def noop() -> None: ...
+
+    stranded = noop.apply_async(queue="nowhere")
+    start_worker(app, concurrency=4, queues=("default",), rescue_interval=0.1)
+    _claim_past(app, noop)
+    lost = conn.execute(
+        "INSERT INTO pgqueue_workers (name, hostname, pid, queues, concurrency, heartbeat_at)"
+        " VALUES ('gone', 'nowhere', 1, '{default}', 1, now() - interval '1 hour') RETURNING id"
+    ).fetchone()
+    assert lost is not None
+    _hold_as_running(conn, stranded, int(lost[0]))
+    wait_until(lambda: _finished(app, stranded), what="the rescued job to run")
+
+
+def test_a_job_given_back_unstarted_is_picked_up(
+    app: pgqueue.App,
+    start_worker: StartWorker,
+    conn: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim whose reply was lost is given back by the worker that made it (as unstarted
+    jobs are at shutdown), keeping its run_at."""
+    monkeypatch.setattr(pgqueue.worker, "STRAY_AGE", 0.0)
+    monkeypatch.setattr(pgqueue.worker, "STRAY_CHECK_INTERVAL", 0.1)
+
+    @app.task
+    def noop() -> None: ...
+
+    stranded = noop.apply_async(queue="nowhere")
+    worker = start_worker(app, concurrency=4, queues=("default",))
+    _claim_past(app, noop)
+    worker_id = worker.worker.presence.worker_id
+    assert worker_id is not None
+    _hold_as_running(conn, stranded, worker_id)
+    wait_until(lambda: _finished(app, stranded), what="the job given back to run")
