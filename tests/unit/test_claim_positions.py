@@ -156,3 +156,16 @@ def test_claim_positions_move_back_for_announced_jobs() -> None:
     positions, _ = worker._claim_positions({("busy", 0): late, ("idle", 0): late})
     assert positions["busy"][0] < (0, late, 0)
     assert "idle" not in positions  # read whole: no position to move
+
+
+def test_a_bulk_enqueue_announces_where_its_jobs_sort() -> None:
+    from pgqueue.enqueue import JobRequest
+    from pgqueue.enqueue_many import BulkRequest, _payload
+
+    now = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    template = JobRequest("reports.q-1", "t", "[]", "{}", -2, None, None, 3)
+    due_now = parse_enqueued(_payload(BulkRequest(template, [("[]", "{}")]), now))
+    assert due_now == Enqueued("reports.q-1", now.timestamp(), -2, False)
+    template.countdown = 5.0
+    later = parse_enqueued(_payload(BulkRequest(template, [("[]", "{}")]), now))
+    assert later == Enqueued("reports.q-1", now.timestamp() + 5, -2, True)
