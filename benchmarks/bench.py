@@ -18,6 +18,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, suppress
@@ -447,9 +448,51 @@ def enqueue_speed(dsn: str, n_single: int, n_bulk: int, results: Results) -> Non
         bench_tasks.app.close()
 
 
+# Late-committed jobs in the latency workloads: one transaction every LATE_EVERY seconds
+# enqueues a job with connection=, stays open LATE_HOLD seconds while the offered load's newer
+# jobs are enqueued and claimed, then commits.
+LATE_EVERY = 0.2
+LATE_HOLD = 0.1
+
+
+class LateCommits:
+    """A thread of application transactions that each enqueue one job with `connection=` and
+    commit it LATE_HOLD seconds later: the job's run_at is the transaction's start, before the
+    jobs enqueued and claimed meanwhile. Records each job's id and, on the database's clock,
+    the moment just before its COMMIT."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.committed: list[tuple[int, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="late-commits", daemon=True)
+
+    def __enter__(self) -> LateCommits:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        import bench_tasks
+
+        with psycopg.connect(self.dsn) as tx:
+            while not self._stop.is_set():
+                job = bench_tasks.anoop.apply_async(connection=tx)
+                time.sleep(LATE_HOLD)  # the offered load goes on meanwhile
+                committing = scalar(tx, "SELECT clock_timestamp()")
+                tx.commit()
+                self.committed.append((job.id, committing))
+                self._stop.wait(LATE_EVERY - LATE_HOLD)
+
+
 def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path, name: str) -> None:
-    """Pickup latency (created -> started, both on the database's clock) at an offered
-    rate, with one worker (async no-op tasks, --concurrency 50); and whether the queue keeps up."""
+    """Pickup latency at an offered rate, with one worker (async no-op tasks, --concurrency
+    50), and whether the queue keeps up: of `delay()` (created -> started, both on the
+    database's clock) and, under the same load, of jobs committed late (LateCommits: from
+    just before the COMMIT to the start), each with p50/p99, and their difference."""
     import bench_tasks
 
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -459,25 +502,51 @@ def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path,
         try:
             batch = max(1, int(rate / 100))  # enqueue in ticks of 10 ms at high rates
             ticks = max(1, round(seconds * rate / batch))
-            total = ticks * batch
-            if batch == 1:
-                paced(ticks, 1 / rate, bench_tasks.anoop.delay)
-            else:
-                paced(ticks, batch / rate, lambda: bench_tasks.anoop.delay_many([()] * batch))
+            with LateCommits(dsn) as late:
+                if batch == 1:
+                    paced(ticks, 1 / rate, bench_tasks.anoop.delay)
+                else:
+                    paced(ticks, batch / rate, lambda: bench_tasks.anoop.delay_many([()] * batch))
+            total = ticks * batch + len(late.committed)
             backlog = scalar(conn, "SELECT count(*) FROM pgqueue_jobs WHERE started_at IS NULL")
             wait_finished(conn, total, timeout=120)
         finally:
             worker.stop()
             bench_tasks.app.close()
+        late_ids = [job_id for job_id, _ in late.committed]
         samples = [
             row[0]
             for row in conn.execute(
                 "SELECT extract(epoch FROM started_at - created_at)::float8"
-                " FROM pgqueue_finished_jobs"
+                " FROM pgqueue_finished_jobs WHERE NOT (id = ANY(%s))",
+                (late_ids,),
             )
         ]
+        late_samples, behind = [], 0
+        for started, was_behind in conn.execute(
+            "SELECT extract(epoch FROM f.started_at - l.committing)::float8,"
+            " EXISTS (SELECT 1 FROM pgqueue_finished_jobs AS n"
+            "         WHERE n.id > l.id AND n.started_at < l.committing)"
+            " FROM unnest(%s::bigint[], %s::timestamptz[]) AS l(id, committing)"
+            " JOIN pgqueue_finished_jobs AS f ON f.id = l.id",
+            (late_ids, [at for _, at in late.committed]),
+        ):
+            late_samples.append(started)
+            behind += bool(was_behind)
+        ours, theirs = percentiles(samples), percentiles(late_samples)
         results.add(
-            name, offered_per_s=rate, jobs=total, backlog_at_end=backlog, **percentiles(samples)
+            name,
+            offered_per_s=rate,
+            jobs=total,
+            backlog_at_end=backlog,
+            **ours,
+            late_jobs=len(late_samples),
+            # Late jobs whose transaction saw a newer job start before it committed: the case
+            # measured (the others committed before the worker got past them).
+            late_behind_newer=behind,
+            **{f"late_{key}": value for key, value in theirs.items()},
+            late_minus_delay_p50_ms=theirs["p50_ms"] - ours["p50_ms"],
+            late_minus_delay_p99_ms=theirs["p99_ms"] - ours["p99_ms"],
         )
 
 

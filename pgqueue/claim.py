@@ -1,5 +1,12 @@
 """Claiming: wait for a NOTIFY, a freed slot, a due timer or the poll tick; then claim up to the
 number of free slots in one `SELECT ... FOR UPDATE SKIP LOCKED` statement.
+
+A worker reads each queue on from where its claims got to in each priority (its positions), so
+that an old snapshot's dead index entries are not stepped over at every claim (see CLAIM_JOBS).
+Every enqueue notification says where its jobs sort (`queue@run_at@priority`), and the claimer
+moves a position back to just before them when they sort before it: a job committed late, a
+countdown or retry coming due, a rescued job or one of a higher priority is then read at the
+next claim, not at the next read of the queue from its start.
 """
 
 from __future__ import annotations
@@ -7,18 +14,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, NamedTuple
 
 import psycopg
 
 from pgqueue import _json, queries
 from pgqueue.outcome import ClaimedJob
 
-# Where a claim stopped in a queue: the (priority, run_at, id) of the last job it took.
+# Where the claims got to in one priority of a queue: the (priority, run_at, id) of the last job
+# they took there (everything before it in that priority was claimed, or is announced by a
+# notification).
 Position = tuple[int, datetime, int]
+
+# Priorities are smallints: bounds that take in every one of them.
+ABOVE_ALL_PRIORITIES = 32768
+BELOW_ALL_PRIORITIES = -32769
+# A position moved back for a notification sits this much before the run_at it names: the epoch
+# in the payload is decimal text, and a rounding of it must never put the position after the job.
+REWIND_MARGIN = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -28,8 +44,8 @@ class Claim:
 
     jobs: list[ClaimedJob]
     ended: list[tuple[int, str]]
-    # Per queue, the (priority, run_at, id) of the last job taken, in the claim's order.
-    last: dict[str, Position]
+    # Per queue and priority, the (priority, run_at, id) of the last job taken there.
+    last: dict[str, dict[int, Position]]
 
     @property
     def taken(self) -> int:
@@ -40,15 +56,45 @@ def claim_params(
     queues: Sequence[str],
     limit: int,
     worker_id: int,
-    after: Mapping[str, Position] | None = None,
+    after: Mapping[str, Collection[Position]] | None = None,
 ) -> dict[str, Any]:
-    """CLAIM_JOBS's parameters: the queues, each with its position or NULL (from the start)."""
-    positions = [(after or {}).get(queue) for queue in queues]
+    """CLAIM_JOBS's parameters: the stretches of each queue to read, in claim order.
+
+    A queue with positions (at most one per priority) is read after each position within its
+    priority, and the priorities between and below them from their start; priorities above
+    the highest position are not read (a notification gives them a position). A queue
+    without positions is read whole, from its start.
+    """
+    names: list[str] = []
+    priorities: list[int | None] = []
+    run_ats: list[datetime | None] = []
+    ids: list[int | None] = []
+    lower_than: list[int] = []
+    higher_than: list[int] = []
+
+    def stretch(queue: str, position: Position | None, below: int, above: int) -> None:
+        names.append(queue)
+        priorities.append(position[0] if position else None)
+        run_ats.append(position[1] if position else None)
+        ids.append(position[2] if position else None)
+        lower_than.append(below)
+        higher_than.append(above)
+
+    for queue in queues:
+        upper = ABOVE_ALL_PRIORITIES
+        for position in sorted((after or {}).get(queue, ()), key=lambda p: -p[0]):
+            if upper != ABOVE_ALL_PRIORITIES and upper - position[0] > 1:
+                stretch(queue, None, upper, position[0])  # the priorities between, whole
+            stretch(queue, position, 0, 0)
+            upper = position[0]
+        stretch(queue, None, upper, BELOW_ALL_PRIORITIES)  # below the lowest position, whole
     return {
-        "queues": list(queues),
-        "after_priority": [p[0] if p else None for p in positions],
-        "after_run_at": [p[1] if p else None for p in positions],
-        "after_id": [p[2] if p else None for p in positions],
+        "queues": names,
+        "after_priority": priorities,
+        "after_run_at": run_ats,
+        "after_id": ids,
+        "lower_than": lower_than,
+        "higher_than": higher_than,
         "limit": limit,
         "worker_id": worker_id,
     }
@@ -59,13 +105,13 @@ async def claim_jobs(
     queues: Sequence[str],
     limit: int,
     worker_id: int,
-    after: Mapping[str, Position] | None = None,
+    after: Mapping[str, Collection[Position]] | None = None,
 ) -> Claim:
     """Claim up to `limit` due jobs for `worker_id`; each claim bumps the attempt and draws a
     new lease (its fencing token).
 
-    A queue with a position in `after` is read from there on, within the position's priority
-    (see CLAIM_JOBS); the others from the start.
+    A queue with positions in `after` is read on from them (see `claim_params`); the others
+    from the start.
     """
     async with conn.cursor() as cur:
         await cur.execute(queries.CLAIM_JOBS, claim_params(queues, limit, worker_id, after))
@@ -74,7 +120,7 @@ async def claim_jobs(
     rows.sort(key=lambda r: (-r[5], r[0]))
     jobs = []
     ended = []
-    last: dict[str, Position] = {}
+    last: dict[str, dict[int, Position]] = {}
     for row in rows:
         id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, run_at = row[:9]
         lease, dead = row[9], row[10]
@@ -95,25 +141,62 @@ async def claim_jobs(
                 lease,
             )
         )
-        position = (priority, run_at, id_)
-        if queue not in last or _later(position, last[queue]):
-            last[queue] = position
+        reached = last.setdefault(queue, {})
+        if priority not in reached or (run_at, id_) > reached[priority][1:]:
+            reached[priority] = (priority, run_at, id_)
     return Claim(jobs, ended, last)
 
 
-def _later(a: Position, b: Position) -> bool:
-    """Whether `a` comes after `b` in claim order (priority DESC, run_at, id)."""
-    return (-a[0], a[1], a[2]) > (-b[0], b[1], b[2])
+def rewind(positions: dict[int, Position], priority: int, run_at: datetime) -> None:
+    """Move the positions of one queue so that a job of `priority` due at `run_at` is read by
+    the next claim. Moving back never misses a job; it only costs reading over the entries
+    between. A priority between or below the positions is read from its start anyway, and one
+    above them all is not read at all until it has a position."""
+    start = (priority, run_at - REWIND_MARGIN, 0)
+    current = positions.get(priority)
+    if current is not None:
+        if start[1:] < current[1:]:
+            positions[priority] = start
+    elif positions and priority > max(positions):
+        positions[priority] = start
+
+
+class Enqueued(NamedTuple):
+    """What an enqueue notification says: the queue, and where its jobs sort (their priority
+    and run_at, as seconds since the epoch) when the sender says so (pgqueue since it moves
+    positions back; a hand-written `pg_notify(..., queue)` says only the queue)."""
+
+    queue: str
+    run_at: float | None = None
+    priority: int | None = None
+    later: bool = False  # due after the commit: wake up at run_at
+
+
+def parse_enqueued(payload: str) -> Enqueued:
+    """Read a `pgqueue_enqueued` payload: `queue`, `queue@epoch` (a job due later, as older
+    versions send it), `queue@epoch@priority` (jobs due now, none sorting before that run_at
+    in that priority) or `queue@epoch@priority@later`. Queue names never hold an `@`."""
+    parts = payload.split("@")
+    if len(parts) == 1:
+        return Enqueued(payload)
+    try:
+        when = float(parts[1])
+        if len(parts) == 2:
+            return Enqueued(parts[0], when, None, True)
+        return Enqueued(parts[0], when, int(parts[2]), len(parts) > 3 and parts[3] == "later")
+    except ValueError:  # not ours to read: wake up, the claim finds out
+        return Enqueued(parts[0])
 
 
 MAX_TIMERS = 10_000
 
 
 class ClaimSignal:
-    """Tells the claimer when to look for work.
+    """Tells the claimer when to look for work, and where (`take_rewinds`).
 
-    NOTIFY is only a hint: a lost one costs at most `poll_interval` of latency, never a job.
-    Payloads name a queue, or `queue@epoch` for a job due later, which sets a timer.
+    NOTIFY is only a hint: a lost one costs at most `poll_interval` of latency, or the time to
+    the next read of the queue from its start, never a job. Payloads are read by
+    `parse_enqueued`; one for jobs due later sets a timer for their due time.
     """
 
     def __init__(self, queues: Sequence[str], poll_interval: float) -> None:
@@ -121,10 +204,12 @@ class ClaimSignal:
         self.poll_interval = poll_interval
         self._event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        # Due times (ms since the epoch) with a wake-up timer set: one timer each, so that a
-        # retry due just after another is not left to the poll tick. Bounded: past the bound,
-        # the poll tick is the fallback.
-        self._timers: set[int] = set()
+        # Due times (ms since the epoch) with a wake-up timer set, each with where its jobs
+        # sort: one timer each, so that a retry due just after another is not left to the poll
+        # tick. Bounded: past the bound, the poll tick is the fallback.
+        self._timers: dict[int, dict[tuple[str, int], float]] = {}
+        # Per (queue, priority): the earliest run_at announced since the claimer last asked.
+        self._rewinds: dict[tuple[str, int], float] = {}
 
     def wake(self) -> None:
         self._event.set()
@@ -137,27 +222,47 @@ class ClaimSignal:
         self._loop.call_soon_threadsafe(self._on_notify, payload)
 
     def _on_notify(self, payload: str) -> None:
-        queue, _, due = payload.partition("@")
-        if queue not in self.queues:
+        note = parse_enqueued(payload)
+        if note.queue not in self.queues:
             return
-        if due:
-            with contextlib.suppress(ValueError):
-                when = float(due)
-                key = int(when * 1000)
-                if when <= time.time():
-                    self._event.set()
-                elif key not in self._timers and len(self._timers) < MAX_TIMERS:
-                    self._timers.add(key)
-                    self._loop.call_later(when - time.time(), self._timer_due, key)
-                return
+        if note.later and note.run_at is not None and note.run_at > time.time():
+            key = int(note.run_at * 1000)
+            timer = self._timers.get(key)
+            if timer is None:
+                if len(self._timers) >= MAX_TIMERS:
+                    return
+                timer = self._timers[key] = {}
+                self._loop.call_later(note.run_at - time.time(), self._timer_due, key)
+            if note.priority is not None:
+                _keep_earliest(timer, (note.queue, note.priority), note.run_at)
+            return
+        if note.priority is not None and note.run_at is not None:
+            _keep_earliest(self._rewinds, (note.queue, note.priority), note.run_at)
         self._event.set()
 
     def _timer_due(self, key: int) -> None:
-        self._timers.discard(key)
+        for where, run_at in self._timers.pop(key, {}).items():
+            _keep_earliest(self._rewinds, where, run_at)
         self._event.set()
+
+    def take_rewinds(self) -> dict[tuple[str, int], datetime]:
+        """Per (queue, priority), the earliest run_at of the jobs announced since the last
+        call: the claimer moves its positions back to them (`rewind`)."""
+        taken, self._rewinds = self._rewinds, {}
+        return {
+            where: datetime.fromtimestamp(run_at, timezone.utc) for where, run_at in taken.items()
+        }
 
     async def wait(self) -> None:
         """Return when it is time to claim: woken, a timer came due, or the poll tick."""
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._event.wait(), self.poll_interval)
         self._event.clear()
+
+
+def _keep_earliest(
+    times: dict[tuple[str, int], float], where: tuple[str, int], run_at: float
+) -> None:
+    known = times.get(where)
+    if known is None or run_at < known:
+        times[where] = run_at

@@ -107,9 +107,12 @@ def _copy_text(value: str) -> str:
 
 
 def _payload(request: BulkRequest, now: datetime) -> str:
+    """The jobs' notification: where they sort and whether they are due later (see
+    queries._enqueued); every job of the call shares its queue, priority and run_at."""
     t = request.template
-    due = t.eta or (now + timedelta(seconds=t.countdown) if t.countdown else None)
-    return f"{t.queue}@{due.timestamp()}" if due and due > now else t.queue
+    run_at = t.eta or (now + timedelta(seconds=t.countdown) if t.countdown else now)
+    later = "@later" if run_at > now else ""
+    return f"{t.queue}@{run_at.timestamp()!r}@{t.priority}{later}"
 
 
 def copy_jobs(conn: psycopg.Connection[Any], request: BulkRequest) -> list[int]:

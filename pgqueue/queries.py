@@ -50,13 +50,28 @@ def _lost_message(alias: str) -> str:
     )
 
 
+def _enqueued(alias: str = "") -> str:
+    """The `pgqueue_enqueued` payload for a job (columns of `alias`): its queue and where it
+    sorts, `queue@run_at@priority` (run_at in seconds since the epoch), with `@later` when it
+    is due after now(). A worker moves its position in the queue back to it (claim.py).
+    Every job of one transaction enqueued due now has the same payload, so PostgreSQL sends it
+    once: a transaction that enqueues 10,000 jobs wakes workers with one notification."""
+    a = f"{alias}." if alias else ""
+    return (
+        f"{a}queue || '@' || extract(epoch FROM {a}run_at)::text || '@' || {a}priority"
+        f" || CASE WHEN {a}run_at > now() THEN '@later' ELSE '' END"
+    )
+
+
 def _error(type_: str, message: str) -> str:
     """A job's stored error, built in SQL."""
     return f"jsonb_build_object('type', '{type_}', 'message', {message}, 'traceback', NULL)"
 
 
 # Insert one job and wake idle workers of its queue, in the caller's transaction (the NOTIFY is
-# delivered only on commit). A job due later says when in the payload, so a worker can set a timer.
+# delivered only on commit). The payload says where the job sorts, so that a worker reads from
+# there even when it claimed newer jobs before this commit, and when it is due, so that a worker
+# can set a timer.
 # Only what the database decided comes back (the caller knows the rest: see JobRequest.job_row).
 # Casts are spelled CAST(... AS ...) because this statement also runs through SQLAlchemy.
 INSERT_JOB = f"""
@@ -74,22 +89,21 @@ VALUES (
         CAST(%(expires_at)s AS timestamptz),
         now() + CAST(%(expires_in)s AS float8) * interval '1 second')
 )
-RETURNING id, run_at, created_at, expires_at, pg_notify(
-    '{NOTIFY_ENQUEUED}',
-    CASE WHEN run_at > now() THEN queue || '@' || extract(epoch FROM run_at)::text
-         ELSE queue END
-)::text AS notified
+RETURNING id, run_at, created_at, expires_at,
+    pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()})::text AS notified
 """
 
 # INSERT_JOB for the common case, a job due now that never expires: run_at and created_at are
 # the same now(), expires_at is NULL, so only the id and created_at come back. Every column
-# returned costs a few percent of an enqueue; this is the statement `delay()` runs.
+# returned costs a few percent of an enqueue; this is the statement `delay()` runs. Its payload
+# is INSERT_JOB's for a job due now (`queue@run_at@priority`).
 INSERT_JOB_NOW = f"""
 INSERT INTO pgqueue_jobs (queue, task_name, args, kwargs, priority, max_attempts)
 VALUES (
     %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
     %(priority)s, %(max_attempts)s)
-RETURNING id, created_at, pg_notify('{NOTIFY_ENQUEUED}', queue)
+RETURNING id, created_at, pg_notify(
+    '{NOTIFY_ENQUEUED}', queue || '@' || extract(epoch FROM run_at)::text || '@' || priority)
 """
 
 # Claim up to `limit` due jobs of the given queues, skipping rows other workers hold; the
@@ -99,12 +113,17 @@ RETURNING id, created_at, pg_notify('{NOTIFY_ENQUEUED}', queue)
 # costs the same with 20 or 20 million jobs waiting (one query over all queues at once has
 # to sort the whole backlog); queues are taken in the order given, which the worker rotates.
 #
-# A queue given a position (`after_*`: the last job this worker claimed there) is read from
-# that position on, within its priority: the jobs before it were claimed already, and while
-# another session holds an old snapshot their index entries cannot be cleaned, so reading
-# from the start would step over all of them at every claim. The worker reads each queue
-# from the start (position NULL) at least once a second, for jobs that sort before the
-# position: a higher priority, a rescued job's earlier run_at.
+# The queues are given as stretches, in claim order (see claim.claim_params): a position
+# (`after_*`: where this worker's claims got to in one priority) is read from there on, within
+# its priority: the jobs before it were claimed already, and while another session holds an
+# old snapshot their index entries cannot be cleaned, so reading from the start would step over
+# all of them at every claim. A stretch without a position reads the priorities strictly
+# between `higher_than` and `lower_than` from their start: those between and below the
+# positions, or the whole queue. The LIMIT stops the reading as soon as the claim is full, so
+# a busy worker reads only its first stretch. Jobs that sort before a position (committed
+# late, a countdown or retry come due, a rescued job, a higher priority) are announced by
+# their notification, and the worker moves the position back to them; it reads each queue
+# whole at least once a second, for a lost notification.
 #
 # A picked job that expired, or whose cancellation was requested (while it ran before a retry
 # or rescue), ends CANCELLED here instead of running: `dead` tells the worker, and its waiters
@@ -114,8 +133,8 @@ WITH picked AS (
     SELECT j.id, j.dead
     FROM unnest(
         %(queues)s::text[], %(after_priority)s::int[], %(after_run_at)s::timestamptz[],
-        %(after_id)s::bigint[]
-    ) AS q(name, priority, run_at, id)
+        %(after_id)s::bigint[], %(lower_than)s::int[], %(higher_than)s::int[]
+    ) AS q(name, priority, run_at, id, lower_than, higher_than)
     CROSS JOIN LATERAL (
         SELECT * FROM (
             SELECT id, (cancel_requested_at IS NOT NULL OR expires_at <= now()) IS TRUE AS dead
@@ -132,7 +151,8 @@ WITH picked AS (
             SELECT id, (cancel_requested_at IS NOT NULL OR expires_at <= now()) IS TRUE AS dead
             FROM pgqueue_jobs
             WHERE q.priority IS NULL
-              AND status = 'queued' AND queue = q.name AND run_at <= now()
+              AND status = 'queued' AND queue = q.name
+              AND priority < q.lower_than AND priority > q.higher_than AND run_at <= now()
             ORDER BY priority DESC, run_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -199,7 +219,7 @@ WITH outcome AS (
     WHERE j.id = ANY(ARRAY(SELECT id FROM outcome WHERE status = 'queued'))
       AND o.status = 'queued' AND j.id = o.id AND j.lease = o.lease
       AND j.status::text = 'running'
-    RETURNING j.id, j.queue, j.run_at
+    RETURNING j.id, j.queue, j.run_at, j.priority
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j
     USING outcome AS o
@@ -213,9 +233,10 @@ WITH outcome AS (
     SELECT pg_notify('{NOTIFY_FINISHED}', string_agg(id::text, ','))
     FROM archived HAVING count(*) > 0
 ), retries AS (
-    -- The due time of each retry (identical payloads are sent once): a worker sets a timer
-    -- per due time, so a retry due just after another is not left to the poll tick.
-    SELECT pg_notify('{NOTIFY_ENQUEUED}', queue || '@' || extract(epoch FROM run_at)::text)
+    -- Where each retry sorts and when it is due (identical payloads are sent once): a worker
+    -- sets a timer per due time, so a retry due just after another is not left to the poll
+    -- tick, and reads from the retry's place in the queue when it comes due.
+    SELECT pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()})
     FROM retried
 ), notified AS (
     SELECT (SELECT count(*) FROM finished) + (SELECT count(*) FROM retries) AS n
@@ -234,6 +255,13 @@ FROM unnest(%(ids)s::bigint[], %(leases)s::bigint[]) AS c(id, lease)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = c.id AND j.status = 'running'
   AND j.lease = c.lease
 RETURNING j.id
+"""
+
+# Tell workers where jobs given back by RELEASE_UNSTARTED sort: they keep their run_at, which is
+# before where the workers' claims have got to.
+NOTIFY_RELEASED = f"""
+SELECT pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()}) FROM pgqueue_jobs
+WHERE id = ANY(%(ids)s::bigint[]) AND status = 'queued'
 """
 
 # Announce a worker; run in the same transaction as LOCK_WORKER so that no rescuer can ever see
@@ -275,7 +303,8 @@ requeued AS (
     UPDATE pgqueue_jobs AS j
     SET status = 'queued', worker_id = NULL, error = {_error("WorkerLost", _lost_message("j"))}
     WHERE j.status = 'running' AND j.attempts < j.max_attempts AND {running}
-    RETURNING j.id, j.task_name, j.status::text AS status, j.attempts, j.max_attempts
+    RETURNING j.id, j.task_name, j.status::text AS status, j.attempts, j.max_attempts, j.queue,
+              j.run_at, j.priority
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j
     WHERE j.status = 'running' AND j.attempts >= j.max_attempts AND {running}
@@ -287,7 +316,9 @@ SELECT a.id, a.task_name, a.attempts, a.max_attempts, a.status::text AS status,
        pg_notify('{NOTIFY_FINISHED}', a.id::text)::text AS notified
 FROM archived AS a
 UNION ALL
-SELECT r.id, r.task_name, r.attempts, r.max_attempts, r.status, NULL FROM requeued AS r
+SELECT r.id, r.task_name, r.attempts, r.max_attempts, r.status,
+       pg_notify('{NOTIFY_ENQUEUED}', {_enqueued("r")})::text
+FROM requeued AS r
 """
 
 
@@ -296,11 +327,11 @@ SELECT r.id, r.task_name, r.attempts, r.max_attempts, r.status, NULL FROM requeu
 # grace runs from the server's start) or whose heartbeat is stale, delete them, and put their
 # running jobs back in the queue, or end them FAILED when no attempts remain. A rescued job
 # keeps its run_at, so it goes back to its place in line, not behind the backlog that built up
-# while it ran. Every worker runs this each second; it is idempotent. Waiters on jobs that
-# ended FAILED are notified. The lost workers' jobs are found by `worker_id = ANY(ARRAY(...))`:
-# with no worker lost (nearly always) that reads nothing, where a test against every running
-# job would read each one, and each dead index entry an old snapshot keeps (50 ms a pass with
-# 300,000 of them).
+# while it ran (its notification tells workers to read from there). Every worker runs this each
+# second; it is idempotent. Waiters on jobs that ended FAILED are notified. The lost workers'
+# jobs are found by `worker_id = ANY(ARRAY(...))`: with no worker lost (nearly always) that
+# reads nothing, where a test against every running job would read each one, and each dead
+# index entry an old snapshot keeps (50 ms a pass with 300,000 of them).
 RESCUE_LOST_JOBS = _rescue(
     f"""WITH lost AS (
     SELECT w.id FROM pgqueue_workers AS w
@@ -528,9 +559,9 @@ WITH tick AS (
         %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
         %(priority)s, %(max_attempts)s, %(periodic_name)s, CAST(%(fire_at)s AS timestamptz)
     WHERE CAST(%(fire_at)s AS timestamptz) IS NULL OR EXISTS (SELECT 1 FROM tick)
-    RETURNING id, queue
+    RETURNING id, queue, run_at, priority
 )
-SELECT id, pg_notify('{NOTIFY_ENQUEUED}', queue)::text AS notified FROM job
+SELECT id, pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()})::text AS notified FROM job
 """
 
 # Record what a scheduler pass did with a schedule.
@@ -607,5 +638,6 @@ COPY_JOBS = (
     "expires_at) FROM STDIN"
 )
 
-# One wake-up for a bulk insert (delivered on commit).
+# One wake-up for a bulk insert (delivered on commit); the payload is built as _enqueued's, for
+# the first of the jobs (they share queue, priority and run_at).
 NOTIFY_ENQUEUED_PAYLOAD = f"SELECT pg_notify('{NOTIFY_ENQUEUED}', %(payload)s)"

@@ -25,13 +25,15 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Mapping
+from datetime import datetime
 
 import psycopg
 
 from pgqueue import queries
 from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue.app import App
-from pgqueue.claim import ClaimSignal, Position, claim_jobs
+from pgqueue.claim import ClaimSignal, Position, claim_jobs, rewind
 from pgqueue.complete import Completer
 from pgqueue.config import WorkerSettings
 from pgqueue.context import CancelFlag
@@ -77,13 +79,16 @@ ORPHAN_CHECK_INTERVAL = 10.0
 # the database or the network, including pgqueue's own "could not connect".
 DATABASE_TROUBLE = (psycopg.Error, OSError, DatabaseUnavailable)
 FINAL_FLUSH_TIMEOUT = 10.0
-# How often a worker reads each queue from its start rather than after its last claim: the
-# longest a job that sorts before that position (higher priority, a rescued job) can wait
-# while the worker is busy with the queue. When such reads grow slow (an old snapshot keeps
+# How often a worker reads each queue from its start rather than on from its positions: the
+# longest a job that sorts before a position can wait when its notification was lost (one that
+# arrives moves the position back to it). When such reads grow slow (an old snapshot keeps
 # many dead index entries at the start), they are spaced out so as to take at most
 # 1/FULL_CLAIM_SHARE of the time.
 FULL_CLAIM_INTERVAL = 1.0
 FULL_CLAIM_SHARE = 10
+# Positions kept per queue (one per priority claimed from); past this, the lowest priorities
+# are read from their start.
+MAX_POSITIONS_PER_QUEUE = 16
 # A pruning pass deletes at most this many batches, so that rescues are never held up for
 # long; a pass that hits the limit is followed by another at the next maintenance pass (every
 # second), so pruning keeps up with thousands of jobs a second.
@@ -113,8 +118,9 @@ class Worker:
         # Attempts stopped because their lease is gone, by lease: they still hold a slot
         # until they end (a sync task runs until it reads its cancel flag), and write nothing.
         self._abandoned: dict[int, asyncio.Task[None]] = {}
-        # Per queue: where the last claim stopped, and when the queue was last read whole.
-        self._positions: dict[str, Position] = {}
+        # Per queue: where the claims got to in each priority, and when the queue was last
+        # read whole.
+        self._positions: dict[str, dict[int, Position]] = {}
         self._full_claim_at: dict[str, float] = {}
         self._full_claim_seconds = 0.0  # how long the last claim with a full read took
         # A claim takes at most half the slots, so that the next claim's round trip overlaps
@@ -397,7 +403,7 @@ class Worker:
             if free > 0 and want_claim and self.notifier.connected.is_set() and worker_id:
                 try:
                     conn = await self._claim_conn.get()
-                    positions, full_read = self._claim_positions()
+                    positions, full_read = self._claim_positions(self._signal.take_rewinds())
                     began = time.monotonic()
                     limit = min(free, self._claim_limit)
                     claim = await claim_jobs(conn, self._queue_order(), limit, worker_id, positions)
@@ -414,7 +420,7 @@ class Worker:
                     backoff = min(backoff * 2, 1.0)
                     continue
                 backoff = 0.1
-                self._positions.update(claim.last)
+                self._advance_positions(claim.last)
                 for job_id, task_name in claim.ended:
                     logger.info("job %d %s ended CANCELLED before it could run", job_id, task_name)
                 if self._stopping.is_set():
@@ -438,11 +444,17 @@ class Worker:
             await self._signal.wait()
             want_claim = True
 
-    def _claim_positions(self) -> tuple[dict[str, Position], bool]:
-        """Where each queue's claim starts: after this worker's last claim there, but from
+    def _claim_positions(
+        self, rewinds: Mapping[tuple[str, int], datetime] | None = None
+    ) -> tuple[dict[str, list[Position]], bool]:
+        """Where each queue's claim starts: on from this worker's positions there, moved back
+        for the jobs announced since the last claim (`rewinds`, see claim.rewind); but from
         the start when the last full read of the queue is FULL_CLAIM_INTERVAL old, or more
-        when full reads are slow (see CLAIM_JOBS: jobs sorting before the position are found
-        then). Also whether some queue is read from its start for that reason (a full read)."""
+        when full reads are slow (the fallback for a lost notification). Also whether some
+        queue is read from its start for that reason (a full read)."""
+        for (queue, priority), run_at in (rewinds or {}).items():
+            if queue in self._positions:
+                rewind(self._positions[queue], priority, run_at)
         now = time.monotonic()
         interval = max(FULL_CLAIM_INTERVAL, FULL_CLAIM_SHARE * self._full_claim_seconds)
         positions = {}
@@ -452,9 +464,18 @@ class Worker:
                 self._full_claim_at[queue] = now
                 full_read = True
                 self._positions.pop(queue, None)
-            elif queue in self._positions:
-                positions[queue] = self._positions[queue]
+            elif self._positions.get(queue):
+                positions[queue] = list(self._positions[queue].values())
         return positions, full_read
+
+    def _advance_positions(self, reached: Mapping[str, Mapping[int, Position]]) -> None:
+        """Record where a claim got to, per queue and priority."""
+        for queue, last in reached.items():
+            positions = self._positions.setdefault(queue, {})
+            positions.update(last)
+            if len(positions) > MAX_POSITIONS_PER_QUEUE:
+                for priority in sorted(positions)[: len(positions) - MAX_POSITIONS_PER_QUEUE]:
+                    del positions[priority]
 
     def _queue_order(self) -> tuple[str, ...]:
         """The queues, starting one further each claim, so that no queue can starve the
@@ -473,6 +494,7 @@ class Worker:
         try:
             conn = await self._claim_conn.get()
             await conn.execute(queries.RELEASE_UNSTARTED, params)
+            await conn.execute(queries.NOTIFY_RELEASED, {"ids": params["ids"]})
             logger.info("gave %d claimed, unstarted job(s) back to the queue", len(jobs))
         except DATABASE_TROUBLE as exc:
             logger.warning(
@@ -685,6 +707,9 @@ class Worker:
             await (await conn.get()).execute(
                 queries.RELEASE_UNSTARTED,
                 {"ids": [j for j, _ in strays], "leases": [lease for _, lease in strays]},
+            )
+            await (await conn.get()).execute(
+                queries.NOTIFY_RELEASED, {"ids": [j for j, _ in strays]}
             )
         except DATABASE_TROUBLE as exc:
             logger.warning("checking for stray claims failed: %s", _one_line(exc))

@@ -5,7 +5,8 @@ It reads the claimable index, even on a table just filled and never analysed (a 
 without statistics that chose a sequential scan and a sort would make every claim cost the
 whole backlog), and touches only the rows it claims, even on statistics taken while the queue
 was empty; and, given a position, it starts there rather than at the start of the index,
-whose dead entries an old snapshot can keep from being cleaned.
+whose dead entries an old snapshot can keep from being cleaned, and reads lower priorities only
+once the position's priority has run out.
 """
 
 from __future__ import annotations
@@ -129,8 +130,11 @@ def test_worker_claims_and_completions_use_index_scans_on_statistics_of_a_few_ro
     with psycopg.connect(app.dsn, autocommit=True) as worker_conn:
         worker_conn.execute(HOT_PATH_SETTINGS)
         claims = {
-            "after a position": claim_params(["bulk"], 10, worker_id, {"bulk": tuple(position)}),
+            "after a position": claim_params(["bulk"], 10, worker_id, {"bulk": [tuple(position)]}),
             "from the start": claim_params(["bulk"], 10, worker_id),
+            "on into lower priorities": claim_params(
+                ["bulk"], 10, worker_id, {"bulk": [(5, position[1], position[2])]}
+            ),
         }
         for name, params in claims.items():
             row = worker_conn.execute(
@@ -139,7 +143,7 @@ def test_worker_claims_and_completions_use_index_scans_on_statistics_of_a_few_ro
             assert row is not None
             worst = _jobs_rows_read(row[0][0]["Plan"])
             assert worst <= 100, (name, worst)
-        outcomes = _success_of_every_running_job(worker_conn, expected=20)
+        outcomes = _success_of_every_running_job(worker_conn, expected=30)
         row = worker_conn.execute(
             "EXPLAIN (ANALYZE, FORMAT JSON) " + queries.COMPLETE_JOBS, {"outcomes": outcomes}
         ).fetchone()
@@ -199,10 +203,10 @@ def test_the_worker_plans_its_claim_and_outcome_statements_once(
         hot_path = ReconnectingConnection(app, HOT_PATH_SETTINGS)
         try:
             aconn = await hot_path.get()
-            position = None
+            positions = None
             for limit in (1, 2, 3, 1, 2, 3, 1, 2):  # slots freed a few at a time
-                claim = await claim_jobs(aconn, ["bulk"], limit, worker_id, position)
-                position = claim.last
+                claim = await claim_jobs(aconn, ["bulk"], limit, worker_id, positions)
+                positions = {queue: list(last.values()) for queue, last in claim.last.items()}
                 await write_outcomes(aconn, [Succeeded(job, "null") for job in claim.jobs])
             cur = await aconn.execute(
                 "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
@@ -229,13 +233,16 @@ def test_the_worker_plans_its_claim_and_outcome_statements_once(
     assert position is not None
     conn.execute(HOT_PATH_SETTINGS)
     claims = {
-        "after a position": claim_params(["bulk"], 3, worker_id, {"bulk": tuple(position)}),
+        "after a position": claim_params(["bulk"], 3, worker_id, {"bulk": [tuple(position)]}),
         "from the start": claim_params(["bulk"], 3, worker_id),
+        "on into lower priorities": claim_params(
+            ["bulk"], 3, worker_id, {"bulk": [(5, position[1], position[2])]}
+        ),
     }
     for name, params in claims.items():
         worst = _jobs_rows_read(_generic_plan(conn, queries.CLAIM_JOBS, params))
         assert worst <= 100, (name, worst)
-    outcomes = _success_of_every_running_job(conn, expected=6)
+    outcomes = _success_of_every_running_job(conn, expected=9)
     plan = _generic_plan(conn, queries.COMPLETE_JOBS, {"outcomes": outcomes})
     assert _jobs_rows_read(plan) <= 100, ("outcomes", _jobs_rows_read(plan))
     assert conn.execute(
@@ -272,7 +279,7 @@ def test_per_second_checks_do_not_read_every_running_job(
 
 
 def _params(queues: list[str], positions: list[Any]) -> dict[str, Any]:
-    after = {q: tuple(p) for q, p in zip(queues, positions, strict=True) if p}
+    after = {q: [tuple(p)] for q, p in zip(queues, positions, strict=True) if p}
     return claim_params(queues, 10, 1, after)
 
 
@@ -301,12 +308,12 @@ def test_a_claim_after_a_position_takes_only_what_sorts_after_it(
 
     async def claims() -> tuple[Claim, Claim]:
         async with await psycopg.AsyncConnection.connect(app.dsn, autocommit=True) as aconn:
-            after = await claim_jobs(aconn, ["q"], 10, worker_id, {"q": tuple(position)})
+            after = await claim_jobs(aconn, ["q"], 10, worker_id, {"q": [tuple(position)]})
             return after, await claim_jobs(aconn, ["q"], 10, worker_id)
 
     after, whole = asyncio.run(claims())
     assert [job.id for job in after.jobs] == ids[4:]
-    assert after.last["q"][2] == ids[-1]
+    assert after.last["q"][0][2] == ids[-1]
     # Read from the start: what sorts first (the higher priority), then the rest.
     assert [job.id for job in whole.jobs] == [urgent, *ids[:4]]
 
