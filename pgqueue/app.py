@@ -29,7 +29,7 @@ from psycopg.rows import dict_row
 from pgqueue import _embedded, queries
 from pgqueue._fast_insert import FastInsert
 from pgqueue.config import DEFAULT_QUEUE, resolve_dsn
-from pgqueue.enqueue import JobRequest, _translate
+from pgqueue.enqueue import JobRequest, translate_error
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
 from pgqueue.job import Job
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
@@ -306,14 +306,14 @@ class App:
     # -- jobs -----------------------------------------------------------------------------
 
     def _insert_committed(self, request: JobRequest) -> dict[str, Any]:
-        self._shared_connection()
+        conn = self._shared_connection()
         try:
             if request.due_now:  # the common case, through libpq: see _fast_insert
                 return request.job_row(self._local.fast_insert.insert(request))
             cursor = self._local.insert_cursor  # kept with the connection: one fewer object
             row = cursor.execute(request.statement, request.params()).fetchone()
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
         assert row is not None
         return request.job_row(row)
 
@@ -323,7 +323,7 @@ class App:
             cur = await conn.execute(request.statement, request.params(), binary=True)
             row = await cur.fetchone()
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
         assert row is not None
         return request.job_row(row)
 
@@ -333,7 +333,7 @@ class App:
             with conn.cursor(row_factory=dict_row) as cur:
                 return cur.execute(queries.FETCH_JOB, {"id": job_id}).fetchone()
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
 
     async def _afetch_job_row(self, job_id: int) -> dict[str, Any] | None:
         conn = await self._ashared_connection()
@@ -342,7 +342,7 @@ class App:
                 await cur.execute(queries.FETCH_JOB, {"id": job_id})
                 return await cur.fetchone()
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
 
     def get_job(self, job_id: int) -> Job:
         """The job with this id, whatever its status; raises JobNotFound."""
@@ -363,31 +363,24 @@ class App:
         conn = self._shared_connection()
         params = {"id": job_id, "message": reason}
         try:
-            with conn.transaction():
-                if conn.execute(queries.CANCEL_QUEUED_JOB, params).fetchone():
-                    return True
-                if conn.execute(queries.REQUEST_CANCEL_RUNNING_JOB, params).fetchone():
-                    return True
-                if conn.execute(queries.FETCH_JOB, params).fetchone() is None:
-                    raise JobNotFound(f"no job with id {job_id}")
-                return False
+            decided = conn.execute(queries.CANCEL_JOB, params).fetchone() is not None
+            known = decided or conn.execute(queries.FETCH_JOB, params).fetchone() is not None
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
+        return _cancelled(job_id, decided, known)
 
     async def acancel(self, job_id: int, reason: str = "cancelled on request") -> bool:
         """Async twin of `cancel()`."""
         conn = await self._ashared_connection()
         params = {"id": job_id, "message": reason}
         try:
-            async with conn.transaction():
-                for query in (queries.CANCEL_QUEUED_JOB, queries.REQUEST_CANCEL_RUNNING_JOB):
-                    if await (await conn.execute(query, params)).fetchone():
-                        return True
-                if await (await conn.execute(queries.FETCH_JOB, params)).fetchone() is None:
-                    raise JobNotFound(f"no job with id {job_id}")
-                return False
+            decided = await (await conn.execute(queries.CANCEL_JOB, params)).fetchone() is not None
+            known = decided or (
+                await (await conn.execute(queries.FETCH_JOB, params)).fetchone() is not None
+            )
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
+        return _cancelled(job_id, decided, known)
 
     def wait_all(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
         """Block until every job has finished (whatever its outcome), on one connection."""
@@ -441,6 +434,15 @@ def idle_connection_ok(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[A
     except (psycopg.Error, OSError, ValueError):
         return False
     return not readable and conn.pgconn.status == ConnStatus.OK
+
+
+def _cancelled(job_id: int, decided: bool, known: bool) -> bool:
+    """cancel()'s answer: CANCEL_JOB decided (True), or the job had finished (False), or
+    there is no such job. Only the one statement decides; the look that follows it only tells
+    a finished job from a missing one."""
+    if not known:
+        raise JobNotFound(f"no job with id {job_id}")
+    return decided
 
 
 def _check_exist(ids: list[int], found: set[int]) -> set[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -265,3 +266,42 @@ def test_enqueue_without_a_reachable_database_raises_database_unavailable() -> N
             await unreachable.adelay()
 
     asyncio.run(scenario())
+
+
+# -- the shared async connection runs no transaction block ------------------------------
+
+
+def test_adelay_beside_a_failing_acancel_keeps_its_job(
+    app: pgqueue.App, echo: pgqueue.Task[Any, Any]
+) -> None:
+    """acancel of an unknown job fails; an adelay() running beside it on the same event
+    loop (so on the same shared connection) must not vanish with it."""
+
+    async def scenario() -> int:
+        await echo.adelay("warm up the shared connection")
+        cancelled, job = await asyncio.gather(
+            app.acancel(10**12), echo.adelay("beside"), return_exceptions=True
+        )
+        assert isinstance(cancelled, pgqueue.JobNotFound)
+        assert isinstance(job, pgqueue.Job)
+        return job.id
+
+    job_id = asyncio.run(scenario())
+    assert app.get_job(job_id).args == ["beside"]
+
+
+def test_adelay_beside_an_interrupted_adelay_many_keeps_its_job(
+    app: pgqueue.App, echo: pgqueue.Task[Any, Any]
+) -> None:
+    async def scenario() -> int:
+        await echo.adelay("warm up the shared connection")
+        bulk = asyncio.ensure_future(echo.adelay_many([(i,) for i in range(20_000)]))
+        await asyncio.sleep(0)  # one turn of the loop: the bulk starts first
+        job = await echo.adelay("beside")
+        bulk.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bulk
+        return job.id
+
+    job_id = asyncio.run(scenario())
+    assert app.get_job(job_id).args == ["beside"]
