@@ -430,10 +430,21 @@ def idle_connection_ok(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[A
     if conn.broken or conn.closed:
         return False
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        readable = _readable(conn.pgconn.socket)
     except (psycopg.Error, OSError, ValueError):
         return False
     return not readable and conn.pgconn.status == ConnStatus.OK
+
+
+def _readable(fd: int) -> bool:
+    """Whether `fd` has something to read (or was closed) now. poll() where there is one:
+    select() refuses descriptors above 1023, which a busy process's sockets reach."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))  # POLLHUP and POLLERR are reported whatever was asked
+    readable, _, _ = select.select([fd], [], [], 0)  # Windows: no such limit for sockets
+    return bool(readable)
 
 
 def _cancelled(job_id: int, decided: bool, known: bool) -> bool:
