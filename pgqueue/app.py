@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 
 from pgqueue import _embedded, queries
 from pgqueue._fast_insert import FastInsert
-from pgqueue.config import DEFAULT_QUEUE, resolve_dsn
+from pgqueue.config import DEFAULT_QUEUE, hide_password, resolve_dsn
 from pgqueue.enqueue import JobRequest, translate_error
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
 from pgqueue.job import Job
@@ -236,7 +236,9 @@ class App:
         try:
             params = conninfo_to_dict(self.dsn)
         except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"invalid DSN: {' '.join(str(exc).split())}") from None
+            raise ConfigurationError(
+                "invalid DSN: " + hide_password(" ".join(str(exc).split()), self.dsn)
+            ) from None
         if "connect_timeout" not in params:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
         if "application_name" not in params:
@@ -248,9 +250,7 @@ class App:
         try:
             return psycopg.connect(self.dsn, autocommit=autocommit, **self._connect_kwargs())
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(
-                "could not connect to the database: " + " ".join(str(exc).split())
-            ) from None
+            raise self._unreachable(exc) from None
 
     async def aconnect(self, *, autocommit: bool = False) -> psycopg.AsyncConnection[Any]:
         """Async twin of `connect()`."""
@@ -259,9 +259,11 @@ class App:
                 self.dsn, autocommit=autocommit, **self._connect_kwargs()
             )
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(
-                "could not connect to the database: " + " ".join(str(exc).split())
-            ) from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: psycopg.Error) -> DatabaseUnavailable:
+        detail = hide_password(" ".join(str(exc).split()), self.dsn)
+        return DatabaseUnavailable(f"could not connect to the database: {detail}")
 
     def _shared_connection(self) -> psycopg.Connection[Any]:
         """This thread's autocommit connection, made again if it broke or the process forked."""
