@@ -236,11 +236,18 @@ def translate_error(
         return SchemaNotMigrated(
             "pgqueue's tables are not in this database: run `pgqueue migrate` first"
         )
-    if conn is None or not (conn.broken or conn.closed):
+    if conn is None or not (conn.broken or conn.closed or _ends_the_session(exc)):
         return exc
     if owned or conn.autocommit:
         return lost_connection(exc, MAY_HAVE_COMMITTED)
     return lost_connection(exc, TRANSACTION_GONE)
+
+
+def _ends_the_session(exc: psycopg.Error) -> bool:
+    """A connection exception (class 08), or the server ending the session (shutdown, crash,
+    idle timeout): the connection is gone even if libpq has not marked it so yet."""
+    state = exc.sqlstate or ""
+    return state.startswith("08") or state in ("57P01", "57P02", "57P05")
 
 
 # What a lost connection means for the work in flight, as DatabaseUnavailable says it.

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 import pgqueue
 from pgqueue import migrate
+from tests.integration.test_connection_loss import _terminate
 
 SYNC_FORMS = ["psycopg", "sqlalchemy-connection", "sqlalchemy-session"]
 ASYNC_FORMS = ["psycopg", "sqlalchemy-connection", "sqlalchemy-session"]
@@ -293,3 +294,34 @@ def test_a_serialization_failure_stays_one_so_retry_loops_work(
         with pytest.raises(psycopg.errors.SerializationFailure):
             noop.apply_async(args=(3,), connection=second)
             second.commit()
+
+
+# -- a lost connection ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])
+@pytest.mark.parametrize("op", list(ENQUEUES))
+def test_a_lost_caller_connection_says_what_became_of_the_job(
+    dsn: str, conn: psycopg.Connection[Any], noop: pgqueue.Task[Any, Any], op: str, autocommit: bool
+) -> None:
+    with psycopg.connect(dsn, autocommit=autocommit) as caller:
+        caller.execute("SELECT 1")
+        _terminate(conn, caller.info.backend_pid)
+        expected = "may or may not have been committed" if autocommit else "transaction is gone"
+        with pytest.raises(pgqueue.DatabaseUnavailable, match=expected):
+            ENQUEUES[op](noop, caller)
+
+
+@pytest.mark.parametrize("op", list(ENQUEUES))
+def test_a_lost_sqlalchemy_connection_says_the_transaction_is_gone(
+    dsn: str, conn: psycopg.Connection[Any], noop: pgqueue.Task[Any, Any], op: str
+) -> None:
+    engine = migrate.engine_for(dsn)
+    try:
+        with engine.connect() as caller:
+            pid = caller.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            _terminate(conn, pid)
+            with pytest.raises(pgqueue.DatabaseUnavailable, match="transaction is gone"):
+                ENQUEUES[op](noop, caller)
+    finally:
+        engine.dispose()
