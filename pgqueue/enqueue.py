@@ -263,6 +263,7 @@ UNKNOWN_TRANSACTION = (
 
 
 def lost_connection(exc: BaseException, meaning: str) -> DatabaseUnavailable:
+    """DatabaseUnavailable for a connection lost mid-call; `meaning`: what became of the work."""
     return DatabaseUnavailable(
         f"the connection to the database was lost: {meaning}: " + " ".join(str(exc).split())
     )
@@ -281,8 +282,9 @@ def _raise_from_sqlalchemy(exc: Exception) -> None:
 
 
 def _sqlalchemy_driver(connection: Any) -> Any:
-    """The psycopg connection under a sync SQLAlchemy connection or session (after a
-    statement ran through SQLAlchemy, so it holds the transaction SQLAlchemy tracks)."""
+    """The driver's connection under a sync SQLAlchemy connection or session. Statements run
+    on it are in SQLAlchemy's transaction only once SQLAlchemy has begun one: run the first
+    statement through SQLAlchemy."""
     sa_connection = connection.connection() if hasattr(connection, "get_bind") else connection
     return sa_connection.connection.driver_connection
 
