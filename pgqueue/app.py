@@ -28,8 +28,8 @@ from psycopg.rows import dict_row
 
 from pgqueue import _embedded, queries
 from pgqueue._fast_insert import FastInsert
-from pgqueue.config import DEFAULT_QUEUE, resolve_dsn
-from pgqueue.enqueue import JobRequest, _translate
+from pgqueue.config import DEFAULT_QUEUE, hide_password, resolve_dsn
+from pgqueue.enqueue import JobRequest, translate_error
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
 from pgqueue.job import Job
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
@@ -236,7 +236,9 @@ class App:
         try:
             params = conninfo_to_dict(self.dsn)
         except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"invalid DSN: {' '.join(str(exc).split())}") from None
+            raise ConfigurationError(
+                "invalid DSN: " + hide_password(" ".join(str(exc).split()), self.dsn)
+            ) from None
         if "connect_timeout" not in params:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
         if "application_name" not in params:
@@ -248,9 +250,7 @@ class App:
         try:
             return psycopg.connect(self.dsn, autocommit=autocommit, **self._connect_kwargs())
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(
-                "could not connect to the database: " + " ".join(str(exc).split())
-            ) from None
+            raise self._unreachable(exc) from None
 
     async def aconnect(self, *, autocommit: bool = False) -> psycopg.AsyncConnection[Any]:
         """Async twin of `connect()`."""
@@ -259,9 +259,11 @@ class App:
                 self.dsn, autocommit=autocommit, **self._connect_kwargs()
             )
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(
-                "could not connect to the database: " + " ".join(str(exc).split())
-            ) from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: psycopg.Error) -> DatabaseUnavailable:
+        detail = hide_password(" ".join(str(exc).split()), self.dsn)
+        return DatabaseUnavailable(f"could not connect to the database: {detail}")
 
     def _shared_connection(self) -> psycopg.Connection[Any]:
         """This thread's autocommit connection, made again if it broke or the process forked."""
@@ -306,14 +308,14 @@ class App:
     # -- jobs -----------------------------------------------------------------------------
 
     def _insert_committed(self, request: JobRequest) -> dict[str, Any]:
-        self._shared_connection()
+        conn = self._shared_connection()
         try:
             if request.due_now:  # the common case, through libpq: see _fast_insert
                 return request.job_row(self._local.fast_insert.insert(request))
             cursor = self._local.insert_cursor  # kept with the connection: one fewer object
             row = cursor.execute(request.statement, request.params()).fetchone()
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
         assert row is not None
         return request.job_row(row)
 
@@ -323,7 +325,7 @@ class App:
             cur = await conn.execute(request.statement, request.params(), binary=True)
             row = await cur.fetchone()
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
         assert row is not None
         return request.job_row(row)
 
@@ -333,7 +335,7 @@ class App:
             with conn.cursor(row_factory=dict_row) as cur:
                 return cur.execute(queries.FETCH_JOB, {"id": job_id}).fetchone()
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
 
     async def _afetch_job_row(self, job_id: int) -> dict[str, Any] | None:
         conn = await self._ashared_connection()
@@ -342,7 +344,7 @@ class App:
                 await cur.execute(queries.FETCH_JOB, {"id": job_id})
                 return await cur.fetchone()
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
 
     def get_job(self, job_id: int) -> Job:
         """The job with this id, whatever its status; raises JobNotFound."""
@@ -363,31 +365,24 @@ class App:
         conn = self._shared_connection()
         params = {"id": job_id, "message": reason}
         try:
-            with conn.transaction():
-                if conn.execute(queries.CANCEL_QUEUED_JOB, params).fetchone():
-                    return True
-                if conn.execute(queries.REQUEST_CANCEL_RUNNING_JOB, params).fetchone():
-                    return True
-                if conn.execute(queries.FETCH_JOB, params).fetchone() is None:
-                    raise JobNotFound(f"no job with id {job_id}")
-                return False
+            decided = conn.execute(queries.CANCEL_JOB, params).fetchone() is not None
+            known = decided or conn.execute(queries.FETCH_JOB, params).fetchone() is not None
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
+        return _cancelled(job_id, decided, known)
 
     async def acancel(self, job_id: int, reason: str = "cancelled on request") -> bool:
         """Async twin of `cancel()`."""
         conn = await self._ashared_connection()
         params = {"id": job_id, "message": reason}
         try:
-            async with conn.transaction():
-                for query in (queries.CANCEL_QUEUED_JOB, queries.REQUEST_CANCEL_RUNNING_JOB):
-                    if await (await conn.execute(query, params)).fetchone():
-                        return True
-                if await (await conn.execute(queries.FETCH_JOB, params)).fetchone() is None:
-                    raise JobNotFound(f"no job with id {job_id}")
-                return False
+            decided = await (await conn.execute(queries.CANCEL_JOB, params)).fetchone() is not None
+            known = decided or (
+                await (await conn.execute(queries.FETCH_JOB, params)).fetchone() is not None
+            )
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, conn, owned=True) from exc
+        return _cancelled(job_id, decided, known)
 
     def wait_all(self, jobs: Iterable[Job], timeout: float | None = None) -> None:
         """Block until every job has finished (whatever its outcome), on one connection."""
@@ -437,10 +432,30 @@ def idle_connection_ok(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[A
     if conn.broken or conn.closed:
         return False
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        readable = _readable(conn.pgconn.socket)
     except (psycopg.Error, OSError, ValueError):
         return False
     return not readable and conn.pgconn.status == ConnStatus.OK
+
+
+def _readable(fd: int) -> bool:
+    """Whether `fd` has something to read (or was closed) now. poll() where there is one:
+    select() refuses descriptors above 1023, which a busy process's sockets reach."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))  # POLLHUP and POLLERR are reported whatever was asked
+    readable, _, _ = select.select([fd], [], [], 0)  # Windows: no such limit for sockets
+    return bool(readable)
+
+
+def _cancelled(job_id: int, decided: bool, known: bool) -> bool:
+    """cancel()'s answer: CANCEL_JOB decided (True), or the job had finished (False), or
+    there is no such job. Only the one statement decides; the look that follows it only tells
+    a finished job from a missing one."""
+    if not known:
+        raise JobNotFound(f"no job with id {job_id}")
+    return decided
 
 
 def _check_exist(ids: list[int], found: set[int]) -> set[int]:

@@ -1,7 +1,8 @@
 """Settings: one frozen object per concern, validated once when it is made.
 
 `resolve_dsn()` decides which database an App talks to: the argument, else `PGQUEUE_DSN`,
-else `DATABASE_URL`, else None (meaning: the embedded development database).
+else `DATABASE_URL`, else None (meaning: the embedded development database);
+`hide_password()` keeps its password out of every message that quotes it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from pgqueue.errors import ConfigurationError
 
@@ -33,6 +35,56 @@ def normalize_dsn(dsn: str) -> str:
     if match:
         dsn = "postgresql://" + dsn[match.end() :]
     return dsn
+
+
+# Where a password is written in a DSN, found leniently, since the DSNs that produce error
+# messages are the malformed ones: in a URL (with or without its scheme), from the first ':'
+# of the user info to the last '@' (an '@' or '/' the writer forgot to percent-encode stays
+# inside); in key=value form, the value of `password`, quoted or not.
+_URL_PASSWORD = re.compile(r"^\s*(?:[A-Za-z][A-Za-z0-9+.\-]*://)?[^:/?#@\s]*:(?P<password>.*)@")
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*(?P<password>'(?:[^'\\]|\\.)*'?|\S+)")
+_QUOTED = re.compile(r"([\"'])(.*?)\1")
+HIDDEN = "***"
+
+
+def hide_password(message: str, dsn: str) -> str:
+    """`message` with the DSN's password taken out: the password itself wherever it appears,
+    and any quoted fragment of the DSN that overlaps where the password is written (libpq
+    quotes such fragments when it misreads a DSN: a host 'ss' from 'p@ss/word').
+
+    >>> hide_password('bad URI: "postgresql://me:s3cret@[::1"', "postgresql://me:s3cret@[::1")
+    'bad URI: "***"'
+    """
+    spans = [
+        match.span("password")
+        for pattern in (_URL_PASSWORD, _KEYWORD_PASSWORD)
+        for match in pattern.finditer(dsn)
+    ]
+    secrets = set()
+    for start, end in spans:
+        written = dsn[start:end]
+        secrets |= {written, written.strip("'"), unquote(written), unquote(written.strip("'"))}
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        parsed = conninfo_to_dict(dsn).get("password")
+    except Exception:  # a malformed DSN: what libpq would read is unknown, the spans stand
+        parsed = None
+    if isinstance(parsed, str):
+        secrets.add(parsed)
+
+    def overlaps(fragment: str) -> bool:
+        at = dsn.find(fragment)
+        while fragment and at >= 0:
+            if any(at < end and at + len(fragment) > start for start, end in spans):
+                return True
+            at = dsn.find(fragment, at + 1)
+        return False
+
+    message = _QUOTED.sub(lambda m: f"{m[1]}{HIDDEN}{m[1]}" if overlaps(m[2]) else m[0], message)
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        message = message.replace(secret, HIDDEN)
+    return message
 
 
 def validate_queue_name(queue: str) -> str:

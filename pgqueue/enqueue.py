@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from pgqueue import _json, queries
 from pgqueue.config import validate_priority, validate_queue_name
@@ -164,12 +165,50 @@ def _expiry(expires: float | timedelta | datetime | None) -> tuple[datetime | No
     return None, float(seconds)
 
 
-def _sqlalchemy_kind(connection: Any) -> str | None:
-    """'sync' or 'async' for SQLAlchemy connections/sessions, None for anything else."""
-    module = type(connection).__module__
-    if not module.startswith("sqlalchemy"):
-        return None
-    return "async" if module.startswith("sqlalchemy.ext.asyncio") else "sync"
+# What `connection=` may be: each kind runs pgqueue's statements through the same object the
+# caller runs theirs through, so that the job joins the transaction its owner sees.
+PSYCOPG, SQLALCHEMY = "psycopg", "sqlalchemy"
+
+
+def connection_kind(connection: Any, *, is_async: bool) -> str:
+    """PSYCOPG or SQLALCHEMY for a connection of the wanted flavour; TypeError for anything
+    else, saying what to pass instead."""
+    psycopg_type = psycopg.AsyncConnection if is_async else psycopg.Connection
+    if isinstance(connection, psycopg_type):
+        return PSYCOPG
+    if isinstance(connection, (psycopg.Connection, psycopg.AsyncConnection)):
+        raise _wrong_flavour(is_async)
+    if not type(connection).__module__.startswith("sqlalchemy"):
+        raise _unsupported(connection)
+    import sqlalchemy as sa
+    from sqlalchemy.ext import asyncio as sa_async
+    from sqlalchemy.orm import Session, scoped_session
+
+    if isinstance(connection, (sa.Engine, sa_async.AsyncEngine)):
+        raise TypeError(
+            "connection= takes a connection or session holding your transaction, not an "
+            "Engine: pass the Connection of `with engine.begin() as conn:` or a Session "
+            "(or call delay() to let pgqueue commit the job itself)"
+        )
+    sync_types = (sa.Connection, Session, scoped_session)
+    async_types = (sa_async.AsyncConnection, sa_async.AsyncSession, sa_async.async_scoped_session)
+    if isinstance(connection, async_types if is_async else sync_types):
+        return SQLALCHEMY
+    if isinstance(connection, sync_types + async_types):
+        raise _wrong_flavour(is_async)
+    raise _unsupported(connection)
+
+
+def _wrong_flavour(is_async: bool) -> TypeError:
+    if is_async:
+        return TypeError(
+            "this connection is sync: use `task.apply_async(...)`, `task.delay_many(...)` "
+            "or `task.delay(...)` with it"
+        )
+    return TypeError(
+        "this connection is async: use `await task.aapply_async(...)`, "
+        "`await task.adelay_many(...)` or `await task.adelay(...)` with it"
+    )
 
 
 def _unsupported(connection: Any) -> TypeError:
@@ -180,83 +219,123 @@ def _unsupported(connection: Any) -> TypeError:
     )
 
 
-def _translate(exc: psycopg.Error) -> Exception:
+def translate_error(
+    exc: psycopg.Error,
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None,
+    *,
+    owned: bool,
+) -> Exception:
+    """What to raise for a psycopg error met while running pgqueue's statements on `conn`.
+
+    A missing table becomes SchemaNotMigrated and a lost connection DatabaseUnavailable
+    (saying whether the work may have committed); every other error keeps its own class
+    (SerializationFailure, DeadlockDetected, QueryCanceled, ...), so that the caller's retry
+    loops see what the database said. `owned`: the connection is pgqueue's own (autocommit).
+    """
     if isinstance(exc, psycopg.errors.UndefinedTable):
         return SchemaNotMigrated(
             "pgqueue's tables are not in this database: run `pgqueue migrate` first"
         )
-    if isinstance(exc, psycopg.OperationalError):
-        return DatabaseUnavailable(
-            "could not enqueue, the database is unreachable; nothing was written: "
-            + " ".join(str(exc).split())
-        )
-    return exc
+    if conn is None or not (conn.broken or conn.closed or _ends_the_session(exc)):
+        return exc
+    if owned or conn.autocommit:
+        return lost_connection(exc, MAY_HAVE_COMMITTED)
+    return lost_connection(exc, TRANSACTION_GONE)
 
 
-def _unwrap_sqlalchemy_error(exc: Exception) -> Exception:
+def _ends_the_session(exc: psycopg.Error) -> bool:
+    """A connection exception (class 08), or the server ending the session (shutdown, crash,
+    idle timeout): the connection is gone even if libpq has not marked it so yet."""
+    state = exc.sqlstate or ""
+    return state.startswith("08") or state in ("57P01", "57P02", "57P05")
+
+
+# What a lost connection means for the work in flight, as DatabaseUnavailable says it.
+MAY_HAVE_COMMITTED = (
+    "what was sent may or may not have been committed (before enqueueing a job again, look "
+    "for it if a duplicate would matter)"
+)
+TRANSACTION_GONE = "your transaction is gone, and the jobs enqueued in it: nothing was committed"
+UNKNOWN_TRANSACTION = (
+    "your transaction is gone, and the jobs enqueued in it, unless the connection was in "
+    "autocommit mode (then the last one may or may not have been committed)"
+)
+
+
+def lost_connection(exc: BaseException, meaning: str) -> DatabaseUnavailable:
+    """DatabaseUnavailable for a connection lost mid-call; `meaning`: what became of the work."""
+    return DatabaseUnavailable(
+        f"the connection to the database was lost: {meaning}: " + " ".join(str(exc).split())
+    )
+
+
+def _raise_from_sqlalchemy(exc: Exception) -> None:
+    """Raise what pgqueue raises for a SQLAlchemy error: the driver's psycopg error, kept as
+    it is (SQLAlchemy's wrapper is its __cause__) but for a missing table or a lost
+    connection, as on a psycopg connection."""
     orig = getattr(exc, "orig", None)
-    if isinstance(orig, psycopg.Error):
-        return _translate(orig)
-    return exc
+    if not isinstance(orig, psycopg.Error):
+        return
+    if getattr(exc, "connection_invalidated", False):
+        raise lost_connection(orig, UNKNOWN_TRANSACTION) from exc
+    raise translate_error(orig, None, owned=False) from exc
+
+
+def _sqlalchemy_driver(connection: Any) -> Any:
+    """The driver's connection under a sync SQLAlchemy connection or session. Statements run
+    on it are in SQLAlchemy's transaction only once SQLAlchemy has begun one: run the first
+    statement through SQLAlchemy."""
+    sa_connection = connection.connection() if hasattr(connection, "get_bind") else connection
+    return sa_connection.connection.driver_connection
+
+
+async def _asqlalchemy_driver(connection: Any) -> Any:
+    sa_connection = await connection.connection() if hasattr(connection, "get_bind") else connection
+    return (await sa_connection.get_raw_connection()).driver_connection
 
 
 def insert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
     """INSERT one job on a sync psycopg or SQLAlchemy connection, in its current transaction."""
-    if isinstance(connection, psycopg.Connection):
+    if connection_kind(connection, is_async=False) == PSYCOPG:
         try:
-            row = connection.execute(request.statement, request.params(), binary=True).fetchone()
+            # tuple_row: the caller's row_factory (dict_row, class_row) is theirs, not ours.
+            with connection.cursor(binary=True, row_factory=tuple_row) as cur:
+                row = cur.execute(request.statement, request.params()).fetchone()
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, connection, owned=False) from exc
         assert row is not None
         return request.job_row(row)
-    kind = _sqlalchemy_kind(connection)
-    if kind == "sync":
-        import sqlalchemy as sa
+    import sqlalchemy as sa
 
-        try:
-            result = connection.execute(
-                sa.text(queries.as_sqlalchemy(request.statement)), request.params()
-            )
-            return request.job_row(tuple(result.one()))
-        except sa.exc.DBAPIError as exc:
-            translated = _unwrap_sqlalchemy_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
-    if kind == "async" or isinstance(connection, psycopg.AsyncConnection):
-        raise TypeError(
-            "this connection is async: use `await task.aapply_async(...)` or "
-            "`await task.adelay(...)` with it"
+    try:
+        # Through SQLAlchemy, so that it begins (or joins) the transaction it tracks.
+        result = connection.execute(
+            sa.text(queries.as_sqlalchemy(request.statement)), request.params()
         )
-    raise _unsupported(connection)
+        return request.job_row(tuple(result.one()))
+    except sa.exc.DBAPIError as exc:
+        _raise_from_sqlalchemy(exc)
+        raise
 
 
 async def ainsert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
     """Async twin of `insert_job` for psycopg AsyncConnection and SQLAlchemy async objects."""
-    if isinstance(connection, psycopg.AsyncConnection):
+    if connection_kind(connection, is_async=True) == PSYCOPG:
         try:
-            cur = await connection.execute(request.statement, request.params(), binary=True)
-            row = await cur.fetchone()
+            async with connection.cursor(binary=True, row_factory=tuple_row) as cur:
+                await cur.execute(request.statement, request.params())
+                row = await cur.fetchone()
         except psycopg.Error as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc, connection, owned=False) from exc
         assert row is not None
         return request.job_row(row)
-    kind = _sqlalchemy_kind(connection)
-    if kind == "async":
-        import sqlalchemy as sa
+    import sqlalchemy as sa
 
-        try:
-            result = await connection.execute(
-                sa.text(queries.as_sqlalchemy(request.statement)), request.params()
-            )
-            return request.job_row(tuple(result.one()))
-        except sa.exc.DBAPIError as exc:
-            translated = _unwrap_sqlalchemy_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
-    if kind == "sync" or isinstance(connection, psycopg.Connection):
-        raise TypeError(
-            "this connection is sync: use `task.apply_async(...)` or `task.delay(...)` with it"
+    try:
+        result = await connection.execute(
+            sa.text(queries.as_sqlalchemy(request.statement)), request.params()
         )
-    raise _unsupported(connection)
+        return request.job_row(tuple(result.one()))
+    except sa.exc.DBAPIError as exc:
+        _raise_from_sqlalchemy(exc)
+        raise

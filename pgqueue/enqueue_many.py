@@ -14,9 +14,19 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from pgqueue import _json, queries
-from pgqueue.enqueue import JobRequest, _translate, build_request
+from pgqueue.enqueue import (
+    PSYCOPG,
+    JobRequest,
+    _asqlalchemy_driver,
+    _raise_from_sqlalchemy,
+    _sqlalchemy_driver,
+    build_request,
+    connection_kind,
+    translate_error,
+)
 
 if TYPE_CHECKING:
     from pgqueue.tasks import Task
@@ -115,83 +125,96 @@ def _payload(request: BulkRequest, now: datetime) -> str:
     return f"{t.queue}@{run_at.timestamp()!r}@{t.priority}{later}"
 
 
-def copy_jobs(conn: psycopg.Connection[Any], request: BulkRequest) -> list[int]:
-    """COPY the jobs on a sync psycopg connection, in its current transaction."""
+def copy_jobs(connection: Any, request: BulkRequest, *, owned: bool = False) -> list[int]:
+    """COPY the jobs on a sync psycopg or SQLAlchemy connection (or session), in its current
+    transaction; `owned`: pgqueue's own autocommit connection.
+
+    No transaction block of pgqueue's: in autocommit, the COPY is one statement and commits
+    all its rows or none (the ids reserved before it are only numbers), and the NOTIFY after
+    it wakes workers for committed jobs. On the caller's connection, everything joins the
+    transaction the caller holds.
+    """
+    kind = PSYCOPG if owned else connection_kind(connection, is_async=False)
+    conn = connection if kind == PSYCOPG else _driver(_sqlalchemy_driver(connection), "")
     if not request.rows:
         return []
     try:
-        row = conn.execute(queries.RESERVE_JOB_IDS, {"n": len(request.rows)}).fetchone()
-        assert row is not None
-        now, ids = row
+        now, ids = _reserve_ids(connection, kind, len(request.rows))
         with conn.cursor() as cur, cur.copy(queries.COPY_JOBS) as copy:
             for chunk in _copy_chunks(request, ids, now):
                 copy.write(chunk)
         conn.execute(queries.NOTIFY_ENQUEUED_PAYLOAD, {"payload": _payload(request, now)})
     except psycopg.Error as exc:
-        raise _translate(exc) from exc
+        raise translate_error(exc, conn, owned=owned) from exc
     return list(ids)
 
 
-async def acopy_jobs(conn: psycopg.AsyncConnection[Any], request: BulkRequest) -> list[int]:
+def _reserve_ids(connection: Any, kind: str, n: int) -> tuple[datetime, list[int]]:
+    """The database's clock and `n` new job ids. Run on the very object the caller gave, so
+    that SQLAlchemy begins (or joins) the transaction it tracks: the COPY that follows on the
+    driver's connection is then in it, and the caller's commit commits the jobs."""
+    if kind == PSYCOPG:
+        with connection.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(queries.RESERVE_JOB_IDS, {"n": n}).fetchone()
+        assert row is not None
+        return row[0], row[1]
+    import sqlalchemy as sa
+
+    try:
+        now, ids = connection.execute(
+            sa.text(queries.as_sqlalchemy(queries.RESERVE_JOB_IDS)), {"n": n}
+        ).one()
+    except sa.exc.DBAPIError as exc:
+        _raise_from_sqlalchemy(exc)
+        raise
+    return now, ids
+
+
+async def acopy_jobs(connection: Any, request: BulkRequest, *, owned: bool = False) -> list[int]:
     """Async twin of `copy_jobs`."""
+    kind = PSYCOPG if owned else connection_kind(connection, is_async=True)
+    conn = connection if kind == PSYCOPG else _driver(await _asqlalchemy_driver(connection), "a")
     if not request.rows:
         return []
     try:
-        cur = await conn.execute(queries.RESERVE_JOB_IDS, {"n": len(request.rows)})
-        row = await cur.fetchone()
-        assert row is not None
-        now, ids = row
+        now, ids = await _areserve_ids(connection, kind, len(request.rows))
         async with conn.cursor() as copy_cur, copy_cur.copy(queries.COPY_JOBS) as copy:
             for chunk in _copy_chunks(request, ids, now):
                 await copy.write(chunk)
         await conn.execute(queries.NOTIFY_ENQUEUED_PAYLOAD, {"payload": _payload(request, now)})
     except psycopg.Error as exc:
-        raise _translate(exc) from exc
+        raise translate_error(exc, conn, owned=owned) from exc
     return list(ids)
 
 
-def psycopg_connection(connection: Any) -> psycopg.Connection[Any]:
-    """The psycopg connection under a psycopg or SQLAlchemy (sync) connection or session."""
-    if isinstance(connection, psycopg.Connection):
-        return connection
-    module = type(connection).__module__
-    if module.startswith("sqlalchemy") and not module.startswith("sqlalchemy.ext.asyncio"):
-        sa_connection = connection.connection() if hasattr(connection, "get_bind") else connection
-        driver = sa_connection.connection.driver_connection
-        if isinstance(driver, psycopg.Connection):
-            return driver
-        raise TypeError(
-            "delay_many with SQLAlchemy needs the psycopg 3 driver (postgresql+psycopg://), "
-            f"this connection uses {type(driver).__module__}"
+async def _areserve_ids(connection: Any, kind: str, n: int) -> tuple[datetime, list[int]]:
+    """Async twin of `_reserve_ids`."""
+    if kind == PSYCOPG:
+        async with connection.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(queries.RESERVE_JOB_IDS, {"n": n})
+            row = await cur.fetchone()
+        assert row is not None
+        return row[0], row[1]
+    import sqlalchemy as sa
+
+    try:
+        result = await connection.execute(
+            sa.text(queries.as_sqlalchemy(queries.RESERVE_JOB_IDS)), {"n": n}
         )
-    if isinstance(connection, psycopg.AsyncConnection) or module.startswith("sqlalchemy"):
-        raise TypeError("this connection is async: use `await task.adelay_many(...)` with it")
-    raise TypeError(
-        "connection= takes a psycopg 3 Connection or a SQLAlchemy Connection/Session, got "
-        f"{module}.{type(connection).__qualname__}"
-    )
+        now, ids = result.one()
+    except sa.exc.DBAPIError as exc:
+        _raise_from_sqlalchemy(exc)
+        raise
+    return now, ids
 
 
-async def apsycopg_connection(connection: Any) -> psycopg.AsyncConnection[Any]:
-    """The psycopg AsyncConnection under a psycopg or SQLAlchemy async connection/session."""
-    if isinstance(connection, psycopg.AsyncConnection):
-        return connection
-    module = type(connection).__module__
-    if module.startswith("sqlalchemy.ext.asyncio"):
-        sa_connection = (
-            await connection.connection() if hasattr(connection, "get_bind") else connection
-        )
-        raw = await sa_connection.get_raw_connection()
-        driver = raw.driver_connection
-        if isinstance(driver, psycopg.AsyncConnection):
-            return driver
-        raise TypeError(
-            "adelay_many with SQLAlchemy needs the psycopg 3 driver "
-            f"(postgresql+psycopg_async://), this connection uses {type(driver).__module__}"
-        )
-    if isinstance(connection, psycopg.Connection) or module.startswith("sqlalchemy"):
-        raise TypeError("this connection is sync: use `task.delay_many(...)` with it")
+def _driver(driver: Any, prefix: str) -> Any:
+    """The driver's connection under SQLAlchemy, which COPY needs to be psycopg 3's."""
+    wanted = psycopg.AsyncConnection if prefix else psycopg.Connection
+    if isinstance(driver, wanted):
+        return driver
+    url = "postgresql+psycopg_async://" if prefix else "postgresql+psycopg://"
     raise TypeError(
-        "connection= takes a psycopg 3 AsyncConnection or a SQLAlchemy AsyncConnection/"
-        f"AsyncSession, got {module}.{type(connection).__qualname__}"
+        f"{prefix}delay_many with SQLAlchemy needs the psycopg 3 driver ({url}), this "
+        f"connection uses {type(driver).__module__}"
     )

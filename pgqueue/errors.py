@@ -19,7 +19,13 @@ class ConfigurationError(PgQueueError):
 
 
 class DatabaseUnavailable(PgQueueError):
-    """The database could not be reached; nothing was written."""
+    """The database could not be reached, or the connection to it was lost mid-call.
+
+    A failed connect wrote nothing. A connection lost while a statement ran may have lost the
+    reply to a commit: the message says whether the work may have been committed. Other
+    database errors (SerializationFailure, DeadlockDetected, QueryCanceled, ...) are not
+    this: they keep psycopg's class.
+    """
 
 
 class SchemaNotMigrated(PgQueueError):

@@ -100,6 +100,21 @@ class _Child:
             loop.remove_reader(fd)
 
 
+# How often a child that closed its pipe is looked at until it exits.
+EXIT_POLL_SECONDS = 0.01
+
+
+async def _exit_code(process: SpawnProcess, wait: float) -> int | None:
+    """The child's exit code once it has exited, or None if it still runs after `wait`
+    seconds; the event loop runs on meanwhile. Not `process.join()`: that blocks, and for as
+    long as the child lives when the child closed its end of the sentinel pipe (a task that
+    closes every descriptor does), whatever its timeout."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while process.exitcode is None and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(EXIT_POLL_SECONDS)  # exitcode reaps without blocking (WNOHANG)
+    return process.exitcode
+
+
 class ProcessPool:
     """`size` child processes running sync tasks, one job each at a time."""
 
@@ -181,8 +196,7 @@ class ProcessPool:
             self._replace(child)
             raise
         except (EOFError, OSError):
-            child.process.join(5)
-            code = child.process.exitcode
+            code = await _exit_code(child.process, 5.0)
             self._replace(child)
             return self._lost(task, job, code)
         self._idle.put_nowait(child)
@@ -211,5 +225,5 @@ class ProcessPool:
             with contextlib.suppress(Exception):
                 child.conn.send(None)
         for child in list(self._children):
-            await asyncio.to_thread(child.process.join, 2)
+            await _exit_code(child.process, 2.0)
             self._discard(child)

@@ -367,25 +367,30 @@ RESCUE_ORPHANED_JOBS = _rescue(
 # reconnect): pg_try_advisory_lock never blocks on a session that outlived its client.
 TRY_LOCK_WORKER = f"SELECT pg_try_advisory_lock({ADVISORY_LOCK_NAMESPACE}, %(worker_id)s)"
 
-# Cancel a job that has not started: it ends CANCELLED at once, and waiters are told.
-CANCEL_QUEUED_JOB = f"""
-WITH ended AS (
-    DELETE FROM pgqueue_jobs WHERE id = %(id)s AND status = 'queued'
-    RETURNING *
+# Cancel a job, in one statement whatever it is doing: a queued job ends CANCELLED at once and
+# its waiters are told; a running one is flagged and its worker told (the flag also stops any
+# later retry or rescue). `locked` takes the row's lock and reads its latest version, so the
+# decision follows the job's status as it is now, even when a claim, a retry or a rescue
+# committed after this statement began (the other CTEs see the statement's snapshot; their
+# join with `locked` decides). No row back: the job had finished, or does not exist.
+CANCEL_JOB = f"""
+WITH locked AS (
+    SELECT id, status FROM pgqueue_jobs WHERE id = %(id)s FOR UPDATE
+), ended AS (
+    DELETE FROM pgqueue_jobs AS j USING locked AS l
+    WHERE j.id = l.id AND l.status = 'queued'
+    RETURNING j.*
 ), archived AS (
     {_archive("ended", "'cancelled'", _error("Cancelled", "CAST(%(message)s AS text)"))}
+), asked AS (
+    UPDATE pgqueue_jobs AS j SET cancel_requested_at = COALESCE(j.cancel_requested_at, now())
+    FROM locked AS l
+    WHERE j.id = l.id AND l.status = 'running'
+    RETURNING j.id
 )
 SELECT id, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified FROM archived
-"""
-
-# Ask the worker running a job to cancel it; the flag also stops any later retry or rescue.
-REQUEST_CANCEL_RUNNING_JOB = f"""
-WITH asked AS (
-    UPDATE pgqueue_jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now())
-    WHERE id = %(id)s AND status = 'running'
-    RETURNING id
-)
-SELECT id, pg_notify('{NOTIFY_CANCEL}', id::text)::text AS notified FROM asked
+UNION ALL
+SELECT id, pg_notify('{NOTIFY_CANCEL}', id::text)::text FROM asked
 """
 
 # What the database says this worker holds: a worker compares it with what it runs, to find

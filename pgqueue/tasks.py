@@ -129,7 +129,7 @@ class Task(Generic[P, R]):
 
         >>> send_receipt.delay_many([(order_id,) for order_id in order_ids])
         """
-        from pgqueue.enqueue_many import build_bulk_request, copy_jobs, psycopg_connection
+        from pgqueue.enqueue_many import build_bulk_request, copy_jobs
 
         request = build_bulk_request(
             self,
@@ -141,10 +141,8 @@ class Task(Generic[P, R]):
             expires=expires,
         )
         if connection is not None:
-            return copy_jobs(psycopg_connection(connection), request)
-        conn = self.app._shared_connection()
-        with conn.transaction():
-            return copy_jobs(conn, request)
+            return copy_jobs(connection, request)
+        return copy_jobs(self.app._shared_connection(), request, owned=True)
 
     # -- async --------------------------------------------------------------------------
 
@@ -160,7 +158,7 @@ class Task(Generic[P, R]):
         connection: Any = None,
     ) -> list[int]:
         """Async twin of `delay_many()`."""
-        from pgqueue.enqueue_many import acopy_jobs, apsycopg_connection, build_bulk_request
+        from pgqueue.enqueue_many import acopy_jobs, build_bulk_request
 
         request = build_bulk_request(
             self,
@@ -172,10 +170,8 @@ class Task(Generic[P, R]):
             expires=expires,
         )
         if connection is not None:
-            return await acopy_jobs(await apsycopg_connection(connection), request)
-        conn = await self.app._ashared_connection()
-        async with conn.transaction():
-            return await acopy_jobs(conn, request)
+            return await acopy_jobs(connection, request)
+        return await acopy_jobs(await self.app._ashared_connection(), request, owned=True)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Async twin of `delay()`."""

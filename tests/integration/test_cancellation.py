@@ -240,3 +240,81 @@ def test_cancel_from_the_command_line(app: pgqueue.App, dsn: str) -> None:
     assert result.returncode == 0, result.stderr
     assert f"job {job.id}: cancelled" in result.stdout
     assert _status(app, job.id) is pgqueue.JobStatus.CANCELLED
+
+
+# -- one decision, whatever commits meanwhile ---------------------------------------------
+
+# What a concurrent worker commits while cancel() waits for the job's row: a claim, a retry
+# (or a rescue: the same change) and a completion. Each runs in a transaction of its own that
+# holds the row until the test commits it.
+CONCURRENT_CHANGES = {
+    "claimed": (
+        "queued",
+        "UPDATE pgqueue_jobs SET status = 'running', attempts = attempts + 1, "
+        "started_at = now() WHERE id = %(id)s",
+    ),
+    "retried": (
+        "running",
+        "UPDATE pgqueue_jobs SET status = 'queued', worker_id = NULL, started_at = NULL "
+        "WHERE id = %(id)s",
+    ),
+    "finished": (
+        "running",
+        "WITH ended AS (DELETE FROM pgqueue_jobs WHERE id = %(id)s RETURNING *) "
+        "INSERT INTO pgqueue_finished_jobs (id, queue, task_name, args, kwargs, status, "
+        "priority, run_at, attempts, max_attempts, created_at, started_at, finished_at) "
+        "SELECT id, queue, task_name, args, kwargs, 'succeeded', priority, run_at, attempts, "
+        "max_attempts, created_at, started_at, now() FROM ended",
+    ),
+}
+
+
+def _waiting_for_a_lock(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'pgqueue' AND wait_event_type = 'Lock'"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+@pytest.mark.parametrize("change", list(CONCURRENT_CHANGES))
+def test_cancel_decides_on_the_status_committed_while_it_waited(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any], change: str, flavour: str
+) -> None:
+    @app.task
+    def work() -> None: ...
+
+    before, statement = CONCURRENT_CHANGES[change]
+    job = work.delay()
+    conn.execute("UPDATE pgqueue_jobs SET status = %s WHERE id = %s", (before, job.id))
+    outcome: list[bool | BaseException] = []
+
+    def cancel() -> None:
+        try:
+            if flavour == "sync":
+                outcome.append(app.cancel(job.id, "changed my mind"))
+            else:
+                outcome.append(asyncio.run(app.acancel(job.id, "changed my mind")))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with psycopg.connect(dsn) as worker:
+        worker.execute(statement, {"id": job.id})
+        canceller = threading.Thread(target=cancel)
+        canceller.start()
+        wait_until(lambda: _waiting_for_a_lock(conn), what="cancel() to wait for the row")
+        worker.commit()
+    canceller.join(15)
+    after = app.get_job(job.id)
+    if change == "finished":
+        assert outcome == [False]
+        assert after.status is pgqueue.JobStatus.SUCCEEDED
+    elif change == "claimed":
+        assert outcome == [True]
+        assert after.status is pgqueue.JobStatus.RUNNING
+        assert after.cancel_requested_at is not None
+    else:  # back in the queue: it must never run again
+        assert outcome == [True]
+        assert after.status is pgqueue.JobStatus.CANCELLED
+        assert after.error is not None and after.error["message"] == "changed my mind"

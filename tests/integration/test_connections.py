@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -263,5 +265,100 @@ def test_enqueue_without_a_reachable_database_raises_database_unavailable() -> N
     async def scenario() -> None:
         with pytest.raises(pgqueue.DatabaseUnavailable):
             await unreachable.adelay()
+
+    asyncio.run(scenario())
+
+
+# -- the shared async connection runs no transaction block ------------------------------
+
+
+def test_adelay_beside_a_failing_acancel_keeps_its_job(
+    app: pgqueue.App, echo: pgqueue.Task[Any, Any]
+) -> None:
+    """acancel of an unknown job fails; an adelay() running beside it on the same event
+    loop (so on the same shared connection) must not vanish with it."""
+
+    async def scenario() -> int:
+        await echo.adelay("warm up the shared connection")
+        cancelled, job = await asyncio.gather(
+            app.acancel(10**12), echo.adelay("beside"), return_exceptions=True
+        )
+        assert isinstance(cancelled, pgqueue.JobNotFound)
+        assert isinstance(job, pgqueue.Job)
+        return job.id
+
+    job_id = asyncio.run(scenario())
+    assert app.get_job(job_id).args == ["beside"]
+
+
+def test_adelay_beside_an_interrupted_adelay_many_keeps_its_job(
+    app: pgqueue.App, echo: pgqueue.Task[Any, Any]
+) -> None:
+    async def scenario() -> int:
+        await echo.adelay("warm up the shared connection")
+        bulk = asyncio.ensure_future(echo.adelay_many([(i,) for i in range(20_000)]))
+        await asyncio.sleep(0)  # one turn of the loop: the bulk starts first
+        job = await echo.adelay("beside")
+        bulk.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bulk
+        return job.id
+
+    job_id = asyncio.run(scenario())
+    assert app.get_job(job_id).args == ["beside"]
+
+
+# -- resources --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def many_open_files() -> Iterator[None]:
+    """Enough open files that the next socket gets a descriptor above select()'s 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard limit on open files ({hard}) is below {wanted}")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    fds: list[int] = []
+    try:
+        while not fds or fds[-1] < 1100:
+            fds.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _backend_pids(dsn: str) -> set[int]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'pgqueue'"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_delay_reuses_its_connection_when_its_socket_is_above_fd_1024(
+    app: pgqueue.App, dsn: str, echo: pgqueue.Task[Any, Any], many_open_files: None
+) -> None:
+    echo.delay(1)
+    assert app._shared_connection().pgconn.socket > 1024
+    first = _backend_pids(dsn)
+    for n in range(5):
+        echo.delay(n)
+    assert _backend_pids(dsn) == first, "delay() opened a new connection"
+
+    async def scenario() -> set[int]:
+        await echo.adelay(1)
+        before = _backend_pids(dsn)
+        for n in range(5):
+            await echo.adelay(n)
+        assert _backend_pids(dsn) == before, "adelay() opened a new connection"
+        await app.aclose()
+        return before
 
     asyncio.run(scenario())

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import pytest
 
 import pgqueue
-from pgqueue.config import WorkerSettings, parse_queues, resolve_dsn
+from pgqueue.config import WorkerSettings, hide_password, parse_queues, resolve_dsn
 
 ARG = "postgresql://arg@host/a"
 PGQUEUE = "postgresql://pgqueue@host/p"
@@ -97,3 +98,79 @@ def test_parse_queues_accepts_text_or_a_list() -> None:
     assert parse_queues(None) == ()
     with pytest.raises(pgqueue.ConfigurationError):
         parse_queues("a,b c")
+
+
+# -- a DSN's password never shows in a message ------------------------------------------
+
+# DSNs with the password "s3cret" (or "p@ss/word": characters a URL must percent-encode)
+# that libpq refuses or connects with in ways whose messages quote part of the DSN.
+BAD_DSNS = [
+    ("postgresql://user:s3cret@[::1", "s3cret"),
+    ("postgresql://user:s3cret@127.0.0.1:notaport/db", "s3cret"),
+    ("postgresql://user:p@ss/word@127.0.0.1/db", "p@ss/word"),
+    ("postgresql://user:s3%ZZcret@127.0.0.1/db", "s3%ZZcret"),
+    ("postgresql+psycopg://user:s3cret@[::1", "s3cret"),
+    ("user:s3cret@127.0.0.1/db", "s3cret"),
+    ("host=127.0.0.1 password=s3cret port=abc", "s3cret"),
+    ("host=127.0.0.1 password = 's3 cret' port=abc", "s3 cret"),
+    ("host=127.0.0.1 password='s3cret", "s3cret"),
+]
+
+
+def _fragments(secret: str) -> set[str]:
+    """The pieces of a secret that a message quoting a misparsed DSN could show."""
+    return {piece for piece in re.split(r"[@/:% ]", secret) if len(piece) > 1} | {secret}
+
+
+@pytest.mark.parametrize(("dsn", "secret"), BAD_DSNS)
+def test_hide_password_leaves_no_piece_of_it_in_a_message(dsn: str, secret: str) -> None:
+    message = f'invalid thing: "{dsn}", host "{secret}", \'{secret[-2:]}\' in {secret}'
+    hidden = hide_password(message, dsn)
+    for piece in _fragments(secret):
+        assert piece not in hidden
+
+
+@pytest.mark.parametrize(("dsn", "secret"), BAD_DSNS)
+def test_connecting_with_a_bad_dsn_never_shows_its_password(dsn: str, secret: str) -> None:
+    app = pgqueue.App(dsn)
+    with pytest.raises(pgqueue.PgQueueError) as info:
+        app.connect().close()
+    for piece in _fragments(secret):
+        assert piece not in str(info.value), str(info.value)
+
+
+def test_hide_password_keeps_what_is_not_secret() -> None:
+    message = 'connection to server at "127.0.0.1", port 1 failed: Connection refused'
+    assert hide_password(message, "postgresql://user:s3cret@127.0.0.1:1/db") == message
+
+
+CLI_COMMANDS = [
+    ["migrate"],
+    ["stats"],
+    ["cancel", "1"],
+    ["prune"],
+    ["worker", "--app", "tests.integration.process_app:app"],
+    ["scheduler", "--app", "tests.integration.process_app:app"],
+    ["periodic", "list", "--app", "tests.integration.process_app:app"],
+]
+
+
+@pytest.mark.parametrize(
+    "command", CLI_COMMANDS, ids=lambda c: c[0] + (c[1] if c[0] == "periodic" else "")
+)
+@pytest.mark.parametrize(("dsn", "secret"), BAD_DSNS)
+def test_the_cli_given_a_bad_dsn_never_shows_its_password(
+    command: list[str],
+    dsn: str,
+    secret: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pgqueue.cli import main
+
+    assert main([*command, "--dsn", dsn]) != 0
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err + caplog.text
+    assert "error" in shown
+    for piece in _fragments(secret):
+        assert piece not in shown, shown
