@@ -428,6 +428,13 @@ def as_libpq(sql: str, names: Sequence[str]) -> str:
     return _PARAM.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql).replace("%%", "%")
 
 
+# -- migrations -----------------------------------------------------------------------------
+
+# Serialise `pgqueue migrate` runs on one database (containers scaled up start it at once):
+# held until the migration's transaction ends, so the next run sees the schema it left. The
+# second key 0 is no worker's: worker ids start at 1.
+LOCK_MIGRATIONS = f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_NAMESPACE}, 0)"
+
 # -- periodic schedules ---------------------------------------------------------------------
 
 # Add or update a schedule declared in code; an unchanged row is not rewritten, and a changed
