@@ -180,7 +180,11 @@ def cmd_periodic_list(args: argparse.Namespace) -> int:
         state = "enabled" if row["enabled"] else "disabled"
         if row["source"] == "code" and not row["declared"]:
             state = "removed"
-        spec = Schedule.from_row(row).spec
+        try:
+            spec = Schedule.from_row(row).spec
+        except Exception:  # stored by an older pgqueue or by hand: list it all the same
+            spec = f"cron '{row['cron']}'" if row["cron"] else f"every {row['every_seconds']}s"
+            state = "invalid"
         last_job = (
             f"{row['last_job_id']} {row['last_job_status'] or 'pruned'}"
             if row["last_job_id"]

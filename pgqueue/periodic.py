@@ -30,6 +30,10 @@ logger = logging.getLogger("pgqueue.scheduler")
 
 Conn = psycopg.Connection[Any]
 
+# A schedule that failed (see fire_due) is looked at again after this long: often enough to
+# pick it up soon once repaired, seldom enough not to flood the log while it stays broken.
+BROKEN_SCHEDULE_RETRY = timedelta(minutes=5)
+
 
 class ScheduleNotFound(PgQueueError):
     """No periodic schedule has this name."""
@@ -124,6 +128,10 @@ def fire_due(
 
     `now` defaults to the database's clock; tests pass their own. `lock=False` skips the row
     locks that spare concurrent schedulers duplicate work (the unique index still holds).
+
+    Each schedule is fired under a savepoint of its own: whatever goes wrong with one (a row
+    no longer valid, a cron with no next time, a job the database refuses) is logged, undone
+    and looked at again after BROKEN_SCHEDULE_RETRY, and the others fire as usual.
     """
     fired: list[FiredTick] = []
     with conn.transaction():
@@ -134,45 +142,28 @@ def fire_due(
             rows = cur.execute(query, {"now": now}).fetchall()
         for row in rows:
             try:
-                schedule = Schedule.from_row(row)
-            except ConfigurationError as exc:
-                # A broken row must not spin the scheduler: look again in an hour.
-                logger.error("periodic schedule %s is invalid, skipped: %s", row["name"], exc)
+                with conn.transaction():
+                    fired.extend(_fire_schedule(conn, app, row, now))
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise  # the connection, not the schedule: the scheduler reconnects
+            except Exception as exc:
+                retry_at = now + BROKEN_SCHEDULE_RETRY
+                logger.error(
+                    "periodic schedule %s failed, skipped until %s: %s: %s",
+                    row["name"],
+                    retry_at.isoformat(),
+                    type(exc).__name__,
+                    " ".join(str(exc).split()),
+                )
                 conn.execute(
                     queries.UPDATE_SCHEDULE_AFTER_FIRE,
                     {
                         "name": row["name"],
                         "last_fire_at": None,
                         "job_id": None,
-                        "next_fire_at": now + timedelta(hours=1),
+                        "next_fire_at": retry_at,
                     },
                 )
-                continue
-            after = row["last_fire_at"] or (row["next_fire_at"] - timedelta(microseconds=1))
-            ticks, latest = _ticks_to_fire(schedule, after, now)
-            last_job_id = None
-            for tick in ticks:
-                made = conn.execute(
-                    queries.INSERT_PERIODIC_JOB, _job_params(app, schedule, tick)
-                ).fetchone()
-                job_id = int(made[0]) if made else None
-                last_job_id = job_id or last_job_id
-                fired.append(FiredTick(schedule.name, tick, job_id))
-            if latest is not None and not ticks:
-                logger.info(
-                    "periodic schedule %s: missed tick %s skipped (catch_up=skip)",
-                    schedule.name,
-                    latest.isoformat(),
-                )
-            conn.execute(
-                queries.UPDATE_SCHEDULE_AFTER_FIRE,
-                {
-                    "name": schedule.name,
-                    "last_fire_at": latest,
-                    "job_id": last_job_id,
-                    "next_fire_at": schedule.next_tick(now),
-                },
-            )
     for made in fired:
         if made.job_id is not None:
             logger.info(
@@ -181,6 +172,39 @@ def fire_due(
                 made.fire_at.isoformat(),
                 made.job_id,
             )
+    return fired
+
+
+def _fire_schedule(
+    conn: Conn, app: App | None, row: dict[str, Any], now: datetime
+) -> list[FiredTick]:
+    """Make the jobs of one schedule's due ticks and move it to its next fire time."""
+    schedule = Schedule.from_row(row)
+    after = row["last_fire_at"] or (row["next_fire_at"] - timedelta(microseconds=1))
+    ticks, latest = _ticks_to_fire(schedule, after, now)
+    fired = []
+    last_job_id = None
+    for tick in ticks:
+        params = _job_params(app, schedule, tick)
+        made = conn.execute(queries.INSERT_PERIODIC_JOB, params).fetchone()
+        job_id = int(made[0]) if made else None
+        last_job_id = job_id or last_job_id
+        fired.append(FiredTick(schedule.name, tick, job_id))
+    if latest is not None and not ticks:
+        logger.info(
+            "periodic schedule %s: missed tick %s skipped (catch_up=skip)",
+            schedule.name,
+            latest.isoformat(),
+        )
+    conn.execute(
+        queries.UPDATE_SCHEDULE_AFTER_FIRE,
+        {
+            "name": schedule.name,
+            "last_fire_at": latest,
+            "job_id": last_job_id,
+            "next_fire_at": schedule.next_tick(now),
+        },
+    )
     return fired
 
 
@@ -286,9 +310,9 @@ class Scheduler(threading.Thread):
                         )
                         conn.commit()
                         self.synced.set()
-                    backoff = 0.5
                     while not self._stop_event.is_set():
                         fire_due(conn, self.app)
+                        backoff = 0.5  # after a whole pass: a failing one keeps backing off
                         self._stop_event.wait(self._sleep_for(conn))
             except Exception as exc:
                 if self._stop_event.is_set():

@@ -13,6 +13,7 @@ import pytest
 
 import pgqueue
 from pgqueue import periodic
+from tests.conftest import wait_until
 
 T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -163,6 +164,92 @@ def test_sync_leaves_the_operators_switch_alone(dsn: str) -> None:
     assert _fire(app, T0 + timedelta(minutes=5)) == []
 
 
+def _store(dsn: str, name: str, task_name: str, **columns: Any) -> None:
+    """Write a run-time schedule's row as it is, unchecked (as an older pgqueue or a hand edit
+    may have written it)."""
+    row = {"cron": None, "every_seconds": 60.0, "next_fire_at": T0, **columns}
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO pgqueue_periodic (name, task_name, cron, every_seconds, next_fire_at,"
+            " kwargs, source) VALUES (%s, %s, %s, %s, %s, COALESCE(%s::jsonb, '{}'), 'cli')",
+            (
+                name,
+                task_name,
+                row["cron"],
+                row["every_seconds"],
+                row["next_fire_at"],
+                row.get("kwargs"),
+            ),
+        )
+
+
+def _refuse_jobs_of(dsn: str, schedule: str) -> None:
+    """Make the database refuse every job of one schedule (a trigger raising an error)."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse_job() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'job refused by a trigger'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER refuse_job BEFORE INSERT ON pgqueue_jobs FOR EACH ROW"
+            f" WHEN (NEW.periodic_name = '{schedule}') EXECUTE FUNCTION refuse_job()"
+        )
+
+
+def test_one_broken_schedule_never_stops_the_others(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _app(dsn, every=60)
+    _sync(app, T0)
+    task_name = app.schedules["tick"].task_name
+    _store(dsn, "feb-31", task_name, cron="0 0 31 2 *", every_seconds=None)  # no next time
+    _store(dsn, "kwargs-not-an-object", task_name, kwargs="[1, 2]")  # a TypeError
+    _store(dsn, "refused", task_name)  # the database refuses its job
+    _refuse_jobs_of(dsn, "refused")
+    now = T0 + timedelta(minutes=1, seconds=1)
+
+    with caplog.at_level("ERROR", logger="pgqueue.scheduler"):
+        fired = _fire(app, now)
+
+    assert [f.schedule for f in fired] == ["tick"]
+    assert [name for name, _ in _jobs(dsn)] == ["tick"]
+    broken = ("feb-31", "kwargs-not-an-object", "refused")
+    for name in broken:
+        row = _row(dsn, name)
+        # Looked at again later, not at every pass: the scheduler does not spin on it.
+        assert row["next_fire_at"] == now + periodic.BROKEN_SCHEDULE_RETRY, name
+        assert row["last_fire_at"] is None, name
+        assert any(name in message for message in caplog.messages), name
+    assert _fire(app, now) == []
+
+
+def test_a_broken_schedule_is_retried_later_and_fires_once_repaired(dsn: str) -> None:
+    app = _app(dsn, every=60)
+    _sync(app, T0)
+    _store(dsn, "refused", app.schedules["tick"].task_name)
+    _refuse_jobs_of(dsn, "refused")
+    now = T0 + timedelta(minutes=1, seconds=1)
+    assert [f.schedule for f in _fire(app, now)] == ["tick"]
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DROP TRIGGER refuse_job ON pgqueue_jobs")
+    retried = now + periodic.BROKEN_SCHEDULE_RETRY
+    fired = _fire(app, retried) + _fire(app, retried + timedelta(minutes=1))
+    assert "refused" in {f.schedule for f in fired}
+
+
+def test_the_scheduler_thread_keeps_firing_beside_a_broken_schedule(dsn: str) -> None:
+    app = _app(dsn, every=1)
+    _store(dsn, "feb-31", app.schedules["tick"].task_name, cron="0 0 31 2 *", every_seconds=None)
+    scheduler = periodic.Scheduler(app, max_sleep=0.2)
+    scheduler.start()
+    try:
+        wait_until(lambda: "tick" in {name for name, _ in _jobs(dsn)}, what="a tick's job")
+    finally:
+        scheduler.stop()
+        scheduler.join(10)
+    assert _row(dsn, "feb-31")["next_fire_at"] > datetime.now(timezone.utc)
+
+
 def _cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pgqueue", *args, "--dsn", dsn],
@@ -207,6 +294,16 @@ def test_run_time_management_through_the_cli(dsn: str) -> None:
     assert "(no periodic schedules)" in _cli(dsn, "periodic", "list").stdout
 
 
+def test_periodic_list_shows_a_broken_schedule_beside_the_others(dsn: str) -> None:
+    _store(dsn, "feb-31", "ops.report", cron="0 0 31 2 *", every_seconds=None)
+    _store(dsn, "hourly", "ops.report", every_seconds=3600)
+    listed = _cli(dsn, "periodic", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert "invalid" in lines["feb-31"] and "0 0 31 2 *" in lines["feb-31"]
+    assert "enabled" in lines["hourly"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -216,6 +313,7 @@ def test_run_time_management_through_the_cli(dsn: str) -> None:
             "unknown time zone",
         ),
         (("periodic", "add", "x", "--task", "t", "--every", "0"), "positive interval"),
+        (("periodic", "add", "x", "--task", "t", "--cron", "0 0 31 2 *"), "never fires"),
         (("periodic", "add", "x", "--task", "t", "--every", "5", "--args", "{bad"), "JSON"),
         (("periodic", "enable", "missing"), "no periodic schedule named 'missing'"),
         (("periodic", "run-now", "missing"), "no periodic schedule named 'missing'"),
