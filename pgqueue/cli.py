@@ -180,6 +180,8 @@ def cmd_periodic_list(args: argparse.Namespace) -> int:
         state = "enabled" if row["enabled"] else "disabled"
         if row["source"] == "code" and not row["declared"]:
             state = "removed"
+        elif row["enabled"] and row["overdue"]:
+            state = "overdue"  # no running scheduler knows its task, or none runs at all
         try:
             spec = Schedule.from_row(row).spec
         except Exception:  # stored by an older pgqueue or by hand: list it all the same
@@ -190,7 +192,7 @@ def cmd_periodic_list(args: argparse.Namespace) -> int:
             if row["last_job_id"]
             else "-"
         )
-        next_fire = _when(row["next_fire_at"]) if state == "enabled" else "-"
+        next_fire = _when(row["next_fire_at"]) if state in ("enabled", "overdue") else "-"
         print(
             f"{row['name']:<36} {row['task_name']:<28} {spec:<30} {state:<10} "
             f"{_when(row['last_fire_at']):<25} {last_job:<18} {next_fire}"
@@ -224,10 +226,17 @@ def cmd_periodic_add(args: argparse.Namespace) -> int:
         catch_up=args.catch_up,
         max_catch_up=args.max_catch_up,
     )
-    _, conn = _connected(args)
+    app, conn = _connected(args)
     with conn:
         add_schedule(conn, schedule)
     print(f"added periodic schedule {schedule.name!r}: {schedule.task_name}, {schedule.spec}")
+    if (args.app or os.environ.get("PGQUEUE_APP")) and schedule.task_name not in app.tasks:
+        # Not refused: the schedule may be meant for another service's workers.
+        print(
+            f"pgqueue: warning: the app does not register task {schedule.task_name!r}: the "
+            "schedule fires only where a worker's or scheduler's app registers it",
+            file=sys.stderr,
+        )
     return 0
 
 

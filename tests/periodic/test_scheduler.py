@@ -16,6 +16,7 @@ from pgqueue import periodic
 from tests.conftest import wait_until
 
 T0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+APP = "tests.periodic.periodic_app:app"
 
 
 def _jobs(dsn: str) -> list[tuple[str, datetime | None]]:
@@ -266,7 +267,7 @@ def test_run_time_management_through_the_cli(dsn: str) -> None:
         "add",
         "cleanup",
         "--task",
-        "ops.cleanup",
+        "ops.clean_up",
         "--every",
         "3600",
         "--kwargs",
@@ -277,14 +278,17 @@ def test_run_time_management_through_the_cli(dsn: str) -> None:
     assert listed.returncode == 0
     assert "cleanup" in listed.stdout and "every 3600s" in listed.stdout
 
-    ran = _cli(dsn, "periodic", "run-now", "cleanup")
+    ran = _cli(dsn, "periodic", "run-now", "cleanup", "--app", APP)
     assert ran.returncode == 0, ran.stderr
     job_id = int(ran.stdout.split()[2])
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            "SELECT task_name, kwargs, periodic_name FROM pgqueue_all_jobs WHERE id = %s", (job_id,)
+            "SELECT task_name, kwargs, periodic_name, queue, priority, max_attempts"
+            " FROM pgqueue_all_jobs WHERE id = %s",
+            (job_id,),
         ).fetchone()
-    assert row == ("ops.cleanup", {"days": 30}, "cleanup")
+    # The task's own options, from the app that registers it.
+    assert row == ("ops.clean_up", {"days": 30}, "cleanup", "maintenance", 3, 7)
     assert f"{job_id} queued" in _cli(dsn, "periodic", "list").stdout
 
     assert _cli(dsn, "periodic", "disable", "cleanup").returncode == 0
@@ -294,14 +298,75 @@ def test_run_time_management_through_the_cli(dsn: str) -> None:
     assert "(no periodic schedules)" in _cli(dsn, "periodic", "list").stdout
 
 
-def test_periodic_list_shows_a_broken_schedule_beside_the_others(dsn: str) -> None:
+def test_periodic_list_shows_broken_and_overdue_schedules_beside_the_others(dsn: str) -> None:
     _store(dsn, "feb-31", "ops.report", cron="0 0 31 2 *", every_seconds=None)
-    _store(dsn, "hourly", "ops.report", every_seconds=3600)
+    in_an_hour = datetime.now(timezone.utc) + timedelta(hours=1)
+    _store(dsn, "hourly", "ops.report", every_seconds=3600, next_fire_at=in_an_hour)
+    _store(dsn, "stalled", "ops.report", every_seconds=3600, next_fire_at=T0)
     listed = _cli(dsn, "periodic", "list")
     assert listed.returncode == 0, listed.stderr
     lines = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
     assert "invalid" in lines["feb-31"] and "0 0 31 2 *" in lines["feb-31"]
     assert "enabled" in lines["hourly"]
+    # Due long ago and never fired: no running scheduler knows its task.
+    assert "overdue" in lines["stalled"]
+
+
+def test_a_scheduler_fires_only_schedules_of_tasks_its_app_registers(dsn: str) -> None:
+    reports = pgqueue.App(dsn)
+
+    @reports.periodic(every=60, name="build-report")
+    @reports.task(name="reports.build", queue="reports", priority=5, max_attempts=9)
+    def build() -> None: ...
+
+    _sync(reports, T0)
+    other_service = _app(dsn, every=60)  # shares the database, knows nothing of reports
+    _sync(other_service, T0)
+    now = T0 + timedelta(minutes=1, seconds=1)
+
+    assert [f.schedule for f in _fire(other_service, now)] == ["tick"]
+    assert _row(dsn, "build-report")["next_fire_at"] == T0 + timedelta(minutes=1)  # untouched
+    assert [f.schedule for f in _fire(reports, now)] == ["build-report"]
+    with psycopg.connect(dsn) as conn:
+        made = conn.execute(
+            "SELECT queue, priority, max_attempts FROM pgqueue_all_jobs"
+            " WHERE periodic_name = 'build-report'"
+        ).fetchall()
+    assert made == [("reports", 5, 9)]
+
+
+def test_a_schedule_no_scheduler_knows_is_reported_once_and_never_spins_it(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _app(dsn, every=3600)
+    _sync(app, datetime.now(timezone.utc))  # its own schedule: due within the hour
+    _store(dsn, "orphan", "gone.from.every.app", next_fire_at=T0)  # overdue since T0
+    scheduler = periodic.Scheduler(app, max_sleep=1.0)
+    reported: set[str] = set()
+    with app.connect() as conn, caplog.at_level("WARNING", logger="pgqueue.scheduler"):
+        assert periodic.report_unfired_schedules(conn, app, reported) == ["orphan"]
+        assert periodic.report_unfired_schedules(conn, app, reported) == []
+        # Its overdue fire time is not this scheduler's business: no busy loop on it.
+        assert scheduler._sleep_for(conn) == 1.0
+    warnings = [m for m in caplog.messages if "orphan" in m]
+    assert len(warnings) == 1 and "gone.from.every.app" in warnings[0]
+
+
+def test_run_now_refuses_a_task_the_app_does_not_register(dsn: str) -> None:
+    _store(dsn, "orphan", "gone.from.every.app")
+    line = _cli(dsn, "periodic", "run-now", "orphan", "--app", APP).stderr.strip()
+    assert "'gone.from.every.app'" in line and "--app" in line
+    assert _jobs(dsn) == []
+
+
+def test_periodic_add_warns_when_the_app_does_not_register_the_task(dsn: str) -> None:
+    added = _cli(dsn, "periodic", "add", "x", "--task", "typo.task", "--every", "60", "--app", APP)
+    assert added.returncode == 0
+    assert "'typo.task'" in added.stderr and "does not register" in added.stderr
+    known = _cli(
+        dsn, "periodic", "add", "y", "--task", "ops.clean_up", "--every", "60", "--app", APP
+    )
+    assert known.returncode == 0 and known.stderr == ""
 
 
 @pytest.mark.parametrize(
@@ -317,6 +382,7 @@ def test_periodic_list_shows_a_broken_schedule_beside_the_others(dsn: str) -> No
         (("periodic", "add", "x", "--task", "t", "--every", "5", "--args", "{bad"), "JSON"),
         (("periodic", "enable", "missing"), "no periodic schedule named 'missing'"),
         (("periodic", "run-now", "missing"), "no periodic schedule named 'missing'"),
+        (("periodic", "run-now", "missing", "--app", APP), "no periodic schedule named 'missing'"),
     ],
 )
 def test_cli_refuses_bad_input_with_one_line(dsn: str, args: tuple[str, ...], message: str) -> None:
