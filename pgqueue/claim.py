@@ -75,7 +75,20 @@ async def claim_jobs(
     ended = []
     last: dict[str, Position] = {}
     for row in rows:
-        id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, run_at, dead, _ = row
+        (
+            id_,
+            queue,
+            task_name,
+            args,
+            kwargs,
+            priority,
+            attempts,
+            max_attempts,
+            run_at,
+            created_at,
+            dead,
+            _,
+        ) = row
         if dead:
             ended.append((id_, task_name))
             continue
@@ -90,6 +103,7 @@ async def claim_jobs(
                 priority,
                 attempts,
                 max_attempts,
+                created_at,
             )
         )
         position = (priority, run_at, id_)

@@ -28,6 +28,8 @@ class ClaimedJob:
     priority: int
     attempt: int
     max_attempts: int
+    # When the job was enqueued (database clock): how long a job of an unknown task waits.
+    created_at: datetime | None = None
 
 
 @dataclass(slots=True)

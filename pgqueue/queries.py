@@ -146,7 +146,7 @@ WITH picked AS (
         started_at = now()
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE NOT dead))
     RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
-              j.max_attempts, j.run_at
+              j.max_attempts, j.run_at, j.created_at
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j USING picked AS p
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
@@ -166,7 +166,7 @@ WITH picked AS (
 )
 SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
 UNION ALL
-SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, true,
+SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, NULL, true,
        pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
 FROM archived AS a
 """
