@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("remove", "delete a run-time schedule"),
         ("enable", "let a schedule fire again"),
         ("disable", "stop a schedule firing (kept, with its history)"),
-        ("run-now", "enqueue the schedule's job now, outside its ticks"),
+        ("run-now", "enqueue the schedule's job now, outside its ticks (needs --app)"),
     ):
         p = psub.add_parser(action, parents=[common, app_arg], help=text)
         p.add_argument("name", help="the schedule name (see `pgqueue periodic list`)")
