@@ -152,6 +152,22 @@ class Schedule:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Schedule:
+        """The schedule a `pgqueue_periodic` row holds; ConfigurationError if it is not a
+        valid one (written by an older pgqueue, or by hand)."""
+        try:
+            return cls._from_row(row)
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"periodic schedule {row['name']!r} is invalid: {exc}"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"periodic schedule {row['name']!r} is invalid: {exc} (args must be a JSON "
+                "list, kwargs a JSON object)"
+            ) from None
+
+    @classmethod
+    def _from_row(cls, row: Mapping[str, Any]) -> Schedule:
         return cls(
             name=row["name"],
             task_name=row["task_name"],

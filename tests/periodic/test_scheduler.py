@@ -352,6 +352,15 @@ def test_a_schedule_no_scheduler_knows_is_reported_once_and_never_spins_it(
     assert len(warnings) == 1 and "gone.from.every.app" in warnings[0]
 
 
+def test_run_now_of_an_invalid_stored_schedule_is_a_one_line_error(dsn: str) -> None:
+    _store(dsn, "bad-kwargs", "ops.clean_up", kwargs="[1, 2]")
+    result = _cli(dsn, "periodic", "run-now", "bad-kwargs", "--app", APP)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "periodic schedule 'bad-kwargs' is invalid" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_run_now_refuses_a_task_the_app_does_not_register(dsn: str) -> None:
     _store(dsn, "orphan", "gone.from.every.app")
     line = _cli(dsn, "periodic", "run-now", "orphan", "--app", APP).stderr.strip()
