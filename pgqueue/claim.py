@@ -123,7 +123,7 @@ async def claim_jobs(
     last: dict[str, dict[int, Position]] = {}
     for row in rows:
         id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, run_at = row[:9]
-        lease, dead = row[9], row[10]
+        lease, created_at, dead = row[9], row[10], row[11]
         if dead:
             ended.append((id_, task_name))
             continue
@@ -139,6 +139,7 @@ async def claim_jobs(
                 attempts,
                 max_attempts,
                 lease,
+                created_at,
             )
         )
         reached = last.setdefault(queue, {})

@@ -180,13 +180,19 @@ def cmd_periodic_list(args: argparse.Namespace) -> int:
         state = "enabled" if row["enabled"] else "disabled"
         if row["source"] == "code" and not row["declared"]:
             state = "removed"
-        spec = Schedule.from_row(row).spec
+        elif row["enabled"] and row["overdue"]:
+            state = "overdue"  # no running scheduler knows its task, or none runs at all
+        try:
+            spec = Schedule.from_row(row).spec
+        except Exception:  # stored by an older pgqueue or by hand: list it all the same
+            spec = f"cron '{row['cron']}'" if row["cron"] else f"every {row['every_seconds']}s"
+            state = "invalid"
         last_job = (
             f"{row['last_job_id']} {row['last_job_status'] or 'pruned'}"
             if row["last_job_id"]
             else "-"
         )
-        next_fire = _when(row["next_fire_at"]) if state == "enabled" else "-"
+        next_fire = _when(row["next_fire_at"]) if state in ("enabled", "overdue") else "-"
         print(
             f"{row['name']:<36} {row['task_name']:<28} {spec:<30} {state:<10} "
             f"{_when(row['last_fire_at']):<25} {last_job:<18} {next_fire}"
@@ -220,10 +226,17 @@ def cmd_periodic_add(args: argparse.Namespace) -> int:
         catch_up=args.catch_up,
         max_catch_up=args.max_catch_up,
     )
-    _, conn = _connected(args)
+    app, conn = _connected(args)
     with conn:
         add_schedule(conn, schedule)
     print(f"added periodic schedule {schedule.name!r}: {schedule.task_name}, {schedule.spec}")
+    if (args.app or os.environ.get("PGQUEUE_APP")) and schedule.task_name not in app.tasks:
+        # Not refused: the schedule may be meant for another service's workers.
+        print(
+            f"pgqueue: warning: the app does not register task {schedule.task_name!r}: the "
+            "schedule fires only where a worker's or scheduler's app registers it",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -450,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("remove", "delete a run-time schedule"),
         ("enable", "let a schedule fire again"),
         ("disable", "stop a schedule firing (kept, with its history)"),
-        ("run-now", "enqueue the schedule's job now, outside its ticks"),
+        ("run-now", "enqueue the schedule's job now, outside its ticks (needs --app)"),
     ):
         p = psub.add_parser(action, parents=[common, app_arg], help=text)
         p.add_argument("name", help="the schedule name (see `pgqueue periodic list`)")

@@ -11,6 +11,7 @@ import concurrent.futures
 import contextvars
 import functools
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from pgqueue import _json, transactional
@@ -61,14 +62,39 @@ def _after_retry_request(task: Task[Any, Any], job: ClaimedJob, request: Retry) 
     return RetryLater(job, error, delay=task.retry_policy.next_delay(job.attempt))
 
 
-def unknown_task(job: ClaimedJob) -> Failed:
-    return Failed(
+# A job whose task this worker's app does not register waits for a worker that has it: in a
+# rolling deploy the new code's jobs reach old workers too. It goes back to the queue with its
+# attempt given back, after a delay of half its age (so each wait is longer than the last),
+# kept between the two bounds below, and ends FAILED only once it is UNKNOWN_TASK_PATIENCE
+# old (measured from its creation, on the worker's clock against the database's).
+UNKNOWN_TASK_PATIENCE = timedelta(hours=24)
+UNKNOWN_TASK_MIN_DELAY = 5.0
+UNKNOWN_TASK_MAX_DELAY = 600.0
+
+
+def unknown_task(job: ClaimedJob, now: datetime | None = None) -> Failed | RetryLater:
+    """What a job of a task this worker does not know comes to: back to the queue, uncounted,
+    until it is UNKNOWN_TASK_PATIENCE old; then FAILED (UnknownTask)."""
+    unknown = f"no task named {job.task_name!r} is registered in this worker's app"
+    age = (now or datetime.now(timezone.utc)) - job.created_at if job.created_at else None
+    if age is None or age >= UNKNOWN_TASK_PATIENCE:
+        hours = UNKNOWN_TASK_PATIENCE.total_seconds() / 3600
+        return Failed(
+            job,
+            simple_error(
+                "UnknownTask",
+                f"{unknown}, nor in that of any worker that claimed the job in the {hours:g} "
+                "hours since it was enqueued; deploy the code that defines it, then retry "
+                "the job",
+            ),
+        )
+    left = (UNKNOWN_TASK_PATIENCE - age).total_seconds()
+    delay = min(max(age.total_seconds() / 2, UNKNOWN_TASK_MIN_DELAY), UNKNOWN_TASK_MAX_DELAY)
+    return RetryLater(
         job,
-        simple_error(
-            "UnknownTask",
-            f"no task named {job.task_name!r} is registered in this worker's app; "
-            "deploy the code that defines it, then retry the job",
-        ),
+        simple_error("UnknownTask", f"{unknown}: waiting for a worker that has it"),
+        delay=min(delay, left),
+        refund_attempt=True,
     )
 
 

@@ -22,6 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from pgqueue import queries
 from pgqueue.errors import SchemaNotMigrated
 from pgqueue.schema import VERSION_TABLE
 
@@ -83,13 +84,21 @@ def _restoring_alembic_proxies() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _connection(target: str | sa.Connection) -> Iterator[sa.Connection]:
+    """A connection in a transaction that holds the migration lock until it ends.
+
+    The lock is taken before alembic reads the current revision: runs started at once (every
+    container of a scaled service) then go one after the other, and each later one finds the
+    schema at head and does nothing.
+    """
     if isinstance(target, sa.Connection):
         with _restoring_alembic_proxies():
+            target.execute(sa.text(queries.LOCK_MIGRATIONS))
             yield target
         return
     engine = engine_for(target)
     try:
         with engine.begin() as connection:
+            connection.execute(sa.text(queries.LOCK_MIGRATIONS))
             yield connection
     finally:
         engine.dispose()

@@ -31,6 +31,8 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     lease: int = 0
+    # When the job was enqueued (database clock): how long a job of an unknown task waits.
+    created_at: datetime | None = None
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,7 +21,6 @@ from psycopg.rows import dict_row
 
 from pgqueue import queries
 from pgqueue.errors import ConfigurationError, PgQueueError
-from pgqueue.retry import DEFAULT_MAX_ATTEMPTS
 from pgqueue.schedule import ON_TIME_GRACE, Schedule
 
 if TYPE_CHECKING:
@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pgqueue.scheduler")
 
 Conn = psycopg.Connection[Any]
+
+# A schedule that failed (see fire_due) is looked at again after this long: often enough to
+# pick it up soon once repaired, seldom enough not to flood the log while it stays broken.
+BROKEN_SCHEDULE_RETRY = timedelta(minutes=5)
+# A schedule this late, of a task the scheduler's app does not register, is reported (once):
+# a scheduler that knows the task fires it within about a second of its tick.
+UNFIRED_GRACE = timedelta(minutes=1)
+# How often a scheduler looks for such schedules (seconds).
+UNFIRED_CHECK_INTERVAL = 60.0
 
 
 class ScheduleNotFound(PgQueueError):
@@ -100,30 +109,35 @@ def _ticks_to_fire(
     return due, latest
 
 
-def _job_params(app: App | None, schedule: Schedule, fire_at: datetime | None) -> dict[str, Any]:
-    task = app.tasks.get(schedule.task_name) if app is not None else None
+def _job_params(app: App, schedule: Schedule, fire_at: datetime | None) -> dict[str, Any]:
+    """INSERT_PERIODIC_JOB's parameters: the schedule's job with its task's options (the
+    caller has checked that `app` registers the task)."""
+    task = app.tasks[schedule.task_name]
     definition = schedule.definition()
     return {
-        "queue": schedule.queue or (task.queue if task else "default"),
+        "queue": schedule.queue or task.queue,
         "task_name": schedule.task_name,
         "args": definition["args"],
         "kwargs": definition["kwargs"],
-        "priority": schedule.priority
-        if schedule.priority is not None
-        else (task.priority if task else 0),
-        "max_attempts": task.retry_policy.max_attempts if task else DEFAULT_MAX_ATTEMPTS,
+        "priority": schedule.priority if schedule.priority is not None else task.priority,
+        "max_attempts": task.retry_policy.max_attempts,
         "periodic_name": schedule.name,
         "fire_at": fire_at,
     }
 
 
 def fire_due(
-    conn: Conn, app: App | None, now: datetime | None = None, *, lock: bool = True
+    conn: Conn, app: App, now: datetime | None = None, *, lock: bool = True
 ) -> list[FiredTick]:
-    """One scheduler pass in one transaction: make the jobs of every due tick.
+    """One scheduler pass in one transaction: make the jobs of every due tick of the
+    schedules whose task `app` registers (the others are left to schedulers that know them).
 
     `now` defaults to the database's clock; tests pass their own. `lock=False` skips the row
     locks that spare concurrent schedulers duplicate work (the unique index still holds).
+
+    Each schedule is fired under a savepoint of its own: whatever goes wrong with one (a row
+    no longer valid, a cron with no next time, a job the database refuses) is logged, undone
+    and looked at again after BROKEN_SCHEDULE_RETRY, and the others fire as usual.
     """
     fired: list[FiredTick] = []
     with conn.transaction():
@@ -131,48 +145,31 @@ def fire_due(
             now = db_now(conn)
         query = queries.DUE_SCHEDULES if lock else queries.DUE_SCHEDULES_UNLOCKED
         with conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(query, {"now": now}).fetchall()
+            rows = cur.execute(query, {"now": now, "task_names": list(app.tasks)}).fetchall()
         for row in rows:
             try:
-                schedule = Schedule.from_row(row)
-            except ConfigurationError as exc:
-                # A broken row must not spin the scheduler: look again in an hour.
-                logger.error("periodic schedule %s is invalid, skipped: %s", row["name"], exc)
+                with conn.transaction():
+                    fired.extend(_fire_schedule(conn, app, row, now))
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise  # the connection, not the schedule: the scheduler reconnects
+            except Exception as exc:
+                retry_at = now + BROKEN_SCHEDULE_RETRY
+                logger.error(
+                    "periodic schedule %s failed, skipped until %s: %s: %s",
+                    row["name"],
+                    retry_at.isoformat(),
+                    type(exc).__name__,
+                    " ".join(str(exc).split()),
+                )
                 conn.execute(
                     queries.UPDATE_SCHEDULE_AFTER_FIRE,
                     {
                         "name": row["name"],
                         "last_fire_at": None,
                         "job_id": None,
-                        "next_fire_at": now + timedelta(hours=1),
+                        "next_fire_at": retry_at,
                     },
                 )
-                continue
-            after = row["last_fire_at"] or (row["next_fire_at"] - timedelta(microseconds=1))
-            ticks, latest = _ticks_to_fire(schedule, after, now)
-            last_job_id = None
-            for tick in ticks:
-                made = conn.execute(
-                    queries.INSERT_PERIODIC_JOB, _job_params(app, schedule, tick)
-                ).fetchone()
-                job_id = int(made[0]) if made else None
-                last_job_id = job_id or last_job_id
-                fired.append(FiredTick(schedule.name, tick, job_id))
-            if latest is not None and not ticks:
-                logger.info(
-                    "periodic schedule %s: missed tick %s skipped (catch_up=skip)",
-                    schedule.name,
-                    latest.isoformat(),
-                )
-            conn.execute(
-                queries.UPDATE_SCHEDULE_AFTER_FIRE,
-                {
-                    "name": schedule.name,
-                    "last_fire_at": latest,
-                    "job_id": last_job_id,
-                    "next_fire_at": schedule.next_tick(now),
-                },
-            )
     for made in fired:
         if made.job_id is not None:
             logger.info(
@@ -181,6 +178,37 @@ def fire_due(
                 made.fire_at.isoformat(),
                 made.job_id,
             )
+    return fired
+
+
+def _fire_schedule(conn: Conn, app: App, row: dict[str, Any], now: datetime) -> list[FiredTick]:
+    """Make the jobs of one schedule's due ticks and move it to its next fire time."""
+    schedule = Schedule.from_row(row)
+    after = row["last_fire_at"] or (row["next_fire_at"] - timedelta(microseconds=1))
+    ticks, latest = _ticks_to_fire(schedule, after, now)
+    fired = []
+    last_job_id = None
+    for tick in ticks:
+        params = _job_params(app, schedule, tick)
+        made = conn.execute(queries.INSERT_PERIODIC_JOB, params).fetchone()
+        job_id = int(made[0]) if made else None
+        last_job_id = job_id or last_job_id
+        fired.append(FiredTick(schedule.name, tick, job_id))
+    if latest is not None and not ticks:
+        logger.info(
+            "periodic schedule %s: missed tick %s skipped (catch_up=skip)",
+            schedule.name,
+            latest.isoformat(),
+        )
+    conn.execute(
+        queries.UPDATE_SCHEDULE_AFTER_FIRE,
+        {
+            "name": schedule.name,
+            "last_fire_at": latest,
+            "job_id": last_job_id,
+            "next_fire_at": schedule.next_tick(now),
+        },
+    )
     return fired
 
 
@@ -230,13 +258,22 @@ def set_enabled(conn: Conn, name: str, enabled: bool) -> None:
             raise ScheduleNotFound(f"no periodic schedule named {name!r}")
 
 
-def run_now(conn: Conn, app: App | None, name: str) -> int:
-    """Enqueue the schedule's job now, outside its ticks; returns the job id."""
+def run_now(conn: Conn, app: App, name: str) -> int:
+    """Enqueue the schedule's job now, outside its ticks; returns the job id.
+
+    `app` must register the schedule's task: its queue, priority and attempts are the job's.
+    """
     with conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(queries.GET_SCHEDULE, {"name": name}).fetchone()
         if row is None:
             raise ScheduleNotFound(f"no periodic schedule named {name!r}")
+        if row["task_name"] not in app.tasks:
+            raise ConfigurationError(
+                f"periodic schedule {name!r} runs task {row['task_name']!r}, which this app "
+                "does not register: pass --app with the app that defines it (its queue, "
+                "priority and attempts make the job)"
+            )
         schedule = Schedule.from_row(row)
         made = conn.execute(
             queries.INSERT_PERIODIC_JOB, _job_params(app, schedule, None)
@@ -253,6 +290,36 @@ def run_now(conn: Conn, app: App | None, name: str) -> int:
             },
         )
     return job_id
+
+
+def report_unfired_schedules(conn: Conn, app: App, reported: set[str]) -> list[str]:
+    """Warn once about each enabled schedule overdue by UNFIRED_GRACE whose task `app` does
+    not register: most likely no running scheduler knows it, so it does not fire.
+
+    `reported` holds the names warned about already; a schedule that fires again leaves it,
+    so a later stall is reported anew. Returns the names newly reported.
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            queries.OVERDUE_FOREIGN_SCHEDULES,
+            {"grace": UNFIRED_GRACE.total_seconds(), "task_names": list(app.tasks)},
+        ).fetchall()
+    overdue = {row["name"] for row in rows}
+    reported &= overdue
+    new = [row for row in rows if row["name"] not in reported]
+    for row in new:
+        logger.warning(
+            "periodic schedule %s was due at %s and has not fired: no running scheduler "
+            "seems to register its task %r (this one does not). It fires once a worker or "
+            "`pgqueue scheduler` whose app registers the task runs; or disable it "
+            "(`pgqueue periodic disable %s`)",
+            row["name"],
+            row["next_fire_at"].isoformat(),
+            row["task_name"],
+            row["name"],
+        )
+        reported.add(row["name"])
+    return [row["name"] for row in new]
 
 
 # -- the scheduler loop ------------------------------------------------------------------
@@ -277,6 +344,8 @@ class Scheduler(threading.Thread):
 
     def run(self) -> None:
         backoff = 0.5
+        reported: set[str] = set()
+        next_unfired_check = time.monotonic()
         while not self._stop_event.is_set():
             try:
                 with self.app.connect() as conn:
@@ -286,9 +355,12 @@ class Scheduler(threading.Thread):
                         )
                         conn.commit()
                         self.synced.set()
-                    backoff = 0.5
                     while not self._stop_event.is_set():
                         fire_due(conn, self.app)
+                        backoff = 0.5  # after a whole pass: a failing one keeps backing off
+                        if time.monotonic() >= next_unfired_check:
+                            report_unfired_schedules(conn, self.app, reported)
+                            next_unfired_check = time.monotonic() + UNFIRED_CHECK_INTERVAL
                         self._stop_event.wait(self._sleep_for(conn))
             except Exception as exc:
                 if self._stop_event.is_set():
@@ -303,6 +375,6 @@ class Scheduler(threading.Thread):
 
     def _sleep_for(self, conn: Conn) -> float:
         with conn.transaction():
-            row = conn.execute(queries.NEXT_DUE_IN).fetchone()
+            row = conn.execute(queries.NEXT_DUE_IN, {"task_names": list(self.app.tasks)}).fetchone()
         due_in = row[0] if row and row[0] is not None else self.max_sleep
         return max(0.01, min(self.max_sleep, due_in))

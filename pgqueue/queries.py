@@ -168,7 +168,7 @@ WITH picked AS (
         started_at = now(), lease = nextval('pgqueue_job_lease_seq')
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE NOT dead))
     RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
-              j.max_attempts, j.run_at, j.lease
+              j.max_attempts, j.run_at, j.lease, j.created_at
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j USING picked AS p
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
@@ -188,7 +188,8 @@ WITH picked AS (
 )
 SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
 UNION ALL
-SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, NULL, true,
+SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, NULL, NULL,
+       true,
        pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
 FROM archived AS a
 """
@@ -479,6 +480,13 @@ def as_libpq(sql: str, names: Sequence[str]) -> str:
     return _PARAM.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql).replace("%%", "%")
 
 
+# -- migrations -----------------------------------------------------------------------------
+
+# Serialise `pgqueue migrate` runs on one database (containers scaled up start it at once):
+# held until the migration's transaction ends, so the next run sees the schema it left. The
+# second key 0 is no worker's: worker ids start at 1.
+LOCK_MIGRATIONS = f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_NAMESPACE}, 0)"
+
 # -- periodic schedules ---------------------------------------------------------------------
 
 # Add or update a schedule declared in code; an unchanged row is not rewritten, and a changed
@@ -531,11 +539,15 @@ VALUES (
     %(catch_up)s, %(max_catch_up)s, 'cli', true, %(next_fire_at)s)
 """
 
-# Schedules due now; SKIP LOCKED spares concurrent schedulers duplicate work (the unique
-# index on jobs, not this lock, is what guarantees one job per tick).
+# Schedules due now of the tasks the scheduler's app registers: another app's schedules (a
+# service sharing the database, the new code in a rolling deploy) are left to schedulers that
+# know their task's queue, priority and attempts. SKIP LOCKED spares concurrent schedulers
+# duplicate work (the unique index on jobs, not this lock, is what guarantees one job per
+# tick).
 DUE_SCHEDULES = """
 SELECT * FROM pgqueue_periodic
 WHERE enabled AND (declared OR source = 'cli') AND next_fire_at <= %(now)s
+  AND task_name = ANY(%(task_names)s::text[])
 ORDER BY next_fire_at
 LIMIT 100
 FOR UPDATE SKIP LOCKED
@@ -579,9 +591,11 @@ SET last_fire_at = GREATEST(last_fire_at, %(last_fire_at)s),
 WHERE name = %(name)s
 """
 
-# Every schedule with its last job's status, for `pgqueue periodic list`.
+# Every schedule with its last job's status, for `pgqueue periodic list`; `overdue`: it
+# should have fired over a minute ago (no scheduler that knows its task is running).
 LIST_SCHEDULES = """
-SELECT p.*, j.status::text AS last_job_status
+SELECT p.*, j.status::text AS last_job_status,
+       p.next_fire_at < now() - interval '1 minute' AS overdue
 FROM pgqueue_periodic AS p
 LEFT JOIN pgqueue_all_jobs AS j ON j.id = p.last_job_id
 ORDER BY p.name
@@ -596,10 +610,21 @@ DELETE_CLI_SCHEDULE = "DELETE FROM pgqueue_periodic WHERE name = %(name)s RETURN
 
 GET_SCHEDULE = "SELECT * FROM pgqueue_periodic WHERE name = %(name)s"
 
-# When the scheduler should look next.
+# When the scheduler should look next: at its own app's schedules only, or an overdue
+# schedule of another app's task would keep it looking at once, forever.
 NEXT_DUE_IN = """
 SELECT extract(epoch FROM min(next_fire_at) - now())::float8 FROM pgqueue_periodic
+WHERE enabled AND (declared OR source = 'cli') AND task_name = ANY(%(task_names)s::text[])
+"""
+
+# Schedules that should have fired a while ago but have not, of tasks this scheduler's app
+# does not register: most likely no running scheduler knows their task.
+OVERDUE_FOREIGN_SCHEDULES = """
+SELECT name, task_name, next_fire_at FROM pgqueue_periodic
 WHERE enabled AND (declared OR source = 'cli')
+  AND next_fire_at < now() - %(grace)s::float8 * interval '1 second'
+  AND NOT (task_name = ANY(%(task_names)s::text[]))
+ORDER BY name
 """
 
 # -- retention ------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from pgqueue import _json
 from pgqueue.config import validate_priority, validate_queue_name
@@ -69,6 +69,14 @@ def check_cron(cron: str) -> str:
         raise ConfigurationError(
             f"invalid cron expression {cron!r}: expected exactly 5 fields (no seconds field)"
         )
+    try:
+        # 2000 is a leap year: a February 29 schedule finds its first tick at once.
+        croniter(cron, datetime(2000, 1, 1)).get_next(datetime)
+    except CroniterError:
+        raise ConfigurationError(
+            f"cron expression {cron!r} never fires: no date matches it (such as February 30 "
+            "or April 31); check the day-of-month and month fields"
+        ) from None
     return cron
 
 
@@ -144,6 +152,22 @@ class Schedule:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Schedule:
+        """The schedule a `pgqueue_periodic` row holds; ConfigurationError if it is not a
+        valid one (written by an older pgqueue, or by hand)."""
+        try:
+            return cls._from_row(row)
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"periodic schedule {row['name']!r} is invalid: {exc}"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"periodic schedule {row['name']!r} is invalid: {exc} (args must be a JSON "
+                "list, kwargs a JSON object)"
+            ) from None
+
+    @classmethod
+    def _from_row(cls, row: Mapping[str, Any]) -> Schedule:
         return cls(
             name=row["name"],
             task_name=row["task_name"],

@@ -578,6 +578,13 @@ class Worker:
             )
         elif isinstance(outcome, Cancelled):
             logger.warning("%s cancelled after %.3fs: %s", head, duration, outcome.error["message"])
+        elif isinstance(outcome, RetryLater) and outcome.error["type"] == "UnknownTask":
+            logger.warning(
+                "%s: %s; back in the queue for %.0fs, attempt not counted",
+                head,
+                outcome.error["message"],
+                outcome.delay,
+            )
         elif isinstance(outcome, RetryLater) and outcome.refund_attempt:
             logger.warning(
                 "%s interrupted after %.3fs by the shutdown: back in the queue, "

@@ -12,8 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from pgqueue import migrate
 from tests.acceptance.helpers import APP, subprocess_env
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
+from tests.integration.test_schema import schema_diff
 
 UNREACHABLE_DSN = "postgresql://postgres@127.0.0.1:1/x"
 MALFORMED_DSN = "not a dsn=="
@@ -103,6 +105,54 @@ def test_migrate_creates_the_schema_and_a_second_run_is_a_no_op(empty_dsn: str) 
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         rows: list[Any] = conn.execute("SELECT task_name FROM pgqueue_all_jobs").fetchall()
     assert rows == [("kept.across.migrate",)], "the second run changed nothing"
+
+
+def test_migrate_run_by_several_processes_at_once_succeeds_everywhere(
+    empty_dsn: str, server_dsn: str
+) -> None:
+    # As `docker compose up --scale app=5` does: every container migrates the same fresh
+    # database at the same moment. Each must exit 0 and the schema must come out whole.
+    # A gate makes "at the same moment" certain: every process's first catalog read waits
+    # behind this lock, so all five start looking at the schema together when it opens.
+    count = 5
+    gate = psycopg.connect(empty_dsn)
+    gate.execute("LOCK TABLE pg_catalog.pg_namespace IN ACCESS EXCLUSIVE MODE")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pgqueue", "migrate"],
+            cwd=ROOT,
+            env=subprocess_env(empty_dsn),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    try:
+
+        def all_at_the_gate() -> bool:
+            # Asked from another database: a session here would wait at the gate too.
+            with psycopg.connect(server_dsn, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = %s AND wait_event_type = 'Lock'",
+                    (gate.info.dbname,),
+                ).fetchone()
+            return row is not None and row[0] >= count
+
+        wait_until(all_at_the_gate, timeout=60, interval=0.1, what="every migrate at the gate")
+    finally:
+        gate.close()
+    results = [process.communicate(timeout=120) for process in processes]
+    for process, (stdout, stderr) in zip(processes, results, strict=True):
+        assert process.returncode == 0, stderr
+        assert "pgqueue schema at revision" in stdout
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()
+        versions = conn.execute("SELECT count(*) FROM pgqueue_alembic_version").fetchone()
+    assert versions == (1,)
+    assert schema_diff(empty_dsn) == []
 
 
 def test_migrate_sql_prints_the_schema_without_a_database() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 
+from pgqueue.execute import UNKNOWN_TASK_PATIENCE
 from tests.acceptance import apps
 from tests.acceptance.conftest import SpawnWorker
 from tests.acceptance.helpers import (
@@ -105,27 +106,37 @@ def test_worker_logs_each_attempts_start_at_debug_level(
     assert re.search(rf"{head} succeeded in \d+\.\d{{3}}s$", lines[1]), lines
 
 
-def test_job_of_unknown_task_fails_and_worker_keeps_running(
+def test_job_of_unknown_task_waits_in_the_queue_and_worker_keeps_running(
     db: psycopg.Connection[Any], spawn_worker: SpawnWorker
 ) -> None:
     worker = spawn_worker("--poll-interval", "0.2")
-    # A row written by code this worker does not have (and without a NOTIFY: found by polling).
-    row = db.execute(
-        "INSERT INTO pgqueue_jobs (task_name) VALUES ('nope.missing') RETURNING id"
-    ).fetchone()
-    assert row is not None
-    unknown = row[0]
+    # Rows written by code this worker does not have (and without a NOTIFY: found by polling):
+    # one just enqueued, one enqueued longer ago than the worker waits for its task.
+    rows = db.execute(
+        "INSERT INTO pgqueue_jobs (task_name, created_at) VALUES"
+        " ('nope.missing', now()), ('nope.ancient', now() - %s - interval '1 minute')"
+        " RETURNING id",
+        (UNKNOWN_TASK_PATIENCE,),
+    ).fetchall()
+    unknown, ancient = (row[0] for row in rows)
 
-    failed = wait_for_status(db, unknown, "failed")
+    waiting = wait_until(
+        lambda: worker.log_lines(f"job {unknown} nope.missing attempt 1/3: no task named"),
+        what="the unknown job's log line",
+    )
+    assert "back in the queue for 5s, attempt not counted" in waiting[0]
+    row = job_row(db, unknown)
+    assert (row["status"], row["attempts"], row["error"]["type"]) == ("queued", 0, "UnknownTask")
+
+    failed = wait_for_status(db, ancient, "failed")
     assert failed["attempts"] == 1
     assert failed["error"]["type"] == "UnknownTask"
-    assert "nope.missing" in failed["error"]["message"]
-    assert worker.log_lines(f"job {unknown} nope.missing attempt 1/3 failed in ")
+    assert "nope.ancient" in failed["error"]["message"]
+    assert worker.log_lines(f"job {ancient} nope.ancient attempt 1/3 failed in ")
 
     later = enqueue(db, apps.record, 1)
     assert wait_for_status(db, later, "succeeded")["result"] == 1
     assert worker.poll() is None, "the worker is still running"
-    assert job_row(db, unknown)["status"] == "failed", "and the unknown job stays failed"
     assert stop_gracefully(worker) == 0
 
 

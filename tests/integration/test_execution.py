@@ -6,10 +6,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 import pgqueue
-from tests.conftest import WorkerThread
+from pgqueue.execute import UNKNOWN_TASK_PATIENCE
+from tests.conftest import WorkerThread, wait_until
 
 StartWorker = Callable[..., WorkerThread]
 
@@ -84,23 +87,78 @@ def test_exception_not_in_autoretry_for_fails_on_the_first_attempt(
     assert calls == [1]
 
 
-def test_unknown_task_fails_once_without_retrying(
-    app: pgqueue.App, dsn: str, start_worker: StartWorker
-) -> None:
-    elsewhere = pgqueue.App(dsn)  # an app with a task the worker's code does not have
+def _job_of_a_task_deployed_later(dsn: str, app: pgqueue.App) -> pgqueue.Job:
+    """A job of a task that only newer code has (enqueued by it), seen through `app`."""
+    newer = pgqueue.App(dsn)
     try:
 
-        @elsewhere.task(name="deployed.later", max_attempts=5)
-        def ghost() -> None: ...
+        @newer.task(name="deployed.later", max_attempts=5)
+        def ghost() -> str:
+            return "ran"
 
         job = ghost.delay()
     finally:
-        elsewhere.close()
-    job = app.get_job(job.id)
+        newer.close()
+    return app.get_job(job.id)
+
+
+def _row(conn: psycopg.Connection[Any], job_id: int) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT status::text AS status, attempts, error, run_at, created_at"
+            " FROM pgqueue_all_jobs WHERE id = %s",
+            (job_id,),
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+def test_a_job_of_a_task_this_worker_does_not_know_waits_for_a_worker_that_does(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any], start_worker: StartWorker
+) -> None:
+    # A rolling deploy: the new code enqueues a job of a new task, an old worker claims it.
+    job = _job_of_a_task_deployed_later(dsn, app)
+    old_worker = start_worker(app)
+
+    def given_back() -> dict[str, Any] | None:
+        row = _row(conn, job.id)
+        return row if row["status"] == "queued" and row["error"] is not None else None
+
+    row = wait_until(given_back, what="the job given back to the queue")
+    assert row["error"]["type"] == "UnknownTask"
+    assert "deployed.later" in row["error"]["message"]
+    assert row["attempts"] == 0, "the attempt is given back"
+    assert row["run_at"] > row["created_at"], "and it waits before the next claim"
+    old_worker.stop()
+
+    new_code = pgqueue.App(dsn)
+    try:
+
+        @new_code.task(name="deployed.later", max_attempts=5)
+        def ghost() -> str:
+            return "ran"
+
+        start_worker(new_code)
+        assert job.wait(timeout=60) == "ran"
+    finally:
+        new_code.close()
+    assert job.status is pgqueue.JobStatus.SUCCEEDED
+    assert job.attempts == 1
+
+
+def test_a_job_of_an_unknown_task_fails_once_older_than_the_bound(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any], start_worker: StartWorker
+) -> None:
+    job = _job_of_a_task_deployed_later(dsn, app)
+    conn.execute(
+        "UPDATE pgqueue_jobs SET created_at = now() - %s - interval '1 minute' WHERE id = %s",
+        (UNKNOWN_TASK_PATIENCE, job.id),
+    )
     start_worker(app)
     failure = _failure(job)
     assert failure.exc_type == "UnknownTask"
     assert "deployed.later" in failure.exc_message
+    assert "deploy the code that defines it" in failure.exc_message
     assert job.attempts == 1
     assert job.status is pgqueue.JobStatus.FAILED
 

@@ -108,6 +108,34 @@ def test_transactional_tasks_work_in_the_process_pool(
     assert [what for _, _, what in _events(conn, job.id)] == ["charged"]
 
 
+def test_a_job_whose_task_the_pool_process_does_not_know_waits_uncounted(
+    pool_app: pgqueue.App, start_worker: StartWorker, conn: psycopg.Connection[Any]
+) -> None:
+    # The worker's app has the task (registered here, at run time); the children import the
+    # app module afresh and do not: the child's own check decides, as the worker's does.
+    @pool_app.task(name="parent.only")
+    def parent_only() -> None: ...
+
+    try:
+        start_pool(start_worker, pool_app)
+        job = parent_only.delay()
+
+        def given_back() -> tuple[Any, ...] | None:
+            row = conn.execute(
+                "SELECT status::text, attempts, error->>'type' FROM pgqueue_jobs WHERE id = %s",
+                (job.id,),
+            ).fetchone()
+            return row if row is not None and row[2] is not None else None
+
+        assert wait_until(given_back, timeout=60, what="the job given back") == (
+            "queued",
+            0,
+            "UnknownTask",
+        )
+    finally:
+        del pool_app.tasks["parent.only"]
+
+
 def test_a_pool_that_cannot_import_the_app_says_so(
     pool_app: pgqueue.App, start_worker: StartWorker
 ) -> None:

@@ -11,7 +11,8 @@ from pgqueue import migrate
 from pgqueue.schema import VERSION_TABLE, metadata
 
 
-def _diff(dsn: str) -> list[object]:
+def schema_diff(dsn: str) -> list[object]:
+    """How the schema of the database at `dsn` differs from the package's metadata."""
     engine = migrate.engine_for(dsn)
     try:
         with engine.connect() as connection:
@@ -28,7 +29,7 @@ def _diff(dsn: str) -> list[object]:
 
 
 def test_migrated_schema_equals_metadata(dsn: str) -> None:
-    assert _diff(dsn) == []
+    assert schema_diff(dsn) == []
 
 
 def test_downgrade_to_base_removes_everything_and_upgrade_restores_it(dsn: str) -> None:
@@ -44,7 +45,7 @@ def test_downgrade_to_base_removes_everything_and_upgrade_restores_it(dsn: str) 
         assert migrate.current_revision(conn) is None
     assert tables == [] and types == []
     migrate.upgrade(dsn)
-    assert _diff(dsn) == []
+    assert schema_diff(dsn) == []
 
 
 def test_version_table_is_pgqueues_own(empty_dsn: str) -> None:
@@ -105,4 +106,4 @@ def test_upgrade_to_0004_moves_finished_jobs_out_of_the_hot_table_and_back(dsn: 
         back = conn.execute("SELECT task_name FROM pgqueue_jobs ORDER BY id").fetchall()
     assert back == [("t.done",), ("t.waiting",)]
     migrate.upgrade(dsn)
-    assert _diff(dsn) == []
+    assert schema_diff(dsn) == []

@@ -13,3 +13,8 @@ def every_second() -> int:
     job = pgqueue.current_job()
     assert job is not None
     return job.id
+
+
+@app.task(name="ops.clean_up", queue="maintenance", priority=3, max_attempts=7)
+def clean_up(days: int) -> int:
+    return days

@@ -99,6 +99,9 @@ def test_next_tick_of_a_yearly_schedule() -> None:
         ({"cron": "61 * * * *"}, "invalid cron expression '61 \\* \\* \\* \\*'"),
         ({"cron": "* * * *"}, "invalid cron expression"),
         ({"cron": "* * * * * *"}, "exactly 5 fields"),
+        ({"cron": "0 0 31 2 *"}, "never fires: no date matches"),
+        ({"cron": "0 0 30 2 *"}, "never fires: no date matches"),
+        ({"cron": "0 0 31 4,6,9,11 *"}, "never fires: no date matches"),
         ({"every": 0}, "positive interval"),
         ({"every": -5}, "positive interval"),
         ({"every": timedelta(0)}, "positive interval"),
@@ -122,6 +125,11 @@ def test_bad_declarations_are_refused_with_the_reason(
         def job() -> None: ...
 
     assert app.tasks == {} and app.schedules == {}
+
+
+def test_a_leap_day_schedule_is_accepted_and_fires_every_four_years() -> None:
+    schedule = Schedule("leap", "t", cron="0 0 29 2 *")
+    assert schedule.next_tick(datetime(2026, 6, 1, tzinfo=UTC)) == datetime(2028, 2, 29, tzinfo=UTC)
 
 
 def test_several_schedules_for_one_task_stack() -> None:
