@@ -43,9 +43,11 @@ class TaskTimeout(TimeoutError):
 
 
 class _RaisedInItsTask(Exception):
-    """Carries what an attempt raised out of the asyncio Task it ran in (for its timeout):
+    """Carries a BaseException that is not an Exception (SystemExit, KeyboardInterrupt,
+    GeneratorExit, CancelledError) out of the thread or asyncio Task an attempt ran in:
     asyncio lets SystemExit and KeyboardInterrupt raised in a Task out of the event loop,
-    which would stop the worker for one job's sake."""
+    which would stop the worker, and a GeneratorExit coming out of an `await` escapes the
+    `except` clauses of the coroutines it passes through."""
 
     def __init__(self, raised: BaseException) -> None:
         super().__init__(type(raised).__name__)
@@ -55,8 +57,24 @@ class _RaisedInItsTask(Exception):
 async def _contained(coro: Coroutine[Any, Any, Any]) -> Any:
     try:
         return await coro
-    except (SystemExit, KeyboardInterrupt) as exc:
+    except asyncio.CancelledError:
+        raise  # maybe the worker's own (the timeout's Task is cancelled with the job's)
+    except Exception:
+        raise
+    except BaseException as exc:
         raise _RaisedInItsTask(exc) from None
+
+
+def _contained_sync(call: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        try:
+            return call()
+        except Exception:
+            raise
+        except BaseException as exc:  # on a thread, even a CancelledError is the task's own
+            raise _RaisedInItsTask(exc) from None
+
+    return run
 
 
 def _after_failure(
@@ -232,7 +250,7 @@ class Executor:
                 return await coro
             return await self._with_timeout(task, asyncio.ensure_future(_contained(coro)))
         call = sync_call(task, job, cancel_event, self.transactional, connection)
-        future = self.thread_pool.submit(call)
+        future = self.thread_pool.submit(_contained_sync(call))
         try:
             return await self._with_timeout(task, asyncio.wrap_future(future))
         except (TaskTimeout, asyncio.CancelledError):

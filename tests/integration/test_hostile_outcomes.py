@@ -176,7 +176,9 @@ def test_an_async_task_raising_a_base_exception_fails_and_the_worker_runs_on(
     _assert_alive(worker)
 
 
-@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt, asyncio.CancelledError])
+@pytest.mark.parametrize(
+    "raised", [SystemExit, KeyboardInterrupt, GeneratorExit, asyncio.CancelledError]
+)
 def test_a_sync_task_raising_a_base_exception_fails_and_the_worker_runs_on(
     app: pgqueue.App, start_worker: StartWorker, raised: type[BaseException]
 ) -> None:
