@@ -5,17 +5,24 @@ Lines are kept in memory and written together when a flusher thread wakes (every
 `FLUSH_INTERVAL` seconds), when a WARNING or worse is logged (trouble is never delayed), when
 the buffer holds `MAX_BUFFERED` lines, and at exit. A process killed with SIGKILL loses at most
 the last `FLUSH_INTERVAL` of INFO lines; its state is in the database, not in the log.
+
+What a task does to the process's output must not silence the worker: a line that cannot be
+encoded is written with escapes, a huge one is cut, and if a task closes the stream (say
+`sys.stderr.close()`), lines go on to its file descriptor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from typing import IO
 
 FLUSH_INTERVAL = 0.05
 MAX_BUFFERED = 1000
+MAX_LINE = 100_000  # characters; the rest of a longer line is cut, saying how much
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -41,6 +48,9 @@ class BatchingStreamHandler(logging.Handler):
     def __init__(self, stream: IO[str]) -> None:
         super().__init__()
         self.stream = stream
+        self._fd: int | None = None
+        with contextlib.suppress(Exception):  # a StringIO has none
+            self._fd = stream.fileno()
         self.setFormatter(_Formatter())
         self._lines: list[str] = []
         self._stop_flushing = threading.Event()
@@ -55,6 +65,8 @@ class BatchingStreamHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        if len(line) > MAX_LINE:
+            line = f"{line[:MAX_LINE]}... ({len(line) - MAX_LINE} characters cut)"
         self._lines.append(line)
         if record.levelno >= logging.WARNING or len(self._lines) >= MAX_BUFFERED:
             self._write()
@@ -69,16 +81,41 @@ class BatchingStreamHandler(logging.Handler):
             return
         text = "\n".join(self._lines) + "\n"
         self._lines.clear()
+        for _ in range(2):
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+                return
+            except UnicodeEncodeError:  # a lone surrogate, or a character the stream lacks
+                encoding = getattr(self.stream, "encoding", None) or "utf-8"
+                text = text.encode(encoding, "backslashreplace").decode(encoding)
+            except ValueError:  # closed, most likely by a task: write to its descriptor
+                if not self._reopen():
+                    return
+            except OSError:
+                return  # a broken stream: nowhere left to tell
+
+    def _reopen(self) -> bool:
+        """After a task closed the stream: a stream of our own on the same descriptor."""
+        if self._fd is None:
+            return False
         try:
-            self.stream.write(text)
-            self.stream.flush()
+            os.fstat(self._fd)
+            self.stream = open(  # noqa: SIM115 -- the handler keeps it
+                self._fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False
+            )
         except (OSError, ValueError):
-            pass  # a closed or broken stream: nowhere left to tell
+            self._fd = None
+            return False
+        return True
 
     def _flush_periodically(self) -> None:
         while not self._stop_flushing.wait(FLUSH_INTERVAL):
             if self._lines:
-                self.flush()
+                try:
+                    self.flush()
+                except Exception:  # this thread must outlive any one bad write
+                    continue
 
     def close(self) -> None:
         self._stop_flushing.set()

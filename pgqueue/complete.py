@@ -18,9 +18,26 @@ import psycopg
 from pgqueue import queries
 from pgqueue._connection import ReconnectingConnection
 from pgqueue.errors import DatabaseUnavailable
-from pgqueue.outcome import Failed, Outcome, RetryLater, Succeeded, simple_error
+from pgqueue.outcome import (
+    MAX_MESSAGE,
+    Failed,
+    Outcome,
+    RetryLater,
+    Succeeded,
+    simple_error,
+    storable_text,
+)
 
 logger = logging.getLogger("pgqueue.worker")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line, bounded and storable; never raises."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:
+        text = ""
+    return storable_text(text or type(exc).__name__, MAX_MESSAGE // 2)
 
 
 def outcomes_document(outcomes: list[Outcome]) -> str:
@@ -123,9 +140,10 @@ class Completer:
                     )
 
     async def _write(self, conn: psycopg.AsyncConnection[Any], batch: list[Outcome]) -> set[int]:
-        """Write a batch; if the database refuses it (not a lost connection), find the
-        outcome it refuses and store that job as FAILED with the reason instead, so no job is
-        left running under a live worker."""
+        """Write a batch; if an outcome cannot be written (the database refuses it, or it
+        cannot even be encoded), find it and store that job as FAILED with the reason
+        instead, so that no job is left running under a live worker and every other outcome
+        of the batch is written once."""
         try:
             return await write_outcomes(conn, batch)
         except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -133,38 +151,40 @@ class Completer:
         except psycopg.Error as exc:
             if conn.broken:
                 raise
-            if len(batch) > 1:
-                applied: set[int] = set()
-                for outcome in batch:
-                    applied |= await self._write(conn, [outcome])
-                return applied
-            outcome = batch[0]
-            reason = " ".join(str(exc).split())
-            if isinstance(outcome, Failed) and outcome.error.get("type") == "OutcomeNotStored":
-                logger.error(
-                    "job %d %s: could not even store its failure (%s); it stays running "
-                    "until this worker stops",
-                    outcome.job.id,
-                    outcome.job.task_name,
-                    reason,
-                )
-                return set()
+            problem = "the database refused this attempt's {} outcome: " + _one_line(exc)
+        except Exception as exc:  # nothing was sent: the document could not be built
+            if conn.broken:
+                raise
+            problem = (
+                "this attempt's {} outcome could not be stored: "
+                f"{type(exc).__name__}: {_one_line(exc)}"
+            )
+        if len(batch) > 1:
+            applied: set[int] = set()
+            for outcome in batch:
+                applied |= await self._write(conn, [outcome])
+            return applied
+        outcome = batch[0]
+        head, _, tail = problem.partition("{}")  # not format(): the error may hold braces
+        reason = f"{head}{outcome.status}{tail}"
+        if isinstance(outcome, Failed) and outcome.error.get("type") == "OutcomeNotStored":
             logger.error(
-                "job %d %s attempt %d: the database refused its %s outcome: %s",
+                "job %d %s: could not even store its failure (%s); it stays running "
+                "until this worker stops",
                 outcome.job.id,
                 outcome.job.task_name,
-                outcome.job.attempt,
-                outcome.status,
                 reason,
             )
-            replacement = Failed(
-                outcome.job,
-                simple_error(
-                    "OutcomeNotStored",
-                    f"the database refused this attempt's {outcome.status} outcome: {reason}",
-                ),
-            )
-            return await self._write(conn, [replacement])
+            return set()
+        logger.error(
+            "job %d %s attempt %d: %s",
+            outcome.job.id,
+            outcome.job.task_name,
+            outcome.job.attempt,
+            reason,
+        )
+        replacement = Failed(outcome.job, simple_error("OutcomeNotStored", reason))
+        return await self._write(conn, [replacement])
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Close for new work and wait until every outcome is written; False on timeout."""

@@ -1,4 +1,8 @@
-"""Run one claimed job and turn whatever happened into an Outcome value. Never raises.
+"""Run one claimed job and turn whatever happened into an Outcome value.
+
+Whatever a task raises or returns becomes an Outcome; the only exception that leaves
+`Executor.run` is CancelledError, because only the worker knows whether it cancelled the job
+(shutdown, cancel request) or the task raised it itself (see `Worker._run_job`).
 
 Async tasks run on the worker's event loop; sync tasks on its thread pool. Only `complete.py`
 writes outcomes to the database.
@@ -10,7 +14,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +41,41 @@ if TYPE_CHECKING:
 
 class TaskTimeout(TimeoutError):
     """An attempt ran past its task's `timeout`."""
+
+
+class _RaisedInItsTask(Exception):
+    """Carries a BaseException that is not an Exception (SystemExit, KeyboardInterrupt,
+    GeneratorExit, CancelledError) out of the thread or asyncio Task an attempt ran in:
+    asyncio lets SystemExit and KeyboardInterrupt raised in a Task out of the event loop,
+    which would stop the worker, and a GeneratorExit coming out of an `await` escapes the
+    `except` clauses of the coroutines it passes through."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(type(raised).__name__)
+        self.raised = raised
+
+
+async def _contained(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        raise  # maybe the worker's own (the timeout's Task is cancelled with the job's)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise _RaisedInItsTask(exc) from None
+
+
+def _contained_sync(call: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        try:
+            return call()
+        except Exception:
+            raise
+        except BaseException as exc:  # on a thread, even a CancelledError is the task's own
+            raise _RaisedInItsTask(exc) from None
+
+    return run
 
 
 def _after_failure(
@@ -104,6 +143,13 @@ def outcome_of_exception(
     """What an attempt that raised `exc` comes to, per the task's policy."""
     if isinstance(exc, transactional.LeaseLostError):
         return LeaseLost(job)
+    if isinstance(exc, _RaisedInItsTask):
+        exc = exc.raised
+    if isinstance(exc, transactional.ResultNotStorable):
+        # As for any other task: the same value would come back on a retry.
+        error = error_info(exc, with_traceback=False)
+        error["type"] = "TypeError"
+        return Failed(job, error)
     if isinstance(exc, Cancel):
         return Cancelled(job, simple_error("Cancelled", exc.reason))
     if isinstance(exc, Retry):
@@ -127,7 +173,7 @@ def outcome_of_value(task: Task[Any, Any], job: ClaimedJob, value: Any) -> Outco
         return value  # type: ignore[no-any-return]
     try:
         return Succeeded(job, _json.dumps(value, "the task's return value", "result"))
-    except TypeError as exc:
+    except Exception as exc:  # TypeError, saying what cannot be stored; never a lost outcome
         return Failed(job, error_info(exc, with_traceback=False))
 
 
@@ -184,6 +230,7 @@ class Executor:
     async def run(
         self, job: ClaimedJob, cancel_event: CancelFlag | None = None
     ) -> Outcome | LeaseLost:
+        """The attempt's Outcome; raises only CancelledError (see the module docstring)."""
         task = self.app.tasks.get(job.task_name)
         if task is None:
             return unknown_task(job)
@@ -196,6 +243,14 @@ class Executor:
         except BaseException as exc:  # a task's failure is data, whatever it raised
             return outcome_of_exception(task, job, exc)
         return outcome_of_value(task, job, value)
+
+    def failed_attempt(self, job: ClaimedJob, exc: BaseException) -> Outcome | LeaseLost:
+        """The Outcome of an attempt that raised `exc` outside `run`'s own handling (a
+        CancelledError the worker did not cause), per the task's policy."""
+        task = self.app.tasks.get(job.task_name)
+        if task is None:
+            return unknown_task(job)
+        return outcome_of_exception(task, job, exc)
 
     async def _call(self, task: Task[Any, Any], job: ClaimedJob, cancel_event: CancelFlag) -> Any:
         """Run the task in the job's context; a transactional task returns its committed
@@ -219,9 +274,9 @@ class Executor:
             )
             if task.timeout is None:
                 return await coro
-            return await self._with_timeout(task, asyncio.ensure_future(coro))
+            return await self._with_timeout(task, asyncio.ensure_future(_contained(coro)))
         call = sync_call(task, job, cancel_event, self.transactional, connection)
-        future = self.thread_pool.submit(call)
+        future = self.thread_pool.submit(_contained_sync(call))
         try:
             return await self._with_timeout(task, asyncio.wrap_future(future))
         except (TaskTimeout, asyncio.CancelledError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(slots=True)
@@ -85,28 +85,58 @@ class LeaseLost:
 Outcome = Succeeded | Failed | RetryLater | Cancelled
 
 
+# What an error may store: enough to diagnose, never so much that one job's error is a burden
+# on the table, the log and every reader. A longer message keeps its start; a longer traceback
+# its start and its end (the last frames say where it was raised); each says what was cut.
+MAX_MESSAGE = 4000
+MAX_TRACEBACK = 50_000
+
+
+def storable_text(text: str, limit: int, keep: Literal["start", "both"] = "start") -> str:
+    """`text` as an error may store it: at most about `limit` characters, and always
+    storable (a lone surrogate or a NUL, which PostgreSQL refuses, is written escaped)."""
+    if len(text) > limit:
+        cut = f"... ({len(text) - limit} characters cut) ..."
+        if keep == "start":
+            text = text[:limit] + cut
+        else:
+            text = text[: limit // 2] + cut + text[-limit // 2 :]
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
+
+
+def _type_name(exc_type: type[BaseException]) -> str:
+    try:
+        module = exc_type.__module__
+        qualname = exc_type.__qualname__
+        name = qualname if module in ("builtins", "__main__") else f"{module}.{qualname}"
+        return storable_text(str(name), 200)
+    except Exception:  # a class with a strange __module__ still has a plain __name__
+        return storable_text(exc_type.__name__, 200)
+
+
 def error_info(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
-    """What is stored in the job's `error` column: type, message, traceback."""
-    exc_type = type(exc)
-    module = exc_type.__module__
-    name = (
-        exc_type.__qualname__
-        if module in ("builtins", "__main__")
-        else (f"{module}.{exc_type.__qualname__}")
-    )
+    """What is stored in the job's `error` column: type, message, traceback.
+
+    Never raises, and what it returns can always be stored: bounded in length, with lone
+    surrogates and NUL characters escaped (an exception's text is whatever the task put in it).
+    """
+    name = _type_name(type(exc))
     try:
         message = str(exc)
     except Exception:  # a broken __str__ must not lose the outcome
         message = f"<{name}: str() failed>"
-    # PostgreSQL's jsonb cannot store NUL characters; an unwritable error would never be stored.
+    trace = None
+    if with_traceback:
+        try:
+            trace = "".join(traceback.format_exception(exc))
+        except Exception as failure:  # the traceback is help, not the outcome
+            trace = f"<the traceback could not be formatted: {type(failure).__name__}>"
     return {
         "type": name,
-        "message": message.replace("\x00", "\\x00"),
-        "traceback": (
-            "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")
-            if with_traceback
-            else None
-        ),
+        "message": storable_text(message, MAX_MESSAGE),
+        "traceback": storable_text(trace, MAX_TRACEBACK, keep="both") if trace else None,
     }
 
 

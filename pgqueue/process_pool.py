@@ -26,7 +26,16 @@ from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING, Any
 
 from pgqueue.errors import ConfigurationError
-from pgqueue.outcome import ClaimedJob, Failed, LeaseLost, Outcome, RetryLater, simple_error
+from pgqueue.outcome import (
+    ClaimedJob,
+    Failed,
+    LeaseLost,
+    Outcome,
+    RetryLater,
+    error_info,
+    simple_error,
+    storable_text,
+)
 
 if TYPE_CHECKING:
     from pgqueue.app import App
@@ -60,11 +69,25 @@ def _child_main(app_path: str, dsn: str, conn: multiprocessing.connection.Connec
             return
         if job is None:
             return
-        outcome = run_in_this_process(app, job, pool)
+        try:
+            outcome: Outcome | LeaseLost = run_in_this_process(app, job, pool)
+        except BaseException as exc:  # it never raises; if it did, the job still ends
+            outcome = Failed(job, error_info(exc))
         try:
             conn.send(outcome)
         except (BrokenPipeError, OSError):
             return
+        except Exception as exc:  # the outcome could not be pickled: nothing was sent
+            conn.send(
+                Failed(
+                    job,
+                    simple_error(
+                        "OutcomeNotStored",
+                        f"this attempt's {outcome.status} outcome could not be sent to the "
+                        f"worker: {type(exc).__name__}: {storable_text(str(exc), 2000)}",
+                    ),
+                )
+            )
 
 
 class _Child:

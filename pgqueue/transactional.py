@@ -39,6 +39,11 @@ class JobConnectionLost(Exception):
     is gone with nothing written, and the job is retried whatever the task's autoretry_for."""
 
 
+class ResultNotStorable(TypeError):
+    """The task's return value cannot be stored as JSON: the attempt's transaction is rolled
+    back and the job ends FAILED, as any task's would."""
+
+
 def _lost(exc: BaseException) -> JobConnectionLost:
     return JobConnectionLost("the job's connection was lost: " + " ".join(str(exc).split()))
 
@@ -103,7 +108,11 @@ class TransactionalConnections:
 
 
 def _succeeded(job: ClaimedJob, value: Any) -> Succeeded:
-    return Succeeded(job, _json.dumps(value, "the task's return value", "result"), committed=True)
+    try:
+        result = _json.dumps(value, "the task's return value", "result")
+    except TypeError as exc:  # not one the task raised: it returned this value
+        raise ResultNotStorable(str(exc)) from None
+    return Succeeded(job, result, committed=True)
 
 
 def run_sync(

@@ -52,10 +52,12 @@ from pgqueue.notifier import Notifier
 from pgqueue.outcome import (
     Cancelled,
     ClaimedJob,
+    Failed,
     LeaseLost,
     Outcome,
     RetryLater,
     Succeeded,
+    error_info,
     simple_error,
 )
 from pgqueue.periodic import Scheduler
@@ -110,7 +112,10 @@ class Worker:
         self.running: dict[int, asyncio.Task[None]] = {}
         # Per running job: set when its cancellation is requested (JobContext reads it).
         self.cancel_events: dict[int, CancelFlag] = {}
+        # Jobs whose asyncio task the worker itself cancelled: on a cancel request, or to
+        # interrupt them at shutdown. Any other CancelledError is the task's own failure.
         self._cancelling: set[int] = set()
+        self._interrupting: set[int] = set()
         self._job_names: dict[int, str] = {}
         # Per running job: its claim, and the worker id it was claimed under.
         self._claims: dict[int, ClaimedJob] = {}
@@ -331,6 +336,7 @@ class Worker:
         self._claims.pop(job_id, None)
         self._claimed_under.pop(job_id, None)
         self._cancelling.discard(job_id)
+        self._interrupting.discard(job_id)
 
     def _cancel_running(self, job_id: int) -> None:
         """Cancel a job this worker runs (ignored if it runs elsewhere or has finished).
@@ -516,33 +522,57 @@ class Worker:
                 job.max_attempts,
             )
         try:
-            outcome = await self.executor.run(job, self.cancel_events.get(job.id))
-        except asyncio.CancelledError:
-            if job.lease in self._abandoned:
-                del self._abandoned[job.lease]
-                self._signal.wake()  # a slot is free
-                return
-            if job.id in self._cancelling:
-                outcome = Cancelled(
-                    job, simple_error("Cancelled", "cancelled on request while running")
+            outcome = await self._attempt(job)
+            if job.lease in self._abandoned:  # stopped after its lease was lost (logged then)
+                logger.debug(
+                    "job %d attempt %d ended, its lease lost: nothing written", job.id, job.attempt
                 )
-            else:
-                outcome = self._interrupted(job)
-        if job.lease in self._abandoned:  # stopped after its lease was lost (logged then)
-            del self._abandoned[job.lease]
-            logger.debug(
-                "job %d attempt %d ended, its lease lost: nothing written", job.id, job.attempt
-            )
-            self._signal.wake()  # a slot is free
-            return
-        self._log_outcome(outcome, time.monotonic() - started)
-        if not (isinstance(outcome, LeaseLost) or getattr(outcome, "committed", False)):
-            self.completer.submit(outcome)
-        self.running.pop(job.id, None)
-        self.cancel_events.pop(job.id, None)
-        self._forget(job.id)
+                return
+            try:
+                self._log_outcome(outcome, time.monotonic() - started)
+            except Exception:  # the outcome matters more than its log line
+                logger.exception("job %d: could not log its outcome", job.id)
+            if not (isinstance(outcome, LeaseLost) or getattr(outcome, "committed", False)):
+                self.completer.submit(outcome)
+        finally:
+            # Whatever happened above, the slot is given back: this attempt's, not that of a
+            # newer claim of the same job (after its lease was lost, the job may be claimed
+            # again under this worker's new registration).
+            if self._abandoned.pop(job.lease, None) is not None:
+                self._signal.wake()
+            elif self.running.get(job.id) is asyncio.current_task():
+                self.running.pop(job.id, None)
+                self.cancel_events.pop(job.id, None)
+                self._forget(job.id)
         if self._last_claim_full:
             self._signal.wake()
+
+    async def _attempt(self, job: ClaimedJob) -> Outcome | LeaseLost:
+        """Run the job; whatever happens, an Outcome."""
+        try:
+            return await self.executor.run(job, self.cancel_events.get(job.id))
+        except asyncio.CancelledError as exc:
+            if job.id in self._cancelling:
+                return Cancelled(
+                    job, simple_error("Cancelled", "cancelled on request while running")
+                )
+            if self._cancelled_by_this_worker(job.id):
+                return self._interrupted(job)
+            # The task raised it itself (a library cancelled a child task): a failed attempt,
+            # not a shutdown, or the job would come back at once, forever, on every worker.
+            return self.executor.failed_attempt(job, exc)
+        except BaseException as exc:  # Executor.run turns failures into outcomes; a last net
+            logger.exception("job %d %s: unexpected error running it", job.id, job.task_name)
+            return Failed(job, error_info(exc))
+
+    def _cancelled_by_this_worker(self, job_id: int) -> bool:
+        """Whether the worker cancelled this job's asyncio task (shutdown, cancel request)."""
+        if job_id in self._interrupting:
+            return True
+        # Python 3.11+ counts cancel() calls on a task: one was made, so the CancelledError
+        # did not start in the task's own code (asyncio.run cancels what is left at exit).
+        cancelling = getattr(asyncio.current_task(), "cancelling", None)
+        return bool(cancelling is not None and cancelling())
 
     def _interrupted(self, job: ClaimedJob) -> Outcome:
         """The worker, not the job, cut this attempt short: back to the queue, uncounted."""
@@ -634,7 +664,10 @@ class Worker:
         finally:
             force.cancel()
         remaining = [*self.running.values(), *self._abandoned.values()]
-        for task in remaining:
+        for job_id, task in list(self.running.items()):
+            self._interrupting.add(job_id)
+            task.cancel()
+        for task in self._abandoned.values():
             task.cancel()
         await asyncio.gather(*remaining, return_exceptions=True)
 

@@ -9,7 +9,10 @@ often each job really ran, and in which process. The blocking tasks wait for a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -245,3 +248,149 @@ def overrun(attempts: list[int]) -> str:
         )
         return f"late result of attempt {attempt}"
     return f"result of attempt {attempt}"
+
+
+# -- hostile outcomes (the torture test): what a task may return, raise or do -----------------
+
+# What `hostile_value(kind, n)` builds: none of these can be stored as a job's result.
+HOSTILE_VALUES = (
+    "huge_int",
+    "nan",
+    "inf",
+    "lone_surrogate",
+    "nul",
+    "deep",
+    "cycle",
+    "int_key",
+    "tuple_key",
+    "bytes",
+    "set",
+    "bad_repr",
+    "surrogate_key",
+)
+# What `hostile_exception(kind)` builds, for a task to raise.
+HOSTILE_EXCEPTIONS = (
+    "bad_str",
+    "huge_message",
+    "surrogate_message",
+    "system_exit",
+    "keyboard_interrupt",
+    "generator_exit",
+    "cancelled",
+    "value_error",
+)
+# What a task may do to its process before it returns.
+HOSTILE_DEEDS = ("close_stdout", "close_stderr", "log_surrogate", "print_huge")
+
+
+class _ReprRaises:
+    def __repr__(self) -> str:
+        raise RuntimeError("this object has no repr")
+
+
+class _StrRaises(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this exception has no str")
+
+
+def hostile_value(kind: str, n: int) -> Any:
+    """A value no JSON column can hold (`n` sizes it where that makes sense)."""
+    if kind == "huge_int":
+        return 10 ** (5000 + n)
+    if kind in ("nan", "inf"):
+        return [1.5, {"x": float(kind)}]
+    if kind == "lone_surrogate":
+        return {"text": "ok" * n + "\ud83d"}
+    if kind == "nul":
+        return ["a\x00b"]
+    if kind == "deep":
+        value: Any = []
+        for _ in range(600 + n * 100):
+            value = [value]
+        return value
+    if kind == "cycle":
+        loop: list[Any] = [n]
+        loop.append({"back": loop})
+        return loop
+    if kind == "int_key":
+        return {n: "int key"}
+    if kind == "tuple_key":
+        return {(n, n): "tuple key"}
+    if kind == "bytes":
+        return b"\xff" * (n + 1)
+    if kind == "set":
+        return {n, n + 1}
+    if kind == "bad_repr":
+        return {"obj": _ReprRaises()}
+    if kind == "surrogate_key":
+        return {"\udc80" * (n + 1): 1}
+    raise AssertionError(f"unknown hostile value {kind!r}")
+
+
+def hostile_exception(kind: str) -> BaseException:
+    if kind == "bad_str":
+        return _StrRaises()
+    if kind == "huge_message":
+        return ValueError("m" * 10_000_000)
+    if kind == "surrogate_message":
+        return ValueError("lone \ud83d and nul \x00")
+    if kind == "system_exit":
+        return SystemExit(3)
+    if kind == "keyboard_interrupt":
+        return KeyboardInterrupt()
+    if kind == "generator_exit":
+        return GeneratorExit()
+    if kind == "cancelled":
+        return asyncio.CancelledError()
+    if kind == "value_error":
+        return ValueError("an ordinary failure")
+    raise AssertionError(f"unknown hostile exception {kind!r}")
+
+
+def _do_hostile_deed(deed: str | None) -> None:
+    if deed == "close_stdout":
+        sys.stdout.close()
+    elif deed == "close_stderr":
+        sys.stderr.close()
+    elif deed == "log_surrogate":
+        logging.getLogger("tests.hostile").warning("a task's line with \ud83d in it")
+    elif deed == "print_huge":
+        with contextlib.suppress(ValueError):  # stdout may be closed already
+            print("p" * 10_000_000)
+
+
+def _hostile(recipe: dict[str, Any]) -> Any:
+    _do_hostile_deed(recipe.get("deed"))
+    if recipe.get("raise"):
+        raise hostile_exception(recipe["raise"])
+    if recipe.get("return"):
+        return hostile_value(recipe["return"], recipe.get("n", 0))
+    return recipe.get("value")
+
+
+HOSTILE_OPTIONS: dict[str, Any] = {
+    "max_attempts": 2,
+    "retry_backoff": 0.05,
+    "retry_jitter": False,
+    "autoretry_for": (ValueError,),
+}
+
+
+@app.task(**HOSTILE_OPTIONS)
+def hostile(recipe: dict[str, Any]) -> Any:
+    """Do, raise or return what `recipe` says (sync)."""
+    return _hostile(recipe)
+
+
+@app.task(**HOSTILE_OPTIONS)
+async def ahostile(recipe: dict[str, Any]) -> Any:
+    """Do, raise or return what `recipe` says (async, on the event loop)."""
+    await asyncio.sleep(0)
+    return _hostile(recipe)
+
+
+@app.task(**HOSTILE_OPTIONS, timeout=60)
+async def ahostile_timed(recipe: dict[str, Any]) -> Any:
+    """`ahostile` with a timeout: the attempt runs in an asyncio Task of its own."""
+    await asyncio.sleep(0)
+    return _hostile(recipe)

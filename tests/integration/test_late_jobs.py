@@ -105,10 +105,12 @@ def test_a_job_of_another_priority_than_the_last_claimed_is_picked_up(
 
 def _hold_as_running(conn: psycopg.Connection[Any], job: pgqueue.Job, worker_id: int) -> None:
     """Move a queued job (of a queue no worker serves) to the served queue, running under
-    `worker_id` since a minute ago: its run_at is before the worker's position there."""
+    `worker_id` since a minute ago, under a lease drawn as a claim draws it: its run_at is
+    before the worker's position there."""
     conn.execute(
         "UPDATE pgqueue_jobs SET status = 'running', attempts = 1, worker_id = %s,"
-        " queue = 'default', started_at = now() - interval '1 minute' WHERE id = %s",
+        " queue = 'default', started_at = now() - interval '1 minute',"
+        " lease = nextval('pgqueue_job_lease_seq') WHERE id = %s",
         (worker_id, job.id),
     )
 

@@ -51,7 +51,7 @@ def test_strings_with_nul_characters_are_refused() -> None:
     # PostgreSQL's jsonb cannot store U+0000; refusing it here beats a failed write later.
     with pytest.raises(TypeError, match=r"value\[0\] contains a NUL"):
         _json.dumps(["a\x00b"])
-    with pytest.raises(TypeError, match=r"value key 'k\\x00' contains a NUL"):
+    with pytest.raises(TypeError, match=r"value has a key 'k\\x00' that contains a NUL"):
         _json.dumps({"k\x00": 1})
 
 
@@ -60,3 +60,59 @@ def test_loads_accepts_text_bytes_and_already_decoded_values() -> None:
     assert _json.loads(b"[1,2]") == [1, 2]
     assert _json.loads([1, 2]) == [1, 2]
     assert _json.loads(None) is None
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class _ReprRaises:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _ItemsRaise(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise RuntimeError("no items \ud83d")
+
+
+def _self_referencing() -> list[Any]:
+    value: list[Any] = ["a"]
+    value.append({"back": value})
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            ["ok", "lone \ud83d"],
+            r"result\[1\] cannot be encoded as UTF-8: .*lone surrogate \(\\ud83d\)",
+        ),
+        ({"k\udc80": 1}, r"result has a key 'k\\udc80' that cannot be encoded as UTF-8"),
+        ([10**5000], r"result\[0\] is an int of \d+ bits"),
+        (_self_referencing(), r"result\[1\]\['back'\] refers to itself"),
+        (_nested(100_000), r"result\[0\]\[0\].*more\).*is nested more than 500 levels deep"),
+        ({"x": _ReprRaises()}, r"result\['x'\] is a _ReprRaises \(<_ReprRaises instance at"),
+        ({_ReprRaises(): 1}, r"result has a key <_ReprRaises instance at .* JSON object keys"),
+        (_ItemsRaise(a=1), r"result could not be encoded \(RuntimeError: no items \\ud83d\)"),
+    ],
+    ids=["surrogate", "surrogate-key", "huge-int", "cycle", "deep", "repr", "repr-key", "items"],
+)
+def test_values_that_cannot_be_stored_are_refused_with_a_type_error_naming_them(
+    value: Any, message: str
+) -> None:
+    """Whatever a value holds, refusing it raises TypeError and nothing else (these raised
+    UnicodeEncodeError later, ValueError, RecursionError or the repr's own error)."""
+    with pytest.raises(TypeError, match=message) as info:
+        _json.dumps(value, "the task's return value", "result")
+    str(info.value).encode("utf-8")  # the message itself can always be stored and logged
+    assert len(str(info.value)) < 1000
+
+
+def test_large_ints_within_pythons_limit_and_deep_values_within_the_limit_round_trip() -> None:
+    value = {"big": 10**1000, "deep": _nested(_json.MAX_DEPTH - 2)}
+    assert json.loads(_json.dumps(value)) == value

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
+from pathlib import Path
+from typing import IO
 
 from pgqueue._logging import BatchingStreamHandler
 
@@ -72,3 +75,52 @@ def test_close_writes_what_is_buffered() -> None:
     handler.close()
     assert stream.getvalue().endswith("last words\n")
     assert "," in stream.getvalue().split(" ")[1]  # time with milliseconds
+
+
+def _file_like_stdio(path: Path) -> IO[str]:
+    """A stream on a descriptor it does not own, as sys.stdout and sys.stderr are."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    return open(fd, "w", encoding="utf-8", closefd=False)
+
+
+def test_a_line_with_a_lone_surrogate_is_written_escaped_with_the_lines_around_it(
+    tmp_path: Path,
+) -> None:
+    """A task's text (or a job's error) with a lone surrogate cannot be encoded: the whole
+    batch of lines with it was dropped."""
+    path = tmp_path / "log"
+    stream = _file_like_stdio(path)
+    handler = BatchingStreamHandler(stream)
+    logger = _logger(handler)
+    logger.info("before")
+    logger.info("bad \ud83d text")
+    logger.warning("after")
+    handler.close()
+    lines = path.read_text().splitlines()
+    assert [line.rsplit(": ", 1)[1] for line in lines] == ["before", "bad \\ud83d text", "after"]
+
+
+def test_logging_goes_on_after_a_task_closes_the_stream(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    stream = _file_like_stdio(path)
+    handler = BatchingStreamHandler(stream)
+    logger = _logger(handler)
+    logger.warning("before")
+    stream.close()  # what `sys.stderr.close()` in a task does to the worker's log stream
+    logger.warning("after")
+    handler.close()
+    assert [line.rsplit(": ", 1)[1] for line in path.read_text().splitlines()] == [
+        "before",
+        "after",
+    ]
+
+
+def test_a_huge_line_is_cut_saying_how_much(tmp_path: Path) -> None:
+    stream = RecordingStream()
+    handler = BatchingStreamHandler(stream)
+    logger = _logger(handler)
+    logger.warning("x" * 10_000_000)
+    handler.close()
+    (line,) = stream.getvalue().splitlines()
+    assert len(line) < 200_000
+    assert line.endswith("characters cut)")
