@@ -562,6 +562,12 @@ def main() -> int:
         help="run only these workloads (repeatable); the ceiling runs with drain; peers "
         "(the side-by-side run with PgQueuer, procrastinate and Celery) needs drain and enqueue",
     )
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        help="seconds of offered load per latency workload (10; quick 3): late commits come "
+        "5 a second, so 60 gives 300 of them, for a firmer p99",
+    )
     args = parser.parse_args()
     n = 1_000 if args.quick else args.jobs
     logs = HERE / "results" / "logs"
@@ -593,7 +599,7 @@ def main() -> int:
         if "enqueue" in only:
             enqueue_speed(dsn, 300 if args.quick else 6_000, n, results)
         if "latency" in only:
-            seconds = 3 if args.quick else 10
+            seconds = args.latency_seconds or (3 if args.quick else 10)
             latency(dsn, 50, seconds, results, logs, "latency_idle_50_per_s")
             latency(dsn, 2_000, seconds, results, logs, "latency_steady_2000_per_s")
         if "cpu" in only:
