@@ -119,6 +119,35 @@ def test_enqueue_payloads_are_read(payload: str, expected: Enqueued) -> None:
     assert parse_enqueued(payload) == expected
 
 
+HOSTILE_PAYLOADS = [
+    "default@nan@0",
+    "default@-Infinity@0",
+    "default@Infinity@0@later",
+    "default@1e20@0",
+    "default@1e12@5",
+    "default@-1e12@0",
+    "default@1764754381.5@99999999999",
+    "default@inf",
+    "default@@",
+    "@",
+]
+
+
+@pytest.mark.parametrize("payload", HOSTILE_PAYLOADS)
+def test_a_payload_out_of_range_is_only_a_wake_up(payload: str) -> None:
+    """A NOTIFY sent by hand, or a run_at of 'infinity', must never reach the claim loop's
+    datetime arithmetic (it stopped the worker)."""
+    note = parse_enqueued(payload)
+    assert (note.run_at, note.priority) == (None, None)
+
+    async def run() -> dict[tuple[str, int], datetime]:
+        signal = ClaimSignal(["default"], poll_interval=60)
+        signal._on_notify(payload)
+        return signal.take_rewinds()
+
+    assert asyncio.run(run()) == {}
+
+
 def test_the_claimer_is_told_the_earliest_announced_job_of_each_priority_once() -> None:
     async def run() -> tuple[dict[tuple[str, int], datetime], dict[tuple[str, int], datetime]]:
         signal = ClaimSignal(["q"], poll_interval=60)
