@@ -215,6 +215,7 @@ WITH outcome AS (
         attempts = j.attempts - COALESCE(o.refund, 0),
         error = o.error,
         worker_id = NULL,
+        lease = NULL,
         run_at = COALESCE(o.eta, now() + o.delay * interval '1 second')
     FROM outcome AS o
     WHERE j.id = ANY(ARRAY(SELECT id FROM outcome WHERE status = 'queued'))
@@ -251,7 +252,8 @@ SELECT id, (SELECT n FROM notified) FROM retried
 # lost): the attempt is not counted. Guarded by each claim's lease, like an outcome.
 RELEASE_UNSTARTED = """
 UPDATE pgqueue_jobs AS j
-SET status = 'queued', attempts = j.attempts - 1, worker_id = NULL, started_at = NULL
+SET status = 'queued', attempts = j.attempts - 1, worker_id = NULL, started_at = NULL,
+    lease = NULL
 FROM unnest(%(ids)s::bigint[], %(leases)s::bigint[]) AS c(id, lease)
 WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = c.id AND j.status = 'running'
   AND j.lease = c.lease
@@ -302,7 +304,8 @@ def _rescue(lost: str, running: str) -> str:
     return f"""{lost}
 requeued AS (
     UPDATE pgqueue_jobs AS j
-    SET status = 'queued', worker_id = NULL, error = {_error("WorkerLost", _lost_message("j"))}
+    SET status = 'queued', worker_id = NULL, lease = NULL,
+        error = {_error("WorkerLost", _lost_message("j"))}
     WHERE j.status = 'running' AND j.attempts < j.max_attempts AND {running}
     RETURNING j.id, j.task_name, j.status::text AS status, j.attempts, j.max_attempts, j.queue,
               j.run_at, j.priority

@@ -314,3 +314,37 @@ def test_a_running_job_whose_worker_row_is_gone_is_rescued_by_the_orphan_check(
     assert [(r["id"], r["status"]) for r in orphaned] == [(job.id, "failed")]
     with pytest.raises(pgqueue.JobFailed, match="worker lost"):
         job.wait(timeout=5)
+
+
+def _lease(conn: psycopg.Connection[Any], job_id: int) -> Any:
+    row = conn.execute("SELECT lease FROM pgqueue_jobs WHERE id = %s", (job_id,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+@pytest.mark.parametrize("how", ["retry", "refund", "release", "rescue"])
+def test_a_job_back_in_the_queue_holds_no_lease(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any], how: str
+) -> None:
+    """A lease means nothing once its job left `running`: kept, it would let the old claim's
+    late outcome match a claim made by a worker that does not draw leases (an older release
+    in a rolling deploy)."""
+
+    @app.task(max_attempts=3)
+    def noop() -> None: ...
+
+    job = noop.delay()
+    worker_id = _lost_worker(conn, heartbeat_age=0 if how != "rescue" else 3600)
+    claimed = _claim_by_hand(conn, worker_id)
+    assert _lease(conn, job.id) == claimed["lease"] is not None
+    claim = ClaimedJob(job.id, "default", noop.name, [], {}, 0, 1, 3, claimed["lease"])
+    if how == "retry":
+        assert _write(dsn, RetryLater(claim, LATE, delay=0.0)) == {job.id}
+    elif how == "refund":
+        assert _write(dsn, RetryLater(claim, LATE, delay=0.0, refund_attempt=True)) == {job.id}
+    elif how == "release":
+        conn.execute(queries.RELEASE_UNSTARTED, {"ids": [job.id], "leases": [claimed["lease"]]})
+    else:
+        assert [row["id"] for row in _rescue(dsn)] == [job.id]
+    assert _row(conn, job.id)["status"] == "queued"
+    assert _lease(conn, job.id) is None
