@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import psycopg
 
 from pgqueue import _json, queries
-from pgqueue.outcome import ClaimedJob
+from pgqueue.outcome import ClaimedJob, Failed, simple_error
 
 # Where the claims got to in one priority of a queue: the (priority, run_at, id) of the last job
 # they took there (everything before it in that priority was claimed, or is announced by a
@@ -46,10 +46,13 @@ class Claim:
     ended: list[tuple[int, str]]
     # Per queue and priority, the (priority, run_at, id) of the last job taken there.
     last: dict[str, dict[int, Position]]
+    # Jobs whose stored arguments could not be decoded (written by SQL or a trigger: an int
+    # past Python's digit limit, nesting past its recursion limit): each ends FAILED.
+    unreadable: list[Failed] = field(default_factory=list)
 
     @property
     def taken(self) -> int:
-        return len(self.jobs) + len(self.ended)
+        return len(self.jobs) + len(self.ended) + len(self.unreadable)
 
 
 def claim_params(
@@ -120,6 +123,7 @@ async def claim_jobs(
     rows.sort(key=lambda r: (-r[5], r[0]))
     jobs = []
     ended = []
+    unreadable: list[Failed] = []
     last: dict[str, dict[int, Position]] = {}
     for row in rows:
         id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, run_at = row[:9]
@@ -127,25 +131,32 @@ async def claim_jobs(
         if dead:
             ended.append((id_, task_name))
             continue
-        # Arguments come as text: decoded here, without the driver's bytes decoding.
-        jobs.append(
-            ClaimedJob(
-                id_,
-                queue,
-                task_name,
-                _json.loads(args),
-                _json.loads(kwargs),
-                priority,
-                attempts,
-                max_attempts,
-                lease,
-                created_at,
-            )
+        job = ClaimedJob(
+            id_, queue, task_name, [], {}, priority, attempts, max_attempts, lease, created_at
         )
+        # Arguments come as text: decoded here, without the driver's bytes decoding. One job
+        # whose arguments Python cannot read ends FAILED; the claim's other jobs run.
+        try:
+            job.args = _json.loads(args)
+            job.kwargs = _json.loads(kwargs)
+        except Exception as exc:
+            unreadable.append(Failed(job, unreadable_arguments(exc)))
+        else:
+            jobs.append(job)
         reached = last.setdefault(queue, {})
         if priority not in reached or (run_at, id_) > reached[priority][1:]:
             reached[priority] = (priority, run_at, id_)
-    return Claim(jobs, ended, last)
+    return Claim(jobs, ended, last, unreadable)
+
+
+def unreadable_arguments(exc: BaseException) -> dict[str, Any]:
+    """The error of a job whose stored arguments cannot be decoded."""
+    reason = " ".join(str(exc).split())[:500] or type(exc).__name__
+    return simple_error(
+        "BadArguments",
+        f"the job's stored arguments cannot be read ({type(exc).__name__}: {reason}); "
+        "enqueue it again with arguments that are plain JSON",
+    )
 
 
 def rewind(positions: dict[int, Position], priority: int, run_at: datetime) -> None:
@@ -182,11 +193,23 @@ def parse_enqueued(payload: str) -> Enqueued:
         return Enqueued(payload)
     try:
         when = float(parts[1])
-        if len(parts) == 2:
-            return Enqueued(parts[0], when, None, True)
-        return Enqueued(parts[0], when, int(parts[2]), len(parts) > 3 and parts[3] == "later")
+        priority = int(parts[2]) if len(parts) > 2 else None
     except ValueError:  # not ours to read: wake up, the claim finds out
         return Enqueued(parts[0])
+    # A payload sent by hand, or a run_at of 'infinity' or year 20000, must not reach the
+    # datetime arithmetic of the claim loop: it is only a wake-up then.
+    if not _EPOCH_RANGE[0] <= when <= _EPOCH_RANGE[1]:
+        return Enqueued(parts[0])
+    if priority is None:
+        return Enqueued(parts[0], when, None, True)
+    if not -32768 <= priority <= 32767:
+        return Enqueued(parts[0])
+    return Enqueued(parts[0], when, priority, len(parts) > 3 and parts[3] == "later")
+
+
+# The due times a payload may announce, in seconds since the epoch: year 1 to 9998, what a
+# datetime can hold with room for the claim's arithmetic (NaN fails both comparisons).
+_EPOCH_RANGE = (-62135596800.0 + 86400, 253370764800.0)
 
 
 MAX_TIMERS = 10_000

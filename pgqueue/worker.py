@@ -427,6 +427,9 @@ class Worker:
                     continue
                 backoff = 0.1
                 self._advance_positions(claim.last)
+                for failed in claim.unreadable:
+                    self._log_outcome(failed, 0.0)
+                    self.completer.submit(failed)
                 for job_id, task_name in claim.ended:
                     logger.info("job %d %s ended CANCELLED before it could run", job_id, task_name)
                 if self._stopping.is_set():

@@ -18,7 +18,7 @@ from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue.claim import claim_params
 from pgqueue.complete import Completer
 from pgqueue.outcome import ClaimedJob, Failed, Outcome, Succeeded, simple_error
-from tests.conftest import WorkerThread
+from tests.conftest import WorkerThread, wait_until
 
 StartWorker = Callable[..., WorkerThread]
 
@@ -255,6 +255,7 @@ def _claim(conn: psycopg.Connection[Any], count: int) -> list[ClaimedJob]:
             priority=row["priority"],
             attempt=row["attempts"],
             max_attempts=row["max_attempts"],
+            lease=row["lease"],
         )
         for row in rows
     ]
@@ -309,3 +310,45 @@ def test_the_completer_ends_an_outcome_it_cannot_encode_failed_and_writes_the_re
         assert rows[bad.id]["status"] == "failed"
         assert rows[bad.id]["error"]["type"] == "OutcomeNotStored"
         assert "could not be stored" in rows[bad.id]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "args_sql",
+    [
+        pytest.param("'[' || repeat('9', 5000) || ']'", id="int-past-the-digit-limit"),
+        pytest.param("repeat('[', 5000) || repeat(']', 5000)", id="nesting-past-recursion"),
+    ],
+)
+def test_a_job_whose_stored_arguments_cannot_be_read_fails_and_the_claim_runs_on(
+    app: pgqueue.App, start_worker: StartWorker, conn: psycopg.Connection[Any], args_sql: str
+) -> None:
+    """Arguments written by SQL that PostgreSQL stores but Python cannot decode: decoding them
+    in the claim stopped the worker with the whole claim left running (and the next worker
+    that claimed them, once per attempt)."""
+
+    @app.task
+    def record(n: int) -> int:
+        return n
+
+    row = conn.execute(
+        f"INSERT INTO pgqueue_jobs (task_name, args) VALUES (%s, CAST({args_sql} AS jsonb))"
+        " RETURNING id",
+        (record.name,),
+    ).fetchone()
+    assert row is not None
+    bad = int(row[0])
+    good = [record.delay(n) for n in range(3)]
+    worker = start_worker(app, concurrency=4)
+
+    assert [job.wait(timeout=15) for job in good] == [0, 1, 2]
+    # Read without its arguments, which stay what they are and Python still cannot decode.
+    status, error = wait_until(
+        lambda: conn.execute(
+            "SELECT status::text, error FROM pgqueue_finished_jobs WHERE id = %s", (bad,)
+        ).fetchone(),
+        what="the job with unreadable arguments to end",
+    )
+    assert status == "failed"
+    assert error["type"] == "BadArguments"
+    assert "stored arguments cannot be read" in error["message"]
+    _assert_alive(worker)
