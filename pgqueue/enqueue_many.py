@@ -2,8 +2,9 @@
 
 Every call is validated and serialised first (a bad one writes nothing), then ids are
 reserved in one round trip together with the database's clock, the rows are streamed with
-COPY, and one NOTIFY wakes the workers, all in one transaction: the caller's, with
-`connection=`, or one of pgqueue's own.
+COPY, and one NOTIFY wakes the workers. With `connection=`, all of it runs in the caller's
+transaction (begun through the object passed, so that SQLAlchemy tracks it). Without, it runs
+on pgqueue's own autocommit connection, where the COPY is one statement: every row or none.
 """
 
 from __future__ import annotations
