@@ -246,7 +246,7 @@ def cmd_periodic_action(args: argparse.Namespace) -> int:
     app, conn = _connected(args)
     with conn:
         if args.action == "remove":
-            periodic.remove_schedule(conn, args.name)
+            periodic.remove_schedule(conn, args.name, force=args.force)
             print(f"removed periodic schedule {args.name!r}")
         elif args.action in ("enable", "disable"):
             periodic.set_enabled(conn, args.name, args.action == "enable")
@@ -467,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = psub.add_parser(action, parents=[common, app_arg], help=text)
         p.add_argument("name", help="the schedule name (see `pgqueue periodic list`)")
+        if action == "remove":
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="delete a schedule declared in code too (it comes back at the next start "
+                "of an app that still declares it): for a schedule whose task is gone",
+            )
         p.set_defaults(func=cmd_periodic_action)
 
     prune = sub.add_parser(

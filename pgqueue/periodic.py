@@ -232,17 +232,21 @@ def add_schedule(conn: Conn, schedule: Schedule) -> None:
         ) from None
 
 
-def remove_schedule(conn: Conn, name: str) -> None:
-    """Delete a schedule. Code-declared ones come back at the next start: disable them."""
+def remove_schedule(conn: Conn, name: str, *, force: bool = False) -> None:
+    """Delete a schedule. A code-declared one comes back at the next start of an app that
+    declares it, so it is refused unless `force`: what a schedule needs whose task was
+    removed from the code with it (only an app that registers a task marks its schedules
+    removed, so nothing marks that one)."""
     with conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(queries.GET_SCHEDULE, {"name": name}).fetchone()
         if row is None:
             raise ScheduleNotFound(f"no periodic schedule named {name!r}")
-        if row["source"] == "code":
+        if row["source"] == "code" and not force:
             raise ConfigurationError(
                 f"{name!r} is declared in code and would come back at the next start: "
-                "remove it from the code, or `pgqueue periodic disable` it"
+                "remove it from the code, or `pgqueue periodic disable` it (if its task is "
+                "gone from the code too, `pgqueue periodic remove --force` deletes it)"
             )
         conn.execute(queries.DELETE_CLI_SCHEDULE, {"name": name})
 

@@ -400,3 +400,17 @@ def test_cli_refuses_bad_input_with_one_line(dsn: str, args: tuple[str, ...], me
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_code_schedule_whose_task_is_gone_is_removed_only_with_force(dsn: str) -> None:
+    """A task removed from the code together with its schedule: no app registers the task, so
+    none marks the schedule removed, and it stays overdue until the operator deletes it."""
+    _store(dsn, "gone [every 60s]", "retired.task")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE pgqueue_periodic SET source = 'code' WHERE name = 'gone [every 60s]'")
+    refused = _cli(dsn, "periodic", "remove", "gone [every 60s]")
+    assert refused.returncode != 0
+    assert "--force" in refused.stderr and "Traceback" not in refused.stderr
+    removed = _cli(dsn, "periodic", "remove", "--force", "gone [every 60s]")
+    assert removed.returncode == 0, removed.stderr
+    assert "(no periodic schedules)" in _cli(dsn, "periodic", "list").stdout
