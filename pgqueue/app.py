@@ -43,6 +43,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 # notification was lost with a connection.
 WAIT_RECHECK_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 10
+# For a connection that must fail when the network does rather than hang (the worker's
+# listening session, which carries its heartbeat): TCP keepalives probe an idle connection
+# after 5 s and give up after 3 unanswered probes 2 s apart; tcp_user_timeout (milliseconds)
+# fails a send the server does not acknowledge within 10 s. Unix sockets ignore them all.
+KEEPALIVE_PARAMS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 
 
 class App:
@@ -231,7 +242,7 @@ class App:
 
     # -- connections ----------------------------------------------------------------------
 
-    def _connect_kwargs(self) -> dict[str, Any]:
+    def _connect_kwargs(self, keepalives: bool = False) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         try:
             params = conninfo_to_dict(self.dsn)
@@ -243,12 +254,23 @@ class App:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
         if "application_name" not in params:
             kwargs["application_name"] = "pgqueue"
+        if keepalives:  # what the DSN sets wins
+            kwargs.update({k: v for k, v in KEEPALIVE_PARAMS.items() if k not in params})
         return kwargs
 
-    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-        """A new psycopg connection to this app's database (the caller closes it)."""
+    def connect(
+        self, *, autocommit: bool = False, keepalives: bool = False
+    ) -> psycopg.Connection[Any]:
+        """A new psycopg connection to this app's database (the caller closes it).
+
+        `keepalives=True` sets TCP keepalives and a TCP user timeout (KEEPALIVE_PARAMS, unless
+        the DSN sets them), so that a connection whose network is gone fails within seconds
+        instead of hanging.
+        """
         try:
-            return psycopg.connect(self.dsn, autocommit=autocommit, **self._connect_kwargs())
+            return psycopg.connect(
+                self.dsn, autocommit=autocommit, **self._connect_kwargs(keepalives)
+            )
         except psycopg.OperationalError as exc:
             raise self._unreachable(exc) from None
 

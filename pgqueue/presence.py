@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,6 +42,14 @@ class Presence:
         self.concurrency = concurrency
         self.worker_id: int | None = None
         self.stopping = False
+        # When (time.monotonic()) the last heartbeat that found the row was sent, or the
+        # registration or resume began: the database's heartbeat_at is at least that recent.
+        # Written on the notifier's thread, read by the claimer (one float: no lock needed).
+        self.confirmed_at = float("-inf")
+
+    def heartbeat_age(self) -> float:
+        """Seconds since the database last saw this worker alive (by this worker's clock)."""
+        return time.monotonic() - self.confirmed_at
 
     def on_connect(self, conn: psycopg.Connection[Any]) -> None:
         """Resume under the same id if possible, else register anew (notifier thread)."""
@@ -53,6 +62,7 @@ class Presence:
         """Heartbeat; if the row is gone this worker was declared lost: register again."""
         if self.worker_id is None or self.stopping:
             return
+        sent = time.monotonic()
         row = conn.execute(queries.HEARTBEAT, {"worker_id": self.worker_id}).fetchone()
         if row is None and not self.stopping:
             logger.warning(
@@ -63,47 +73,52 @@ class Presence:
             )
             conn.execute("SELECT pg_advisory_unlock_all()")
             self._register(conn)
+        elif row is not None:
+            self.confirmed_at = sent
 
     def _resume(self, conn: psycopg.Connection[Any]) -> bool:
         assert self.worker_id is not None
         params = {"worker_id": self.worker_id}
+        sent = time.monotonic()
         locked = conn.execute(queries.TRY_LOCK_WORKER, params).fetchone()
         if not (locked and locked[0]):
             return False  # the old session still holds it: it will be rescued in time
         if conn.execute(queries.HEARTBEAT, params).fetchone() is None:
             conn.execute("SELECT pg_advisory_unlock_all()")
             return False
+        self.confirmed_at = sent
         return True
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         previous = self.worker_id
         kept: list[tuple[Any, ...]] = []
+        began = time.monotonic()
         # Row, lock and the jobs kept in one transaction: no rescuer can see the row without
         # the lock, nor take back a job between the old id and the new.
-        try:
-            with conn.transaction():
-                row = conn.execute(
-                    queries.REGISTER_WORKER,
-                    {
-                        "name": self.name,
-                        "hostname": self.hostname,
-                        "pid": os.getpid(),
-                        "queues": self.queues,
-                        "concurrency": self.concurrency,
-                    },
-                ).fetchone()
-                assert row is not None
-                # Claims made from here on carry the new id; a claim sent under the old one
-                # and answered after this is given back by the worker, unstarted.
-                self.worker_id = int(row[0])
-                conn.execute(queries.LOCK_WORKER, {"worker_id": self.worker_id})
-                if previous is not None:
-                    kept = conn.execute(
-                        queries.ADOPT_JOBS,
-                        {"worker_id": self.worker_id, "old_worker_id": previous},
-                    ).fetchall()
-        except BaseException:
-            self.worker_id = previous  # the new row was rolled back: it never existed
-            raise
+        with conn.transaction():
+            row = conn.execute(
+                queries.REGISTER_WORKER,
+                {
+                    "name": self.name,
+                    "hostname": self.hostname,
+                    "pid": os.getpid(),
+                    "queues": self.queues,
+                    "concurrency": self.concurrency,
+                },
+            ).fetchone()
+            assert row is not None
+            new_id = int(row[0])
+            conn.execute(queries.LOCK_WORKER, {"worker_id": new_id})
+            if previous is not None:
+                kept = conn.execute(
+                    queries.ADOPT_JOBS, {"worker_id": new_id, "old_worker_id": previous}
+                ).fetchall()
+        # Only now may claims carry the new id: a claim made under it before the commit would
+        # leave its jobs under an id that does not exist if the transaction rolled back, and
+        # the orphan rescue would take them back while they run here. Until now the claimer
+        # claims under the old id, and such claims are either adopted above (committed before
+        # ADOPT_JOBS) or given back by the worker, unstarted (answered after this line).
+        self.worker_id = new_id
+        self.confirmed_at = began
         if previous is not None:
-            self.on_new_registration(previous, self.worker_id, frozenset(r[0] for r in kept))
+            self.on_new_registration(previous, new_id, frozenset(r[0] for r in kept))

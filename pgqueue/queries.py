@@ -249,22 +249,20 @@ SELECT id, (SELECT n FROM notified) FROM retried
 """
 
 # Give back jobs that were claimed but never started (a shutdown, a claim whose reply was
-# lost): the attempt is not counted. Guarded by each claim's lease, like an outcome.
-RELEASE_UNSTARTED = """
-UPDATE pgqueue_jobs AS j
-SET status = 'queued', attempts = j.attempts - 1, worker_id = NULL, started_at = NULL,
-    lease = NULL
-FROM unnest(%(ids)s::bigint[], %(leases)s::bigint[]) AS c(id, lease)
-WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = c.id AND j.status = 'running'
-  AND j.lease = c.lease
-RETURNING j.id
-"""
-
-# Tell workers where jobs given back by RELEASE_UNSTARTED sort: they keep their run_at, which is
-# before where the workers' claims have got to.
-NOTIFY_RELEASED = f"""
-SELECT pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()}) FROM pgqueue_jobs
-WHERE id = ANY(%(ids)s::bigint[]) AND status = 'queued'
+# lost): the attempt is not counted. Guarded by each claim's lease, like an outcome. The same
+# statement tells workers where the jobs sort: they keep their run_at, which is before where
+# the workers' claims have got to.
+RELEASE_UNSTARTED = f"""
+WITH released AS (
+    UPDATE pgqueue_jobs AS j
+    SET status = 'queued', attempts = j.attempts - 1, worker_id = NULL, started_at = NULL,
+        lease = NULL
+    FROM unnest(%(ids)s::bigint[], %(leases)s::bigint[]) AS c(id, lease)
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = c.id AND j.status = 'running'
+      AND j.lease = c.lease
+    RETURNING j.id, j.queue, j.run_at, j.priority
+)
+SELECT r.id, pg_notify('{NOTIFY_ENQUEUED}', {_enqueued("r")})::text AS notified FROM released AS r
 """
 
 # Announce a worker; run in the same transaction as LOCK_WORKER so that no rescuer can ever see

@@ -134,6 +134,10 @@ class Worker:
         self.forced = False
         self.crashed = False
         self._stop_count = 0
+        # Set while a claim statement is sent and until its jobs are recorded in `running`
+        # (or given back): its jobs are this worker's even though it does not run them yet.
+        self._claim_in_flight = False
+        self._claims_paused = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -182,7 +186,9 @@ class Worker:
         signal_ = self._signal
 
         self.notifier = Notifier(
-            connect=lambda: self.app.connect(autocommit=True),
+            # A hung session would keep `connected` set while its heartbeat stops, and the
+            # worker would be declared lost while it goes on claiming: it must fail instead.
+            connect=lambda: self.app.connect(autocommit=True, keepalives=True),
             channels=[NOTIFY_ENQUEUED, NOTIFY_CANCEL],
             on_notify=self._on_notify_threadsafe,
             on_connect=self.presence.on_connect,
@@ -406,7 +412,14 @@ class Worker:
             free = self.free_slots()
             worker_id = self.presence.worker_id
             # Without the presence lock, claimed jobs would be rescued from under us.
-            if free > 0 and want_claim and self.notifier.connected.is_set() and worker_id:
+            if (
+                free > 0
+                and want_claim
+                and self.notifier.connected.is_set()
+                and worker_id
+                and self._heartbeat_fresh()
+            ):
+                self._claim_in_flight = True
                 try:
                     conn = await self._claim_conn.get()
                     positions, full_read = self._claim_positions(self._signal.take_rewinds())
@@ -418,6 +431,7 @@ class Worker:
                     if full_read:
                         self._full_claim_seconds = time.monotonic() - began
                 except DATABASE_TROUBLE as exc:
+                    self._claim_in_flight = False
                     logger.warning(
                         "could not claim jobs, retrying in %.1fs: %s", backoff, _one_line(exc)
                     )
@@ -425,33 +439,72 @@ class Worker:
                     await self._sleep_unless_stopping(backoff)
                     backoff = min(backoff * 2, 1.0)
                     continue
-                backoff = 0.1
-                self._advance_positions(claim.last)
-                for failed in claim.unreadable:
-                    self._log_outcome(failed, 0.0)
-                    self.completer.submit(failed)
-                for job_id, task_name in claim.ended:
-                    logger.info("job %d %s ended CANCELLED before it could run", job_id, task_name)
-                if self._stopping.is_set():
-                    await self._release_unstarted(claim.jobs)
-                    break
-                if self.presence.worker_id != worker_id:
-                    # The worker registered again while this claim was on its way; made under
-                    # an id that may be gone, its jobs are given back unstarted.
-                    await self._release_unstarted(claim.jobs)
-                    continue
-                self._last_claim_full = claim.taken == limit
-                want_claim = self._last_claim_full
-                for job in claim.jobs:
-                    self.cancel_events[job.id] = CancelFlag()
-                    self._job_names[job.id] = job.task_name
-                    self._claims[job.id] = job
-                    self._claimed_under[job.id] = worker_id
-                    self.running[job.id] = asyncio.create_task(self._run_job(job))
+                except BaseException:
+                    self._claim_in_flight = False
+                    raise
+                try:
+                    backoff = 0.1
+                    self._advance_positions(claim.last)
+                    for failed in claim.unreadable:
+                        self._log_outcome(failed, 0.0)
+                        self.completer.submit(failed)
+                    for job_id, task_name in claim.ended:
+                        logger.info(
+                            "job %d %s ended CANCELLED before it could run", job_id, task_name
+                        )
+                    if self._stopping.is_set():
+                        await self._release_unstarted(claim.jobs)
+                        break
+                    if self.presence.worker_id != worker_id:
+                        # The worker registered again while this claim was on its way; made
+                        # under an id that may be gone, its jobs are given back unstarted.
+                        await self._release_unstarted(claim.jobs)
+                        continue
+                    self._last_claim_full = claim.taken == limit
+                    want_claim = self._last_claim_full
+                    for job in claim.jobs:
+                        self._start(job, worker_id)
+                finally:
+                    self._claim_in_flight = False
                 if claim.taken:
                     continue
             await self._signal.wait()
             want_claim = True
+
+    def _start(self, job: ClaimedJob, worker_id: int) -> None:
+        """Record a claimed job and start running it."""
+        earlier = self._claims.get(job.id)
+        if earlier is not None and job.id in self.running:
+            # Claimed again while an attempt of it still runs here: the job was rescued from
+            # this worker (its heartbeat looked stale to the fleet, or to this worker's own
+            # maintenance) and came back to it. The earlier attempt's lease is gone; left
+            # running, it would run beside the new one, untracked and uncounted.
+            self._abandon(earlier)
+        self.cancel_events[job.id] = CancelFlag()
+        self._job_names[job.id] = job.task_name
+        self._claims[job.id] = job
+        self._claimed_under[job.id] = worker_id
+        self.running[job.id] = asyncio.create_task(self._run_job(job))
+
+    def _heartbeat_fresh(self) -> bool:
+        """Whether the worker's last heartbeat is recent enough to claim: past half the
+        heartbeat timeout it may be declared lost at any moment (its notifier's connection
+        hangs, or the database is unreachable from it), and every job it claims then would
+        only be rescued from it and run twice."""
+        age = self.presence.heartbeat_age()
+        fresh = age < self.settings.heartbeat_timeout / 2
+        if fresh and self._claims_paused:
+            logger.info("worker %s heartbeat answered again: claiming", self.presence.name)
+        elif not fresh and not self._claims_paused:
+            logger.warning(
+                "worker %s: no heartbeat answered for %.1fs (the timeout is %gs): not claiming "
+                "until one is",
+                self.presence.name,
+                age,
+                self.settings.heartbeat_timeout,
+            )
+        self._claims_paused = not fresh
+        return fresh
 
     def _claim_positions(
         self, rewinds: Mapping[tuple[str, int], datetime] | None = None
@@ -503,7 +556,6 @@ class Worker:
         try:
             conn = await self._claim_conn.get()
             await conn.execute(queries.RELEASE_UNSTARTED, params)
-            await conn.execute(queries.NOTIFY_RELEASED, {"ids": params["ids"]})
             logger.info("gave %d claimed, unstarted job(s) back to the queue", len(jobs))
         except DATABASE_TROUBLE as exc:
             logger.warning(
@@ -739,10 +791,15 @@ class Worker:
         claim committed, but its reply was lost with the connection. Only jobs claimed more
         than STRAY_AGE seconds ago count, so a claim whose reply is on its way is never one."""
         worker_id = self.presence.worker_id
-        if worker_id is None:
+        # A claim on its way may hold jobs the worker does not run yet, however long its reply
+        # takes: look again at the next check. (A claim sent after the read below cannot
+        # return a job the read saw running.)
+        if worker_id is None or self._claim_in_flight:
             return
         try:
             held = await jobs_held_by(await conn.get(), worker_id, STRAY_AGE)
+            if self._claim_in_flight:
+                return
             known = set(self.running) | self.completer.pending_ids()
             strays = [(job_id, lease) for job_id, lease in held if job_id not in known]
             if not strays:
@@ -750,9 +807,6 @@ class Worker:
             await (await conn.get()).execute(
                 queries.RELEASE_UNSTARTED,
                 {"ids": [j for j, _ in strays], "leases": [lease for _, lease in strays]},
-            )
-            await (await conn.get()).execute(
-                queries.NOTIFY_RELEASED, {"ids": [j for j, _ in strays]}
             )
         except DATABASE_TROUBLE as exc:
             logger.warning("checking for stray claims failed: %s", _one_line(exc))
