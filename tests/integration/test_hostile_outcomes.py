@@ -255,6 +255,7 @@ def _claim(conn: psycopg.Connection[Any], count: int) -> list[ClaimedJob]:
             priority=row["priority"],
             attempt=row["attempts"],
             max_attempts=row["max_attempts"],
+            lease=row["lease"],
         )
         for row in rows
     ]
