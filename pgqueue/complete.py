@@ -1,9 +1,16 @@
 """Write outcomes back in batches, each row guarded by its claim's fencing token (its lease).
 
-Outcomes wait in memory until written; a failed write (lost connection, server restart) is
-retried with backoff, never dropped. An outcome whose job is no longer `running` under the same
-lease (it was rescued from this worker and claimed again, or this very outcome was written
-already and the reply lost) is discarded and logged.
+Outcomes wait in memory until written, and none is dropped for an error. When the database
+cannot take writes for now (a lost connection, a restart, a standby after a failover, a
+conflict, a resource run out), the same outcomes are written again after a backoff, on a new
+connection. Any other error refuses what was sent: the batch is written again one outcome at a
+time, and an outcome refused on its own (or one that cannot be encoded) is replaced by a FAILED
+`OutcomeNotStored` that says why. Should even that be refused, the fault is not the outcome's:
+it is kept, behind the others, and written again after a backoff.
+
+An outcome whose job is no longer `running` under the same lease (it was rescued from this
+worker and claimed again, or this very outcome was written already and the reply lost) is
+discarded and logged.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -38,6 +46,30 @@ def _one_line(exc: BaseException) -> str:
     except Exception:
         text = ""
     return storable_text(text or type(exc).__name__, MAX_MESSAGE // 2)
+
+
+# What the database says when it cannot take writes for now, whatever was sent: the
+# connection is lost or the server is going down (class 08, 57P01-57P03), a transaction
+# conflict (class 40) or lock timeout (55P03), a resource ran out (class 53), the server is
+# a standby (25006, after a failover), or a system error (class 58). Any other error refuses
+# what was sent. (psycopg's classes do not sort them this way: ProgramLimitExceeded, for a
+# document past jsonb's 256 MB, is an OperationalError; ReadOnlySqlTransaction an
+# InternalError.)
+_RETRY_CLASSES = ("08", "40", "53", "58")
+_RETRY_STATES = frozenset({"57P01", "57P02", "57P03", "55P03", "25006"})
+
+
+def _cannot_write_now(exc: Exception, conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether `exc`, raised writing outcomes on `conn`, says the database cannot take writes
+    for now (retry the same outcomes later) rather than refusing these outcomes."""
+    if conn.broken or isinstance(exc, (psycopg.InterfaceError, DatabaseUnavailable)):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False  # nothing was sent: the document could not be built
+    state = exc.sqlstate
+    if state is None:  # raised by psycopg itself: a lost connection, or data it cannot send
+        return isinstance(exc, psycopg.OperationalError)
+    return state[:2] in _RETRY_CLASSES or state in _RETRY_STATES
 
 
 def outcomes_document(outcomes: list[Outcome]) -> str:
@@ -76,6 +108,13 @@ async def write_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: list[Outc
     return {row[0] for row in await cur.fetchall()}
 
 
+@dataclass(slots=True)
+class _NotStored(Failed):
+    """The FAILED written in place of an outcome the database refused, with that outcome."""
+
+    original: Outcome
+
+
 class Completer:
     """Collects outcomes and flushes them in batches of up to `batch_size`."""
 
@@ -104,6 +143,7 @@ class Completer:
     async def run(self) -> None:
         """Flush until closed and drained."""
         backoff = 0.1
+        singly = 0  # after a refused batch: how many outcomes to write one at a time
         while True:
             if not self._pending:
                 self._idle.set()
@@ -112,22 +152,38 @@ class Completer:
                 self._has_work.clear()
                 await self._has_work.wait()
                 continue
-            batch = self._pending[: self._batch_size]
+            batch = self._pending[: 1 if singly else self._batch_size]
+            conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                applied = await self._write(await self._connection.get(), batch)
-            except (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable) as exc:
-                logger.warning(
-                    "could not write %d job outcome(s), retrying in %.1fs: %s",
-                    len(batch),
-                    backoff,
-                    " ".join(str(exc).split()),
-                )
-                await self._connection.reset()
-                await asyncio.sleep(backoff)  # backoff between reconnects, not a test wait
-                backoff = min(backoff * 2, 1.0)  # results show up soon after an outage
+                conn = await self._connection.get()
+                applied = await write_outcomes(conn, batch)
+            except Exception as exc:
+                if conn is None or _cannot_write_now(exc, conn):
+                    logger.warning(
+                        "could not write %d job outcome(s), retrying in %.1fs: %s",
+                        len(batch),
+                        backoff,
+                        _one_line(exc),
+                    )
+                    await self._connection.reset()
+                    await asyncio.sleep(backoff)  # backoff between reconnects, not a test wait
+                    backoff = min(backoff * 2, 1.0)  # results show up soon after an outage
+                elif len(batch) > 1:
+                    # One outcome of the batch (they all went as one document) is refused:
+                    # write them one at a time, in order, to find it.
+                    logger.warning(
+                        "the database refused a batch of %d job outcomes (%s); writing them "
+                        "one at a time",
+                        len(batch),
+                        _one_line(exc),
+                    )
+                    singly = len(batch)
+                elif await self._refused(batch[0], exc, backoff):
+                    backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.1
             del self._pending[: len(batch)]
+            singly = max(singly - len(batch), 0)
             for outcome in batch:
                 if outcome.job.id not in applied:
                     logger.warning(
@@ -139,52 +195,48 @@ class Completer:
                         outcome.status,
                     )
 
-    async def _write(self, conn: psycopg.AsyncConnection[Any], batch: list[Outcome]) -> set[int]:
-        """Write a batch; if an outcome cannot be written (the database refuses it, or it
-        cannot even be encoded), find it and store that job as FAILED with the reason
-        instead, so that no job is left running under a live worker and every other outcome
-        of the batch is written once."""
-        try:
-            return await write_outcomes(conn, batch)
-        except (psycopg.OperationalError, psycopg.InterfaceError):
-            raise
-        except psycopg.Error as exc:
-            if conn.broken:
-                raise
+    async def _refused(self, outcome: Outcome, exc: Exception, backoff: float) -> bool:
+        """The database refused `outcome`, first in the pending list, written alone (or it
+        could not even be encoded): put in its place a FAILED that says why, so that the job
+        does not stay running under a live worker. If that was the replacement already, the
+        fault is not the outcome's: keep the original pending, move it behind the others and
+        wait `backoff`; returns True then."""
+        if isinstance(outcome, _NotStored):
+            original = outcome.original
+            logger.error(
+                "job %d %s attempt %d: the database refused even its failure (%s), so this "
+                "is not the outcome's fault; its %s outcome is kept and written again in %.1fs",
+                outcome.job.id,
+                outcome.job.task_name,
+                outcome.job.attempt,
+                _one_line(exc),
+                original.status,
+                backoff,
+            )
+            del self._pending[0]
+            self._pending.append(original)
+            await asyncio.sleep(backoff)  # backoff before asking the database again
+            return True
+        if isinstance(exc, psycopg.Error):
             problem = "the database refused this attempt's {} outcome: " + _one_line(exc)
-        except Exception as exc:  # nothing was sent: the document could not be built
-            if conn.broken:
-                raise
+        else:  # nothing was sent: the document could not be built
             problem = (
                 "this attempt's {} outcome could not be stored: "
                 f"{type(exc).__name__}: {_one_line(exc)}"
             )
-        if len(batch) > 1:
-            applied: set[int] = set()
-            for outcome in batch:
-                applied |= await self._write(conn, [outcome])
-            return applied
-        outcome = batch[0]
         head, _, tail = problem.partition("{}")  # not format(): the error may hold braces
         reason = f"{head}{outcome.status}{tail}"
-        if isinstance(outcome, Failed) and outcome.error.get("type") == "OutcomeNotStored":
-            logger.error(
-                "job %d %s: could not even store its failure (%s); it stays running "
-                "until this worker stops",
-                outcome.job.id,
-                outcome.job.task_name,
-                reason,
-            )
-            return set()
         logger.error(
-            "job %d %s attempt %d: %s",
+            "job %d %s attempt %d: %s; writing FAILED (OutcomeNotStored) instead",
             outcome.job.id,
             outcome.job.task_name,
             outcome.job.attempt,
             reason,
         )
-        replacement = Failed(outcome.job, simple_error("OutcomeNotStored", reason))
-        return await self._write(conn, [replacement])
+        self._pending[0] = _NotStored(
+            outcome.job, simple_error("OutcomeNotStored", reason), original=outcome
+        )
+        return False
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Close for new work and wait until every outcome is written; False on timeout."""
