@@ -187,5 +187,15 @@ def start_worker() -> Iterator[Callable[..., WorkerThread]]:
             worker.stop()
 
 
+async def open_server_stream(
+    host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream to the PostgreSQL server at `host` and `port` as a DSN names them: a TCP
+    address, or a socket directory (the embedded server listens on a Unix socket only)."""
+    if host.startswith("/"):
+        return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+    return await asyncio.open_connection(host, port)
+
+
 def dsn_params(dsn: str) -> dict[str, Any]:
     return conninfo_to_dict(dsn)

@@ -23,6 +23,7 @@ from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue.claim import claim_jobs
 from pgqueue.complete import Completer
 from pgqueue.outcome import ClaimedJob, RetryLater, simple_error
+from tests.conftest import open_server_stream
 
 DEADLINE = 30.0
 
@@ -57,7 +58,7 @@ class ReplyDroppingProxy:
         assert task is not None
         self._tasks.add(task)
         await self.gate.wait()
-        server_r, server_w = await asyncio.open_connection(*self._upstream)
+        server_r, server_w = await open_server_stream(*self._upstream)
         cut = asyncio.Event()
         pumps = [
             asyncio.create_task(self._to_server(client_r, server_w, cut)),

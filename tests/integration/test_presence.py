@@ -21,7 +21,7 @@ from pgqueue import queries
 from pgqueue import worker as worker_module
 from pgqueue.app import KEEPALIVE_PARAMS
 from pgqueue.schema import ADVISORY_LOCK_NAMESPACE
-from tests.conftest import wait_until
+from tests.conftest import open_server_stream, wait_until
 
 HOLD_KEY = 424242  # the advisory lock a held heartbeat waits for
 
@@ -270,7 +270,7 @@ class ReplyHoldingProxy:
         self._loop.run_forever()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(*self._upstream)
+        server_r, server_w = await open_server_stream(*self._upstream)
 
         async def to_server() -> None:
             while data := await client_r.read(65536):
