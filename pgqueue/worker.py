@@ -116,7 +116,6 @@ class Worker:
         # interrupt them at shutdown. Any other CancelledError is the task's own failure.
         self._cancelling: set[int] = set()
         self._interrupting: set[int] = set()
-        self._job_names: dict[int, str] = {}
         # Per running job: its claim, and the worker id it was claimed under.
         self._claims: dict[int, ClaimedJob] = {}
         self._claimed_under: dict[int, int] = {}
@@ -338,7 +337,6 @@ class Worker:
         )
 
     def _forget(self, job_id: int) -> None:
-        self._job_names.pop(job_id, None)
         self._claims.pop(job_id, None)
         self._claimed_under.pop(job_id, None)
         self._cancelling.discard(job_id)
@@ -356,7 +354,8 @@ class Worker:
         if event is None or task is None or event.is_set():
             return
         event.set()
-        job_task = self.app.tasks.get(self._job_names.get(job_id, ""))
+        claim = self._claims.get(job_id)
+        job_task = self.app.tasks.get(claim.task_name) if claim is not None else None
         logger.info("job %d: cancellation requested", job_id)
         if job_task is not None and (job_task.is_async or self.process_pool is not None):
             self._cancelling.add(job_id)
@@ -481,7 +480,6 @@ class Worker:
             # running, it would run beside the new one, untracked and uncounted.
             self._abandon(earlier)
         self.cancel_events[job.id] = CancelFlag()
-        self._job_names[job.id] = job.task_name
         self._claims[job.id] = job
         self._claimed_under[job.id] = worker_id
         self.running[job.id] = asyncio.create_task(self._run_job(job))
