@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -195,6 +196,13 @@ async def open_server_stream(
     if host.startswith("/"):
         return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
     return await asyncio.open_connection(host, port)
+
+
+async def read_server_message(reader: asyncio.StreamReader) -> bytes:
+    """One whole message of the server's side of the protocol (type byte, length, body), for
+    proxies that act between two messages; IncompleteReadError when the stream ends."""
+    header = await reader.readexactly(5)
+    return header + await reader.readexactly(struct.unpack("!I", header[1:])[0] - 4)
 
 
 def dsn_params(dsn: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from typing import Any
 
 import psycopg
@@ -23,7 +22,7 @@ from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue.claim import claim_jobs
 from pgqueue.complete import Completer
 from pgqueue.outcome import ClaimedJob, RetryLater, simple_error
-from tests.conftest import open_server_stream
+from tests.conftest import open_server_stream, read_server_message
 
 DEADLINE = 30.0
 
@@ -94,14 +93,13 @@ class ReplyDroppingProxy:
         # Whole messages (type byte, length): the cut falls just after a ReadyForQuery.
         with contextlib.suppress(asyncio.IncompleteReadError):
             while True:
-                header = await reader.readexactly(5)
-                body = await reader.readexactly(struct.unpack("!I", header[1:])[0] - 4)
+                message = await read_server_message(reader)
                 if cut.is_set():
-                    if header[:1] == b"Z":  # committed: now lose the reply
+                    if message[:1] == b"Z":  # committed: now lose the reply
                         self.dropped.set()
                         return
                     continue
-                writer.write(header + body)
+                writer.write(message)
                 await writer.drain()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +20,7 @@ from pgqueue import queries
 from pgqueue import worker as worker_module
 from pgqueue.app import KEEPALIVE_PARAMS
 from pgqueue.schema import ADVISORY_LOCK_NAMESPACE
-from tests.conftest import open_server_stream, wait_until
+from tests.conftest import open_server_stream, read_server_message, wait_until
 
 HOLD_KEY = 424242  # the advisory lock a held heartbeat waits for
 
@@ -281,13 +280,12 @@ class ReplyHoldingProxy:
             held = False
             with contextlib.suppress(asyncio.IncompleteReadError):
                 while True:
-                    header = await server_r.readexactly(5)
-                    body = await server_r.readexactly(struct.unpack("!I", header[1:])[0] - 4)
-                    if not held and self._marker in body and not self._released.is_set():
+                    message = await read_server_message(server_r)
+                    if not held and self._marker in message and not self._released.is_set():
                         held = True
                         self.holding.set()
                         await asyncio.to_thread(self._released.wait)
-                    client_w.write(header + body)
+                    client_w.write(message)
                     await client_w.drain()
 
         pumps = [asyncio.create_task(to_server()), asyncio.create_task(to_client())]
