@@ -3,6 +3,7 @@
 The public API, and nothing else.
 """
 
+from pgqueue._version import __version__
 from pgqueue.app import App
 from pgqueue.context import JobContext, current_job
 from pgqueue.errors import (
@@ -19,8 +20,6 @@ from pgqueue.errors import (
 )
 from pgqueue.job import Job, JobStatus
 from pgqueue.tasks import Task
-
-__version__ = "0.1.0"
 
 __all__ = [
     "App",

@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 
 from pgqueue import queries
+from pgqueue._version import __version__
 
 logger = logging.getLogger("pgqueue.worker")
 
@@ -34,7 +35,9 @@ class Presence:
         queues: Sequence[str],
         concurrency: int,
         on_new_registration: Callable[[int, int, frozenset[int]], None] = lambda *_: None,
+        pool: str = "thread",
     ) -> None:
+        self.pool = pool
         self.hostname = socket.gethostname()
         self.on_new_registration = on_new_registration
         self.name = name or f"{self.hostname}:{os.getpid()}"
@@ -104,6 +107,8 @@ class Presence:
                     "pid": os.getpid(),
                     "queues": self.queues,
                     "concurrency": self.concurrency,
+                    "pool": self.pool,
+                    "version": __version__,
                 },
             ).fetchone()
             assert row is not None

@@ -50,7 +50,7 @@ def _child_main(app_path: str, dsn: str, conn: multiprocessing.connection.Connec
     """A child's life: load the app, then run the jobs the worker sends until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from pgqueue.cli import load_app
+    from pgqueue._loading import load_app
     from pgqueue.execute import run_in_this_process
     from pgqueue.transactional import TransactionalConnections
 

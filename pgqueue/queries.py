@@ -131,10 +131,17 @@ RETURNING id, created_at, pg_notify(
 CLAIM_JOBS = f"""
 WITH picked AS (
     SELECT j.id, j.dead
-    FROM unnest(
-        %(queues)s::text[], %(after_priority)s::int[], %(after_run_at)s::timestamptz[],
-        %(after_id)s::bigint[], %(lower_than)s::int[], %(higher_than)s::int[]
-    ) AS q(name, priority, run_at, id, lower_than, higher_than)
+    FROM (
+        SELECT * FROM unnest(
+            %(queues)s::text[], %(after_priority)s::int[], %(after_run_at)s::timestamptz[],
+            %(after_id)s::bigint[], %(lower_than)s::int[], %(higher_than)s::int[]
+        ) AS q(name, priority, run_at, id, lower_than, higher_than)
+        -- A paused queue is not read: a pause holds for every claim that starts after it
+        -- commits, on every worker (one primary-key probe of a tiny table per queue).
+        WHERE NOT EXISTS (
+            SELECT FROM pgqueue_queues AS p WHERE p.name = q.name AND p.paused_at IS NOT NULL
+        )
+    ) AS q
     CROSS JOIN LATERAL (
         SELECT * FROM (
             SELECT id, (cancel_requested_at IS NOT NULL OR expires_at <= now()) IS TRUE AS dead
@@ -268,8 +275,8 @@ SELECT r.id, pg_notify('{NOTIFY_ENQUEUED}', {_enqueued("r")})::text AS notified 
 # Announce a worker; run in the same transaction as LOCK_WORKER so that no rescuer can ever see
 # the row without the lock held.
 REGISTER_WORKER = """
-INSERT INTO pgqueue_workers (name, hostname, pid, queues, concurrency)
-VALUES (%(name)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s)
+INSERT INTO pgqueue_workers (name, hostname, pid, queues, concurrency, pool, version)
+VALUES (%(name)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(pool)s, %(version)s)
 RETURNING id
 """
 

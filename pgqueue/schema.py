@@ -73,6 +73,9 @@ jobs = sa.Table(
     # claim, never lowered or reused. Every write on behalf of a claim (outcome, refund,
     # give-back) requires it unchanged; NULL until the first claim. Ended jobs do not keep it.
     sa.Column("lease", sa.BigInteger, nullable=True),
+    # One JSON object per earlier attempt (written by retries, rescues and an operator's
+    # retry of a finished job, never on the common path); the latest attempt is the row itself.
+    sa.Column("history", pg.JSONB, nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.
@@ -126,6 +129,13 @@ def _finished_jobs_table() -> sa.Table:
         # Pruning, and "what finished lately" queries. The only index besides the primary key:
         # every finished job writes each one.
         sa.Index("pgqueue_finished_jobs_finished_idx", "finished_at"),
+        # Listing failed or cancelled jobs among millions that succeeded: only those are in it.
+        sa.Index(
+            "pgqueue_finished_jobs_unsuccessful_idx",
+            "status",
+            "id",
+            postgresql_where=sa.text("status <> 'succeeded'"),
+        ),
     )
     table.c.finished_at.nullable = False
     return table
@@ -158,6 +168,63 @@ workers = sa.Table(
     sa.Column(
         "heartbeat_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+    # Where its sync tasks run ('thread' or 'process'), and the pgqueue it runs.
+    sa.Column("pool", sa.Text, nullable=True),
+    sa.Column("version", sa.Text, nullable=True),
+)
+
+# Workers that stopped or were declared lost (moved here from pgqueue_workers by the statement
+# that removes them), with how many of their jobs were rescued; pruned after a day.
+past_workers = sa.Table(
+    "pgqueue_past_workers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("hostname", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("queues", pg.ARRAY(sa.Text), nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("pool", sa.Text, nullable=True),
+    sa.Column("version", sa.Text, nullable=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("ended_how", sa.Text, nullable=False),
+    sa.Column("rescued", sa.Integer, nullable=False, server_default="0"),
+    sa.CheckConstraint(
+        "ended_how IN ('stopped', 'lost')", name="pgqueue_past_workers_ended_how_check"
+    ),
+    sa.Index("pgqueue_past_workers_ended_idx", "ended_at"),
+)
+
+# Queues an operator has touched. A queue with `paused_at` set is skipped by every claim
+# (inside the claim statement); enqueueing and periodic ticks go on.
+queues = sa.Table(
+    "pgqueue_queues",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("paused_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("paused_by", sa.Text, nullable=True),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)
+
+# Outcome counts with histograms of pickup wait and attempt duration (bounds in
+# pgqueue/rollup.py), per ten-second bucket, queue and outcome: workers add their counts a few
+# times a minute, and status, the exporter and the dashboard read these rows instead of
+# counting finished jobs.
+stats = sa.Table(
+    "pgqueue_stats",
+    metadata,
+    sa.Column("bucket", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("queue", sa.Text, primary_key=True),
+    sa.Column("outcome", sa.Text, primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
+    sa.Column("wait_sum", sa.Float, nullable=False),
+    sa.Column("wait_buckets", pg.ARRAY(sa.BigInteger), nullable=False),
+    sa.Column("duration_sum", sa.Float, nullable=False),
+    sa.Column("duration_buckets", pg.ARRAY(sa.BigInteger), nullable=False),
 )
 
 periodic = sa.Table(

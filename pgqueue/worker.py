@@ -181,6 +181,7 @@ class Worker:
             self.queues,
             settings.concurrency,
             on_new_registration=self._on_new_registration_threadsafe,
+            pool=settings.pool,
         )
         signal_ = self._signal
 

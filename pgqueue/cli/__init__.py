@@ -1,0 +1,82 @@
+"""`pgqueue COMMAND`: a thin shell over the package, one module per command group.
+
+Errors a user can meet (bad DSN, unreachable database, unmigrated schema, bad options) end
+with one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import psycopg
+
+from pgqueue import _logging
+from pgqueue._loading import load_app
+from pgqueue._version import __version__
+from pgqueue.cli import jobs, periodic, queues, worker
+from pgqueue.cli._common import EXIT_ERROR, EXIT_USAGE, Parents
+from pgqueue.errors import ConfigurationError, PgQueueError
+
+__all__ = ["build_parser", "load_app", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parents = Parents()
+    parser = argparse.ArgumentParser(
+        prog="pgqueue",
+        description="pgqueue: a durable task queue whose only moving part is PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"pgqueue {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (worker, periodic, jobs, queues):
+        group.register(sub, parents)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if logging.root.handlers:  # configured already (pgqueue run from a host program)
+        logging.root.setLevel(getattr(logging, args.log_level))
+    else:
+        _logging.configure(getattr(logging, args.log_level), sys.stderr)
+    # Their INFO lines are about their own machinery, not about jobs.
+    for noisy in ("alembic", "pgserver"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
+    # A worker logs two lines per job: skip what the format above never prints (the caller's
+    # file and line, found by walking the stack; thread, process and task names).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    if hasattr(logging, "logAsyncioTasks"):
+        logging.logAsyncioTasks = False
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # `pgqueue migrate --sql | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except ConfigurationError as exc:
+        print(f"pgqueue: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except PgQueueError as exc:
+        print(f"pgqueue: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except psycopg.Error as exc:
+        print(f"pgqueue: database error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
