@@ -100,7 +100,7 @@ def prune_finished_jobs_sync(
     statuses: tuple[str, ...] = FINISHED,
     batch: int = 1000,
 ) -> int:
-    """`pgqueue prune`: delete, batch by batch, every job that finished before the cutoff."""
+    """`pgqueue jobs prune`: delete, batch by batch, every job that finished before the cutoff."""
     deleted = 0
     params = {"older_than": older_than, "statuses": list(statuses), "batch": batch}
     while True:

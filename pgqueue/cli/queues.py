@@ -1,10 +1,12 @@
-"""`pgqueue stats`: jobs per queue and status."""
+"""`pgqueue stats` (to be replaced by `pgqueue status`) and `pgqueue queues`: the queues, paused
+or not; pausing and resuming are registered from pgqueue.cli.actions."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from pgqueue.cli import actions
 from pgqueue.cli._common import Parents, app_or_dsn
 
 
@@ -31,3 +33,12 @@ def register(sub: Any, parents: Parents) -> None:
         help="jobs per queue and status",
     )
     stats.set_defaults(func=cmd_stats)
+
+    queues = sub.add_parser(
+        "queues",
+        help="list queues; pause and resume them fleet-wide",
+        description="Every queue, paused or not. `pgqueue queues pause NAME` stops every worker "
+        "starting jobs of NAME until `pgqueue queues resume NAME`.",
+    )
+    qsub = queues.add_subparsers(dest="action", required=False, metavar="ACTION")
+    actions.register_queue_actions(qsub, parents)

@@ -232,7 +232,7 @@ def test_cancel_from_the_command_line(app: pgqueue.App, dsn: str) -> None:
 
     job = noop.delay()
     result = subprocess.run(
-        [sys.executable, "-m", "pgqueue", "cancel", str(job.id), "--dsn", dsn],
+        [sys.executable, "-m", "pgqueue", "jobs", "cancel", str(job.id), "--dsn", dsn],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,4 @@
-"""Retention: finished jobs are pruned, by `pgqueue prune` and by the workers on their own."""
+"""Retention: finished jobs are pruned, by `pgqueue jobs prune` and by the workers on their own."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_prune_deletes_only_jobs_finished_before_the_cutoff(
 ) -> None:
     ids = _jobs(app, conn)
     result = subprocess.run(
-        [sys.executable, "-m", "pgqueue", "prune", "--older-than", "1h", "--dsn", dsn],
+        [sys.executable, "-m", "pgqueue", "jobs", "prune", "--older-than", "1h", "--dsn", dsn],
         capture_output=True,
         text=True,
         timeout=60,
@@ -81,6 +81,7 @@ def test_prune_can_keep_failed_jobs_for_inspection(
             sys.executable,
             "-m",
             "pgqueue",
+            "jobs",
             "prune",
             "--older-than",
             "30m",

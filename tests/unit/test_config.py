@@ -147,8 +147,8 @@ def test_hide_password_keeps_what_is_not_secret() -> None:
 CLI_COMMANDS = [
     ["migrate"],
     ["stats"],
-    ["cancel", "1"],
-    ["prune"],
+    ["jobs", "cancel", "1"],
+    ["jobs", "prune"],
     ["worker", "--app", "tests.integration.process_app:app"],
     ["scheduler", "--app", "tests.integration.process_app:app"],
     ["periodic", "list", "--app", "tests.integration.process_app:app"],
