@@ -23,6 +23,7 @@ from typing import Any, Literal
 import psycopg
 
 from pgqueue import queries
+from pgqueue.config import validate_queue_name
 from pgqueue.errors import ConfigurationError
 
 Result = Literal["done", "not_found", "wrong_state"]
@@ -182,12 +183,6 @@ def delete(conn: psycopg.Connection[Any], ids: Iterable[int]) -> list[JobResult]
     return _results(conn, wanted, done)
 
 
-def _queue_name(queue: str) -> str:
-    if not queue or not queue.strip():
-        raise ConfigurationError("a queue name cannot be empty")
-    return queue
-
-
 def _known(conn: psycopg.Connection[Any], queue: str) -> bool:
     row = conn.execute(queries.QUEUE_KNOWN, {"name": queue}).fetchone()
     return bool(row and row[0])
@@ -198,7 +193,7 @@ def pause(conn: psycopg.Connection[Any], queue: str, by: str | None = None) -> Q
     jobs finish); enqueueing and periodic ticks go on. It stays paused until `resume`,
     whatever workers restart. `by` is recorded (who paused it). Pausing a paused queue
     changes nothing; a queue no one knows yet may be paused (before a deploy)."""
-    queue = _queue_name(queue)
+    queue = validate_queue_name(queue)
     known = _known(conn, queue)
     row = conn.execute(queries.PAUSE_QUEUE, {"name": queue, "by": by}).fetchone()
     if row is None:  # paused by a concurrent call that has not committed: it will be
@@ -209,7 +204,7 @@ def pause(conn: psycopg.Connection[Any], queue: str, by: str | None = None) -> Q
 def resume(conn: psycopg.Connection[Any], queue: str) -> QueueResult:
     """Resume a paused queue and wake, by NOTIFY, every worker that serves it (they read it
     from its start). A queue that is not paused is left alone (`changed` False)."""
-    queue = _queue_name(queue)
+    queue = validate_queue_name(queue)
     known = _known(conn, queue)
     row = conn.execute(queries.RESUME_QUEUE, {"name": queue}).fetchone()
     return QueueResult(queue, row is not None, False, None, None, known)
