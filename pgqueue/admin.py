@@ -150,8 +150,8 @@ def retry_failed(
         rows = conn.execute(queries.RETRY_FAILED_JOBS, params).fetchall()
         ids = sorted(row[0] for row in rows)
         results.extend(JobResult(job_id, "done", "queued") for job_id in ids)
-        # Fewer than a batch moved: the rest were skipped (locked by another retry) or none
-        # are left. Read on after the last one moved either way.
+        # Read on after the last one moved (ids only grow: a job that fails again is behind
+        # us); none moved means none is left (or the rest are being retried by another).
         if not ids:
             return results
         after = ids[-1]
