@@ -454,7 +454,8 @@ def check_autovacuum(table: server.HotTable, th: Thresholds) -> Finding:
     last = table.last_vacuumed
     data = {
         "autovacuum_enabled": table.autovacuum_enabled,
-        "disabled_by": table.autovacuum_disabled_by,
+        "autovacuum_on_server": table.autovacuum_on_server,
+        "autovacuum_on_table": table.autovacuum_on_table,
         "last_vacuum": table.last_vacuum,
         "last_autovacuum": table.last_autovacuum,
         "last_autoanalyze": table.last_autoanalyze,
@@ -477,23 +478,21 @@ def check_autovacuum(table: server.HotTable, th: Thresholds) -> Finding:
         )
     many_dead = table.dead >= th.dead_tuples_warn
     if not table.autovacuum_enabled:
-        where = (
-            "for the whole server (autovacuum = off)"
-            if table.autovacuum_disabled_by == "server"
-            else f"for {_HOT} (its storage parameter autovacuum_enabled = false)"
-        )
-        undo = (
-            "autovacuum = on in the server's configuration, then a reload"
-            if table.autovacuum_disabled_by == "server"
-            else f"ALTER TABLE {_HOT} RESET (autovacuum_enabled)"
-        )
+        where, undo = [], []
+        if not table.autovacuum_on_server:
+            where.append("for the whole server (autovacuum = off)")
+            undo.append("autovacuum = on in the server's configuration, then a reload")
+        if not table.autovacuum_on_table:
+            where.append(f"for {_HOT} (its storage parameter autovacuum_enabled = false)")
+            undo.append(f"ALTER TABLE {_HOT} RESET (autovacuum_enabled)")
         return Finding(
             Level.FAIL if many_dead else Level.WARN,
             "autovacuum",
-            f"autovacuum is off {where}; {when}; {table.dead:,} dead rows",
+            f"autovacuum is off {' and '.join(where)}; {when}; {table.dead:,} dead rows",
             "Each job leaves dead row versions in the hot table, and nothing removes them "
-            f"unless someone runs VACUUM: claims slow down as they pile up. Turn it on: {undo}; "
-            f"or run `VACUUM {_HOT}` yourself every minute or so while jobs flow.",
+            "unless someone runs VACUUM: claims slow down as they pile up. Turn it on "
+            f"({'; '.join(undo)}), or run `VACUUM {_HOT}` yourself every minute or so "
+            "while jobs flow.",
             data,
         )
     stale = last is None or (table.now - last).total_seconds() >= th.vacuum_stale
