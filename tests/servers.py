@@ -19,6 +19,7 @@ import stat
 import struct
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,13 +33,20 @@ from tests.conftest import wait_until
 SERVICE_USER = "pgserver"  # the user pgserver itself runs PostgreSQL as, under root
 
 
+def _pgserver(module: str) -> Any:
+    """A module of pgserver, imported without the warnings it gives on import."""
+    import importlib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(f"pgserver.{module}")
+
+
 def _service_user() -> str | None:
     """Who the servers run as: None (ourselves) unless we are root."""
     if os.geteuid() != 0:
         return None
-    from pgserver.utils import ensure_user_exists
-
-    ensure_user_exists(SERVICE_USER)
+    _pgserver("utils").ensure_user_exists(SERVICE_USER)
     return SERVICE_USER
 
 
@@ -67,18 +75,15 @@ class PrivateServer:
     """A PostgreSQL of the test's own, started with `settings` (postgres -c name=value)."""
 
     def __init__(self, settings: Mapping[str, str]) -> None:
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        self.bin = POSTGRES_BIN_PATH
+        self.bin: Path = _pgserver("_commands").POSTGRES_BIN_PATH
         self.user = _service_user()
-        if self.user is not None:
-            from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
-
-            ensure_prefix_permissions(self.bin)
+        if self.user is not None:  # let that user reach and run the binaries, as pgserver does
+            utils = _pgserver("utils")
+            utils.ensure_prefix_permissions(self.bin)
             readable = stat.S_IRGRP | stat.S_IROTH
-            ensure_folder_permissions(self.bin, stat.S_IXGRP | stat.S_IXOTH | readable)
-            ensure_folder_permissions(self.bin.parent / "lib", readable)
-            ensure_folder_permissions(self.bin.parent / "share", readable)
+            utils.ensure_folder_permissions(self.bin, stat.S_IXGRP | stat.S_IXOTH | readable)
+            utils.ensure_folder_permissions(self.bin.parent / "lib", readable)
+            utils.ensure_folder_permissions(self.bin.parent / "share", readable)
         self.base = _private_dir("pgqueue-pg-", self.user)
         self.data = self.base / "data"
         self.log = self.base / "server.log"
