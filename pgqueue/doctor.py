@@ -391,7 +391,8 @@ def check_xmin_horizon(conn: Conn, th: Thresholds) -> Finding:
         found,
         "While it holds the horizon, VACUUM removes no row version that died after it began, "
         "in pgqueue_jobs or any other table of the database: every job leaves dead rows "
-        "behind, and claims slow down as they pile up. " + _holder_advice(culprit),
+        "behind, so the hot table and its indexes grow until it ends, and every read that "
+        "scans them takes longer. " + _holder_advice(culprit),
         data,
     )
 
@@ -414,8 +415,9 @@ def check_dead_tuples(table: server.HotTable, th: Thresholds) -> Finding:
         level,
         "dead rows",
         found,
-        "Every job leaves dead row versions in the hot table, and claims and completions walk "
-        "past them until VACUUM removes them. If autovacuum runs (see the autovacuum check) "
+        "Every job leaves dead row versions in the hot table; until VACUUM removes them the "
+        "table and its indexes grow, and the reads that scan a queue from its start step over "
+        "them. If autovacuum runs (see the autovacuum check) "
         "and they stay, something holds the xmin horizon (see that check); "
         f"`VACUUM (VERBOSE) {_HOT}` reports how many it could not remove yet.",
         data,
@@ -490,7 +492,7 @@ def check_autovacuum(table: server.HotTable, th: Thresholds) -> Finding:
             "autovacuum",
             f"autovacuum is off {' and '.join(where)}; {when}; {table.dead:,} dead rows",
             "Each job leaves dead row versions in the hot table, and nothing removes them "
-            "unless someone runs VACUUM: claims slow down as they pile up. Turn it on "
+            "unless someone runs VACUUM: the table and its indexes grow without end. Turn it on "
             f"({'; '.join(undo)}), or run `VACUUM {_HOT}` yourself every minute or so "
             "while jobs flow.",
             data,
@@ -644,7 +646,8 @@ def check_overdue_schedules(conn: Conn, th: Thresholds) -> Finding:
 def check_notification_queue(conn: Conn, th: Thresholds) -> Finding:
     usage = server.notification_queue_usage(conn)
     data = {"usage": usage}
-    found = f"the NOTIFY queue is {usage:.2%} full"
+    shown = "under 0.01%" if 0 < usage < 0.0001 else f"{usage:.2%}"
+    found = f"the NOTIFY queue is {shown} full"
     if usage > 0 and usage >= th.notify_fail:
         level = Level.FAIL
     elif usage > 0 and usage >= th.notify_warn:
