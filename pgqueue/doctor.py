@@ -310,7 +310,14 @@ def describe_holder(h: server.XminHolder) -> str:
             f"{h.xid_age:,} transactions old"
         )
     if h.backend_type is None and h.state is None:
-        who = "details hidden: grant pg_read_all_stats to the role doctor runs as to see them"
+        named = [
+            f"application {h.application_name!r}" if h.application_name else None,
+            f"user {h.user_name}" if h.user_name else None,
+        ]
+        who = ", ".join(
+            [p for p in named if p]
+            + ["its age and query hidden: grant pg_read_all_stats to the role doctor runs as"]
+        )
     else:
         parts = [
             f"application {h.application_name!r}" if h.application_name else "no application_name",

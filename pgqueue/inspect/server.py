@@ -290,7 +290,11 @@ SELECT count(*) FILTER (WHERE client),
        count(*) FILTER (WHERE client AND {_PGQUEUE_CONNECTION} AND datname = current_database()),
        count(*) FILTER (WHERE client AND datname = current_database())
 FROM (
-    SELECT a.*, COALESCE(a.backend_type, 'client backend') = 'client backend' AS client
+    -- A role without pg_read_all_stats sees no backend_type in other roles' rows: the
+    -- server's own processes are then those with no database or no user.
+    SELECT a.*,
+           COALESCE(a.backend_type = 'client backend',
+                    a.datid IS NOT NULL AND a.usesysid IS NOT NULL) AS client
     FROM pg_stat_activity a
 ) a
 """

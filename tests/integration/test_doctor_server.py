@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import IsolationLevel
+from psycopg.conninfo import make_conninfo
 
 from pgqueue import doctor
 from pgqueue.doctor import Level, Thresholds
@@ -90,6 +92,30 @@ def test_a_replication_slot_left_by_a_standby_holds_the_horizon(private_dsn: str
         finally:
             wait_slot_inactive(conn, slot)
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
+def test_a_role_without_pg_read_all_stats_still_sees_the_holders_pid(private_dsn: str) -> None:
+    role = _unique("doctor_role")
+    with psycopg.connect(private_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        try:
+            with psycopg.connect(private_dsn, application_name="ledger") as holder:
+                holder.isolation_level = IsolationLevel.REPEATABLE_READ
+                holder.execute("SELECT 1")
+                with psycopg.connect(
+                    make_conninfo(private_dsn, user=role), autocommit=True
+                ) as conn:
+                    finding = doctor.check_xmin_horizon(conn, Thresholds(xmin_warn=0))
+                    assert (
+                        f"pid {holder.info.backend_pid} (application 'ledger', user postgres"
+                        in (finding.found)
+                    )
+                    assert "grant pg_read_all_stats" in finding.found
+                    # The server's own processes are not counted as connections in use.
+                    seen = server.connections(conn)
+                    assert seen.in_use == server.connections(admin).in_use
+        finally:
+            admin.execute(f"DROP ROLE {role}")
 
 
 def test_connections_near_max_connections_with_pgqueues_share(private_dsn: str) -> None:
