@@ -282,6 +282,19 @@ def test_a_database_without_pgqueue_is_reported_not_crashed_on(empty_dsn: str) -
     }
 
 
+def test_a_connection_lost_during_the_checks_fails_them_without_crashing(
+    dsn: str, conn: Conn
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as doomed:
+        conn.execute("SELECT pg_terminate_backend(%s)", (doomed.info.backend_pid,))
+        report = doctor.run_checks(doomed, _connect(dsn))
+    lost = [f for f in report.findings if f.found.startswith("could not check: ")]
+    assert {f.check for f in lost} >= {"schema", "xmin horizon", "hot table", "notification queue"}
+    assert all(f.level is Level.FAIL for f in lost)
+    assert "Run doctor again once the database answers" in lost[0].advice
+    assert report.level is Level.FAIL
+
+
 def test_a_healthy_database_passes_every_check(app: pgqueue.App, dsn: str, conn: Conn) -> None:
     @app.task(timeout=60)
     def quick() -> None: ...

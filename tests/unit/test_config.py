@@ -147,6 +147,7 @@ def test_hide_password_keeps_what_is_not_secret() -> None:
 CLI_COMMANDS = [
     ["migrate"],
     ["stats"],
+    ["doctor"],
     ["jobs", "cancel", "1"],
     ["jobs", "prune"],
     ["worker", "--app", "tests.integration.process_app:app"],
