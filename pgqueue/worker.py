@@ -44,6 +44,7 @@ from pgqueue.maintenance import (
     expire_queued_jobs,
     jobs_held_by,
     prune_finished_jobs,
+    prune_past_workers,
     rescue_lost_jobs,
     rescue_orphaned_jobs,
 )
@@ -735,7 +736,7 @@ class Worker:
         next_stray_check = began + STRAY_CHECK_INTERVAL
         try:
             while True:
-                if self.settings.retention and time.monotonic() >= next_prune:
+                if time.monotonic() >= next_prune:
                     behind = await self._prune(conn)
                     # Behind (a pass stopped at its limit): go on at the next maintenance pass.
                     next_prune = time.monotonic() + (0 if behind else self.settings.prune_interval)
@@ -818,16 +819,20 @@ class Worker:
         )
 
     async def _prune(self, conn: ReconnectingConnection) -> bool:
-        """One bounded pruning pass; True if it stopped at its limit with more to delete."""
+        """One bounded pruning pass (finished jobs unless retention is 0, and past workers);
+        True if it stopped at its limit with more to delete."""
+        deleted = 0
         try:
-            deleted = await prune_finished_jobs(
-                await conn.get(),
-                self.settings.retention,
-                batch=PRUNE_BATCH,
-                max_batches=PRUNE_BATCHES_PER_PASS,
-            )
+            await prune_past_workers(await conn.get())
+            if self.settings.retention:
+                deleted = await prune_finished_jobs(
+                    await conn.get(),
+                    self.settings.retention,
+                    batch=PRUNE_BATCH,
+                    max_batches=PRUNE_BATCHES_PER_PASS,
+                )
         except DATABASE_TROUBLE as exc:
-            logger.warning("pruning finished jobs failed: %s", _one_line(exc))
+            logger.warning("pruning failed: %s", _one_line(exc))
             await conn.reset()
             return False
         if deleted:

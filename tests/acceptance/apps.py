@@ -136,6 +136,16 @@ def always_fails() -> None:
     raise ValueError("this task always fails")
 
 
+@app.task(max_attempts=1)
+def fails_until_flag(flag: str) -> str:
+    """Record this execution, then fail (no retry) unless the flag `flag` is set: a job an
+    operator retries once the test has "fixed" what made it fail."""
+    _conn().execute(RECORD_EXECUTION, _execution_row())
+    if not _flag_is_set(flag):
+        raise RuntimeError(f"flag {flag!r} is not set yet")
+    return f"succeeded once {flag} was set"
+
+
 # -- tasks of the reliability tests (kills, freezes, outages, time limits) -------------------
 
 # How long a task keeps trying to record its execution while the database is away.
