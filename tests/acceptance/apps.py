@@ -120,6 +120,15 @@ async def ablock(flag: str) -> str:
     return f"released by {flag}"
 
 
+@app.task(timeout=5)
+def block_with_timeout(flag: str) -> str:
+    """`block` with a 5 s timeout: what a frozen worker leaves running past its time limit."""
+    _conn().execute(RECORD_EXECUTION, _execution_row())
+    while not _flag_is_set(flag):
+        time.sleep(POLL_INTERVAL)
+    return f"released by {flag}"
+
+
 @app.task(max_attempts=2, retry_backoff=0.1, retry_jitter=False, autoretry_for=(ValueError,))
 def always_fails() -> None:
     """Fails every attempt with a retryable error: one retry, then FAILED."""

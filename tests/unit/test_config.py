@@ -151,6 +151,7 @@ CLI_COMMANDS = [
     ["queues"],
     ["jobs", "list"],
     ["jobs", "show", "1"],
+    ["doctor"],
     ["jobs", "cancel", "1"],
     ["jobs", "retry", "1"],
     ["jobs", "retry", "--failed"],
