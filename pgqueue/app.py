@@ -28,13 +28,13 @@ from psycopg.rows import dict_row
 
 from pgqueue import _embedded, queries
 from pgqueue._fast_insert import FastInsert
+from pgqueue._names import NOTIFY_FINISHED
 from pgqueue.config import DEFAULT_QUEUE, hide_password, resolve_dsn
 from pgqueue.enqueue import JobRequest, translate_error
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
 from pgqueue.job import Job
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from pgqueue.schedule import DEFAULT_MAX_CATCH_UP, Schedule
-from pgqueue.schema import NOTIFY_FINISHED
 from pgqueue.tasks import Task, default_task_name
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -17,7 +17,8 @@ from typing import Any
 
 import psycopg
 
-from pgqueue import migrate
+from pgqueue import revisions
+from pgqueue._names import HOT_TABLE
 from pgqueue.config import WorkerSettings
 from pgqueue.errors import PgQueueError
 from pgqueue.inspect import server, stuck
@@ -149,8 +150,8 @@ def _size(n: int) -> str:
 
 def check_schema(conn: Conn) -> Finding:
     """pgqueue's schema revision against this pgqueue's head."""
-    current = migrate.current_revision(conn)
-    head = migrate.head_revision()
+    current = revisions.current_revision(conn)
+    head = revisions.HEAD_REVISION
     data = {"revision": current, "head": head}
     if current is None:
         return Finding(
@@ -164,7 +165,7 @@ def check_schema(conn: Conn) -> Finding:
         )
     if current == head:
         return Finding(Level.PASS, "schema", f"at revision {head}, this pgqueue's latest", "", data)
-    if current in migrate.known_revisions():
+    if current in revisions.REVISIONS:
         return Finding(
             Level.FAIL,
             "schema",
@@ -406,7 +407,7 @@ def check_xmin_horizon(conn: Conn, th: Thresholds) -> Finding:
 
 # -- the hot table ------------------------------------------------------------------------
 
-_HOT = server.HOT_TABLE
+_HOT = HOT_TABLE
 
 
 def check_dead_tuples(table: server.HotTable, th: Thresholds) -> Finding:

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -23,10 +22,13 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from pgqueue import queries
-from pgqueue.errors import SchemaNotMigrated
-from pgqueue.schema import VERSION_TABLE
+from pgqueue._names import VERSION_TABLE
+from pgqueue.revisions import check_schema, current_revision
 
 logger = logging.getLogger("pgqueue")
+
+# Checked without alembic, in pgqueue.revisions; kept here too, where migrations are run.
+__all__ = ["check_schema", "current_revision", "downgrade", "head_revision", "upgrade"]
 
 
 @cache
@@ -137,43 +139,7 @@ def downgrade_sql(from_revision: str, revision: str) -> str:
     return buffer.getvalue()
 
 
-def current_revision(conn: psycopg.Connection[Any]) -> str | None:
-    """The schema revision of the database behind `conn`, or None if pgqueue is not installed."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,)).fetchone()
-    if not exists or not exists[0]:
-        return None
-    row = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
-    return None if row is None else str(row[0])
-
-
 @cache
 def known_revisions() -> frozenset[str]:
     script = ScriptDirectory.from_config(alembic_config())
     return frozenset(rev.revision for rev in script.walk_revisions())
-
-
-def check_schema(conn: psycopg.Connection[Any]) -> None:
-    """Raise SchemaNotMigrated unless the database is at this pgqueue's head or newer.
-
-    A revision this pgqueue does not know was written by a newer pgqueue: that is the normal
-    state during a rolling deploy (migrate first, then roll the workers), and pgqueue's
-    migrations keep older workers working, so it is logged and allowed.
-    """
-    current = current_revision(conn)
-    head = head_revision()
-    if current is None:
-        raise SchemaNotMigrated(
-            "pgqueue's tables are not in this database: run `pgqueue migrate` first"
-        )
-    if current == head:
-        return
-    if current in known_revisions():
-        raise SchemaNotMigrated(
-            f"pgqueue's schema is at revision {current}, this pgqueue needs {head}: "
-            "run `pgqueue migrate`"
-        )
-    logger.warning(
-        "pgqueue's schema is at revision %s, newer than this pgqueue knows (%s); continuing",
-        current,
-        head,
-    )

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from functools import cache
 
-from pgqueue.schema import (
+from pgqueue._names import (
     ADVISORY_LOCK_NAMESPACE,
     NOTIFY_CANCEL,
     NOTIFY_ENQUEUED,

@@ -15,12 +15,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-VERSION_TABLE = "pgqueue_alembic_version"
-NOTIFY_ENQUEUED = "pgqueue_enqueued"
-NOTIFY_FINISHED = "pgqueue_finished"
-NOTIFY_CANCEL = "pgqueue_cancel"
-# First key of the two-key advisory locks that pgqueue workers hold (ASCII "pgqu").
-ADVISORY_LOCK_NAMESPACE = 0x70677175
+from pgqueue._names import (  # noqa: F401  (re-exported: the names the tables go with)
+    ADVISORY_LOCK_NAMESPACE,
+    NOTIFY_CANCEL,
+    NOTIFY_ENQUEUED,
+    NOTIFY_FINISHED,
+    VERSION_TABLE,
+)
 
 metadata = sa.MetaData()
 

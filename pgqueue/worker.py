@@ -32,6 +32,7 @@ import psycopg
 
 from pgqueue import queries
 from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
+from pgqueue._names import NOTIFY_CANCEL, NOTIFY_ENQUEUED
 from pgqueue.app import App
 from pgqueue.claim import ClaimSignal, Position, claim_jobs, rewind
 from pgqueue.complete import Completer
@@ -48,7 +49,6 @@ from pgqueue.maintenance import (
     rescue_lost_jobs,
     rescue_orphaned_jobs,
 )
-from pgqueue.migrate import check_schema
 from pgqueue.notifier import Notifier
 from pgqueue.outcome import (
     Cancelled,
@@ -64,7 +64,7 @@ from pgqueue.outcome import (
 from pgqueue.periodic import Scheduler
 from pgqueue.presence import Presence
 from pgqueue.process_pool import ProcessPool
-from pgqueue.schema import NOTIFY_CANCEL, NOTIFY_ENQUEUED
+from pgqueue.revisions import check_schema
 
 logger = logging.getLogger("pgqueue.worker")
 

@@ -71,7 +71,7 @@ def app_or_dsn(args: argparse.Namespace) -> App:
 
 
 def connected(args: argparse.Namespace) -> tuple[App, psycopg.Connection[Any]]:
-    from pgqueue.migrate import check_schema
+    from pgqueue.revisions import check_schema
 
     app = app_or_dsn(args)
     conn = app.connect(autocommit=True)

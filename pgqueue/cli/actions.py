@@ -25,7 +25,7 @@ IDS_SHOWN = 20
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from pgqueue.maintenance import FINISHED, prune_finished_jobs_sync
-    from pgqueue.migrate import check_schema
+    from pgqueue.revisions import check_schema
 
     older_than = parse_duration(args.older_than)
     statuses = tuple(s.strip() for s in args.status.split(",") if s.strip())

@@ -72,8 +72,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from pgqueue.migrate import check_schema
     from pgqueue.periodic import Scheduler
+    from pgqueue.revisions import check_schema
 
     app = load_app(args.app)
     if args.dsn:

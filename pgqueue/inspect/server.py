@@ -19,11 +19,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import class_row
 
-from pgqueue.schema import jobs as _jobs_table
+from pgqueue._names import HOT_TABLE
 
 Conn = psycopg.Connection[Any]
 
-HOT_TABLE = _jobs_table.name
 # What pgqueue's own connections call themselves in pg_stat_activity (App sets it unless the
 # DSN names another); "pgqueue <something>" counts too, for names that say which process.
 APPLICATION_NAME = "pgqueue"

@@ -17,8 +17,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgqueue import periodic
+from pgqueue._names import ADVISORY_LOCK_NAMESPACE
 from pgqueue.config import WorkerSettings
-from pgqueue.schema import ADVISORY_LOCK_NAMESPACE
 
 Conn = psycopg.Connection[Any]
 

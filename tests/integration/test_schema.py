@@ -107,3 +107,26 @@ def test_upgrade_to_0004_moves_finished_jobs_out_of_the_hot_table_and_back(dsn: 
     assert back == [("t.done",), ("t.waiting",)]
     migrate.upgrade(dsn)
     assert schema_diff(dsn) == []
+
+
+def test_the_revisions_checked_without_alembic_are_the_migrations_alembic_runs() -> None:
+    from alembic.script import ScriptDirectory
+
+    from pgqueue import revisions
+
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    oldest_first = [rev.revision for rev in script.walk_revisions()][::-1]
+    assert list(revisions.REVISIONS) == oldest_first
+    assert migrate.head_revision() == revisions.HEAD_REVISION
+
+
+def test_a_command_checks_the_schema_without_importing_sqlalchemy_or_alembic() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pgqueue.cli, pgqueue.worker, pgqueue.revisions;"
+        "print(sorted(m for m in ('sqlalchemy', 'alembic') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
