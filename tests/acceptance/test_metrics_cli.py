@@ -1,0 +1,71 @@
+"""`pgqueue worker --metrics-port` as a user runs it: bad input ends in one line, and the core
+never needs prometheus-client."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+from tests.acceptance.helpers import APP, subprocess_env
+from tests.acceptance.test_cli import one_line_error, pgqueue
+from tests.conftest import ROOT
+
+
+def test_a_taken_metrics_port_stops_the_worker_before_it_starts(dsn: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = pgqueue(
+            "worker",
+            "--app",
+            APP,
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(port),
+            dsn=dsn,
+        )
+    line = one_line_error(result)
+    assert result.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in line
+    assert ") ready: queues=" not in result.stdout + result.stderr  # never started
+
+
+def test_a_port_out_of_range_is_a_usage_error() -> None:
+    result = pgqueue("worker", "--app", APP, "--metrics-port", "70000")
+    assert result.returncode == 2
+    assert "not a TCP port: '70000'" in result.stderr
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=subprocess_env("postgresql://postgres@127.0.0.1:1/unused"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_without_the_metrics_extra_the_error_says_what_to_install() -> None:
+    # prometheus-client made unimportable, as in an install without pgqueue[metrics].
+    result = _python(
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "from pgqueue.cli import main\n"
+        f"sys.exit(main(['worker', '--app', '{APP}', '--metrics-port', '0']))"
+    )
+    line = one_line_error(result)
+    assert result.returncode == 2
+    assert "pip install 'pgqueue[metrics]'" in line
+
+
+def test_the_core_and_a_worker_without_metrics_never_import_prometheus_client() -> None:
+    result = _python(
+        "import sys, pgqueue, pgqueue.worker, pgqueue.cli, pgqueue.observations\n"
+        "sys.exit('prometheus_client' in sys.modules)"
+    )
+    assert result.returncode == 0, result.stderr
