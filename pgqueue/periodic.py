@@ -220,6 +220,17 @@ def list_schedules(conn: Conn) -> list[dict[str, Any]]:
         return cur.execute(queries.LIST_SCHEDULES).fetchall()
 
 
+def schedule_state(row: dict[str, Any]) -> str:
+    """What a row of list_schedules is: 'enabled', 'disabled', 'removed' (a code schedule no
+    longer declared) or 'overdue' (enabled, and over a minute late: no running scheduler
+    registers its task, or none runs at all)."""
+    if row["source"] == "code" and not row["declared"]:
+        return "removed"
+    if not row["enabled"]:
+        return "disabled"
+    return "overdue" if row["overdue"] else "enabled"
+
+
 def add_schedule(conn: Conn, schedule: Schedule) -> None:
     """Add a run-time schedule; refuses a name that exists."""
     params = {**schedule.definition(), "next_fire_at": schedule.next_tick(db_now(conn))}

@@ -463,15 +463,6 @@ UNION ALL
 SELECT id FROM pgqueue_finished_jobs WHERE id = ANY(%(ids)s::bigint[])
 """
 
-# Queue depth per queue and status: the first question operators ask.
-QUEUE_STATS = """
-SELECT queue, status::text, count(*) AS jobs,
-       min(run_at) FILTER (WHERE status = 'queued') AS oldest_run_at
-FROM pgqueue_all_jobs
-GROUP BY queue, status
-ORDER BY queue, status
-"""
-
 _PARAM = re.compile(r"%\((\w+)\)s")
 
 

@@ -126,8 +126,7 @@ def _finished_jobs_table() -> sa.Table:
             "status IN ('succeeded', 'failed', 'cancelled')",
             name="pgqueue_finished_jobs_status_check",
         ),
-        # Pruning, and "what finished lately" queries. The only index besides the primary key:
-        # every finished job writes each one.
+        # Pruning, and "what finished lately" queries. Every finished job writes each index.
         sa.Index("pgqueue_finished_jobs_finished_idx", "finished_at"),
         # Listing failed or cancelled jobs among millions that succeeded: only those are in it.
         sa.Index(
@@ -136,6 +135,10 @@ def _finished_jobs_table() -> sa.Table:
             "id",
             postgresql_where=sa.text("status <> 'succeeded'"),
         ),
+        # `pgqueue jobs list --task T`, newest first: without it a task with few jobs among
+        # millions is a scan of the whole table (100 ms per million rows). Every finished
+        # job writes it (about 4 us a row in a bulk insert).
+        sa.Index("pgqueue_finished_jobs_task_idx", "task_name", "id"),
     )
     table.c.finished_at.nullable = False
     return table

@@ -13,6 +13,7 @@
 - `pgqueue_past_workers`: workers that stopped or were declared lost, with how many of their
   jobs were rescued, kept for a day (the live table `pgqueue_workers` is unchanged).
 - Workers record their pool and pgqueue version.
+- An index of finished jobs by task, for listing one task's jobs newest first.
 
 Revision ID: 0007
 Revises: 0006
@@ -104,11 +105,15 @@ def upgrade() -> None:
         ["status", "id"],
         postgresql_where=sa.text("status <> 'succeeded'"),
     )
+    # `pgqueue jobs list --task T` on millions of finished jobs, newest first: without it a
+    # task with few jobs is a scan of the whole table.
+    op.create_index("pgqueue_finished_jobs_task_idx", "pgqueue_finished_jobs", ["task_name", "id"])
     _view(NEW_COLUMNS)
 
 
 def downgrade() -> None:
     _view(OLD_COLUMNS)
+    op.drop_index("pgqueue_finished_jobs_task_idx", table_name="pgqueue_finished_jobs")
     op.drop_index("pgqueue_finished_jobs_unsuccessful_idx", table_name="pgqueue_finished_jobs")
     op.drop_column("pgqueue_finished_jobs", "history")
     op.drop_column("pgqueue_jobs", "history")

@@ -23,28 +23,43 @@ EXIT_USAGE = 2
 
 class Parents:
     """The parent parsers a subcommand adds: `common` (--dsn, --log-level), `app` (--app) and
-    `output` (--json)."""
+    `output` (--json).
 
-    def __init__(self) -> None:
+    With `suppress_defaults`, an option not given is left out of the namespace instead of set
+    to its default: for the actions under a group whose own parser takes the same options
+    (`pgqueue queues --dsn X pause NAME`), so that the action's defaults do not overwrite what
+    was given before it.
+    """
+
+    def __init__(self, suppress_defaults: bool = False) -> None:
+        def default(value: Any) -> Any:
+            return argparse.SUPPRESS if suppress_defaults else value
+
         self.common = argparse.ArgumentParser(add_help=False)
         self.common.add_argument(
             "--dsn",
+            default=default(None),
             help="PostgreSQL DSN or URL (default: $PGQUEUE_DSN, then $DATABASE_URL, then the "
             "embedded development database)",
         )
         self.common.add_argument(
             "--log-level",
-            default=os.environ.get("PGQUEUE_LOG_LEVEL", "INFO"),
+            default=default(os.environ.get("PGQUEUE_LOG_LEVEL", "INFO")),
             choices=["DEBUG", "INFO", "WARNING", "ERROR"],
             help="log level (default: INFO)",
         )
         self.app = argparse.ArgumentParser(add_help=False)
         self.app.add_argument(
-            "--app", help="the App to load, as module:attribute (default: $PGQUEUE_APP)"
+            "--app",
+            default=default(None),
+            help="the App to load, as module:attribute (default: $PGQUEUE_APP)",
         )
         self.output = argparse.ArgumentParser(add_help=False)
         self.output.add_argument(
-            "--json", action="store_true", help="print JSON for scripts instead of a table"
+            "--json",
+            action="store_true",
+            default=default(False),
+            help="print JSON for scripts instead of a table",
         )
 
 

@@ -12,7 +12,7 @@ from pgqueue.errors import ConfigurationError
 
 
 def cmd_periodic_list(args: argparse.Namespace) -> int:
-    from pgqueue.periodic import list_schedules
+    from pgqueue.periodic import list_schedules, schedule_state
     from pgqueue.schedule import Schedule
 
     _, conn = connected(args)
@@ -26,11 +26,7 @@ def cmd_periodic_list(args: argparse.Namespace) -> int:
         f"{'last fire':<25} {'last job':<18} next fire"
     )
     for row in rows:
-        state = "enabled" if row["enabled"] else "disabled"
-        if row["source"] == "code" and not row["declared"]:
-            state = "removed"
-        elif row["enabled"] and row["overdue"]:
-            state = "overdue"  # no running scheduler knows its task, or none runs at all
+        state = schedule_state(row)
         try:
             spec = Schedule.from_row(row).spec
         except Exception:  # stored by an older pgqueue or by hand: list it all the same
