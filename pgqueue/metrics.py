@@ -192,4 +192,17 @@ def serve(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
     return MetricsServer(registry, host, port)
 
 
-__all__ = ["CONNECTIONS", "MetricsServer", "WorkerCollector", "serve", "worker_registry"]
+# prometheus-client's names the exporter builds on come from here, behind the import check.
+__all__ = [
+    "CONNECTIONS",
+    "Collector",
+    "CollectorRegistry",
+    "CounterMetricFamily",
+    "GaugeMetricFamily",
+    "HistogramMetricFamily",
+    "Metric",
+    "MetricsServer",
+    "WorkerCollector",
+    "serve",
+    "worker_registry",
+]

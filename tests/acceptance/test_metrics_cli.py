@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tests.acceptance.helpers import APP, subprocess_env
-from tests.acceptance.test_cli import one_line_error, pgqueue
+from tests.acceptance.test_cli import UNREACHABLE_DSN, one_line_error, pgqueue
 from tests.conftest import ROOT
 
 
@@ -69,3 +69,48 @@ def test_the_core_and_a_worker_without_metrics_never_import_prometheus_client() 
         "sys.exit('prometheus_client' in sys.modules)"
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_exporter_bad_input_ends_in_one_line() -> None:
+    missing = pgqueue("exporter")
+    assert missing.returncode == 2
+    assert "needs --port PORT" in one_line_error(missing)
+
+    malformed = pgqueue("exporter", "--port", "0", "--dsn", "not a dsn==")
+    assert malformed.returncode == 2
+    assert "invalid DSN" in one_line_error(malformed)
+
+    negative = pgqueue("exporter", "--port", "0", "--min-interval", "-1")
+    assert negative.returncode == 2
+    assert "--min-interval" in one_line_error(negative)
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = pgqueue(
+            "exporter", "--host", "127.0.0.1", "--port", str(port), dsn=UNREACHABLE_DSN
+        )
+    assert result.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in one_line_error(result)
+
+
+def test_exporter_without_the_metrics_extra_says_what_to_install() -> None:
+    result = _python(
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "from pgqueue.cli import main\n"
+        "sys.exit(main(['exporter', '--port', '0']))"
+    )
+    assert result.returncode == 2
+    assert "pip install 'pgqueue[metrics]'" in one_line_error(result)
+
+
+def test_the_alert_rules_print_without_the_metrics_extra() -> None:
+    result = _python(
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "from pgqueue.cli import main\n"
+        "sys.exit(main(['exporter', '--print-rules']))"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# Prometheus alert rules for pgqueue")
+    assert "alert: PgQueueNoWorker" in result.stdout
