@@ -114,3 +114,10 @@ def test_the_alert_rules_print_without_the_metrics_extra() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# Prometheus alert rules for pgqueue")
     assert "alert: PgQueueNoWorker" in result.stdout
+
+
+def test_exporter_help_lists_its_options() -> None:
+    result = pgqueue("exporter", "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--port", "--host", "--min-interval", "--print-rules", "--dsn"):
+        assert option in result.stdout
