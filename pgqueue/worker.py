@@ -865,17 +865,21 @@ class Worker:
     async def _write_last_stats(self) -> None:
         """At exit: write what the maintenance loop has not (on the claim connection, idle
         now)."""
-        if not self.observations.unwritten:
-            return
-        try:
-            conn = await self._claim_conn.get()
-            await asyncio.wait_for(self.observations.flush(conn), FINAL_FLUSH_TIMEOUT)
-        except (*DATABASE_TROUBLE, asyncio.TimeoutError) as exc:
-            logger.warning(
-                "could not write the last %d attempt(s) to the outcome rollup: %s",
-                self.observations.unwritten,
-                _one_line(exc),
-            )
+        for last_try in (False, True):
+            if not self.observations.unwritten:
+                return
+            try:
+                conn = await self._claim_conn.get()
+                await asyncio.wait_for(self.observations.flush(conn), FINAL_FLUSH_TIMEOUT)
+            except (*DATABASE_TROUBLE, asyncio.TimeoutError) as exc:
+                if last_try:
+                    logger.warning(
+                        "could not write the last %d attempt(s) to the outcome rollup: %s",
+                        self.observations.unwritten,
+                        _one_line(exc),
+                    )
+                # The claim connection may have been lost while idle: once more on a new one.
+                await self._claim_conn.reset()
 
     async def _give_back_strays(self, conn: ReconnectingConnection) -> None:
         """Give back jobs the database says this worker holds but it does not run: their

@@ -76,9 +76,11 @@ def test_lost_connections_are_counted_by_connection(
 
     worker = start_worker(app).worker
     noop.delay().wait(timeout=15)  # every connection of the worker is made
+    # Every connection of the worker: not the test's, nor the one the test enqueues on.
     conn.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> %s",
+        (app._shared_connection().info.backend_pid,),
     )
     # The claimer and the completer learn of it when they next use their connection.
     noop.delay().wait(timeout=30)
