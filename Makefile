@@ -54,6 +54,13 @@ chaos: $(STAMP)
 # The bloat benchmark: 10 min at 1,000 jobs/s (throughput flat, hot table bounded), then 5 min
 # with a REPEATABLE READ snapshot held (capacity >= 70%). BLOAT_ARGS="--quick" for a smoke run.
 # The bench extra brings matplotlib, for its chart.
+# What operations cost (docs/benchmarks.md): every command and an exporter scrape on 1,000,000
+# finished and 100,000 queued jobs, and a draining worker's throughput while an exporter is
+# scraped every second. OPS_ARGS="--quick" for a small smoke run.
+.PHONY: bench-ops
+bench-ops: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/ops_cost.py $(OPS_ARGS)
+
 .PHONY: bloat
 bloat: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bloat.py $(BLOAT_ARGS)

@@ -310,7 +310,14 @@ def describe_holder(h: server.XminHolder) -> str:
             f"{h.xid_age:,} transactions old"
         )
     if h.backend_type is None and h.state is None:
-        who = "details hidden: grant pg_read_all_stats to the role doctor runs as to see them"
+        named = [
+            f"application {h.application_name!r}" if h.application_name else None,
+            f"user {h.user_name}" if h.user_name else None,
+        ]
+        who = ", ".join(
+            [p for p in named if p]
+            + ["its age and query hidden: grant pg_read_all_stats to the role doctor runs as"]
+        )
     else:
         parts = [
             f"application {h.application_name!r}" if h.application_name else "no application_name",
@@ -391,7 +398,8 @@ def check_xmin_horizon(conn: Conn, th: Thresholds) -> Finding:
         found,
         "While it holds the horizon, VACUUM removes no row version that died after it began, "
         "in pgqueue_jobs or any other table of the database: every job leaves dead rows "
-        "behind, and claims slow down as they pile up. " + _holder_advice(culprit),
+        "behind, so the hot table and its indexes grow until it ends, and every read that "
+        "scans them takes longer. " + _holder_advice(culprit),
         data,
     )
 
@@ -414,8 +422,9 @@ def check_dead_tuples(table: server.HotTable, th: Thresholds) -> Finding:
         level,
         "dead rows",
         found,
-        "Every job leaves dead row versions in the hot table, and claims and completions walk "
-        "past them until VACUUM removes them. If autovacuum runs (see the autovacuum check) "
+        "Every job leaves dead row versions in the hot table; until VACUUM removes them the "
+        "table and its indexes grow, and the reads that scan a queue from its start step over "
+        "them. If autovacuum runs (see the autovacuum check) "
         "and they stay, something holds the xmin horizon (see that check); "
         f"`VACUUM (VERBOSE) {_HOT}` reports how many it could not remove yet.",
         data,
@@ -454,7 +463,8 @@ def check_autovacuum(table: server.HotTable, th: Thresholds) -> Finding:
     last = table.last_vacuumed
     data = {
         "autovacuum_enabled": table.autovacuum_enabled,
-        "disabled_by": table.autovacuum_disabled_by,
+        "autovacuum_on_server": table.autovacuum_on_server,
+        "autovacuum_on_table": table.autovacuum_on_table,
         "last_vacuum": table.last_vacuum,
         "last_autovacuum": table.last_autovacuum,
         "last_autoanalyze": table.last_autoanalyze,
@@ -477,23 +487,21 @@ def check_autovacuum(table: server.HotTable, th: Thresholds) -> Finding:
         )
     many_dead = table.dead >= th.dead_tuples_warn
     if not table.autovacuum_enabled:
-        where = (
-            "for the whole server (autovacuum = off)"
-            if table.autovacuum_disabled_by == "server"
-            else f"for {_HOT} (its storage parameter autovacuum_enabled = false)"
-        )
-        undo = (
-            "autovacuum = on in the server's configuration, then a reload"
-            if table.autovacuum_disabled_by == "server"
-            else f"ALTER TABLE {_HOT} RESET (autovacuum_enabled)"
-        )
+        where, undo = [], []
+        if not table.autovacuum_on_server:
+            where.append("for the whole server (autovacuum = off)")
+            undo.append("autovacuum = on in the server's configuration, then a reload")
+        if not table.autovacuum_on_table:
+            where.append(f"for {_HOT} (its storage parameter autovacuum_enabled = false)")
+            undo.append(f"ALTER TABLE {_HOT} RESET (autovacuum_enabled)")
         return Finding(
             Level.FAIL if many_dead else Level.WARN,
             "autovacuum",
-            f"autovacuum is off {where}; {when}; {table.dead:,} dead rows",
+            f"autovacuum is off {' and '.join(where)}; {when}; {table.dead:,} dead rows",
             "Each job leaves dead row versions in the hot table, and nothing removes them "
-            f"unless someone runs VACUUM: claims slow down as they pile up. Turn it on: {undo}; "
-            f"or run `VACUUM {_HOT}` yourself every minute or so while jobs flow.",
+            "unless someone runs VACUUM: the table and its indexes grow without end. Turn it on "
+            f"({'; '.join(undo)}), or run `VACUUM {_HOT}` yourself every minute or so "
+            "while jobs flow.",
             data,
         )
     stale = last is None or (table.now - last).total_seconds() >= th.vacuum_stale
@@ -645,7 +653,8 @@ def check_overdue_schedules(conn: Conn, th: Thresholds) -> Finding:
 def check_notification_queue(conn: Conn, th: Thresholds) -> Finding:
     usage = server.notification_queue_usage(conn)
     data = {"usage": usage}
-    found = f"the NOTIFY queue is {usage:.2%} full"
+    shown = "under 0.01%" if 0 < usage < 0.0001 else f"{usage:.2%}"
+    found = f"the NOTIFY queue is {shown} full"
     if usage > 0 and usage >= th.notify_fail:
         level = Level.FAIL
     elif usage > 0 and usage >= th.notify_warn:

@@ -1,6 +1,7 @@
 """Maintenance every worker runs, each pass idempotent, so no leader is needed: rescue the jobs
 of lost workers (and, less often, running jobs whose worker row is gone), expire queued jobs
-past their deadline, and catch cancel requests whose notification was missed.
+past their deadline, catch cancel requests whose notification was missed, and prune finished
+jobs and the record of past workers.
 
 A worker is lost when its session advisory lock is gone (PostgreSQL drops it with the session:
 a crash, `kill -9`, a closed connection) and its heartbeat is older than `lock_grace`, or when
@@ -68,6 +69,12 @@ async def cancel_requests_for(conn: psycopg.AsyncConnection[Any], worker_id: int
 
 
 FINISHED = ("succeeded", "failed", "cancelled")
+
+
+async def prune_past_workers(conn: psycopg.AsyncConnection[Any]) -> int:
+    """Forget the workers that stopped or were lost more than a day ago; returns how many."""
+    cur = await conn.execute(queries.PRUNE_PAST_WORKERS)
+    return cur.rowcount
 
 
 async def prune_finished_jobs(

@@ -30,17 +30,39 @@ JOB_COLUMNS = (
 def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
     """An INSERT that moves the rows of CTE `ended` (deleted from pgqueue_jobs, RETURNING *)
     to pgqueue_finished_jobs, ending them with `status`, `error` and `result` (SQL
-    expressions over the alias `e`). Every statement that ends a job uses it."""
+    expressions over the alias `e`). Every statement that ends a job uses it. The job keeps
+    the worker that ran its last attempt, and the history of the earlier ones (copied, not
+    built: ending a job costs no JSON work)."""
     return f"""INSERT INTO pgqueue_finished_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,
-        periodic_fire_at, expires_at, cancel_requested_at)
+        periodic_fire_at, expires_at, cancel_requested_at, history)
     SELECT e.id, e.queue, e.task_name, e.args, e.kwargs, ({status})::pgqueue_job_status,
-        e.priority, e.run_at, e.attempts, e.max_attempts, NULL, {result}, {error},
+        e.priority, e.run_at, e.attempts, e.max_attempts, e.worker_id, {result}, {error},
         e.created_at, e.started_at, now(), e.periodic_name, e.periodic_fire_at, e.expires_at,
-        e.cancel_requested_at
+        e.cancel_requested_at, e.history
     FROM {ended} AS e
-    RETURNING id, task_name, status, attempts, max_attempts"""
+    RETURNING id, task_name, status, attempts, max_attempts, worker_id"""
+
+
+def _attempt(alias: str, outcome: str, error: str, ended_at: str = "now()") -> str:
+    """One entry of a job's `history`: the attempt that the row `alias` holds (its number,
+    worker and start), ended at `ended_at` with `outcome` and `error` (SQL expressions), and
+    its result when it has one. Timestamps become ISO 8601 strings."""
+    a = alias
+    return (
+        f"jsonb_build_object('attempt', {a}.attempts, 'worker_id', {a}.worker_id,"
+        f" 'started_at', {a}.started_at, 'ended_at', {ended_at}, 'outcome', {outcome},"
+        f" 'error', {error})"
+        f" || CASE WHEN {a}.result IS NULL THEN '{{}}'::jsonb"
+        f" ELSE jsonb_build_object('result', {a}.result) END"
+    )
+
+
+def _with_attempt(alias: str, outcome: str, error: str, ended_at: str = "now()") -> str:
+    """The row's `history` with its current attempt appended (see `_attempt`)."""
+    entry = _attempt(alias, outcome, error, ended_at)
+    return f"COALESCE({alias}.history, '[]'::jsonb) || jsonb_build_array({entry})"
 
 
 def _lost_message(alias: str) -> str:
@@ -206,8 +228,9 @@ FROM archived AS a
 # Write a batch of outcomes in one statement and one round trip; each row applies only if the
 # job is still running under the same claim (its lease), so neither a late worker (its job
 # rescued and claimed again) nor a batch sent again after its commit reply was lost can touch
-# a later claim. A retry stays in pgqueue_jobs with its new due time; an ended
-# job moves to pgqueue_finished_jobs with its result or error. The same statement tells
+# a later claim. A retry stays in pgqueue_jobs with its new due time, the attempt it ends
+# appended to its history; an ended job moves to pgqueue_finished_jobs with its result or error
+# (a success, the common case, builds no history). The same statement tells
 # waiters (Job.wait) which jobs finished, and workers when each retry comes due (so they set a
 # timer instead of waiting for a poll); notifications are delivered on commit. The jobs are
 # found by `id = ANY(ARRAY(...))`, a primary-key lookup per outcome; the status is compared as
@@ -223,6 +246,7 @@ WITH outcome AS (
     SET status = 'queued',
         attempts = j.attempts - COALESCE(o.refund, 0),
         error = o.error,
+        history = {_with_attempt("j", "'retried'", "o.error")},
         worker_id = NULL,
         lease = NULL,
         run_at = COALESCE(o.eta, now() + o.delay * interval '1 second')
@@ -300,28 +324,59 @@ RETURNING lease
 # declared lost and must register again.
 HEARTBEAT = "UPDATE pgqueue_workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURNING id"
 
-# A clean exit removes the worker's row (its jobs were finished or released before).
-UNREGISTER_WORKER = "DELETE FROM pgqueue_workers WHERE id = %(worker_id)s"
+
+def _to_past_workers(removed: str, ended_how: str, rescued: str) -> str:
+    """An INSERT that keeps the rows of CTE `removed` (deleted from pgqueue_workers, RETURNING
+    *) in pgqueue_past_workers, ended `ended_how` with `rescued` jobs taken back (an SQL
+    expression over the alias `w`)."""
+    return f"""INSERT INTO pgqueue_past_workers (
+        id, name, hostname, pid, queues, concurrency, pool, version, started_at, heartbeat_at,
+        ended_how, rescued)
+    SELECT w.id, w.name, w.hostname, w.pid, w.queues, w.concurrency, w.pool, w.version,
+        w.started_at, w.heartbeat_at, '{ended_how}', {rescued}
+    FROM {removed} AS w
+    ON CONFLICT (id) DO NOTHING"""
 
 
-def _rescue(lost: str, running: str) -> str:
-    """A statement that puts running jobs of lost workers back in the queue, or ends them
-    FAILED when no attempts remain, and returns them. `lost` is a WITH clause (or nothing)
-    that the condition `running` on a running job `j` may use."""
+# A clean exit removes the worker's row (its jobs were finished or released before) and keeps
+# it among the past workers, in one statement.
+UNREGISTER_WORKER = f"""
+WITH removed AS (
+    DELETE FROM pgqueue_workers WHERE id = %(worker_id)s RETURNING *
+)
+{_to_past_workers("removed", "stopped", "0")}
+"""
+
+
+def _rescue(lost: str, running: str, past: str) -> str:
+    """A statement that puts running jobs of lost workers back in the queue (the lost attempt
+    appended to their history), or ends them FAILED when no attempts remain, and returns
+    them. `lost` is a WITH clause (or nothing) that the condition `running` on a running job
+    `j` may use; `past` a CTE recording the workers' rescued jobs, which it finds in `taken`
+    (worker_id, jobs)."""
+    lost_error = _error("WorkerLost", _lost_message("j"))
     return f"""{lost}
 requeued AS (
     UPDATE pgqueue_jobs AS j
-    SET status = 'queued', worker_id = NULL, lease = NULL,
-        error = {_error("WorkerLost", _lost_message("j"))}
+    SET status = 'queued', worker_id = NULL, lease = NULL, error = {lost_error},
+        history = {_with_attempt("j", "'lost'", lost_error)}
     WHERE j.status = 'running' AND j.attempts < j.max_attempts AND {running}
+    -- RETURNING shows the row as updated, without its worker: the lost worker's id is read
+    -- from the history entry this very statement appended.
     RETURNING j.id, j.task_name, j.status::text AS status, j.attempts, j.max_attempts, j.queue,
-              j.run_at, j.priority
+              j.run_at, j.priority, (j.history -> -1 ->> 'worker_id')::int AS worker_id
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j
     WHERE j.status = 'running' AND j.attempts >= j.max_attempts AND {running}
     RETURNING j.*
 ), archived AS (
     {_archive("ended", "'failed'", _error("WorkerLost", _lost_message("e")))}
+), taken AS (
+    SELECT worker_id, count(*) AS jobs
+    FROM (SELECT worker_id FROM requeued UNION ALL SELECT worker_id FROM archived) AS t
+    GROUP BY worker_id
+), past AS (
+    {past}
 )
 SELECT a.id, a.task_name, a.attempts, a.max_attempts, a.status::text AS status,
        pg_notify('{NOTIFY_FINISHED}', a.id::text)::text AS notified
@@ -361,9 +416,13 @@ RESCUE_LOST_JOBS = _rescue(
     FOR UPDATE SKIP LOCKED
 ), removed AS (
     DELETE FROM pgqueue_workers AS w USING lost WHERE w.id = lost.id
-    RETURNING w.id
+    RETURNING w.*
 ),""",
     "j.worker_id = ANY(ARRAY(SELECT id FROM removed))",
+    # The lost workers are kept among the past workers, with the jobs taken back from them.
+    _to_past_workers(
+        "removed", "lost", "COALESCE((SELECT t.jobs FROM taken AS t WHERE t.worker_id = w.id), 0)"
+    ),
 )
 
 # Running jobs whose worker row is gone without its jobs (a worker that exited without writing
@@ -372,6 +431,10 @@ RESCUE_LOST_JOBS = _rescue(
 RESCUE_ORPHANED_JOBS = _rescue(
     "WITH",
     "NOT EXISTS (SELECT 1 FROM pgqueue_workers AS w WHERE w.id = j.worker_id)",
+    # A worker that stopped without its jobs' outcomes written is among the past workers:
+    # count them there.
+    """UPDATE pgqueue_past_workers AS w SET rescued = w.rescued + t.jobs
+    FROM taken AS t WHERE w.id = t.worker_id""",
 )
 
 # Lock-free test of whether this worker's session lock is still free to take (resume after a
@@ -383,7 +446,8 @@ TRY_LOCK_WORKER = f"SELECT pg_try_advisory_lock({ADVISORY_LOCK_NAMESPACE}, %(wor
 # later retry or rescue). `locked` takes the row's lock and reads its latest version, so the
 # decision follows the job's status as it is now, even when a claim, a retry or a rescue
 # committed after this statement began (the other CTEs see the statement's snapshot; their
-# join with `locked` decides). No row back: the job had finished, or does not exist.
+# join with `locked` decides). No row back: the job had finished, or does not exist; else
+# `done` says which: 'cancelled' (it was queued) or 'requested' (it is running).
 CANCEL_JOB = f"""
 WITH locked AS (
     SELECT id, status FROM pgqueue_jobs WHERE id = %(id)s FOR UPDATE
@@ -399,9 +463,10 @@ WITH locked AS (
     WHERE j.id = l.id AND l.status = 'running'
     RETURNING j.id
 )
-SELECT id, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified FROM archived
+SELECT id, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified, 'cancelled' AS done
+FROM archived
 UNION ALL
-SELECT id, pg_notify('{NOTIFY_CANCEL}', id::text)::text FROM asked
+SELECT id, pg_notify('{NOTIFY_CANCEL}', id::text)::text, 'requested' FROM asked
 """
 
 # What the database says this worker holds: a worker compares it with what it runs, to find
@@ -682,6 +747,134 @@ ON CONFLICT (bucket, queue, outcome) DO UPDATE SET
 
 # Rollup rows past the 25 hours every reader looks back over (a range of the primary key).
 PRUNE_STATS = "DELETE FROM pgqueue_stats WHERE bucket < now() - interval '25 hours'"
+
+# Workers that stopped or were lost more than a day ago.
+PRUNE_PAST_WORKERS = """
+DELETE FROM pgqueue_past_workers WHERE ended_at < now() - interval '1 day'
+"""
+
+# -- operations (pgqueue.admin) --------------------------------------------------------------
+
+
+def _retry_finished(picked: str) -> str:
+    """A statement that runs finished jobs again under their own ids: the jobs whose ids the
+    array `picked` holds, if they failed or were cancelled, move back from
+    pgqueue_finished_jobs to pgqueue_jobs, queued and due now, with no attempt counted and no
+    deadline; their final attempt (error, worker, times) is appended to their history. Workers
+    are told where they sort (one notification per queue and priority)."""
+    return f"""
+WITH moved AS (
+    DELETE FROM pgqueue_finished_jobs AS f
+    WHERE f.id = ANY({picked}) AND f.status IN ('failed', 'cancelled')
+    RETURNING f.*
+), requeued AS (
+    INSERT INTO pgqueue_jobs (
+        id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
+        created_at, periodic_name, periodic_fire_at, history)
+    SELECT m.id, m.queue, m.task_name, m.args, m.kwargs, 'queued', m.priority, now(), 0,
+        m.max_attempts, m.created_at, m.periodic_name, m.periodic_fire_at,
+        {_with_attempt("m", "m.status::text", "m.error", "m.finished_at")}
+    FROM moved AS m
+    RETURNING id, queue, run_at, priority
+)
+SELECT r.id, pg_notify('{NOTIFY_ENQUEUED}', {_enqueued("r")})::text AS notified
+FROM requeued AS r
+"""
+
+
+# Run these finished jobs again (`pgqueue jobs retry ID...`); a job that did not fail and was
+# not cancelled is left alone and not returned.
+RETRY_JOBS = _retry_finished("%(ids)s::bigint[]")
+
+# Run one batch of failed jobs again (`pgqueue jobs retry --failed`), the next `batch` by id
+# after `after`, of one task and queue and finished within `since` seconds when given. Read
+# through the partial index of unsuccessful jobs, so millions of successes cost nothing.
+RETRY_FAILED_JOBS = _retry_finished(
+    """ARRAY(
+        SELECT id FROM pgqueue_finished_jobs
+        WHERE status = 'failed' AND id > %(after)s
+          AND (CAST(%(task)s AS text) IS NULL OR task_name = %(task)s)
+          AND (CAST(%(queue)s AS text) IS NULL OR queue = %(queue)s)
+          AND (CAST(%(since)s AS float8) IS NULL
+               OR finished_at >= now() - CAST(%(since)s AS float8) * interval '1 second')
+        ORDER BY id
+        LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED)"""
+)
+
+# Delete finished jobs; a job still queued or running is left alone and not returned.
+DELETE_FINISHED_JOBS = """
+DELETE FROM pgqueue_finished_jobs WHERE id = ANY(%(ids)s::bigint[])
+RETURNING id, status::text
+"""
+
+# Where these jobs are now (the second look of every action on jobs: it tells a job in the
+# wrong state from one that does not exist).
+JOB_STATES = """
+SELECT id, status::text FROM pgqueue_jobs WHERE id = ANY(%(ids)s::bigint[])
+UNION ALL
+SELECT id, status::text FROM pgqueue_finished_jobs WHERE id = ANY(%(ids)s::bigint[])
+"""
+
+# Whether anything knows this queue: a worker serving it now or in the last day, a job waiting
+# in it, a schedule firing into it, or an earlier pause. (Finished jobs are not searched: they
+# have no index by queue.)
+QUEUE_KNOWN = """
+SELECT EXISTS (SELECT FROM pgqueue_workers WHERE %(name)s = ANY(queues))
+    OR EXISTS (SELECT FROM pgqueue_jobs WHERE queue = %(name)s AND status = 'queued')
+    OR EXISTS (SELECT FROM pgqueue_periodic WHERE queue = %(name)s)
+    OR EXISTS (SELECT FROM pgqueue_queues WHERE name = %(name)s)
+    OR EXISTS (SELECT FROM pgqueue_past_workers WHERE %(name)s = ANY(queues))
+"""
+
+# Pause a queue (the claim statement skips it from this commit on, on every worker); pausing
+# a paused queue changes nothing. One row back: whether this statement paused it, and since
+# when and by whom it is paused.
+PAUSE_QUEUE = """
+WITH paused AS (
+    INSERT INTO pgqueue_queues AS q (name, paused_at, paused_by, updated_at)
+    VALUES (%(name)s, now(), %(by)s, now())
+    ON CONFLICT (name) DO UPDATE
+    SET paused_at = now(), paused_by = EXCLUDED.paused_by, updated_at = now()
+    WHERE q.paused_at IS NULL
+    RETURNING paused_at, paused_by
+)
+SELECT true AS changed, paused_at, paused_by FROM paused
+UNION ALL
+SELECT false, paused_at, paused_by FROM pgqueue_queues
+WHERE name = %(name)s AND NOT EXISTS (SELECT FROM paused)
+"""
+
+# Resume a paused queue, and wake every worker that serves it to read it from its start: one
+# notification per priority that has jobs waiting, for the first of them (what an enqueue of
+# that job would send), so that each worker moves its position in every priority back before
+# every waiting job (see claim.rewind). The first job of each priority is found by one index
+# lookup per priority, however long the backlog. No row back: the queue was not paused.
+RESUME_QUEUE = f"""
+WITH RECURSIVE resumed AS (
+    UPDATE pgqueue_queues SET paused_at = NULL, paused_by = NULL, updated_at = now()
+    WHERE name = %(name)s AND paused_at IS NOT NULL
+    RETURNING name
+), head AS (
+    (SELECT queue, priority, run_at FROM pgqueue_jobs
+     WHERE queue = %(name)s AND status = 'queued'
+     ORDER BY priority DESC, run_at, id
+     LIMIT 1)
+    UNION ALL
+    SELECT n.queue, n.priority, n.run_at
+    FROM head AS h
+    CROSS JOIN LATERAL (
+        SELECT queue, priority, run_at FROM pgqueue_jobs
+        WHERE queue = %(name)s AND status = 'queued' AND priority < h.priority
+        ORDER BY priority DESC, run_at, id
+        LIMIT 1
+    ) AS n
+)
+SELECT r.name, (
+    SELECT count(pg_notify('{NOTIFY_ENQUEUED}', {_enqueued("h")})::text) FROM head AS h
+) AS notified
+FROM resumed AS r
+"""
 
 # -- bulk enqueue -----------------------------------------------------------------------------
 

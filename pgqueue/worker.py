@@ -44,6 +44,7 @@ from pgqueue.maintenance import (
     expire_queued_jobs,
     jobs_held_by,
     prune_finished_jobs,
+    prune_past_workers,
     rescue_lost_jobs,
     rescue_orphaned_jobs,
 )
@@ -777,7 +778,7 @@ class Worker:
         try:
             while not self._maintenance_done.is_set():
                 if time.monotonic() >= next_pass:
-                    if self.settings.retention and time.monotonic() >= next_prune:
+                    if time.monotonic() >= next_prune:
                         behind = await self._prune(conn)
                         # Behind (a pass stopped at its limit): go on at the next pass.
                         next_prune = time.monotonic() + (
@@ -914,16 +915,20 @@ class Worker:
         )
 
     async def _prune(self, conn: ReconnectingConnection) -> bool:
-        """One bounded pruning pass; True if it stopped at its limit with more to delete."""
+        """One bounded pruning pass (finished jobs unless retention is 0, and past workers);
+        True if it stopped at its limit with more to delete."""
+        deleted = 0
         try:
-            deleted = await prune_finished_jobs(
-                await conn.get(),
-                self.settings.retention,
-                batch=PRUNE_BATCH,
-                max_batches=PRUNE_BATCHES_PER_PASS,
-            )
+            await prune_past_workers(await conn.get())
+            if self.settings.retention:
+                deleted = await prune_finished_jobs(
+                    await conn.get(),
+                    self.settings.retention,
+                    batch=PRUNE_BATCH,
+                    max_batches=PRUNE_BATCHES_PER_PASS,
+                )
         except DATABASE_TROUBLE as exc:
-            logger.warning("pruning finished jobs failed: %s", _one_line(exc))
+            logger.warning("pruning failed: %s", _one_line(exc))
             await conn.reset()
             return False
         if deleted:

@@ -92,32 +92,38 @@ def register(sub: Any, parents: Parents) -> None:
 
     doctor.add_argument(
         "--xmin-warn",
+        metavar="DURATION",
         default=seconds(defaults.xmin_warn),
         help="warn when a transaction has held the xmin horizon this long (default: 5m)",
     )
     doctor.add_argument(
         "--xmin-fail",
+        metavar="DURATION",
         default=seconds(defaults.xmin_fail),
         help="fail when a transaction has held the xmin horizon this long (default: 1h)",
     )
     doctor.add_argument(
         "--running-warn",
+        metavar="DURATION",
         default=seconds(defaults.running_warn),
         help="warn about jobs running this long, whatever their task (default: 1h)",
     )
     doctor.add_argument(
         "--overrun-grace",
+        metavar="DURATION",
         default=seconds(defaults.overrun_grace),
         help="fail when a job runs this long past its task's timeout; needs --app (default: 30s)",
     )
     doctor.add_argument(
         "--heartbeat-timeout",
+        metavar="DURATION",
         default=seconds(defaults.heartbeat_timeout),
         help="report workers silent this long; use the workers' own --heartbeat-timeout "
         "(default: %(default)s)",
     )
     doctor.add_argument(
         "--schedule-warn",
+        metavar="DURATION",
         default=seconds(defaults.schedule_warn),
         help="report periodic schedules this late (default: 1m; they fail after 1h)",
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from datetime import datetime
 from typing import Any
 
 from pgqueue.cli import actions
@@ -81,7 +82,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
             ago(job.created_at, page.at),
             ago(job.finished_at, page.at)
             if job.finished_at
-            else (f"running {ago(job.started_at, page.at)}" if job.status == "running" else "-"),
+            else (_running_for(job.started_at, page.at) if job.status == "running" else "-"),
             error_line({"type": job.error_type, "message": job.error_message}, 60)
             if job.error_type
             else "",
@@ -93,6 +94,12 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     if page.next_before is not None:
         print(f"\nmore: {_next_page_command(args, page.next_before)}")
     return 0
+
+
+def _running_for(started_at: datetime | None, now: datetime | None) -> str:
+    if started_at is None or now is None:
+        return "running"
+    return f"running for {duration((now - started_at).total_seconds())}"
 
 
 def _show_text(detail: Any) -> str:
@@ -146,6 +153,9 @@ def _show_text(detail: Any) -> str:
         lines.append(
             format_table(rows, ("#", "outcome", "worker", "started", "took", "error"), (0, 4))
         )
+        if detail.attempt_history[0].attempt > 1:
+            first = detail.attempt_history[0].attempt
+            lines.append(f"(attempts before #{first} left no record)")
     return "\n".join(lines)
 
 

@@ -189,9 +189,11 @@ def parse_statuses(text: str) -> tuple[str, ...]:
     statuses = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     bad = [s for s in statuses if s not in STATUSES]
     if bad or not statuses:
+        what = (
+            f"unknown job status {', '.join(map(repr, bad))}" if bad else f"no status in {text!r}"
+        )
         raise ConfigurationError(
-            f"unknown job status {', '.join(bad) or text!r}: use one or more of "
-            f"{', '.join(STATUSES)}, separated by commas"
+            f"{what}: use one or more of {', '.join(STATUSES)}, separated by commas"
         )
     return statuses
 

@@ -156,8 +156,8 @@ class TupleCounts:
 @dataclass(frozen=True)
 class HotTable:
     """pgqueue_jobs as the statistics see it. Counts are estimates that the server updates
-    within about a second of each change; `autovacuum_enabled` is False if autovacuum is off
-    for the whole server or for this table (`autovacuum_disabled_by` says which)."""
+    within about a second of each change. Autovacuum runs on the table only if it is on both
+    for the whole server and for the table (its storage parameter autovacuum_enabled)."""
 
     live: int
     dead: int
@@ -169,10 +169,14 @@ class HotTable:
     last_autoanalyze: datetime | None
     vacuum_count: int
     autovacuum_count: int
-    autovacuum_enabled: bool
-    autovacuum_disabled_by: str | None  # "server" or "table", when disabled
+    autovacuum_on_server: bool
+    autovacuum_on_table: bool
     track_counts: bool
     now: datetime
+
+    @property
+    def autovacuum_enabled(self) -> bool:
+        return self.autovacuum_on_server and self.autovacuum_on_table
 
     @property
     def last_vacuumed(self) -> datetime | None:
@@ -214,7 +218,6 @@ def hot_table(conn: Conn) -> HotTable | None:
     row = conn.execute(_TABLE_STATS).fetchone()
     if row is None:
         return None
-    server_on, table_on = bool(row[10]), _table_autovacuum(row[11])
     return HotTable(
         live=int(row[0]),
         dead=int(row[1]),
@@ -226,12 +229,8 @@ def hot_table(conn: Conn) -> HotTable | None:
         last_autoanalyze=row[7],
         vacuum_count=int(row[8]),
         autovacuum_count=int(row[9]),
-        autovacuum_enabled=server_on and table_on,
-        autovacuum_disabled_by=None
-        if server_on and table_on
-        else "server"
-        if not server_on
-        else "table",
+        autovacuum_on_server=bool(row[10]),
+        autovacuum_on_table=_table_autovacuum(row[11]),
         track_counts=bool(row[12]),
         now=row[13],
     )
@@ -291,7 +290,11 @@ SELECT count(*) FILTER (WHERE client),
        count(*) FILTER (WHERE client AND {_PGQUEUE_CONNECTION} AND datname = current_database()),
        count(*) FILTER (WHERE client AND datname = current_database())
 FROM (
-    SELECT a.*, COALESCE(a.backend_type, 'client backend') = 'client backend' AS client
+    -- A role without pg_read_all_stats sees no backend_type in other roles' rows: the
+    -- server's own processes are then those with no database or no user.
+    SELECT a.*,
+           COALESCE(a.backend_type = 'client backend',
+                    a.datid IS NOT NULL AND a.usesysid IS NOT NULL) AS client
     FROM pg_stat_activity a
 ) a
 """

@@ -120,11 +120,30 @@ async def ablock(flag: str) -> str:
     return f"released by {flag}"
 
 
+@app.task(timeout=5)
+def block_with_timeout(flag: str) -> str:
+    """`block` with a 5 s timeout: what a frozen worker leaves running past its time limit."""
+    _conn().execute(RECORD_EXECUTION, _execution_row())
+    while not _flag_is_set(flag):
+        time.sleep(POLL_INTERVAL)
+    return f"released by {flag}"
+
+
 @app.task(max_attempts=2, retry_backoff=0.1, retry_jitter=False, autoretry_for=(ValueError,))
 def always_fails() -> None:
     """Fails every attempt with a retryable error: one retry, then FAILED."""
     _conn().execute(RECORD_EXECUTION, _execution_row())
     raise ValueError("this task always fails")
+
+
+@app.task(max_attempts=1)
+def fails_until_flag(flag: str) -> str:
+    """Record this execution, then fail (no retry) unless the flag `flag` is set: a job an
+    operator retries once the test has "fixed" what made it fail."""
+    _conn().execute(RECORD_EXECUTION, _execution_row())
+    if not _flag_is_set(flag):
+        raise RuntimeError(f"flag {flag!r} is not set yet")
+    return f"succeeded once {flag} was set"
 
 
 # -- tasks of the reliability tests (kills, freezes, outages, time limits) -------------------

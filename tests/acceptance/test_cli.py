@@ -53,8 +53,8 @@ def table_exists(dsn: str, name: str) -> bool:
 
 @pytest.mark.parametrize(
     "command",
-    [["worker", "--app", APP], ["migrate"], ["stats"]],
-    ids=["worker", "migrate", "stats"],
+    [["worker", "--app", APP], ["migrate"], ["status"]],
+    ids=["worker", "migrate", "status"],
 )
 def test_malformed_dsn_is_a_one_line_error(command: list[str]) -> None:
     line = one_line_error(pgqueue(*command, "--dsn", MALFORMED_DSN))
@@ -63,8 +63,8 @@ def test_malformed_dsn_is_a_one_line_error(command: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["worker", "--app", APP], ["migrate"], ["stats"]],
-    ids=["worker", "migrate", "stats"],
+    [["worker", "--app", APP], ["migrate"], ["status"]],
+    ids=["worker", "migrate", "status"],
 )
 def test_unreachable_database_is_a_one_line_error(command: list[str]) -> None:
     line = one_line_error(pgqueue(*command, "--dsn", UNREACHABLE_DSN))
@@ -180,8 +180,8 @@ def test_migrate_downgrade_base_removes_the_tables(dsn: str) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["--help"], ["worker", "--help"], ["migrate", "--help"], ["stats", "--help"], ["--version"]],
-    ids=["pgqueue", "worker", "migrate", "stats", "version"],
+    [["--help"], ["worker", "--help"], ["migrate", "--help"], ["status", "--help"], ["--version"]],
+    ids=["pgqueue", "worker", "migrate", "status", "version"],
 )
 def test_help_and_version_exit_zero(command: list[str]) -> None:
     result = pgqueue(*command)

@@ -146,9 +146,19 @@ def test_hide_password_keeps_what_is_not_secret() -> None:
 
 CLI_COMMANDS = [
     ["migrate"],
-    ["stats"],
+    ["status"],
+    ["workers"],
+    ["queues"],
+    ["jobs", "list"],
+    ["jobs", "show", "1"],
+    ["doctor"],
     ["jobs", "cancel", "1"],
+    ["jobs", "retry", "1"],
+    ["jobs", "retry", "--failed"],
+    ["jobs", "delete", "1"],
     ["jobs", "prune"],
+    ["queues", "pause", "q"],
+    ["queues", "resume", "q"],
     ["worker", "--app", "tests.integration.process_app:app"],
     ["scheduler", "--app", "tests.integration.process_app:app"],
     ["periodic", "list", "--app", "tests.integration.process_app:app"],
@@ -156,7 +166,7 @@ CLI_COMMANDS = [
 
 
 @pytest.mark.parametrize(
-    "command", CLI_COMMANDS, ids=lambda c: c[0] + (c[1] if c[0] == "periodic" else "")
+    "command", CLI_COMMANDS, ids=lambda c: c[0] + (c[1] if c[0] in ("periodic", "jobs") else "")
 )
 @pytest.mark.parametrize(("dsn", "secret"), BAD_DSNS)
 def test_the_cli_given_a_bad_dsn_never_shows_its_password(
