@@ -1,9 +1,10 @@
 """Prometheus endpoints: a worker's own metrics (`pgqueue worker --metrics-port`), read from its
 `Observations` at scrape time, and the HTTP server that serves a registry from a thread.
 
-prometheus-client comes with the `pgqueue[metrics]` extra; only this module (and the exporter)
-import it, and only when an endpoint is asked for. Each endpoint has a registry of its own, so
-that several workers in one process (tests, embedded workers) serve their own numbers.
+prometheus-client comes with the `pgqueue[metrics]` extra. Only this module imports it (the
+exporter takes its names from here), and only when an endpoint is asked for: without the extra,
+the import is a one-line ConfigurationError. Each endpoint has a registry of its own, so that
+several workers in one process (tests, embedded workers) serve their own numbers.
 """
 
 from __future__ import annotations
