@@ -4,6 +4,7 @@ worker's loops (claiming, writing outcomes, maintenance) holds."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -37,11 +38,15 @@ HOT_PATH_SETTINGS = (
 class ReconnectingConnection:
     """`get()` returns the connection, connecting first if there is none or it broke (and
     running `setup`, such as HOT_PATH_SETTINGS, on each new one); `reset()` closes it after
-    an error, so the next `get()` starts afresh."""
+    an error, so the next `get()` starts afresh (and calls `on_lost()` if it had been made);
+    `close()` closes it for good."""
 
-    def __init__(self, app: App, setup: str | None = None) -> None:
+    def __init__(
+        self, app: App, setup: str | None = None, on_lost: Callable[[], None] | None = None
+    ) -> None:
         self._app = app
         self._setup = setup
+        self._on_lost = on_lost
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     async def get(self) -> psycopg.AsyncConnection[Any]:
@@ -57,6 +62,11 @@ class ReconnectingConnection:
         return self._conn
 
     async def reset(self) -> None:
+        if self._conn is not None and self._on_lost is not None:
+            self._on_lost()
+        await self.close()
+
+    async def close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
                 await self._conn.close()

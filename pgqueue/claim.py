@@ -127,12 +127,12 @@ async def claim_jobs(
     last: dict[str, dict[int, Position]] = {}
     for row in rows:
         id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, run_at = row[:9]
-        lease, created_at, dead = row[9], row[10], row[11]
+        lease, created_at, wait, dead = row[9], row[10], row[11], row[12]
         if dead:
             ended.append((id_, task_name))
             continue
         job = ClaimedJob(
-            id_, queue, task_name, [], {}, priority, attempts, max_attempts, lease, created_at
+            id_, queue, task_name, [], {}, priority, attempts, max_attempts, lease, created_at, wait
         )
         # Arguments come as text: decoded here, without the driver's bytes decoding. One job
         # whose arguments Python cannot read ends FAILED; the claim's other jobs run.

@@ -249,7 +249,7 @@ class Completer:
         return True
 
     async def close(self) -> None:
-        await self._connection.reset()
+        await self._connection.close()
 
 
 def write_outcomes_sync(conn: psycopg.Connection[Any], outcomes: list[Outcome]) -> set[int]:

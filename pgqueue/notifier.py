@@ -26,7 +26,7 @@ class Notifier(threading.Thread):
     `on_connect(conn)` runs on every (re)connection before LISTEN, `on_ready()` once listening
     (notifications may have been missed while away), `on_tick(conn)` every `tick_interval`
     seconds, and `on_notify(channel, payload)` for each notification. A lost connection is
-    logged and made again with backoff.
+    logged, reported to `on_lost()` (if it had been listening) and made again with backoff.
     """
 
     def __init__(
@@ -38,6 +38,7 @@ class Notifier(threading.Thread):
         on_tick: Callable[[Conn], None],
         tick_interval: float,
         on_ready: Callable[[], None] = lambda: None,
+        on_lost: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(name="pgqueue-notifier", daemon=True)
         self._connect = connect
@@ -46,6 +47,7 @@ class Notifier(threading.Thread):
         self._on_connect = on_connect
         self._on_tick = on_tick
         self._on_ready = on_ready
+        self._on_lost = on_lost
         self._tick_interval = tick_interval
         self._stop_event = threading.Event()
         self.connected = threading.Event()
@@ -58,12 +60,14 @@ class Notifier(threading.Thread):
         backoff = 0.1
         while not self._stop_event.is_set():
             conn: Conn | None = None
+            listening = False
             try:
                 conn = self._connect()
                 self._on_connect(conn)
                 for channel in self._channels:
                     conn.execute(f"LISTEN {channel}")
                 self.connected.set()
+                listening = True
                 self._on_ready()
                 backoff = 0.1
                 while not self._stop_event.is_set():
@@ -76,6 +80,8 @@ class Notifier(threading.Thread):
                 self.failure = exc
                 if self._stop_event.is_set():
                     break
+                if listening:
+                    self._on_lost()
                 logger.warning(
                     "lost the listening connection, reconnecting in %.1fs: %s",
                     backoff,

@@ -33,6 +33,8 @@ class ClaimedJob:
     lease: int = 0
     # When the job was enqueued (database clock): how long a job of an unknown task waits.
     created_at: datetime | None = None
+    # Seconds the job was due before it was claimed (database clock): its pickup wait.
+    wait: float = 0.0
 
 
 @dataclass(slots=True)

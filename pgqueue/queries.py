@@ -196,8 +196,10 @@ WITH picked AS (
     SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
         started_at = now(), lease = nextval('pgqueue_job_lease_seq')
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE NOT dead))
+    -- The pickup wait, by the database's clock: how long the job was due before this claim.
     RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
-              j.max_attempts, j.run_at, j.lease, j.created_at
+              j.max_attempts, j.run_at, j.lease, j.created_at,
+              greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS wait
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j USING picked AS p
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
@@ -218,7 +220,7 @@ WITH picked AS (
 SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
 UNION ALL
 SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, NULL, NULL,
-       true,
+       NULL, true,
        pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
 FROM archived AS a
 """
@@ -712,6 +714,39 @@ PRUNE_PERIODIC_TICKS = """
 DELETE FROM pgqueue_periodic_ticks
 WHERE fire_at < now() - %(older_than)s::float8 * interval '1 second'
 """
+
+# -- outcome rollup -------------------------------------------------------------------------
+
+# Add a worker's counts to the rows of the current 10-second bucket of the database's clock
+# (rollup.BUCKET_SECONDS), one row per (queue, outcome): counts, sums and the histogram arrays
+# element by element. Rows come sorted by (queue, outcome), so workers writing the same rows at
+# once take their locks in one order and cannot deadlock.
+FLUSH_STATS = """
+INSERT INTO pgqueue_stats AS s
+    (bucket, queue, outcome, count, wait_sum, wait_buckets, duration_sum, duration_buckets)
+SELECT to_timestamp(floor(extract(epoch FROM now()) / 10) * 10),
+       r.queue, r.outcome, r.count, r.wait_sum, r.wait_buckets, r.duration_sum,
+       r.duration_buckets
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
+    queue text, outcome text, count bigint, wait_sum float8, wait_buckets bigint[],
+    duration_sum float8, duration_buckets bigint[])
+ORDER BY r.queue, r.outcome
+ON CONFLICT (bucket, queue, outcome) DO UPDATE SET
+    count = s.count + excluded.count,
+    wait_sum = s.wait_sum + excluded.wait_sum,
+    wait_buckets = ARRAY(
+        SELECT coalesce(a, 0) + coalesce(b, 0)
+        FROM unnest(s.wait_buckets, excluded.wait_buckets) WITH ORDINALITY AS u(a, b, i)
+        ORDER BY i),
+    duration_sum = s.duration_sum + excluded.duration_sum,
+    duration_buckets = ARRAY(
+        SELECT coalesce(a, 0) + coalesce(b, 0)
+        FROM unnest(s.duration_buckets, excluded.duration_buckets) WITH ORDINALITY AS u(a, b, i)
+        ORDER BY i)
+"""
+
+# Rollup rows past the 25 hours every reader looks back over (a range of the primary key).
+PRUNE_STATS = "DELETE FROM pgqueue_stats WHERE bucket < now() - interval '25 hours'"
 
 # Workers that stopped or were lost more than a day ago.
 PRUNE_PAST_WORKERS = """

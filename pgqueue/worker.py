@@ -50,6 +50,7 @@ from pgqueue.maintenance import (
     rescue_orphaned_jobs,
 )
 from pgqueue.notifier import Notifier
+from pgqueue.observations import Observations
 from pgqueue.outcome import (
     Cancelled,
     ClaimedJob,
@@ -82,6 +83,12 @@ ORPHAN_CHECK_INTERVAL = 10.0
 # the database or the network, including pgqueue's own "could not connect".
 DATABASE_TROUBLE = (psycopg.Error, OSError, DatabaseUnavailable)
 FINAL_FLUSH_TIMEOUT = 10.0
+# The outcome rollup (pgqueue_stats) is written by the maintenance loop at least this often
+# while there is something to write, and rows past 25 hours are deleted this often.
+STATS_FLUSH_INTERVAL = 2.0
+STATS_PRUNE_INTERVAL = 60.0
+# At exit, how long the maintenance loop gets to end its pass before it is cancelled.
+MAINTENANCE_STOP_TIMEOUT = 2.0
 # How often a worker reads each queue from its start rather than on from its positions: the
 # longest a job that sorts before a position can wait when its notification was lost (one that
 # arrives moves the position back to it). When such reads grow slow (an old snapshot keeps
@@ -138,6 +145,8 @@ class Worker:
         # (or given back): its jobs are this worker's even though it does not run them yet.
         self._claim_in_flight = False
         self._claims_paused = False
+        # What this worker did, for pgqueue_stats and its Prometheus endpoint.
+        self.observations = Observations()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -196,6 +205,7 @@ class Worker:
             on_tick=self.presence.on_tick,
             tick_interval=settings.heartbeat_interval,
             on_ready=signal_.wake_threadsafe,
+            on_lost=lambda: self.observations.connection_lost("notifier"),
         )
         self.notifier.start()
         registered = await asyncio.to_thread(self.notifier.connected.wait, REGISTER_TIMEOUT)
@@ -228,10 +238,19 @@ class Worker:
             settings.concurrency,
             settings.pool,
         )
+        observations = self.observations
         self.completer = Completer(
-            ReconnectingConnection(self.app, HOT_PATH_SETTINGS), settings.completion_batch_size
+            ReconnectingConnection(
+                self.app,
+                HOT_PATH_SETTINGS,
+                on_lost=lambda: observations.connection_lost("completer"),
+            ),
+            settings.completion_batch_size,
         )
-        self._claim_conn = ReconnectingConnection(self.app, HOT_PATH_SETTINGS)
+        self._claim_conn = ReconnectingConnection(
+            self.app, HOT_PATH_SETTINGS, on_lost=lambda: observations.connection_lost("claimer")
+        )
+        self._maintenance_done = asyncio.Event()
         self.scheduler: Scheduler | None = None
         if settings.run_scheduler:
             self.scheduler = Scheduler(self.app)
@@ -244,6 +263,10 @@ class Worker:
             await self._claim_loop()
             await self._finish_running_jobs()
         finally:
+            # The maintenance loop ends its pass (a rollup write cut short may or may not have
+            # committed); cancelled only if the pass hangs.
+            self._maintenance_done.set()
+            await asyncio.wait({rescuer_task}, timeout=MAINTENANCE_STOP_TIMEOUT)
             rescuer_task.cancel()
             if self.process_pool is not None:
                 await self.process_pool.close()
@@ -259,9 +282,10 @@ class Worker:
             completer_task.cancel()
             await self.completer.close()
             await self.executor.transactional.aclose()
+            await self._write_last_stats()
             self.presence.stopping = True  # before the row goes, or a heartbeat re-registers
             await self._unregister()
-            await self._claim_conn.reset()
+            await self._claim_conn.close()
             self.notifier.stop()
             await asyncio.to_thread(self.notifier.join, settings.heartbeat_interval + 1)
             self.thread_pool.shutdown(wait=False, cancel_futures=True)
@@ -445,9 +469,13 @@ class Worker:
                     raise
                 try:
                     backoff = 0.1
+                    self.observations.claimed(claim.taken)
                     self._advance_positions(claim.last)
                     for failed in claim.unreadable:
                         self._log_outcome(failed, 0.0)
+                        self.observations.attempt_ended(
+                            failed.job.queue, failed.job.task_name, "failed", failed.job.wait, 0.0
+                        )
                         self.completer.submit(failed)
                     for job_id, task_name in claim.ended:
                         logger.info(
@@ -568,6 +596,7 @@ class Worker:
 
     async def _run_job(self, job: ClaimedJob) -> None:
         started = time.monotonic()
+        self.observations.running_changed(job.queue, 1)
         if logger.isEnabledFor(logging.DEBUG):  # one INFO line per job: its outcome
             logger.debug(
                 "job %d %s attempt %d/%d running",
@@ -583,13 +612,18 @@ class Worker:
                     "job %d attempt %d ended, its lease lost: nothing written", job.id, job.attempt
                 )
                 return
+            duration = time.monotonic() - started
+            self.observations.attempt_ended(
+                job.queue, job.task_name, outcome.status, job.wait, duration
+            )
             try:
-                self._log_outcome(outcome, time.monotonic() - started)
+                self._log_outcome(outcome, duration)
             except Exception:  # the outcome matters more than its log line
                 logger.exception("job %d: could not log its outcome", job.id)
             if not (isinstance(outcome, LeaseLost) or getattr(outcome, "committed", False)):
                 self.completer.submit(outcome)
         finally:
+            self.observations.running_changed(job.queue, -1)
             # Whatever happened above, the slot is given back: this attempt's, not that of a
             # newer claim of the same job (after its lease was lost, the job may be claimed
             # again under this worker's new registration).
@@ -729,62 +763,124 @@ class Worker:
     # -- maintenance ----------------------------------------------------------------------
 
     async def _maintenance_loop(self) -> None:
-        conn = ReconnectingConnection(self.app)
+        """Rescues, expiries, missed cancel requests and pruning every `rescue_interval`, and
+        the outcome rollup written at least every STATS_FLUSH_INTERVAL; until stopped."""
+        observations = self.observations
+        conn = ReconnectingConnection(
+            self.app, on_lost=lambda: observations.connection_lost("maintenance")
+        )
         began = time.monotonic()
+        next_pass = began
+        next_stats_prune = began
         next_prune = began + self.settings.prune_interval / 4
         next_orphan_check = began  # at once: a worker that exited may have left some
         next_stray_check = began + STRAY_CHECK_INTERVAL
         try:
-            while True:
-                if time.monotonic() >= next_prune:
-                    behind = await self._prune(conn)
-                    # Behind (a pass stopped at its limit): go on at the next maintenance pass.
-                    next_prune = time.monotonic() + (0 if behind else self.settings.prune_interval)
-                orphan_check = time.monotonic() >= next_orphan_check
-                try:
-                    rescued = await rescue_lost_jobs(
-                        await conn.get(),
-                        lock_grace=self.settings.lock_grace,
-                        heartbeat_timeout=self.settings.heartbeat_timeout,
+            while not self._maintenance_done.is_set():
+                if time.monotonic() >= next_pass:
+                    if time.monotonic() >= next_prune:
+                        behind = await self._prune(conn)
+                        # Behind (a pass stopped at its limit): go on at the next pass.
+                        next_prune = time.monotonic() + (
+                            0 if behind else self.settings.prune_interval
+                        )
+                    next_orphan_check, next_stray_check = await self._maintenance_pass(
+                        conn, next_orphan_check, next_stray_check
                     )
-                    if orphan_check:
-                        rescued += await rescue_orphaned_jobs(await conn.get())
-                        next_orphan_check = time.monotonic() + ORPHAN_CHECK_INTERVAL
-                    expired = await expire_queued_jobs(await conn.get())
-                    worker_id = self.presence.worker_id
-                    asked = await cancel_requests_for(await conn.get(), worker_id or 0)
-                except DATABASE_TROUBLE as exc:
-                    logger.warning("maintenance pass failed: %s", _one_line(exc))
-                    await conn.reset()
-                    rescued, expired, asked = [], [], []
-                for row in expired:
-                    logger.info(
-                        "job %d %s expired before it started: CANCELLED",
-                        row["id"],
-                        row["task_name"],
-                    )
-                for job_id in asked:
-                    self._cancel_running(job_id)
-                if time.monotonic() >= next_stray_check:
-                    await self._give_back_strays(conn)
-                    next_stray_check = time.monotonic() + STRAY_CHECK_INTERVAL
-                for row in rescued:
-                    log = logger.error if row["status"] == "failed" else logger.warning
-                    log(
-                        "job %d %s attempt %d/%d: its worker was lost; %s",
-                        row["id"],
-                        row["task_name"],
-                        row["attempts"],
-                        row["max_attempts"],
-                        "no attempts left, FAILED"
-                        if row["status"] == "failed"
-                        else "back in the queue",
-                    )
-                if any(row["status"] == "queued" for row in rescued):
-                    self._signal.wake()
-                await asyncio.sleep(self.settings.rescue_interval)
+                    next_pass = time.monotonic() + self.settings.rescue_interval
+                await self._write_stats(conn)
+                if time.monotonic() >= next_stats_prune:
+                    await self._prune_stats(conn)
+                    next_stats_prune = time.monotonic() + STATS_PRUNE_INTERVAL
+                pause = min(next_pass - time.monotonic(), STATS_FLUSH_INTERVAL)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._maintenance_done.wait(), max(pause, 0.0))
         finally:
+            await conn.close()
+
+    async def _maintenance_pass(
+        self, conn: ReconnectingConnection, next_orphan_check: float, next_stray_check: float
+    ) -> tuple[float, float]:
+        """One pass of rescues, expiries and missed cancel requests; returns when the orphan
+        and stray checks are due next."""
+        orphan_check = time.monotonic() >= next_orphan_check
+        try:
+            rescued = await rescue_lost_jobs(
+                await conn.get(),
+                lock_grace=self.settings.lock_grace,
+                heartbeat_timeout=self.settings.heartbeat_timeout,
+            )
+            if orphan_check:
+                rescued += await rescue_orphaned_jobs(await conn.get())
+                next_orphan_check = time.monotonic() + ORPHAN_CHECK_INTERVAL
+            expired = await expire_queued_jobs(await conn.get())
+            worker_id = self.presence.worker_id
+            asked = await cancel_requests_for(await conn.get(), worker_id or 0)
+        except DATABASE_TROUBLE as exc:
+            logger.warning("maintenance pass failed: %s", _one_line(exc))
             await conn.reset()
+            rescued, expired, asked = [], [], []
+        for row in expired:
+            logger.info(
+                "job %d %s expired before it started: CANCELLED",
+                row["id"],
+                row["task_name"],
+            )
+        for job_id in asked:
+            self._cancel_running(job_id)
+        if time.monotonic() >= next_stray_check:
+            await self._give_back_strays(conn)
+            next_stray_check = time.monotonic() + STRAY_CHECK_INTERVAL
+        self.observations.rescued(len(rescued))
+        for row in rescued:
+            log = logger.error if row["status"] == "failed" else logger.warning
+            log(
+                "job %d %s attempt %d/%d: its worker was lost; %s",
+                row["id"],
+                row["task_name"],
+                row["attempts"],
+                row["max_attempts"],
+                "no attempts left, FAILED" if row["status"] == "failed" else "back in the queue",
+            )
+        if any(row["status"] == "queued" for row in rescued):
+            self._signal.wake()
+        return next_orphan_check, next_stray_check
+
+    async def _write_stats(self, conn: ReconnectingConnection) -> None:
+        """Write the outcome rollup; a failure keeps the counts for the next write."""
+        try:
+            await self.observations.flush(await conn.get())
+        except DATABASE_TROUBLE as exc:
+            logger.warning("could not write the outcome rollup: %s", _one_line(exc))
+            await conn.reset()
+        except Exception:  # bookkeeping must never stop the worker
+            logger.exception("could not write the outcome rollup")
+
+    async def _prune_stats(self, conn: ReconnectingConnection) -> None:
+        try:
+            await (await conn.get()).execute(queries.PRUNE_STATS)
+        except DATABASE_TROUBLE as exc:
+            logger.warning("could not prune the outcome rollup: %s", _one_line(exc))
+            await conn.reset()
+
+    async def _write_last_stats(self) -> None:
+        """At exit: write what the maintenance loop has not (on the claim connection, idle
+        now)."""
+        for last_try in (False, True):
+            if not self.observations.unwritten:
+                return
+            try:
+                conn = await self._claim_conn.get()
+                await asyncio.wait_for(self.observations.flush(conn), FINAL_FLUSH_TIMEOUT)
+            except (*DATABASE_TROUBLE, asyncio.TimeoutError) as exc:
+                if last_try:
+                    logger.warning(
+                        "could not write the last %d attempt(s) to the outcome rollup: %s",
+                        self.observations.unwritten,
+                        _one_line(exc),
+                    )
+                # The claim connection may have been lost while idle: once more on a new one.
+                await self._claim_conn.reset()
 
     async def _give_back_strays(self, conn: ReconnectingConnection) -> None:
         """Give back jobs the database says this worker holds but it does not run: their

@@ -124,6 +124,17 @@ def format_table(
     return "\n".join([line(list(headers)), *(line(row) for row in cells)])
 
 
+def tcp_port(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: any free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r} (0-65535)")
+    return port
+
+
 __all__ = [
     "EXIT_ERROR",
     "EXIT_USAGE",
@@ -133,6 +144,7 @@ __all__ = [
     "format_table",
     "load_app",
     "print_json",
+    "tcp_port",
     "to_json",
     "when",
 ]

@@ -8,7 +8,7 @@ import logging
 import os
 from typing import Any
 
-from pgqueue.cli._common import Parents, app_or_dsn, load_app
+from pgqueue.cli._common import Parents, app_or_dsn, load_app, tcp_port
 from pgqueue.config import WorkerSettings, parse_duration, parse_queues
 
 
@@ -31,7 +31,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
         retention=parse_duration(args.retention),
     )
     worker = Worker(app, settings)
-    code = worker.run()
+    server = None
+    if args.metrics_port is not None:
+        from pgqueue import metrics  # needs the `metrics` extra: a one-line error without it
+
+        # Bound before anything else starts: a taken port stops the worker at once.
+        server = metrics.serve(
+            metrics.worker_registry(worker), args.metrics_host, args.metrics_port
+        )
+        logging.getLogger("pgqueue.worker").info(
+            "serving metrics on http://%s:%d/metrics", args.metrics_host, server.port
+        )
+    try:
+        code = worker.run()
+    finally:
+        if server is not None:
+            server.close()
     stuck = worker.stuck_threads()
     if stuck:
         # Python cannot stop a thread; exit without joining the ones still in a task.
@@ -157,6 +172,20 @@ def register(sub: Any, parents: Parents) -> None:
         action="store_true",
         help="do not run the periodic scheduler in this worker (by default every worker "
         "does; each tick still makes exactly one job)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=tcp_port,
+        metavar="PORT",
+        help="serve this worker's Prometheus metrics on PORT at /metrics (needs the "
+        "pgqueue[metrics] extra); off by default",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="address the metrics endpoint listens on (default: 0.0.0.0, every interface, so "
+        "that Prometheus on another host or container can scrape it; 127.0.0.1 keeps it local)",
     )
     worker.set_defaults(func=cmd_worker)
 
