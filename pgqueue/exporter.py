@@ -30,7 +30,7 @@ from pgqueue.metrics import (
     GaugeMetricFamily,
     Metric,
 )
-from pgqueue.migrate import check_schema
+from pgqueue.revisions import check_schema
 
 logger = logging.getLogger("pgqueue.exporter")
 
