@@ -23,7 +23,7 @@ import psycopg
 
 from pgqueue.app import App
 from pgqueue.errors import PgQueueError
-from pgqueue.inspect import queues, server, workers
+from pgqueue.inspect import queues, server, stuck, workers
 from pgqueue.metrics import (
     Collector,
     CollectorRegistry,
@@ -53,7 +53,7 @@ class Reading:
     seconds: float  # how long the read took
     queues: tuple[queues.QueueStatus, ...] = ()
     workers_alive: int = 0
-    overdue: tuple[workers.OverdueSchedule, ...] = ()
+    overdue: tuple[stuck.OverdueSchedule, ...] = ()
     horizon_age: float = 0.0
     hot_tuples: server.TupleCounts | None = None
     read_at: float = field(default_factory=time.monotonic)

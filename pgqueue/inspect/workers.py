@@ -19,6 +19,8 @@ from psycopg.rows import dict_row
 from pgqueue import periodic
 from pgqueue._names import ADVISORY_LOCK_NAMESPACE
 from pgqueue.config import WorkerSettings
+from pgqueue.inspect import stuck
+from pgqueue.inspect.stuck import OverdueSchedule
 
 Conn = psycopg.Connection[Any]
 
@@ -142,17 +144,6 @@ class Fleet:
 
 
 @dataclass(frozen=True)
-class OverdueSchedule:
-    """An enabled periodic schedule that should have fired over a minute ago: no running
-    scheduler registers its task, or none runs at all."""
-
-    name: str
-    task_name: str
-    next_fire_at: datetime
-    overdue_seconds: float
-
-
-@dataclass(frozen=True)
 class FleetSummary:
     """The last lines of `pgqueue status`."""
 
@@ -199,20 +190,9 @@ def list_workers(conn: Conn, past_limit: int = 10) -> Fleet:
 
 
 def overdue_schedules(conn: Conn) -> tuple[OverdueSchedule, ...]:
-    """The schedules `pgqueue periodic list` shows as overdue (periodic.schedule_state)."""
-    with conn.transaction():
-        at = periodic.db_now(conn)
-        rows = periodic.list_schedules(conn)
-    return tuple(
-        OverdueSchedule(
-            name=row["name"],
-            task_name=row["task_name"],
-            next_fire_at=row["next_fire_at"],
-            overdue_seconds=(at - row["next_fire_at"]).total_seconds(),
-        )
-        for row in rows
-        if periodic.schedule_state(row) == "overdue"
-    )
+    """The schedules `pgqueue periodic list` shows as overdue: enabled, and over a minute late
+    (no running scheduler registers their task, or none runs at all)."""
+    return tuple(stuck.overdue_schedules(conn, grace=periodic.UNFIRED_GRACE.total_seconds()))
 
 
 def fleet_summary(conn: Conn) -> FleetSummary:
