@@ -47,10 +47,10 @@ def subprocess_env(dsn: str | None = None, **extra: str) -> dict[str, str]:
 class WorkerProcess:
     """One `pgqueue worker` subprocess whose stdout and stderr go to `log_path`."""
 
-    def __init__(self, dsn: str, log_path: Path, args: Sequence[str]) -> None:
+    def __init__(self, dsn: str, log_path: Path, args: Sequence[str], app: str = APP) -> None:
         self.dsn = dsn
         self.log_path = log_path
-        self.command = [sys.executable, "-m", "pgqueue", "worker", "--app", APP, *args]
+        self.command = [sys.executable, "-m", "pgqueue", "worker", "--app", app, *args]
         self.worker_id: int | None = None
         self.name: str | None = None
         self._log_file: IO[bytes] | None = None
