@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 
 import pgqueue
+from examples.fastapi.app import Session
 from pgqueue.contrib.fastapi import lifespan
 from tests.acceptance.helpers import WorkerProcess
 from tests.conftest import wait_until
@@ -107,6 +109,32 @@ def test_failing_request_rolls_back_the_order_and_its_job(
     assert count(conn, "SELECT count(*) FROM example_orders") == 0
     assert count(conn, "SELECT count(*) FROM pgqueue_all_jobs") == 0
     assert count(conn, "SELECT available FROM example_stock WHERE item = 'gadget'") == 5
+
+
+def test_request_whose_commit_fails_is_not_told_it_succeeded(
+    example: ModuleType, conn: psycopg.Connection[Any]
+) -> None:
+    # A check the database makes only at COMMIT: the endpoint returns, then the commit fails.
+    conn.execute("CREATE TABLE tickets (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+    api = FastAPI(lifespan=example.lifespan)
+
+    @api.post("/tickets", status_code=201)
+    async def issue(session: Session) -> int:
+        job = await example.price_order.aapply_async(args=(0, "widget", 1), connection=session)
+        await session.execute(sa.text("INSERT INTO tickets VALUES (1), (1)"))
+        return int(job.id)
+
+    async def scenario() -> httpx.Response:
+        async with api.router.lifespan_context(api):
+            transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+                return await client.post("/tickets")
+
+    response = asyncio.run(scenario())
+
+    # The example's session commits before the response is sent, so the failure is the answer.
+    assert response.status_code == 500
+    assert count(conn, "SELECT count(*) FROM pgqueue_all_jobs") == 0
 
 
 def test_worker_runs_the_job_and_the_wait_endpoint_returns_its_result(
