@@ -101,8 +101,20 @@ def using_database(app: App, dsn: str) -> Iterator[App]:
     what it used before. Its shared connections are closed on the way in and out."""
     saved = (app._dsn_argument, app._dsn)
     app.set_dsn(dsn)
+    _forget_async_connections(app)
     try:
         yield app
     finally:
         app.close()
+        _forget_async_connections(app)
         app._dsn_argument, app._dsn = saved
+
+
+def _forget_async_connections(app: App) -> None:
+    """Close the app's shared async connections, one per event loop, so that none still goes
+    to the database the app used before. They are idle, and may belong to loops other than
+    the running one (or to none): libpq closes them here, without a round trip."""
+    conns = list(app._async_conns.values())
+    app._async_conns.clear()
+    for conn in conns:
+        conn.pgconn.finish()

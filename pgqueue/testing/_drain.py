@@ -21,6 +21,7 @@ import psycopg
 from pgqueue import _json, queries
 from pgqueue.claim import Claim, claim_params, read_claim
 from pgqueue.complete import write_outcomes_sync
+from pgqueue.enqueue import translate_error
 from pgqueue.errors import PgQueueError
 from pgqueue.execute import Executor, run_in_this_process
 from pgqueue.job import JobStatus
@@ -120,12 +121,12 @@ class _Drain:
         """The next round's jobs (none when nothing is due); DrainLimitReached past the limit."""
         queues: Sequence[str] | None = self.queues
         if queues is None:
-            queues = sorted(row[0] for row in self.conn.execute(_QUEUED_QUEUES).fetchall())
+            queues = sorted(row[0] for row in self._rows(_QUEUED_QUEUES))
         if not queues:
             return []
         params = claim_params(queues, ROUND_SIZE, worker_id=0)
         params["worker_id"] = None  # no worker holds these jobs: worker_id stays NULL
-        claim: Claim = read_claim(self.conn.execute(queries.CLAIM_JOBS, params).fetchall())
+        claim: Claim = read_claim(self._rows(queries.CLAIM_JOBS, params))
         for failed in claim.unreadable:
             self.finish(failed.job, failed)
         if not claim.taken:
@@ -159,7 +160,10 @@ class _Drain:
         if isinstance(outcome, RetryLater) and self.retry_now and not outcome.refund_attempt:
             outcome = RetryLater(job, outcome.error, delay=0.0)
         if not (isinstance(outcome, Succeeded) and outcome.committed):
-            write_outcomes_sync(self.conn, [outcome])
+            try:
+                write_outcomes_sync(self.conn, [outcome])
+            except psycopg.Error as exc:
+                raise translate_error(exc, self.conn, owned=True) from exc
         if isinstance(outcome, RetryLater):
             self.retried.add(job.id)
         self.ran.append(_ran(job, outcome))
@@ -169,18 +173,24 @@ class _Drain:
         `max_wait` (and `retry_now` is off); None: the drain is over."""
         if self.retry_now or not self.retried:
             return None
-        row = self.conn.execute(_NEXT_RETRY, {"ids": list(self.retried)}).fetchone()
-        if row is None or row[0] is None or row[0] > self.max_wait:
+        [(seconds,)] = self._rows(_NEXT_RETRY, {"ids": list(self.retried)})
+        if seconds is None or seconds > self.max_wait:
             return None
-        return float(row[0])
+        return float(seconds)
 
     def release_unstarted(self) -> None:
         """Give back jobs claimed but never started (drain() was interrupted)."""
         if self._unstarted:
             ids = [job.id for job in self._unstarted]
             leases = [job.lease for job in self._unstarted]
-            self.conn.execute(queries.RELEASE_UNSTARTED, {"ids": ids, "leases": leases})
             self._unstarted = []
+            self._rows(queries.RELEASE_UNSTARTED, {"ids": ids, "leases": leases})
+
+    def _rows(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
+        try:
+            return self.conn.execute(statement, params).fetchall()
+        except psycopg.Error as exc:  # a schema not migrated, a lost connection: one line
+            raise translate_error(exc, self.conn, owned=True) from exc
 
     def close(self) -> None:
         try:

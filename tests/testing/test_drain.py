@@ -225,3 +225,9 @@ def test_adrain_runs_async_tasks_on_the_callers_event_loop(app: pgqueue.App) -> 
 def test_max_rounds_must_be_positive(app: pgqueue.App) -> None:
     with pytest.raises(ValueError, match="max_rounds"):
         drain(app, max_rounds=0)
+
+
+def test_drain_on_a_database_without_the_schema_says_so(empty_dsn: str) -> None:
+    app = pgqueue.App(empty_dsn)
+    with pytest.raises(pgqueue.SchemaNotMigrated, match="pgqueue migrate"):
+        drain(app)

@@ -3,11 +3,14 @@ plugin loaded from its entry point, and inert for tests that do not ask for it."
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 
 import pgqueue
 from pgqueue.testing import throwaway_database, using_database
+from pgqueue.testing._databases import database_name
 
 pytest_plugins = ["pytester"]
 
@@ -153,3 +156,25 @@ def test_using_database_points_an_app_there_and_back(server_dsn: str, template_d
         assert app.dsn == dsn
         assert app.connect().execute("SELECT 1").fetchone() == (1,)
     assert app.dsn == "postgresql://nobody@127.0.0.1:1/own"
+
+
+def test_using_database_leaves_no_async_connection_to_the_other_database(
+    server_dsn: str, template_db: str
+) -> None:
+    app = pgqueue.App(server_dsn)
+
+    async def current_database() -> str:
+        conn = await app._ashared_connection()
+        row = await (await conn.execute("SELECT current_database()")).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    async def main() -> None:
+        before = await current_database()
+        with throwaway_database(server_dsn, template_db) as dsn:
+            with using_database(app, dsn):
+                assert await current_database() == database_name(dsn)
+            assert await current_database() == before
+        await app.aclose()
+
+    asyncio.run(main())
