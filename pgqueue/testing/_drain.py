@@ -117,20 +117,22 @@ class _Drain:
         self.conn: psycopg.Connection[Any] = app.connect(autocommit=True)
         self._unstarted: list[ClaimedJob] = []
 
-    def claim(self) -> list[ClaimedJob]:
-        """The next round's jobs (none when nothing is due); DrainLimitReached past the limit."""
+    def claim(self) -> list[ClaimedJob] | None:
+        """The next round's jobs, or None when nothing is due (a claim that took only jobs it
+        ended, expired or cancelled, gives an empty round); DrainLimitReached past the
+        limit."""
         queues: Sequence[str] | None = self.queues
         if queues is None:
             queues = sorted(row[0] for row in self._rows(_QUEUED_QUEUES))
         if not queues:
-            return []
+            return None
         params = claim_params(queues, ROUND_SIZE, worker_id=0)
         params["worker_id"] = None  # no worker holds these jobs: worker_id stays NULL
         claim: Claim = read_claim(self._rows(queries.CLAIM_JOBS, params))
         for failed in claim.unreadable:
             self.finish(failed.job, failed)
         if not claim.taken:
-            return []
+            return None
         self.rounds += 1
         if self.rounds > self.max_rounds:
             self._unstarted = claim.jobs
@@ -233,7 +235,7 @@ def drain(
     try:
         while True:
             jobs = state.claim()
-            if not jobs:
+            if jobs is None:
                 wait = state.retry_wait()
                 if wait is None:
                     return state.ran
@@ -276,7 +278,7 @@ async def adrain(
     try:
         while True:
             jobs = state.claim()
-            if not jobs:
+            if jobs is None:
                 wait = state.retry_wait()
                 if wait is None:
                     return state.ran

@@ -231,3 +231,23 @@ def test_drain_on_a_database_without_the_schema_says_so(empty_dsn: str) -> None:
     app = pgqueue.App(empty_dsn)
     with pytest.raises(pgqueue.SchemaNotMigrated, match="pgqueue migrate"):
         drain(app)
+
+
+def test_expired_jobs_end_cancelled_without_running(
+    app: pgqueue.App, conn: psycopg.Connection[Any]
+) -> None:
+    calls: list[str] = []
+
+    @app.task
+    def note(tag: str) -> None:
+        calls.append(tag)
+
+    stale = note.apply_async(args=("stale",), expires=3600)
+    note.delay("fresh")
+    conn.execute(
+        "UPDATE pgqueue_jobs SET expires_at = now() - interval '1 second' WHERE id = %s",
+        (stale.id,),
+    )
+    assert [r.args for r in drain(app)] == [["fresh"]]
+    assert calls == ["fresh"]
+    assert _status(conn, stale.id)[0] == "cancelled"
