@@ -166,8 +166,8 @@ class _Drain:
                 write_outcomes_sync(self.conn, [outcome])
             except psycopg.Error as exc:
                 raise translate_error(exc, self.conn, owned=True) from exc
-        if isinstance(outcome, RetryLater):
-            self.retried.add(job.id)
+        if isinstance(outcome, RetryLater) and not outcome.refund_attempt:
+            self.retried.add(job.id)  # not a job of an unknown task: it waits minutes
         self.ran.append(_ran(job, outcome))
 
     def retry_wait(self) -> float | None:

@@ -8,7 +8,8 @@ no:pgqueue.testing.plugin` removes it; with PYTEST_DISABLE_PLUGIN_AUTOLOAD set,
 `-p pgqueue.testing.plugin` (or `pytest_plugins = ["pgqueue.testing.plugin"]`) brings it in.
 
 The App: `@pytest.mark.pgqueue_app(app)` on a test or module (an App, or "module:attribute"),
-else the `pgqueue_app` ini option ("myproject.tasks:app"), else `PGQUEUE_APP`, else a new App.
+else the `pgqueue_app` ini option ("myproject.tasks:app"), else `PGQUEUE_APP`; else the
+fixture refuses, naming the three.
 """
 
 from __future__ import annotations
@@ -81,11 +82,20 @@ def _configured_app(request: pytest.FixtureRequest) -> App:
     marker = request.node.get_closest_marker("pgqueue_app")
     if marker is not None:
         if len(marker.args) != 1:
-            raise pytest.UsageError("@pytest.mark.pgqueue_app takes one App or 'module:attr'")
+            pytest.fail("@pytest.mark.pgqueue_app takes one App or 'module:attr'", pytrace=False)
         chosen = marker.args[0]
         return chosen if isinstance(chosen, App) else load_app(str(chosen))
     path = str(request.config.getini("pgqueue_app") or os.environ.get("PGQUEUE_APP") or "")
-    return load_app(path) if path else App()
+    if not path:
+        # Not a new, empty App: the tasks the code under test enqueues are registered on the
+        # user's App, which would then still write to the user's own database.
+        pytest.fail(
+            "the pgqueue_app fixture does not know your App: set `pgqueue_app = "
+            "myproject.tasks:app` in your pytest configuration, or mark the test with "
+            "@pytest.mark.pgqueue_app(app), or set PGQUEUE_APP",
+            pytrace=False,
+        )
+    return load_app(path)
 
 
 @pytest.fixture

@@ -251,3 +251,18 @@ def test_expired_jobs_end_cancelled_without_running(
     assert [r.args for r in drain(app)] == [["fresh"]]
     assert calls == ["fresh"]
     assert _status(conn, stale.id)[0] == "cancelled"
+
+
+def test_a_job_of_a_task_the_app_lacks_goes_back_as_with_a_worker(app: pgqueue.App) -> None:
+    elsewhere = pgqueue.App(app.dsn)
+
+    @elsewhere.task
+    def unknown() -> None: ...
+
+    unknown.delay()
+    for retry_now in (True, False):
+        [ran] = drain(app, retry_now=retry_now)
+        assert ran.retried and ran.error is not None and ran.error["type"] == "UnknownTask"
+        with psycopg.connect(app.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE pgqueue_jobs SET run_at = now()")  # due again, for the loop
+    elsewhere.close()

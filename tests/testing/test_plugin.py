@@ -127,6 +127,19 @@ def test_a_test_asking_for_a_database_without_a_server_says_why(
     result.stdout.fnmatch_lines(["*DatabaseUnavailable: could not connect to the test server*"])
 
 
+def test_the_app_fixture_without_an_app_configured_says_how_to_configure_one(
+    project: pytest.Pytester, server_dsn: str
+) -> None:
+    project.makeini("[pytest]\n")
+    project._monkeypatch.setenv("PGQUEUE_TEST_DSN", server_dsn)
+    project._monkeypatch.delenv("PGQUEUE_APP", raising=False)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-k", "fresh or marker")
+    result.assert_outcomes(passed=1, errors=1, deselected=2)
+    result.stdout.fnmatch_lines(
+        ["*the pgqueue_app fixture does not know your App: set `pgqueue_app = myproject*"]
+    )
+
+
 def test_the_plugin_can_be_left_out_or_brought_in_by_name(
     project: pytest.Pytester, server_dsn: str
 ) -> None:
