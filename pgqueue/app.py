@@ -73,6 +73,9 @@ class App:
         self._async_conns: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, psycopg.AsyncConnection[Any]
         ] = weakref.WeakKeyDictionary()
+        # Set only by `pgqueue.testing.eager(app)`: delay() then calls it instead of enqueueing
+        # (task, request, called from async code) and returns what it returns.
+        self._eager: Callable[[Task[Any, Any], JobRequest, bool], Any] | None = None
 
     def __repr__(self) -> str:
         return f"<pgqueue.App tasks={len(self.tasks)}>"

@@ -119,6 +119,12 @@ async def claim_jobs(
     async with conn.cursor() as cur:
         await cur.execute(queries.CLAIM_JOBS, claim_params(queues, limit, worker_id, after))
         rows = await cur.fetchall()
+    return read_claim(rows)
+
+
+def read_claim(rows: list[Any]) -> Claim:
+    """The Claim that CLAIM_JOBS's rows say (a sync caller, `pgqueue.testing.drain`, runs the
+    statement on its own connection and reads them here)."""
     # The statement returns rows in no particular order; start the most urgent first.
     rows.sort(key=lambda r: (-r[5], r[0]))
     jobs = []

@@ -103,6 +103,8 @@ class Task(Generic[P, R]):
         exists if and only if your transaction commits.
         """
         request = self._request(args, kwargs, countdown, eta, priority, queue, expires)
+        if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
+            return self.app._eager(self, request, False)  # type: ignore[no-any-return]
         if connection is None:
             row = self.app._insert_committed(request)
         else:
@@ -192,6 +194,8 @@ class Task(Generic[P, R]):
         """Async twin of `apply_async()`; `connection=` takes a psycopg AsyncConnection or a
         SQLAlchemy AsyncConnection/AsyncSession."""
         request = self._request(args, kwargs, countdown, eta, priority, queue, expires)
+        if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
+            return await self.app._eager(self, request, True)  # type: ignore[no-any-return]
         if connection is None:
             row = await self.app._ainsert_committed(request)
         else:

@@ -97,6 +97,13 @@ class TransactionalConnections:
             return
         self._aidle.append(conn)
 
+    def close(self) -> None:
+        """Close the idle sync connections (the async ones need `aclose()`)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
     async def aclose(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
