@@ -29,7 +29,7 @@ from typing import Any
 import click
 import psycopg
 from flask import Flask, current_app, has_app_context
-from flask.cli import with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 from psycopg.conninfo import conninfo_to_dict
 
 from pgqueue.app import App
@@ -44,6 +44,9 @@ EXTENSION_KEY = "pgqueue"
 # What `flask pgqueue` gives pgqueue's own command line as its --app: an attribute of this
 # module that resolves, inside the command's app context, to the extension's App.
 CURRENT_APP_PATH = f"{__name__}:current_pgqueue_app"
+# Where `flask pgqueue` leaves the Flask app's import path (`flask --app`) for the children of
+# a process pool, which load the app again.
+FLASK_APP_ENV = "PGQUEUE_FLASK_APP"
 _SCHEME = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
@@ -180,13 +183,27 @@ def __getattr__(name: str) -> Any:
     # `current_pgqueue_app`: the App of the Flask app whose command is running, for
     # pgqueue's own command line, which loads its App by module:attribute.
     if name == "current_pgqueue_app":
-        if not has_app_context():
-            raise ConfigurationError(
-                f"{CURRENT_APP_PATH} only exists inside `flask pgqueue`; elsewhere (and for "
-                "--pool process) pass --app module:attribute naming your pgqueue.App"
-            )
-        return _extension(current_app).pgqueue_app
+        return _current_pgqueue_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_loaded_by_path: dict[str, App] = {}
+
+
+def _current_pgqueue_app() -> App:
+    if has_app_context():
+        return _extension(current_app).pgqueue_app
+    # A child of `flask pgqueue worker --pool process`, started afresh: it loads the Flask
+    # app the way the worker's `flask --app` did, from the path the worker left it.
+    path = os.environ.get(FLASK_APP_ENV)
+    if not path:
+        raise ConfigurationError(
+            f"{CURRENT_APP_PATH} only exists inside `flask --app yourapp pgqueue`; elsewhere "
+            "pass --app module:attribute naming your pgqueue.App"
+        )
+    if path not in _loaded_by_path:
+        _loaded_by_path[path] = _extension(ScriptInfo(app_import_path=path).load_app()).pgqueue_app
+    return _loaded_by_path[path]
 
 
 @contextlib.contextmanager
@@ -217,6 +234,10 @@ def pgqueue_command(args: Sequence[str]) -> None:
     _extension(current_app)  # a clear error if init_app was not called
     # pgqueue's commands load their App from --app or PGQUEUE_APP; this one names the
     # extension's (an --app given on the command line still wins).
-    with _environment(PGQUEUE_APP=CURRENT_APP_PATH):
+    environment = {"PGQUEUE_APP": CURRENT_APP_PATH}
+    info = click.get_current_context().find_object(ScriptInfo)
+    if info is not None and info.app_import_path:
+        environment[FLASK_APP_ENV] = info.app_import_path
+    with _environment(**environment):
         code = main(list(args))
     click.get_current_context().exit(code)

@@ -124,15 +124,18 @@ class FlaskWorker(WorkerProcess):
         ]  # fmt: skip
 
 
+@pytest.mark.parametrize("pool", ["thread", "process"])
 def test_flask_pgqueue_worker_runs_the_job_and_the_status_view_shows_it(
-    shop: Flask, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pool: str, shop: Flask, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # With --pool process, each child process loads the Flask app again, as `--app` named it.
     client = shop.test_client()
     placed = client.post("/orders", json={"item": "kettle", "quantity": 3}).json
     assert client.get(f"/jobs/{placed['job_id']}").json["status"] == "queued"
 
     monkeypatch.setenv("FLASK_SQLALCHEMY_DATABASE_URI", database_url)
-    worker = FlaskWorker(tmp_path / "worker.log", ["--concurrency", "2", "--poll-interval", "0.5"])
+    options = ["--pool", pool, "--concurrency", "1", "--poll-interval", "0.5"]
+    worker = FlaskWorker(tmp_path / "worker.log", options)
     try:
         worker.launch().wait_ready()
 
@@ -238,3 +241,15 @@ def test_import_pgqueue_does_not_import_flask() -> None:
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.stdout.strip() == "[]", completed.stderr
+
+
+def test_the_flask_app_path_outside_flask_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pgqueue.cli import main
+    from pgqueue.contrib.flask import CURRENT_APP_PATH, FLASK_APP_ENV
+
+    monkeypatch.delenv(FLASK_APP_ENV, raising=False)
+    assert main(["status", "--app", CURRENT_APP_PATH]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "only exists inside `flask --app yourapp pgqueue`" in line
