@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app
 from psycopg.conninfo import conninfo_to_dict
 
 from pgqueue.contrib.flask import PgQueue, dsn_from_config
@@ -175,6 +175,46 @@ def test_flask_pgqueue_unknown_job_is_one_line_on_stderr(database_url: str) -> N
     assert completed.returncode == 1
     [line] = completed.stderr.strip().splitlines()
     assert line.startswith("pgqueue: error: no job with id 424242")
+
+
+def test_sync_async_and_periodic_tasks_run_in_the_apps_context(
+    dsn: str, start_worker: Callable[..., Any]
+) -> None:
+    app = Flask("context_check")
+    app.config.update(PGQUEUE_DSN=dsn, SHOP_NAME="corner shop")
+    queue = PgQueue(app)
+
+    @queue.task
+    def sync_name() -> str:
+        return f"{current_app.name}: {current_app.config['SHOP_NAME']}"
+
+    @queue.task(queue="async")
+    async def async_name() -> str:
+        return f"{current_app.name}: {current_app.config['SHOP_NAME']}"
+
+    @queue.periodic(every=3600, name="hourly")
+    def periodic_name() -> str:
+        return current_app.name
+
+    assert list(queue.pgqueue_app.schedules) == ["hourly"]
+    jobs = [sync_name.delay(), async_name.delay(), periodic_name.delay()]
+    start_worker(queue.pgqueue_app, run_scheduler=False)
+    results = [job.wait(timeout=30) for job in jobs]
+
+    assert results == ["context_check: corner shop", "context_check: corner shop", "context_check"]
+    assert queue.get_job(jobs[0].id).status == "succeeded"
+    queue.pgqueue_app.close()
+
+
+def test_a_task_run_before_init_app_says_so() -> None:
+    queue = PgQueue()
+
+    @queue.task
+    def needs_the_app() -> str:
+        return current_app.name
+
+    with pytest.raises(ConfigurationError, match=r"ran before init_app\(app\)"):
+        needs_the_app()
 
 
 # -- configuration ------------------------------------------------------------------------------
