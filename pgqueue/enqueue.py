@@ -8,6 +8,7 @@ commits it; without, pgqueue uses its own autocommit connection.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -178,20 +179,28 @@ def connection_kind(connection: Any, *, is_async: bool) -> str:
         return PSYCOPG
     if isinstance(connection, (psycopg.Connection, psycopg.AsyncConnection)):
         raise _wrong_flavour(is_async)
-    if not type(connection).__module__.startswith("sqlalchemy"):
+    if "sqlalchemy" not in sys.modules:  # then it cannot be one of SQLAlchemy's objects
         raise _unsupported(connection)
     import sqlalchemy as sa
-    from sqlalchemy.ext import asyncio as sa_async
     from sqlalchemy.orm import Session, scoped_session
 
-    if isinstance(connection, (sa.Engine, sa_async.AsyncEngine)):
+    # Subclasses count (Flask-SQLAlchemy's and SQLModel's sessions). The asyncio extension is
+    # loaded by whoever made an async object; importing it here would need greenlet, which
+    # SQLAlchemy 2.1 no longer installs, and break enqueueing on a sync Session without it.
+    sa_async = sys.modules.get("sqlalchemy.ext.asyncio")
+    engines = (sa.Engine, sa_async.AsyncEngine) if sa_async is not None else (sa.Engine,)
+    if isinstance(connection, engines):
         raise TypeError(
             "connection= takes a connection or session holding your transaction, not an "
             "Engine: pass the Connection of `with engine.begin() as conn:` or a Session "
             "(or call delay() to let pgqueue commit the job itself)"
         )
     sync_types = (sa.Connection, Session, scoped_session)
-    async_types = (sa_async.AsyncConnection, sa_async.AsyncSession, sa_async.async_scoped_session)
+    async_types = (
+        (sa_async.AsyncConnection, sa_async.AsyncSession, sa_async.async_scoped_session)
+        if sa_async is not None
+        else ()
+    )
     if isinstance(connection, async_types if is_async else sync_types):
         return SQLALCHEMY
     if isinstance(connection, sync_types + async_types):
