@@ -120,6 +120,7 @@ class App:
         autoretry_for: Iterable[type[BaseException]] = (),
         timeout: float | timedelta | None = None,
         transactional: bool = False,
+        bind: bool = False,
     ) -> Callable[[F], Task[Any, Any]]: ...
 
     def task(
@@ -137,6 +138,7 @@ class App:
         autoretry_for: Iterable[type[BaseException]] = (),
         timeout: float | timedelta | None = None,
         transactional: bool = False,
+        bind: bool = False,
     ) -> Task[Any, Any] | Callable[[F], Task[Any, Any]]:
         """Register a function (sync or async) as a task; usable bare or with options.
 
@@ -145,7 +147,8 @@ class App:
         before attempt n+1 is a random time up to `retry_backoff * 2**(n-1)` seconds, capped at
         `retry_backoff_max` (no randomness with `retry_jitter=False`). `timeout` limits one
         attempt, in seconds. `transactional=True` runs the task in a transaction that also
-        commits its job's completion: see `pgqueue.current_job().connection`.
+        commits its job's completion: see `pgqueue.current_job().connection`. `bind=True`
+        passes the Task as the first argument (`self.request`, `self.retry()`), as in Celery.
         """
 
         def register(function: F) -> Task[Any, Any]:
@@ -169,6 +172,7 @@ class App:
                 retry_policy=policy,
                 timeout=timeout,
                 transactional=transactional,
+                bind=bind,
             )
             existing = self.tasks.get(task.name)
             if existing is not None and existing.fn is not function:

@@ -85,6 +85,30 @@ class JobContext:
     def max_attempts(self) -> int:
         return self._job.max_attempts
 
+    # Celery's names for the same facts, for `@app.task(bind=True)` tasks' `self.request`.
+
+    @property
+    def retries(self) -> int:
+        """Attempts made before this one (`attempt - 1`)."""
+        return self._job.attempt - 1
+
+    @property
+    def task(self) -> str:
+        """The task's name (as `task_name`)."""
+        return self._job.task_name
+
+    @property
+    def args(self) -> list[Any]:
+        return self._job.args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return self._job.kwargs
+
+    @property
+    def priority(self) -> int:
+        return self._job.priority
+
     def __repr__(self) -> str:
         return (
             f"JobContext(id={self.id}, task_name={self.task_name!r}, queue={self.queue!r}, "

@@ -113,3 +113,8 @@ class Retry(PgQueueError):
         self.eta = eta
         self.reason = reason
         super().__init__(reason or "retry requested")
+
+
+class MaxRetriesExceeded(PgQueueError):
+    """Raised by `self.retry(max_retries=n)` in a bound task once n retries were made: the
+    job ends FAILED with this error, whatever the task's `autoretry_for` says."""

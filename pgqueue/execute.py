@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgqueue import _json, transactional
 from pgqueue.context import CancelFlag, JobContext, _current
-from pgqueue.errors import Cancel, Retry
+from pgqueue.errors import Cancel, MaxRetriesExceeded, Retry
 from pgqueue.outcome import (
     Cancelled,
     ClaimedJob,
@@ -154,6 +154,8 @@ def outcome_of_exception(
         return Cancelled(job, simple_error("Cancelled", exc.reason))
     if isinstance(exc, Retry):
         return _after_retry_request(task, job, exc)
+    if isinstance(exc, MaxRetriesExceeded):  # the task gave up: never retried
+        return Failed(job, error_info(exc))
     if isinstance(exc, TaskTimeout):
         return _after_failure(task, job, exc, error_info(exc, with_traceback=False))
     if isinstance(exc, transactional.JobConnectionLost):
@@ -188,7 +190,7 @@ def sync_call(
     (the thread pool and the process pool's children both run this)."""
     context = contextvars.copy_context()
     context.run(_current.set, JobContext(job, cancel_event, connection))
-    fn = functools.partial(task.fn, *job.args, **job.kwargs)
+    fn = functools.partial(task.run, *job.args, **job.kwargs)
     if connection is not None:
         fn = functools.partial(transactional.run_sync, pool, connection, job, fn)
     return functools.partial(context.run, fn)
@@ -266,7 +268,7 @@ class Executor:
             # The caller is the job's own asyncio task, which runs in a context of its own:
             # setting the job there reaches the coroutine and whatever it starts.
             _current.set(JobContext(job, cancel_event, connection))
-            call_async = functools.partial(task.fn, *job.args, **job.kwargs)
+            call_async = functools.partial(task.run, *job.args, **job.kwargs)
             coro = (
                 transactional.run_async(self.transactional, connection, job, call_async)
                 if connection is not None

@@ -5,18 +5,30 @@
 >>> send_welcome.delay(42)              # a Job, committed by pgqueue
 >>> send_welcome.apply_async(args=(42,), countdown=60, connection=session)  # in your transaction
 >>> await send_welcome.adelay(42)       # async twin
+
+`@app.task(bind=True)` passes the Task itself as the function's first argument, as Celery does:
+`self.request` is the running job's context and `self.retry(...)` asks for another attempt.
+
+>>> @app.task(bind=True, max_attempts=5)
+... def fetch(self, url: str) -> str:
+...     try:
+...         return download(url)
+...     except TimeoutError as exc:
+...         self.retry(exc=exc, countdown=2 ** self.request.retries)
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from pgqueue.config import validate_priority, validate_queue_name
+from pgqueue.context import current_job
 from pgqueue.enqueue import JobRequest, ainsert_job, build_request, insert_job
-from pgqueue.errors import ConfigurationError
+from pgqueue.errors import ConfigurationError, MaxRetriesExceeded, Retry
 from pgqueue.job import Job
 from pgqueue.retry import RetryPolicy
 
@@ -45,6 +57,7 @@ class Task(Generic[P, R]):
         retry_policy: RetryPolicy | None = None,
         timeout: float | timedelta | None = None,
         transactional: bool = False,
+        bind: bool = False,
     ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"@app.task decorates a function, got {fn!r}")
@@ -63,6 +76,12 @@ class Task(Generic[P, R]):
         self.timeout: float | None = float(timeout) if timeout is not None else None
         self.is_async: bool = inspect.iscoroutinefunction(fn)
         self.transactional: bool = bool(transactional)
+        self.bind: bool = bool(bind)
+        # What a worker calls with the job's arguments: the function, given this Task first
+        # when it is bound.
+        self.run: Callable[..., Any] = (
+            functools.partial(fn, self) if self.bind else fn  # type: ignore[arg-type]
+        )
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__wrapped__ = fn
@@ -72,7 +91,40 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function inline, here and now, as a plain call."""
-        return self.fn(*args, **kwargs)
+        return self.run(*args, **kwargs)  # type: ignore[no-any-return]
+
+    # -- bound tasks (`bind=True`) --------------------------------------------------------
+
+    @property
+    def request(self) -> Any:
+        """The job this thread or coroutine runs (`pgqueue.current_job()`), with Celery's
+        names: `id`, `retries` (attempts before this one), `attempt`, `max_attempts`, `args`,
+        `kwargs`, `queue`, `task`, `priority`. Outside a worker (a plain call, eager mode
+        aside) there is no job: `id` is None and `retries` 0."""
+        return current_job() or _NoJob(self)
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> NoReturn:
+        """Ask for another attempt of the running job: raises `pgqueue.Retry`.
+
+        `countdown` (seconds) or `eta` (aware datetime) says when; with neither, the task's
+        backoff decides. `exc` is recorded as the reason. `max_retries` gives up sooner than
+        the task's `max_attempts` (never later): once that many retries were made, raises
+        `pgqueue.MaxRetriesExceeded` and the job ends FAILED. With no attempts left the job
+        ends FAILED too. `raise self.retry(...)` (Celery's spelling) works the same.
+        """
+        if max_retries is not None and self.request.retries >= max_retries:
+            what = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+            raise MaxRetriesExceeded(
+                f"{self.name} gave up after {max_retries} retries (max_retries){what}"
+            ) from exc
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else None
+        raise Retry(countdown, eta=eta, reason=reason) from exc
 
     # -- sync ---------------------------------------------------------------------------
 
@@ -222,3 +274,24 @@ class Task(Generic[P, R]):
             queue=queue,
             expires=expires,
         )
+
+
+class _NoJob:
+    """`Task.request` outside a worker: a bound task called as a plain function."""
+
+    id = None
+    attempt = 1
+    retries = 0
+    priority = 0
+    connection = None
+    cancel_requested = False
+
+    def __init__(self, task: Task[Any, Any]) -> None:
+        self.task = self.task_name = task.name
+        self.queue = task.queue
+        self.max_attempts = task.retry_policy.max_attempts
+        self.args: list[Any] = []
+        self.kwargs: dict[str, Any] = {}
+
+    def raise_if_cancelled(self) -> None:
+        """Nothing can cancel a plain call."""

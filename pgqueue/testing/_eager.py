@@ -73,7 +73,7 @@ class _EagerRunner:
             return self._arun(task, job)
         token = _current.set(JobContext(job))
         try:
-            value = task.fn(*job.args, **job.kwargs)
+            value = task.run(*job.args, **job.kwargs)
             if task.is_async:
                 value = asyncio.run(value)  # from sync code; async code calls adelay()
         except Exception as exc:
@@ -85,7 +85,7 @@ class _EagerRunner:
     async def _arun(self, task: Task[Any, Any], job: ClaimedJob) -> Job:
         token = _current.set(JobContext(job))
         try:
-            value = task.fn(*job.args, **job.kwargs)
+            value = task.run(*job.args, **job.kwargs)
             if task.is_async:
                 value = await value
         except Exception as exc:

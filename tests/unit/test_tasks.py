@@ -9,6 +9,9 @@ from datetime import timedelta
 import pytest
 
 import pgqueue
+from pgqueue.context import JobContext, _current
+from pgqueue.execute import outcome_of_exception
+from pgqueue.outcome import ClaimedJob, Failed
 from pgqueue.retry import RetryPolicy
 
 UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
@@ -147,3 +150,86 @@ def test_decorating_a_non_callable_is_refused(app: pgqueue.App) -> None:
 
 def test_current_job_is_none_outside_a_worker() -> None:
     assert pgqueue.current_job() is None
+
+
+# -- bind=True ----------------------------------------------------------------------------
+
+
+def test_a_bound_task_gets_itself_first_and_no_job_outside_a_worker(app: pgqueue.App) -> None:
+    @app.task(bind=True, queue="reports", max_attempts=4)
+    def whoami(self: pgqueue.Task[..., object], x: int) -> tuple[object, ...]:
+        request = self.request
+        return (self, request.id, request.retries, request.task, request.queue, x)
+
+    assert whoami.bind
+    assert whoami(7) == (whoami, None, 0, whoami.name, "reports", 7)
+
+
+def test_a_bound_tasks_request_is_the_running_jobs_context(app: pgqueue.App) -> None:
+    @app.task(bind=True)
+    def inspect_me(self: pgqueue.Task[..., object]) -> object:
+        return self.request
+
+    job = ClaimedJob(41, "default", inspect_me.name, [1], {"k": 2}, 5, attempt=3, max_attempts=4)
+    token = _current.set(JobContext(job))
+    try:
+        request = inspect_me()
+    finally:
+        _current.reset(token)
+    assert isinstance(request, JobContext)
+    assert (request.id, request.attempt, request.retries, request.max_attempts) == (41, 3, 2, 4)
+    assert (request.args, request.kwargs, request.priority) == ([1], {"k": 2}, 5)
+    assert request.task == inspect_me.name
+
+
+def test_self_retry_raises_retry_with_countdown_and_the_exception_as_reason(
+    app: pgqueue.App,
+) -> None:
+    @app.task(bind=True)
+    def flaky(self: pgqueue.Task[..., None]) -> None:
+        try:
+            raise ConnectionError("refused")
+        except ConnectionError as exc:
+            raise self.retry(exc=exc, countdown=12)
+
+    with pytest.raises(pgqueue.Retry) as info:
+        flaky()
+    assert info.value.countdown == 12
+    assert info.value.reason == "ConnectionError: refused"
+    assert isinstance(info.value.__cause__, ConnectionError)
+
+
+def test_self_retry_past_max_retries_gives_up_and_the_job_fails(app: pgqueue.App) -> None:
+    @app.task(bind=True, max_attempts=10, autoretry_for=(Exception,))
+    def stubborn(self: pgqueue.Task[..., None]) -> None:
+        self.retry(exc=ValueError("still bad"), max_retries=2)
+
+    job = ClaimedJob(1, "default", stubborn.name, [], {}, 0, attempt=3, max_attempts=10)
+    token = _current.set(JobContext(job))
+    try:
+        with pytest.raises(pgqueue.MaxRetriesExceeded, match="after 2 retries") as info:
+            stubborn()
+    finally:
+        _current.reset(token)
+    # Whatever autoretry_for says, giving up is final.
+    outcome = outcome_of_exception(stubborn, job, info.value)
+    assert isinstance(outcome, Failed)
+    assert outcome.error["type"] == "pgqueue.errors.MaxRetriesExceeded"
+    # One retry earlier it is an ordinary retry request.
+    earlier = ClaimedJob(1, "default", stubborn.name, [], {}, 0, attempt=2, max_attempts=10)
+    token = _current.set(JobContext(earlier))
+    try:
+        with pytest.raises(pgqueue.Retry):
+            stubborn()
+    finally:
+        _current.reset(token)
+
+
+def test_an_unbound_task_is_called_without_itself(app: pgqueue.App) -> None:
+    @app.task
+    def plain(x: int) -> int:
+        return x
+
+    assert not plain.bind
+    assert plain.run is plain.fn
+    assert plain(3) == 3
