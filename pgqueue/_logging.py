@@ -9,11 +9,17 @@ the last `FLUSH_INTERVAL` of INFO lines; its state is in the database, not in th
 What a task does to the process's output must not silence the worker: a line that cannot be
 encoded is written with escapes, a huge one is cut, and if a task closes the stream (say
 `sys.stderr.close()`), lines go on to its file descriptor.
+
+`--log-format json` (or PGQUEUE_LOG_FORMAT=json) writes one JSON object a line instead: `time`
+(ISO 8601, UTC), `level`, `logger`, `message`, and the job's fields on the lines about a job
+(`job_id`, `task`, `queue`, `attempt`, `max_attempts`, `duration` in seconds, `outcome`), and
+`exception` with the traceback when there is one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -42,16 +48,49 @@ class _Formatter(logging.Formatter):
         return f"{self._second_text},{int(record.msecs):03d}"
 
 
+# The attributes a log call may add with `extra=` that the JSON format writes out.
+JOB_FIELDS = ("job_id", "task", "queue", "attempt", "max_attempts", "duration", "outcome")
+LOG_FORMATS = ("text", "json")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log collectors; never raises on what a message holds."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": _iso_time(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in JOB_FIELDS:
+            value = record.__dict__.get(field)
+            if value is not None:
+                entry[field] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        # default=str: whatever a task put in a message or field still makes a line.
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def _iso_time(created: float) -> str:
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
 class BatchingStreamHandler(logging.Handler):
     """A handler that writes formatted lines to `stream` in batches."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], log_format: str = "text") -> None:
         super().__init__()
         self.stream = stream
         self._fd: int | None = None
         with contextlib.suppress(Exception):  # a StringIO has none
             self._fd = stream.fileno()
-        self.setFormatter(_Formatter())
+        self.setFormatter(JsonFormatter() if log_format == "json" else _Formatter())
         self._lines: list[str] = []
         self._stop_flushing = threading.Event()
         self._flusher = threading.Thread(
@@ -123,8 +162,9 @@ class BatchingStreamHandler(logging.Handler):
         super().close()
 
 
-def configure(level: int, stream: IO[str]) -> None:
-    """Send every log record at `level` or above to `stream`, in batches."""
+def configure(level: int, stream: IO[str], log_format: str = "text") -> None:
+    """Send every log record at `level` or above to `stream`, in batches, as text lines or
+    (`log_format="json"`) JSON objects."""
     root = logging.getLogger()
     root.setLevel(level)
-    root.addHandler(BatchingStreamHandler(stream))
+    root.addHandler(BatchingStreamHandler(stream, log_format))

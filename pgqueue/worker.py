@@ -30,7 +30,7 @@ from datetime import datetime
 
 import psycopg
 
-from pgqueue import queries
+from pgqueue import queries, signals
 from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue._names import NOTIFY_CANCEL, NOTIFY_ENQUEUED
 from pgqueue.app import App
@@ -238,6 +238,8 @@ class Worker:
             settings.concurrency,
             settings.pool,
         )
+        if signals.worker_ready.receivers:
+            signals.worker_ready.send(sender=self)
         observations = self.observations
         self.completer = Completer(
             ReconnectingConnection(
@@ -263,6 +265,8 @@ class Worker:
             await self._claim_loop()
             await self._finish_running_jobs()
         finally:
+            if signals.worker_shutdown.receivers:
+                signals.worker_shutdown.send(sender=self)
             # The maintenance loop ends its pass (a rollup write cut short may or may not have
             # committed); cancelled only if the pass hangs.
             self._maintenance_done.set()
@@ -477,6 +481,8 @@ class Worker:
                             failed.job.queue, failed.job.task_name, "failed", failed.job.wait, 0.0
                         )
                         self.completer.submit(failed)
+                        if signals.live:
+                            signals.attempt_ended(self.app, failed, 0.0)
                     for job_id, task_name in claim.ended:
                         logger.info(
                             "job %d %s ended CANCELLED before it could run", job_id, task_name
@@ -605,12 +611,16 @@ class Worker:
                 job.attempt,
                 job.max_attempts,
             )
+        if signals.live:
+            signals.attempt_started(self.app, job)
         try:
             outcome = await self._attempt(job)
             if job.lease in self._abandoned:  # stopped after its lease was lost (logged then)
                 logger.debug(
                     "job %d attempt %d ended, its lease lost: nothing written", job.id, job.attempt
                 )
+                if signals.live:
+                    signals.attempt_ended(self.app, LeaseLost(job), time.monotonic() - started)
                 return
             duration = time.monotonic() - started
             self.observations.attempt_ended(
@@ -622,6 +632,8 @@ class Worker:
                 logger.exception("job %d: could not log its outcome", job.id)
             if not (isinstance(outcome, LeaseLost) or getattr(outcome, "committed", False)):
                 self.completer.submit(outcome)
+            if signals.live:  # after the submit: a receiver's time never delays the outcome
+                signals.attempt_ended(self.app, outcome, duration)
         finally:
             self.observations.running_changed(job.queue, -1)
             # Whatever happened above, the slot is given back: this attempt's, not that of a
@@ -677,6 +689,16 @@ class Worker:
     @staticmethod
     def _log_outcome(outcome: Outcome | LeaseLost, duration: float) -> None:
         job = outcome.job
+        # For `--log-format json`: the job's facts as fields, beside the sentence.
+        extra = {
+            "job_id": job.id,
+            "task": job.task_name,
+            "queue": job.queue,
+            "attempt": job.attempt,
+            "max_attempts": job.max_attempts,
+            "duration": round(duration, 6),
+            "outcome": "retry" if isinstance(outcome, RetryLater) else outcome.status,
+        }
         if isinstance(outcome, Succeeded):  # the common case, spelled without `head`
             logger.info(
                 "job %d %s attempt %d/%d succeeded in %.3fs",
@@ -685,6 +707,7 @@ class Worker:
                 job.attempt,
                 job.max_attempts,
                 duration,
+                extra=extra,
             )
             return
         head = f"job {job.id} {job.task_name} attempt {job.attempt}/{job.max_attempts}"
@@ -694,15 +717,23 @@ class Worker:
                 "elsewhere): its transaction was rolled back",
                 head,
                 duration,
+                extra=extra,
             )
         elif isinstance(outcome, Cancelled):
-            logger.warning("%s cancelled after %.3fs: %s", head, duration, outcome.error["message"])
+            logger.warning(
+                "%s cancelled after %.3fs: %s",
+                head,
+                duration,
+                outcome.error["message"],
+                extra=extra,
+            )
         elif isinstance(outcome, RetryLater) and outcome.error["type"] == "UnknownTask":
             logger.warning(
                 "%s: %s; back in the queue for %.0fs, attempt not counted",
                 head,
                 outcome.error["message"],
                 outcome.delay,
+                extra=extra,
             )
         elif isinstance(outcome, RetryLater) and outcome.refund_attempt:
             logger.warning(
@@ -710,6 +741,7 @@ class Worker:
                 "attempt not counted",
                 head,
                 duration,
+                extra=extra,
             )
         elif isinstance(outcome, RetryLater):
             when = f"at {outcome.eta.isoformat()}" if outcome.eta else f"in {outcome.delay:.2f}s"
@@ -720,6 +752,7 @@ class Worker:
                 when,
                 outcome.error["type"],
                 outcome.error["message"],
+                extra=extra,
             )
         else:
             logger.error(
@@ -728,6 +761,7 @@ class Worker:
                 duration,
                 outcome.error["type"],
                 outcome.error["message"],
+                extra=extra,
             )
 
     async def _finish_running_jobs(self) -> None:
@@ -841,9 +875,17 @@ class Worker:
                 row["attempts"],
                 row["max_attempts"],
                 "no attempts left, FAILED" if row["status"] == "failed" else "back in the queue",
+                extra={
+                    "job_id": row["id"],
+                    "task": row["task_name"],
+                    "attempt": row["attempts"],
+                    "outcome": "rescued",
+                },
             )
         if any(row["status"] == "queued" for row in rescued):
             self._signal.wake()
+        if rescued and signals.live:
+            signals.rescued(rescued)
         return next_orphan_check, next_stray_check
 
     async def _write_stats(self, conn: ReconnectingConnection) -> None:

@@ -44,10 +44,18 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    log_format = getattr(args, "log_format", "text")
+    if log_format not in _logging.LOG_FORMATS:  # from PGQUEUE_LOG_FORMAT: argparse lets it by
+        print(
+            f"pgqueue: error: log format {log_format!r} is not one of "
+            f"{', '.join(_logging.LOG_FORMATS)} (PGQUEUE_LOG_FORMAT)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if logging.root.handlers:  # configured already (pgqueue run from a host program)
         logging.root.setLevel(getattr(logging, args.log_level))
     else:
-        _logging.configure(getattr(logging, args.log_level), sys.stderr)
+        _logging.configure(getattr(logging, args.log_level), sys.stderr, log_format)
     # Their INFO lines are about their own machinery, not about jobs.
     for noisy in ("alembic", "pgserver"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))

@@ -22,8 +22,8 @@ EXIT_USAGE = 2
 
 
 class Parents:
-    """The parent parsers a subcommand adds: `common` (--dsn, --log-level), `app` (--app) and
-    `output` (--json).
+    """The parent parsers a subcommand adds: `common` (--dsn, --log-level, --log-format),
+    `app` (--app) and `output` (--json).
 
     With `suppress_defaults`, an option not given is left out of the namespace instead of set
     to its default: for the actions under a group whose own parser takes the same options
@@ -47,6 +47,13 @@ class Parents:
             default=default(os.environ.get("PGQUEUE_LOG_LEVEL", "INFO")),
             choices=["DEBUG", "INFO", "WARNING", "ERROR"],
             help="log level (default: INFO)",
+        )
+        self.common.add_argument(
+            "--log-format",
+            default=default(os.environ.get("PGQUEUE_LOG_FORMAT", "text")),
+            choices=["text", "json"],
+            help="log lines as text, or one JSON object a line with the job's id, task, "
+            "attempt, duration and outcome as fields (default: $PGQUEUE_LOG_FORMAT, else text)",
         )
         self.app = argparse.ArgumentParser(add_help=False)
         self.app.add_argument(

@@ -62,3 +62,11 @@ def charge(order_id: int) -> int:
         (job.id, job.attempt, os.getpid()),
     )
     return order_id
+
+
+@app.task(bind=True, max_attempts=3)
+def bound_retries(self: pgqueue.Task[..., list[int]]) -> list[int]:
+    """Retries itself twice: a bound task's request and retry in a pool process."""
+    if self.request.retries < 2:
+        self.retry(countdown=0)
+    return [self.request.id, self.request.retries, os.getpid()]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import threading
 import time
 from pathlib import Path
 from typing import IO
+
+import pytest
 
 from pgqueue._logging import BatchingStreamHandler
 
@@ -124,3 +127,47 @@ def test_a_huge_line_is_cut_saying_how_much(tmp_path: Path) -> None:
     (line,) = stream.getvalue().splitlines()
     assert len(line) < 200_000
     assert line.endswith("characters cut)")
+
+
+# -- --log-format json ----------------------------------------------------------------------
+
+
+def test_json_format_writes_one_object_a_line_with_the_jobs_fields() -> None:
+    stream = RecordingStream()
+    handler = BatchingStreamHandler(stream, log_format="json")
+    logger = _logger(handler)
+    logger.info(
+        "job %d %s succeeded",
+        5,
+        "app.add",
+        extra={"job_id": 5, "task": "app.add", "attempt": 1, "duration": 0.012, "outcome": "ok"},
+    )
+    logger.warning('plain line with "quotes"\nand a newline')
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("it broke")
+    handler.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    job, plain, broken = (json.loads(line) for line in lines)
+    assert job["message"] == "job 5 app.add succeeded"
+    assert (job["level"], job["logger"]) == ("INFO", logger.name)
+    assert (job["job_id"], job["task"], job["attempt"]) == (5, "app.add", 1)
+    assert (job["duration"], job["outcome"]) == (0.012, "ok")
+    assert job["time"].endswith("Z") and "T" in job["time"]
+    assert plain["message"] == 'plain line with "quotes"\nand a newline'
+    assert "job_id" not in plain
+    assert "ValueError: boom" in broken["exception"]
+
+
+def test_an_unknown_log_format_from_the_environment_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pgqueue.cli import main
+
+    monkeypatch.setenv("PGQUEUE_LOG_FORMAT", "xml")
+    assert main(["status", "--dsn", "postgresql://postgres@127.0.0.1:1/nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "log format 'xml'" in err
