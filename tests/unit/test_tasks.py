@@ -190,7 +190,7 @@ def test_self_retry_raises_retry_with_countdown_and_the_exception_as_reason(
         try:
             raise ConnectionError("refused")
         except ConnectionError as exc:
-            raise self.retry(exc=exc, countdown=12)
+            self.retry(exc=exc, countdown=12)
 
     with pytest.raises(pgqueue.Retry) as info:
         flaky()
