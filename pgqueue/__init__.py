@@ -3,6 +3,7 @@
 The public API, and nothing else.
 """
 
+from pgqueue import signals
 from pgqueue._version import __version__
 from pgqueue.app import App
 from pgqueue.context import JobContext, current_job
@@ -41,4 +42,5 @@ __all__ = [
     "UnknownTask",
     "__version__",
     "current_job",
+    "signals",
 ]

@@ -88,3 +88,21 @@ def test_a_bound_task_retries_itself_in_the_process_pool(
     job_id, retries, pid = job.wait(timeout=60)
     assert (job_id, retries) == (job.id, 2)
     assert pid != os.getpid()
+
+
+def test_drain_runs_a_bound_tasks_retries_in_the_tests_process(app: pgqueue.App) -> None:
+    from pgqueue.testing import drain
+
+    @app.task(bind=True, max_attempts=3)
+    def patient(self: pgqueue.Task[..., int]) -> int:
+        if self.request.retries < 1:
+            self.retry(countdown=3600)  # drain(retry_now=True) does not wait for it
+        return self.request.attempt
+
+    job = patient.delay()
+    ran = drain(app)
+    assert [(r.id, r.attempt, r.status) for r in ran] == [
+        (job.id, 1, "queued"),
+        (job.id, 2, "succeeded"),
+    ]
+    assert ran[-1].result == 2

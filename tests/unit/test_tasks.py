@@ -233,3 +233,14 @@ def test_an_unbound_task_is_called_without_itself(app: pgqueue.App) -> None:
     assert not plain.bind
     assert plain.run is plain.fn
     assert plain(3) == 3
+
+
+def test_eager_mode_runs_a_bound_task_with_its_request(app: pgqueue.App) -> None:
+    from pgqueue.testing import eager
+
+    @app.task(bind=True)
+    def numbered(self: pgqueue.Task[..., list[object]], x: int) -> list[object]:
+        return [x, self.request.attempt, self.request.retries, self.request.args]
+
+    with eager(app):
+        assert numbered.delay(4).wait() == [4, 1, 0, [4]]
