@@ -52,6 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):  # PGQUEUE_LOG_LEVEL, as above
+        print(
+            f"pgqueue: error: log level {args.log_level!r} is not one of DEBUG, INFO, WARNING, "
+            "ERROR (PGQUEUE_LOG_LEVEL)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if logging.root.handlers:  # configured already (pgqueue run from a host program)
         logging.root.setLevel(getattr(logging, args.log_level))
     else:

@@ -171,3 +171,15 @@ def test_an_unknown_log_format_from_the_environment_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "log format 'xml'" in err
+
+
+def test_an_unknown_log_level_from_the_environment_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pgqueue.cli import main
+
+    monkeypatch.setenv("PGQUEUE_LOG_LEVEL", "loud")
+    assert main(["status", "--dsn", "postgresql://postgres@127.0.0.1:1/nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "log level 'loud'" in err
