@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,8 +47,16 @@ def subprocess_env(dsn: str | None = None, **extra: str) -> dict[str, str]:
 class WorkerProcess:
     """One `pgqueue worker` subprocess whose stdout and stderr go to `log_path`."""
 
-    def __init__(self, dsn: str, log_path: Path, args: Sequence[str], app: str = APP) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        log_path: Path,
+        args: Sequence[str],
+        app: str = APP,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.dsn = dsn
+        self.env = dict(env or {})
         self.log_path = log_path
         self.command = [sys.executable, "-m", "pgqueue", "worker", "--app", app, *args]
         self.worker_id: int | None = None
@@ -64,7 +72,7 @@ class WorkerProcess:
         self._process = subprocess.Popen(
             self.command,
             cwd=ROOT,
-            env=subprocess_env(self.dsn),
+            env=subprocess_env(self.dsn, **self.env),
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

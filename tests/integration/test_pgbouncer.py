@@ -18,6 +18,7 @@ import pytest
 
 import pgqueue
 from pgqueue.errors import ConfigurationError
+from pgqueue.exporter import FleetReader
 from tests.servers import PgBouncer
 
 ENQUEUES = 12  # over twice psycopg's prepare_threshold (5)
@@ -202,3 +203,19 @@ def test_a_worker_and_job_wait_with_the_listen_dsn_direct(
     assert [job.refresh().result for job in jobs] == list(range(ENQUEUES))
     assert jobs[0].wait(timeout=5) == 0
     app.close()
+
+
+def test_the_exporter_reads_through_a_transaction_pooler_and_leaves_no_setting_behind(
+    bouncer: PgBouncer, rotation: Rotation
+) -> None:
+    app = pgqueue.App(bouncer.dsn, transaction_pooling=True)
+    reader = FleetReader(app, min_interval=0)
+    try:
+        for _ in range(ENQUEUES):
+            with rotation:
+                assert reader.read().ok
+        # The server connection the last reading used, now held by a hog: its default back.
+        row = rotation.hogs[0].execute("SHOW statement_timeout").fetchone()
+        assert row == ("0",)
+    finally:
+        reader.close()
