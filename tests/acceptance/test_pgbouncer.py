@@ -6,6 +6,7 @@ nothing; a worker whose session-bound connection would go through the pooler ref
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +119,18 @@ def test_a_listen_dsn_through_a_transaction_pooler_is_detected_at_start(
     assert result.returncode == 2
     line = one_line_error(result)
     assert "(--listen-dsn) goes through a pooler in transaction mode" in line, line
+
+
+def test_doctor_probes_the_listen_dsn(dsn: str, bouncer: PgBouncer) -> None:
+    def pooling(**env: str) -> dict[str, Any]:
+        result = pgqueue("doctor", "--json", dsn=bouncer.dsn, env=env)
+        report = json.loads(result.stdout)
+        found: dict[str, Any] = next(
+            f for f in report["findings"] if f["check"] == "connection pooling"
+        )
+        return found
+
+    refused = pooling()
+    assert refused["level"] == "FAIL"
+    assert "PGQUEUE_LISTEN_DSN" in refused["advice"]
+    assert pooling(PGQUEUE_LISTEN_DSN=dsn, **POOLING)["level"] == "PASS"
