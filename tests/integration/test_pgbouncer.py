@@ -219,3 +219,26 @@ def test_the_exporter_reads_through_a_transaction_pooler_and_leaves_no_setting_b
         assert row == ("0",)
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("size", [3, 500], ids=["few", "copy-sized"])
+def test_delay_many_through_a_transaction_pooler(
+    bouncer: PgBouncer, rotation: Rotation, conn: psycopg.Connection[Any], size: int
+) -> None:
+    app = pgqueue.App(bouncer.dsn, transaction_pooling=True)
+
+    @app.task
+    def echo(n: int) -> int:
+        return n
+
+    try:
+        for round_ in range(ENQUEUES):
+            with rotation:
+                echo.delay_many([(round_ * size + n,) for n in range(size)])
+    finally:
+        app.close()
+    row = conn.execute(
+        "SELECT count(*), count(DISTINCT args) FROM pgqueue_all_jobs WHERE task_name = %s",
+        (echo.name,),
+    ).fetchone()
+    assert row == (ENQUEUES * size, ENQUEUES * size)
