@@ -122,6 +122,7 @@ class App:
 
     @property
     def has_own_listen_dsn(self) -> bool:
+        """Whether the session-bound connections go elsewhere than `dsn`."""
         return self.listen_dsn != self.dsn
 
     def set_listen_dsn(self, dsn: str) -> None:
@@ -295,8 +296,9 @@ class App:
         try:
             params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
+            what = "invalid listen DSN: " if listen and self.has_own_listen_dsn else "invalid DSN: "
             raise ConfigurationError(
-                "invalid DSN: " + hide_password(" ".join(str(exc).split()), dsn)
+                what + hide_password(" ".join(str(exc).split()), dsn)
             ) from None
         if self.transaction_pooling and not (listen and self.has_own_listen_dsn):
             # A transaction pooler runs each transaction on whichever server connection is

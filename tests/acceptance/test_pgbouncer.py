@@ -134,3 +134,9 @@ def test_doctor_probes_the_listen_dsn(dsn: str, bouncer: PgBouncer) -> None:
     assert refused["level"] == "FAIL"
     assert "PGQUEUE_LISTEN_DSN" in refused["advice"]
     assert pooling(PGQUEUE_LISTEN_DSN=dsn, **POOLING)["level"] == "PASS"
+
+
+def test_a_malformed_listen_dsn_is_a_one_line_error(dsn: str) -> None:
+    result = pgqueue("worker", "--app", APP, "--listen-dsn", "not a dsn==", dsn=dsn)
+    assert result.returncode == 2
+    assert one_line_error(result).startswith("pgqueue: error: invalid listen DSN"), result.stderr
