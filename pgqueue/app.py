@@ -29,7 +29,13 @@ from psycopg.rows import dict_row
 from pgqueue import _embedded, queries
 from pgqueue._fast_insert import FastInsert
 from pgqueue._names import NOTIFY_FINISHED
-from pgqueue.config import DEFAULT_QUEUE, hide_password, resolve_dsn
+from pgqueue.config import (
+    DEFAULT_QUEUE,
+    hide_password,
+    normalize_dsn,
+    resolve_dsn,
+    resolve_transaction_pooling,
+)
 from pgqueue.enqueue import JobRequest, translate_error
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
 from pgqueue.job import Job
@@ -61,11 +67,29 @@ class App:
 
     `dsn`: a libpq DSN or URL (SQLAlchemy-style `postgresql+psycopg://` is accepted). Without
     one, `PGQUEUE_DSN`, then `DATABASE_URL`, then the embedded development database are used.
+
+    `listen_dsn`: where a worker keeps its one session-bound connection (LISTEN, its session
+    advisory lock, its heartbeat) and where `Job.wait()` listens; else `PGQUEUE_LISTEN_DSN`,
+    else `dsn`. Behind a pooler in transaction mode it must reach the server directly (or
+    through a pooler in session mode).
+
+    `transaction_pooling`: `dsn` goes through a pooler in transaction mode (PgBouncer with
+    `pool_mode = transaction`): pgqueue's own connections then prepare no statements and set
+    no session settings; else `PGQUEUE_TRANSACTION_POOLING` (1/0), else False.
     """
 
-    def __init__(self, dsn: str | None = None, *, default_queue: str = DEFAULT_QUEUE) -> None:
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        default_queue: str = DEFAULT_QUEUE,
+        listen_dsn: str | None = None,
+        transaction_pooling: bool | None = None,
+    ) -> None:
         self._dsn_argument = dsn
         self._dsn: str | None = None
+        self._listen_dsn_argument = listen_dsn
+        self._transaction_pooling_argument = transaction_pooling
         self.default_queue = default_queue
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
@@ -88,6 +112,27 @@ class App:
         if self._dsn is None:
             self._dsn = resolve_dsn(self._dsn_argument) or _embedded.embedded_dsn()
         return self._dsn
+
+    @property
+    def listen_dsn(self) -> str:
+        """The DSN of the session-bound connections (a worker's LISTEN, lock and heartbeat;
+        `Job.wait()`): `listen_dsn`, else `PGQUEUE_LISTEN_DSN`, else `dsn`."""
+        chosen = self._listen_dsn_argument or os.environ.get("PGQUEUE_LISTEN_DSN")
+        return normalize_dsn(chosen) if chosen else self.dsn
+
+    @property
+    def has_own_listen_dsn(self) -> bool:
+        """Whether the session-bound connections go elsewhere than `dsn`."""
+        return self.listen_dsn != self.dsn
+
+    def set_listen_dsn(self, dsn: str) -> None:
+        """Keep the session-bound connections on another DSN (`pgqueue worker --listen-dsn`)."""
+        self._listen_dsn_argument = dsn
+
+    @property
+    def transaction_pooling(self) -> bool:
+        """Whether `dsn` goes through a pooler in transaction mode (see the class docstring)."""
+        return resolve_transaction_pooling(self._transaction_pooling_argument)
 
     def set_dsn(self, dsn: str) -> None:
         """Point the app at another database (what `pgqueue --dsn` does)."""
@@ -249,14 +294,20 @@ class App:
 
     # -- connections ----------------------------------------------------------------------
 
-    def _connect_kwargs(self, keepalives: bool = False) -> dict[str, Any]:
+    def _connect_kwargs(self, keepalives: bool = False, listen: bool = False) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
+        dsn = self.listen_dsn if listen else self.dsn
         try:
-            params = conninfo_to_dict(self.dsn)
+            params = conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
+            what = "invalid listen DSN: " if listen and self.has_own_listen_dsn else "invalid DSN: "
             raise ConfigurationError(
-                "invalid DSN: " + hide_password(" ".join(str(exc).split()), self.dsn)
+                what + hide_password(" ".join(str(exc).split()), dsn)
             ) from None
+        if self.transaction_pooling and not (listen and self.has_own_listen_dsn):
+            # A transaction pooler runs each transaction on whichever server connection is
+            # free: a statement psycopg prepared on one is unknown to the next.
+            kwargs["prepare_threshold"] = None
         if "connect_timeout" not in params:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
         if "application_name" not in params:
@@ -281,6 +332,27 @@ class App:
         except psycopg.OperationalError as exc:
             raise self._unreachable(exc) from None
 
+    def connect_listen(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        """A new connection to `listen_dsn`, with keepalives (see `connect()`): for session
+        state that must outlive a transaction (LISTEN, session advisory locks)."""
+        try:
+            return psycopg.connect(
+                self.listen_dsn,
+                autocommit=autocommit,
+                **self._connect_kwargs(keepalives=True, listen=True),
+            )
+        except psycopg.OperationalError as exc:
+            raise self._unreachable(exc, self.listen_dsn) from None
+
+    async def aconnect_listen(self) -> psycopg.AsyncConnection[Any]:
+        """Async twin of `connect_listen(autocommit=True)`."""
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self.listen_dsn, autocommit=True, **self._connect_kwargs(True, listen=True)
+            )
+        except psycopg.OperationalError as exc:
+            raise self._unreachable(exc, self.listen_dsn) from None
+
     async def aconnect(self, *, autocommit: bool = False) -> psycopg.AsyncConnection[Any]:
         """Async twin of `connect()`."""
         try:
@@ -290,8 +362,8 @@ class App:
         except psycopg.OperationalError as exc:
             raise self._unreachable(exc) from None
 
-    def _unreachable(self, exc: psycopg.Error) -> DatabaseUnavailable:
-        detail = hide_password(" ".join(str(exc).split()), self.dsn)
+    def _unreachable(self, exc: psycopg.Error, dsn: str | None = None) -> DatabaseUnavailable:
+        detail = hide_password(" ".join(str(exc).split()), dsn or self.dsn)
         return DatabaseUnavailable(f"could not connect to the database: {detail}")
 
     def _shared_connection(self) -> psycopg.Connection[Any]:
@@ -306,7 +378,8 @@ class App:
             self._local.conn = conn
             self._local.pid = os.getpid()
             self._local.insert_cursor = conn.cursor(binary=True)
-            self._local.fast_insert = FastInsert(conn)
+            # Its statement is prepared once per connection: not behind a transaction pooler.
+            self._local.fast_insert = None if self.transaction_pooling else FastInsert(conn)
         return conn
 
     async def _ashared_connection(self) -> psycopg.AsyncConnection[Any]:
@@ -339,7 +412,7 @@ class App:
     def _insert_committed(self, request: JobRequest) -> dict[str, Any]:
         conn = self._shared_connection()
         try:
-            if request.due_now:  # the common case, through libpq: see _fast_insert
+            if request.due_now and self._local.fast_insert is not None:  # see _fast_insert
                 return request.job_row(self._local.fast_insert.insert(request))
             cursor = self._local.insert_cursor  # kept with the connection: one fewer object
             row = cursor.execute(request.statement, request.params()).fetchone()
@@ -419,7 +492,7 @@ class App:
 
     def _wait_for_jobs(self, ids: list[int], timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.connect(autocommit=True) as conn:
+        with self.connect_listen(autocommit=True) as conn:
             conn.execute(f"LISTEN {NOTIFY_FINISHED}")
             rows = conn.execute(queries.EXISTING_AMONG, {"ids": ids}).fetchall()
             pending = _check_exist(ids, {row[0] for row in rows})
@@ -435,7 +508,7 @@ class App:
 
     async def _await_jobs(self, ids: list[int], timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        async with await self.aconnect(autocommit=True) as conn:
+        async with await self.aconnect_listen() as conn:
             await conn.execute(f"LISTEN {NOTIFY_FINISHED}")
             cur = await conn.execute(queries.EXISTING_AMONG, {"ids": ids})
             pending = _check_exist(ids, {row[0] for row in await cur.fetchall()})

@@ -28,6 +28,23 @@ def resolve_dsn(dsn: str | None, environ: Mapping[str, str] | None = None) -> st
     return None
 
 
+def resolve_transaction_pooling(
+    value: bool | None, environ: Mapping[str, str] | None = None
+) -> bool:
+    """The argument, else `PGQUEUE_TRANSACTION_POOLING` (1/true/yes or 0/false/no), else False."""
+    if value is not None:
+        return bool(value)
+    env = os.environ if environ is None else environ
+    raw = env.get("PGQUEUE_TRANSACTION_POOLING", "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(
+        f"PGQUEUE_TRANSACTION_POOLING must be 1 or 0, got {env['PGQUEUE_TRANSACTION_POOLING']!r}"
+    )
+
+
 def normalize_dsn(dsn: str) -> str:
     """Accept SQLAlchemy-style URLs (`postgresql+psycopg://`) as well as libpq ones."""
     dsn = dsn.strip()

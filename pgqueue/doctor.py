@@ -249,7 +249,9 @@ def check_pooling(connect: Callable[[], Conn]) -> Finding:
         "settings. Behind a transaction pooler its wake-ups go astray and the fleet can "
         "declare it lost while it runs jobs. Point pgqueue at PostgreSQL directly, or at a "
         "pooler in session mode (a separate PgBouncer database entry with pool_mode = "
-        "session).",
+        "session); or keep the DSN on the pooler with PGQUEUE_TRANSACTION_POOLING=1 and give "
+        "the workers a direct or session-pooled PGQUEUE_LISTEN_DSN (pgqueue worker "
+        "--listen-dsn): see docs/operations.md, PgBouncer.",
         data,
     )
 
@@ -713,7 +715,8 @@ def run_checks(
     thresholds: Thresholds | None = None,
 ) -> Report:
     """Every check, on `conn` (autocommit); `connect` opens the two extra connections the
-    pooling check compares. `time_limits` (task name -> seconds, from the app's tasks) lets
+    pooling check compares (to where the workers' session-bound connection goes: the app's
+    listen DSN). `time_limits` (task name -> seconds, from the app's tasks) lets
     the long-running check compare jobs with their tasks' timeouts."""
     th = thresholds or Thresholds()
     findings = [

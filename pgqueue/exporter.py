@@ -84,14 +84,14 @@ class FleetReader:
         began = time.monotonic()
         try:
             try:
-                reading = self._read_on(self._connection())
+                reading = self._read_within_timeout(self._connection())
             except psycopg.OperationalError:
                 if self._conn is None or not self._conn.broken:
                     raise
                 # The connection kept since the last read broke (a server restart, an idle
                 # timeout): once more on a new one before reporting the database down.
                 self._drop_connection()
-                reading = self._read_on(self._connection())
+                reading = self._read_within_timeout(self._connection())
         except READ_TROUBLE as exc:
             self._drop_connection()
             if not self._failing:  # one line when reads start failing, not one per scrape
@@ -105,6 +105,15 @@ class FleetReader:
             logger.info("reading the database again")
             self._failing = False
         return dataclasses.replace(reading, seconds=time.monotonic() - began)
+
+    def _read_within_timeout(self, conn: psycopg.Connection[Any]) -> Reading:
+        if not self.app.transaction_pooling:
+            return self._read_on(conn)  # the session's statement_timeout holds
+        # Behind a transaction pooler a session setting would stay on a server connection
+        # other clients use next: the timeout holds for this reading's transaction alone.
+        with conn.transaction():
+            conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            return self._read_on(conn)
 
     @staticmethod
     def _read_on(conn: psycopg.Connection[Any]) -> Reading:
@@ -124,7 +133,8 @@ class FleetReader:
         if self._conn is None or self._conn.closed or self._conn.broken:
             conn = self.app.connect(autocommit=True, keepalives=True)
             try:
-                conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+                if not self.app.transaction_pooling:  # else per reading: _read_within_timeout
+                    conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
                 check_schema(conn)
             except BaseException:
                 conn.close()

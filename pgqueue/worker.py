@@ -38,8 +38,9 @@ from pgqueue.claim import ClaimSignal, Position, claim_jobs, rewind
 from pgqueue.complete import Completer
 from pgqueue.config import WorkerSettings
 from pgqueue.context import CancelFlag
-from pgqueue.errors import DatabaseUnavailable
+from pgqueue.errors import ConfigurationError, DatabaseUnavailable
 from pgqueue.execute import Executor
+from pgqueue.inspect import server
 from pgqueue.maintenance import (
     cancel_requests_for,
     expire_queued_jobs,
@@ -154,6 +155,28 @@ class Worker:
         """Fail fast, with a one-line reason: the database must be reachable and migrated."""
         with self.app.connect(autocommit=True) as conn:
             check_schema(conn)
+        self._check_listen_dsn()
+
+    def _check_listen_dsn(self) -> None:
+        """The session-bound connection (LISTEN, the presence lock, the heartbeat) must keep
+        one server process: refuse to start behind a pooler in transaction mode, where the
+        lock would be taken on a server connection other clients then use and wake-ups would
+        go astray."""
+        app = self.app
+        if app.transaction_pooling and not app.has_own_listen_dsn:
+            raise ConfigurationError(
+                "the DSN goes through a pooler in transaction mode (transaction pooling is on): "
+                "give the worker a direct or session-pooled DSN for LISTEN and its lock with "
+                "--listen-dsn or PGQUEUE_LISTEN_DSN"
+            )
+        probe = server.probe_pooling(lambda: app.connect_listen(autocommit=True), rounds=2)
+        if probe.per_transaction:
+            option = "--listen-dsn" if app.has_own_listen_dsn else "--dsn"
+            raise ConfigurationError(
+                f"the worker's listen DSN ({option}) goes through a pooler in transaction mode "
+                "(its server process changed between transactions): LISTEN and the worker's "
+                "lock need a direct or session-pooled DSN; see docs/operations.md, PgBouncer"
+            )
 
     def run(self) -> int:
         """Preflight, then run until stopped by signal; returns the process exit code."""
@@ -198,7 +221,7 @@ class Worker:
         self.notifier = Notifier(
             # A hung session would keep `connected` set while its heartbeat stops, and the
             # worker would be declared lost while it goes on claiming: it must fail instead.
-            connect=lambda: self.app.connect(autocommit=True, keepalives=True),
+            connect=lambda: self.app.connect_listen(autocommit=True),
             channels=[NOTIFY_ENQUEUED, NOTIFY_CANCEL],
             on_notify=self._on_notify_threadsafe,
             on_connect=self.presence.on_connect,
@@ -241,16 +264,19 @@ class Worker:
         if signals.worker_ready.receivers:
             signals.worker_ready.send(sender=self)
         observations = self.observations
+        # Behind a transaction pooler a SET would stay on a server connection that other
+        # clients use next, and be missing from the one this connection gets: none then.
+        hot_path_settings = None if self.app.transaction_pooling else HOT_PATH_SETTINGS
         self.completer = Completer(
             ReconnectingConnection(
                 self.app,
-                HOT_PATH_SETTINGS,
+                hot_path_settings,
                 on_lost=lambda: observations.connection_lost("completer"),
             ),
             settings.completion_batch_size,
         )
         self._claim_conn = ReconnectingConnection(
-            self.app, HOT_PATH_SETTINGS, on_lost=lambda: observations.connection_lost("claimer")
+            self.app, hot_path_settings, on_lost=lambda: observations.connection_lost("claimer")
         )
         self._maintenance_done = asyncio.Event()
         self.scheduler: Scheduler | None = None

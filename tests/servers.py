@@ -139,9 +139,10 @@ def pgbouncer_binary() -> str:
 
 class PgBouncer:
     """A PgBouncer on a free port of 127.0.0.1 in `pool_mode`, passing every database name to
-    the server behind `server_dsn` (trust authentication on both sides)."""
+    the server behind `server_dsn` (trust authentication on both sides), with at most
+    `pool_size` server connections per database and user."""
 
-    def __init__(self, server_dsn: str, pool_mode: str) -> None:
+    def __init__(self, server_dsn: str, pool_mode: str, pool_size: int = 4) -> None:
         self.user = _service_user()
         self.base = _private_dir("pgqueue-bouncer-", self.user)
         target = conninfo_to_dict(server_dsn)
@@ -160,7 +161,7 @@ class PgBouncer:
             "auth_type = trust",
             f"auth_file = {users}",
             f"pool_mode = {pool_mode}",
-            "default_pool_size = 4",
+            f"default_pool_size = {pool_size}",
             f"logfile = {self.log}",
             f"pidfile = {self.base / 'pgbouncer.pid'}",
         ]

@@ -59,7 +59,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     with app.connect(autocommit=True) as conn:
         report = doctor.run_checks(
             conn,
-            lambda: app.connect(autocommit=True),
+            # What must not be pooled per transaction is the workers' session-bound
+            # connection: the listen DSN (the DSN itself, unless one is set).
+            lambda: app.connect_listen(autocommit=True),
             time_limits=time_limits,
             thresholds=thresholds,
         )

@@ -18,6 +18,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     if args.dsn:
         app.set_dsn(args.dsn)
+    if args.listen_dsn:
+        app.set_listen_dsn(args.listen_dsn)
     settings = WorkerSettings(
         queues=parse_queues(args.queues),
         concurrency=args.concurrency,
@@ -117,6 +119,13 @@ def register(sub: Any, parents: Parents) -> None:
         help="run a worker process",
         description="Claim and run jobs until SIGTERM/SIGINT (warm shutdown; a second signal "
         "stops at once, and interrupted jobs go back to the queue).",
+    )
+    worker.add_argument(
+        "--listen-dsn",
+        metavar="DSN",
+        help="a direct (or session-pooled) DSN for the worker's LISTEN, lock and heartbeat "
+        "when --dsn goes through a pooler in transaction mode (default: PGQUEUE_LISTEN_DSN, "
+        "else --dsn); see docs/operations.md",
     )
     worker.add_argument(
         "--queues",

@@ -22,13 +22,14 @@ MALFORMED_DSN = "not a dsn=="
 
 
 def pgqueue(
-    *args: str, dsn: str | None = None, timeout: float = 120
+    *args: str, dsn: str | None = None, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m pgqueue *args` from the repository root, PGQUEUE_DSN=`dsn` if given."""
+    """Run `python -m pgqueue *args` from the repository root, PGQUEUE_DSN=`dsn` if given,
+    with `env` added to the environment."""
     return subprocess.run(
         [sys.executable, "-m", "pgqueue", *args],
         cwd=ROOT,
-        env=subprocess_env(dsn),
+        env=subprocess_env(dsn, **(env or {})),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
