@@ -385,6 +385,11 @@ class App:
     async def _ashared_connection(self) -> psycopg.AsyncConnection[Any]:
         loop = asyncio.get_running_loop()
         conn = self._async_conns.get(loop)
+        if conn is not None and conn.lock.locked():
+            # Another task of this loop is running a statement on it: its reply may be waiting
+            # on the socket, which idle_connection_ok would take for a goodbye, and closing the
+            # connection under that task crashes it. In use is alive enough: wait for the lock.
+            return conn
         if conn is None or not idle_connection_ok(conn):
             if conn is not None:
                 with contextlib.suppress(psycopg.Error):

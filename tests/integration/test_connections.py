@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -360,5 +361,36 @@ def test_delay_reuses_its_connection_when_its_socket_is_above_fd_1024(
         assert _backend_pids(dsn) == before, "adelay() opened a new connection"
         await app.aclose()
         return before
+
+    asyncio.run(scenario())
+
+
+def test_the_shared_async_connection_is_not_replaced_while_a_statement_runs_on_it(
+    app: pgqueue.App,
+) -> None:
+    """A task asking for the loop's shared connection while another task's statement is in
+    flight on it (its reply already waiting on the socket) gets the same connection, not a
+    closed one: closing it under the other task crashed the process."""
+    import select
+
+    async def scenario() -> None:
+        conn = await app._ashared_connection()
+        async with conn.lock:  # what a running execute() holds
+            conn.pgconn.send_query(b"SELECT 1")
+            deadline = time.monotonic() + 10
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN)
+            while not poller.poll(10):  # the reply has arrived, unread
+                assert time.monotonic() < deadline, "no reply from the server"
+            again = await app._ashared_connection()
+            assert again is conn and not conn.closed
+            conn.pgconn.consume_input()
+            while conn.pgconn.is_busy():
+                poller.poll(10)
+                conn.pgconn.consume_input()
+            while conn.pgconn.get_result() is not None:
+                pass
+        cur = await (await app._ashared_connection()).execute("SELECT 2")
+        assert await cur.fetchone() == (2,)
 
     asyncio.run(scenario())
