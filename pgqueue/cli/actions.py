@@ -38,7 +38,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     with app.connect(autocommit=True) as conn:
         check_schema(conn)
         deleted = prune_finished_jobs_sync(conn, older_than, statuses)
-    print(f"deleted {deleted} job(s) finished more than {args.older_than} ago")
+    if args.json:
+        print_json({"deleted": deleted, "older_than_seconds": older_than, "statuses": statuses})
+    else:
+        print(f"deleted {deleted} job(s) finished more than {args.older_than} ago")
     return 0
 
 
@@ -265,7 +268,7 @@ def register_job_actions(sub: Any, parents: Parents) -> None:
 
     prune = sub.add_parser(
         "prune",
-        parents=[parents.common, parents.app],
+        parents=[parents.common, parents.app, parents.output],
         help="delete old finished jobs",
         description="Delete finished jobs older than --older-than, in batches. Workers also "
         "do this on their own (see `pgqueue worker --retention`).",

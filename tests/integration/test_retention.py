@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -96,6 +97,28 @@ def test_prune_can_keep_failed_jobs_for_inspection(
     )
     assert result.returncode == 0, result.stderr
     assert _remaining(conn, ids) == {"queued", "running", "old_failed", "recent_ok"}
+
+
+PGQUEUE = (sys.executable, "-m", "pgqueue")
+
+
+def test_prune_answers_in_json_for_scripts(
+    app: pgqueue.App, conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    ids = _jobs(app, conn)
+    result = subprocess.run(
+        [*PGQUEUE, "jobs", "prune", "--older-than", "1h", "--json", "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "deleted": 3,
+        "older_than_seconds": 3600.0,
+        "statuses": ["succeeded", "failed", "cancelled"],
+    }
+    assert _remaining(conn, ids) == {"queued", "running", "recent_ok"}
 
 
 def test_workers_prune_on_their_own(
