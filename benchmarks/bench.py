@@ -69,18 +69,29 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 # -- database -------------------------------------------------------------------------------
 
 
+def server_dsn() -> str:
+    """The server the benchmarks run on: $PGQUEUE_DSN's (or $DATABASE_URL's), else the
+    embedded one."""
+    server = resolve_dsn(None)
+    if server is None:
+        from pgqueue import _embedded
+
+        server = _embedded.embedded_dsn()
+    return server
+
+
 @contextmanager
-def fresh_database(server_dsn: str) -> Any:
+def fresh_database(server: str) -> Any:
     name = f"pgqueue_bench_{os.getpid()}"
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
+    with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(server_dsn, dbname=name)
+    dsn = make_conninfo(server, dbname=name)
     migrate.upgrade(dsn)
     try:
         yield dsn
     finally:
-        with psycopg.connect(server_dsn, autocommit=True) as admin:
+        with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -573,11 +584,7 @@ def main() -> int:
     logs = HERE / "results" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
-    server = resolve_dsn(None)
-    if server is None:
-        from pgqueue import _embedded
-
-        server = _embedded.embedded_dsn()
+    server = server_dsn()
     results = Results()
     with fresh_database(server) as dsn, psycopg.connect(dsn) as conn:
         results.machine = {

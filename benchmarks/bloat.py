@@ -105,8 +105,6 @@ import bench_tasks
 import psycopg
 from psycopg import sql
 
-from pgqueue.config import resolve_dsn
-
 HERE = bench.HERE
 RESULTS = HERE / "results"
 HOT_TABLE = "pgqueue_jobs"
@@ -973,15 +971,6 @@ def chart(report: Report, path: Path) -> None:
 # -- main -----------------------------------------------------------------------------------
 
 
-def server_dsn() -> str:
-    server = resolve_dsn(None)
-    if server is None:
-        from pgqueue import _embedded
-
-        server = _embedded.embedded_dsn()
-    return server
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: 0.5 + 0.5 min")
@@ -1039,7 +1028,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with (
-            bench.fresh_database(server_dsn()) as dsn,
+            bench.fresh_database(bench.server_dsn()) as dsn,
             psycopg.connect(dsn, autocommit=True) as conn,
         ):
             settings = dict(

@@ -52,10 +52,10 @@ from bench import (  # noqa: E402
     fresh_database,
     percentiles,
     scalar,
+    server_dsn,
 )
 
 from pgqueue.cli import main as cli_main  # noqa: E402
-from pgqueue.config import resolve_dsn  # noqa: E402
 from pgqueue.rollup import BOUNDS, BUCKET_SECONDS  # noqa: E402
 
 QUEUES = ("default", "emails", "reports", "billing", "media")
@@ -304,11 +304,7 @@ def main() -> int:
     )
     logs = HERE / "results" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    server = resolve_dsn(None)
-    if server is None:
-        from pgqueue import _embedded
-
-        server = _embedded.embedded_dsn()
+    server = server_dsn()
     results = Results()
     with fresh_database(server) as dsn:
         with psycopg.connect(dsn) as conn:

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))  # the peer_tasks package, as the workers see it (cwd=HERE)
 
-from bench import paced, percentiles  # noqa: E402
+from bench import paced, percentiles, server_dsn  # noqa: E402
 
 LOGS = HERE / "results" / "logs"
 REDIS_URL = os.environ.get("PEERS_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -555,19 +555,6 @@ def bulk_enqueue(peer: str, server_dsn: str, n: int) -> float:
 # -- command line ------------------------------------------------------------------------------
 
 
-def _server_dsn() -> str:
-    """pgqueue's benchmark's server: $PGQUEUE_DSN (or DATABASE_URL), else the embedded one."""
-    sys.path.insert(0, str(ROOT))
-    from pgqueue.config import resolve_dsn
-
-    server = resolve_dsn(None)
-    if server is None:
-        from pgqueue import _embedded
-
-        server = _embedded.embedded_dsn()
-    return server
-
-
 def _attempt(what: str, fn: Callable[[], T]) -> T | None:
     """Run one workload; on failure say so and go on with the others."""
     try:
@@ -592,7 +579,7 @@ def main() -> int:
     args = parser.parse_args()
     n = 1_000 if args.quick else args.jobs
     seconds = 3.0 if args.quick else 10.0
-    server = args.dsn or _server_dsn()
+    server = args.dsn or server_dsn()
     with psycopg.connect(server) as conn:
         version = conn.execute("SHOW server_version").fetchone()
         where = f"{conn.info.host}:{conn.info.port}"
