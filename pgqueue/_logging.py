@@ -87,6 +87,7 @@ class BatchingStreamHandler(logging.Handler):
     def __init__(self, stream: IO[str], log_format: str = "text") -> None:
         super().__init__()
         self.stream = stream
+        self.log_format = log_format
         self._fd: int | None = None
         with contextlib.suppress(Exception):  # a StringIO has none
             self._fd = stream.fileno()
@@ -168,3 +169,15 @@ def configure(level: int, stream: IO[str], log_format: str = "text") -> None:
     root = logging.getLogger()
     root.setLevel(level)
     root.addHandler(BatchingStreamHandler(stream, log_format))
+
+
+def revive_closed_handlers() -> None:
+    """Put fresh handlers in place of pgqueue's own that a host framework's logging setup
+    closed while they stayed attached (`django.setup()` closes every existing handler): what
+    they would have written is not silently buffered for ever."""
+    root = logging.getLogger()
+    for index, handler in enumerate(list(root.handlers)):
+        if isinstance(handler, BatchingStreamHandler) and handler._stop_flushing.is_set():
+            fresh = BatchingStreamHandler(handler.stream, handler.log_format)
+            fresh.setLevel(handler.level)
+            root.handlers[index] = fresh

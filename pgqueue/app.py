@@ -94,6 +94,10 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
         self._local = threading.local()
+        # Every thread's shared connection (and the process that opened it), for close().
+        self._thread_conns: weakref.WeakKeyDictionary[psycopg.Connection[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
         self._async_conns: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, psycopg.AsyncConnection[Any]
         ] = weakref.WeakKeyDictionary()
@@ -377,6 +381,7 @@ class App:
             conn = self.connect(autocommit=True)
             self._local.conn = conn
             self._local.pid = os.getpid()
+            self._thread_conns[conn] = os.getpid()
             self._local.insert_cursor = conn.cursor(binary=True)
             # Its statement is prepared once per connection: not behind a transaction pooler.
             self._local.fast_insert = None if self.transaction_pooling else FastInsert(conn)
@@ -399,11 +404,18 @@ class App:
         return conn
 
     def close(self) -> None:
-        """Close this thread's shared connection (others close when their threads end)."""
+        """Close the shared connections of every thread (a thread that needs one again opens
+        a new one), but for one another thread is running a statement on: that one closes
+        when its thread ends."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+        for other, pid in list(self._thread_conns.items()):
+            # Never one inherited from a parent process: closing it would end the parent's.
+            if pid == os.getpid() and not other.closed and not other.lock.locked():
+                with contextlib.suppress(psycopg.Error):
+                    other.close()
 
     async def aclose(self) -> None:
         """Close the shared async connection of the running event loop (and this thread's)."""
@@ -413,6 +425,12 @@ class App:
         self.close()
 
     # -- jobs -----------------------------------------------------------------------------
+
+    def _caller_transaction(self) -> Any:
+        """The connection whose open transaction a job enqueued without `connection=` joins,
+        or None to commit it at once on pgqueue's own connection. None here; a framework's App
+        (pgqueue.contrib.django) returns its connection inside the framework's atomic block."""
+        return None
 
     def _insert_committed(self, request: JobRequest) -> dict[str, Any]:
         conn = self._shared_connection()

@@ -307,9 +307,11 @@ def insert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
     """INSERT one job on a sync psycopg or SQLAlchemy connection, in its current transaction."""
     if connection_kind(connection, is_async=False) == PSYCOPG:
         try:
-            # tuple_row: the caller's row_factory (dict_row, class_row) is theirs, not ours.
-            with connection.cursor(binary=True, row_factory=tuple_row) as cur:
-                row = cur.execute(request.statement, request.params()).fetchone()
+            # A plain server-side cursor with tuple_row: the caller's cursor_factory (Django's
+            # connections make client-side cursors, which return no binary results) and
+            # row_factory (dict_row, class_row) are theirs, not ours.
+            with psycopg.Cursor(connection, row_factory=tuple_row) as cur:
+                row = cur.execute(request.statement, request.params(), binary=True).fetchone()
         except psycopg.Error as exc:
             raise translate_error(exc, connection, owned=False) from exc
         assert row is not None
@@ -331,8 +333,8 @@ async def ainsert_job(connection: Any, request: JobRequest) -> dict[str, Any]:
     """Async twin of `insert_job` for psycopg AsyncConnection and SQLAlchemy async objects."""
     if connection_kind(connection, is_async=True) == PSYCOPG:
         try:
-            async with connection.cursor(binary=True, row_factory=tuple_row) as cur:
-                await cur.execute(request.statement, request.params())
+            async with psycopg.AsyncCursor(connection, row_factory=tuple_row) as cur:
+                await cur.execute(request.statement, request.params(), binary=True)
                 row = await cur.fetchone()
         except psycopg.Error as exc:
             raise translate_error(exc, connection, owned=False) from exc

@@ -141,7 +141,7 @@ def copy_jobs(connection: Any, request: BulkRequest, *, owned: bool = False) -> 
         return []
     try:
         now, ids = _reserve_ids(connection, kind, len(request.rows))
-        with conn.cursor() as cur, cur.copy(queries.COPY_JOBS) as copy:
+        with psycopg.Cursor(conn) as cur, cur.copy(queries.COPY_JOBS) as copy:
             for chunk in _copy_chunks(request, ids, now):
                 copy.write(chunk)
         conn.execute(queries.NOTIFY_ENQUEUED_PAYLOAD, {"payload": _payload(request, now)})
@@ -155,7 +155,7 @@ def _reserve_ids(connection: Any, kind: str, n: int) -> tuple[datetime, list[int
     that SQLAlchemy begins (or joins) the transaction it tracks: the COPY that follows on the
     driver's connection is then in it, and the caller's commit commits the jobs."""
     if kind == PSYCOPG:
-        with connection.cursor(row_factory=tuple_row) as cur:
+        with psycopg.Cursor(connection, row_factory=tuple_row) as cur:
             row = cur.execute(queries.RESERVE_JOB_IDS, {"n": n}).fetchone()
         assert row is not None
         return row[0], row[1]
@@ -179,7 +179,7 @@ async def acopy_jobs(connection: Any, request: BulkRequest, *, owned: bool = Fal
         return []
     try:
         now, ids = await _areserve_ids(connection, kind, len(request.rows))
-        async with conn.cursor() as copy_cur, copy_cur.copy(queries.COPY_JOBS) as copy:
+        async with psycopg.AsyncCursor(conn) as copy_cur, copy_cur.copy(queries.COPY_JOBS) as copy:
             for chunk in _copy_chunks(request, ids, now):
                 await copy.write(chunk)
         await conn.execute(queries.NOTIFY_ENQUEUED_PAYLOAD, {"payload": _payload(request, now)})
@@ -191,7 +191,7 @@ async def acopy_jobs(connection: Any, request: BulkRequest, *, owned: bool = Fal
 async def _areserve_ids(connection: Any, kind: str, n: int) -> tuple[datetime, list[int]]:
     """Async twin of `_reserve_ids`."""
     if kind == PSYCOPG:
-        async with connection.cursor(row_factory=tuple_row) as cur:
+        async with psycopg.AsyncCursor(connection, row_factory=tuple_row) as cur:
             await cur.execute(queries.RESERVE_JOB_IDS, {"n": n})
             row = await cur.fetchone()
         assert row is not None

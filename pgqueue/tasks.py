@@ -158,6 +158,8 @@ class Task(Generic[P, R]):
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return self.app._eager(self, request, False)  # type: ignore[no-any-return]
         if connection is None:
+            connection = self.app._caller_transaction()
+        if connection is None:
             row = self.app._insert_committed(request)
         else:
             row = insert_job(connection, request)
@@ -194,6 +196,8 @@ class Task(Generic[P, R]):
             queue=queue,
             expires=expires,
         )
+        if connection is None:
+            connection = self.app._caller_transaction()
         if connection is not None:
             return copy_jobs(connection, request)
         return copy_jobs(self.app._shared_connection(), request, owned=True)
