@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pgqueue .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-extras .pgqueue .pytest_cache .mypy_cache .ruff_cache
 
 # Throughput, latency, enqueue speed and churn, each against a baseline measured in the same
 # run, then the same workloads on PgQueuer, procrastinate and Celery with Redis (the `bench`
