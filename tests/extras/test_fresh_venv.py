@@ -61,6 +61,14 @@ EXTRAS = [
         imports=("fastapi",),
         test_tools=("pytest>=8", "httpx>=0.27"),  # the ASGI test client; anyio comes with it
     ),
+    # Django 6 needs Python 3.12 or newer.
+    Extra(
+        "django",
+        "examples/django",
+        imports=("django",),
+        test_tools=("pytest>=8", "pytest-django>=4.9"),
+        python=(3, 12),
+    ),
 ]
 
 # Settings of the suite's own environment that must not reach the example's tests.
