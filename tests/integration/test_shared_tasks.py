@@ -277,3 +277,18 @@ def test_app_periodic_schedules_a_shared_task(app: pgqueue.App) -> None:
         fired = periodic.fire_due(conn, app, now)
     assert len(fired) == 1
     assert [(ran.task_name, ran.result) for ran in drain(app)] == [("lib.tick", 4)]
+
+
+# The user's App, as pgqueue.testing's plugin finds it; it points it at each test's database.
+user_app = pgqueue.App("postgresql://nobody@127.0.0.1:1/none")
+
+
+@pytest.mark.pgqueue_app(user_app)
+def test_the_pgqueue_app_fixture_makes_its_app_current(pgqueue_app: pgqueue.App) -> None:
+    @pgqueue.shared_task
+    def hello() -> str:
+        return "hello"
+
+    assert pgqueue_app is user_app and pgqueue.current_app() is user_app
+    hello.delay()
+    assert [ran.result for ran in drain(user_app)] == ["hello"]
