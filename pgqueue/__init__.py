@@ -21,6 +21,7 @@ from pgqueue.errors import (
     UnknownTask,
 )
 from pgqueue.job import Job, JobStatus
+from pgqueue.shared import SharedTask, current_app, shared_task
 from pgqueue.tasks import Task
 
 __all__ = [
@@ -38,9 +39,12 @@ __all__ = [
     "PgQueueError",
     "Retry",
     "SchemaNotMigrated",
+    "SharedTask",
     "Task",
     "UnknownTask",
     "__version__",
+    "current_app",
     "current_job",
+    "shared_task",
     "signals",
 ]

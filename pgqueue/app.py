@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus
 from psycopg.rows import dict_row
 
-from pgqueue import _embedded, queries
+from pgqueue import _embedded, queries, shared
 from pgqueue._fast_insert import FastInsert
 from pgqueue._names import NOTIFY_FINISHED
 from pgqueue.config import (
@@ -104,6 +104,7 @@ class App:
         # Set only by `pgqueue.testing.eager(app)`: delay() then calls it instead of enqueueing
         # (task, request, called from async code) and returns what it returns.
         self._eager: Callable[[Task[Any, Any], JobRequest, bool], Any] | None = None
+        shared.register_app(self)  # every shared task, and this App becomes the current one
 
     def __repr__(self) -> str:
         return f"<pgqueue.App tasks={len(self.tasks)}>"
@@ -143,6 +144,15 @@ class App:
         self.close()
         self._dsn_argument = dsn
         self._dsn = None
+
+    def set_as_current(self) -> None:
+        """Make this App the one shared tasks (`pgqueue.shared_task`) enqueue through.
+
+        The current App is the App created last, or the one chosen here since, whichever came
+        later (`pgqueue.current_app()`). A worker makes its App current; a process with one
+        App never needs this.
+        """
+        shared.set_current(self)
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -205,6 +215,11 @@ class App:
                 raise ConfigurationError(
                     f"{function.name} is a task already: put @app.periodic above @app.task"
                 )
+            if isinstance(function, shared.SharedTask):
+                raise ConfigurationError(
+                    f"{function.name} is a shared task already, which every App knows: drop "
+                    "@app.task (and put @app.periodic above @pgqueue.shared_task)"
+                )
             policy = RetryPolicy.from_options(
                 max_attempts=max_attempts,
                 retry_backoff=retry_backoff,
@@ -223,6 +238,11 @@ class App:
                 transactional=transactional,
                 bind=bind,
             )
+            if shared.shared_task_named(task.name) is not None:
+                raise ConfigurationError(
+                    f"{task.name!r} is the name of a shared task (@pgqueue.shared_task), which "
+                    "every App knows; give this task another name="
+                )
             existing = self.tasks.get(task.name)
             if existing is not None and existing.fn is not function:
                 raise ConfigurationError(
@@ -248,7 +268,7 @@ class App:
         priority: int | None = None,
         catch_up: str = "latest",
         max_catch_up: int = DEFAULT_MAX_CATCH_UP,
-    ) -> Callable[[Any], Task[Any, Any]]:
+    ) -> Callable[[Any], Task[Any, Any] | shared.SharedTask[Any, Any]]:
         """Run a task on a schedule: `cron=` (5 fields, in time zone `tz`) or `every=`.
 
         Put it above `@app.task`, or straight on a function (which is then registered as a
@@ -256,15 +276,16 @@ class App:
         unknown time zones and non-positive intervals are refused here, at declaration.
         `catch_up` says what happens to ticks missed while no scheduler ran: "latest" (run
         the most recent one, the default), "skip" (run none), or "all" (run each, up to
-        `max_catch_up`).
+        `max_catch_up`). Above `@pgqueue.shared_task`, the schedule is this App's.
 
         >>> @app.periodic(cron="0 3 * * *", tz="Europe/Paris")
         ... @app.task
         ... def nightly_report() -> None: ...
         """
 
-        def declare(target: Any) -> Task[Any, Any]:
-            task_name = target.name if isinstance(target, Task) else default_task_name(target)
+        def declare(target: Any) -> Task[Any, Any] | shared.SharedTask[Any, Any]:
+            known = isinstance(target, (Task, shared.SharedTask))  # this App has it already
+            task_name = target.name if known else default_task_name(target)
             spec = cron if cron is not None else f"every {every}"
             # Validated before the task is registered: a bad declaration changes nothing.
             schedule = Schedule(
@@ -285,7 +306,9 @@ class App:
                 raise ConfigurationError(
                     f"two periodic schedules are named {schedule.name!r}; give one a name="
                 )
-            task = target if isinstance(target, Task) else self.task(target)
+            task: Task[Any, Any] | shared.SharedTask[Any, Any] = (
+                target if known else self.task(target)
+            )
             self.schedules[schedule.name] = schedule
             return task
 

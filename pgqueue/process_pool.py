@@ -57,6 +57,7 @@ def _child_main(app_path: str, dsn: str, conn: multiprocessing.connection.Connec
     try:
         app = load_app(app_path)
         app.set_dsn(dsn)
+        app.set_as_current()
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return

@@ -43,6 +43,25 @@ def default_task_name(fn: Callable[..., Any]) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
+def checked_task_name(fn: Callable[..., Any], name: str | None) -> str:
+    """The task's name (`name`, else the function's module and qualified name), once `fn` is
+    known to be a function and `name`, if given, a non-empty string."""
+    if not callable(fn):
+        raise ConfigurationError(f"@app.task decorates a function, got {fn!r}")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigurationError(f"task name must be a non-empty string, got {name!r}")
+    return name or default_task_name(fn)
+
+
+def timeout_seconds(timeout: float | timedelta | None) -> float | None:
+    """A task's `timeout` option in seconds; ConfigurationError unless positive."""
+    if isinstance(timeout, timedelta):
+        timeout = timeout.total_seconds()
+    if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
+        raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
+    return float(timeout) if timeout is not None else None
+
+
 class Task(Generic[P, R]):
     """A registered task: the function plus its queue, priority, retry policy and timeout."""
 
@@ -59,21 +78,13 @@ class Task(Generic[P, R]):
         transactional: bool = False,
         bind: bool = False,
     ) -> None:
-        if not callable(fn):
-            raise ConfigurationError(f"@app.task decorates a function, got {fn!r}")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise ConfigurationError(f"task name must be a non-empty string, got {name!r}")
-        if isinstance(timeout, timedelta):
-            timeout = timeout.total_seconds()
-        if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {timeout!r}")
         self.app = app
         self.fn = fn
-        self.name: str = name or default_task_name(fn)
+        self.name: str = checked_task_name(fn, name)
         self.queue: str = validate_queue_name(queue)
         self.priority: int = validate_priority(priority)
         self.retry_policy: RetryPolicy = retry_policy or RetryPolicy()
-        self.timeout: float | None = float(timeout) if timeout is not None else None
+        self.timeout: float | None = timeout_seconds(timeout)
         self.is_async: bool = inspect.iscoroutinefunction(fn)
         self.transactional: bool = bool(transactional)
         self.bind: bool = bool(bind)
@@ -101,7 +112,7 @@ class Task(Generic[P, R]):
         names: `id`, `retries` (attempts before this one), `attempt`, `max_attempts`, `args`,
         `kwargs`, `queue`, `task`, `priority`. Outside a worker (a plain call, eager mode
         aside) there is no job: `id` is None and `retries` 0."""
-        return current_job() or _NoJob(self)
+        return current_job() or NoJob(self.name, self.queue, self.retry_policy.max_attempts)
 
     def retry(
         self,
@@ -118,13 +129,7 @@ class Task(Generic[P, R]):
         `pgqueue.MaxRetriesExceeded` and the job ends FAILED. With no attempts left the job
         ends FAILED too. `raise self.retry(...)` (Celery's spelling) works the same.
         """
-        if max_retries is not None and self.request.retries >= max_retries:
-            what = f": {type(exc).__name__}: {exc}" if exc is not None else ""
-            raise MaxRetriesExceeded(
-                f"{self.name} gave up after {max_retries} retries (max_retries){what}"
-            ) from exc
-        reason = f"{type(exc).__name__}: {exc}" if exc is not None else None
-        raise Retry(countdown, eta=eta, reason=reason) from exc
+        ask_retry(self.name, self.request.retries, exc, countdown, eta, max_retries)
 
     # -- sync ---------------------------------------------------------------------------
 
@@ -280,8 +285,27 @@ class Task(Generic[P, R]):
         )
 
 
-class _NoJob:
-    """`Task.request` outside a worker: a bound task called as a plain function."""
+def ask_retry(
+    task_name: str,
+    retries: int,
+    exc: BaseException | None,
+    countdown: float | None,
+    eta: datetime | None,
+    max_retries: int | None,
+) -> NoReturn:
+    """What `self.retry()` of a bound task raises: `Retry`, or `MaxRetriesExceeded` once
+    `retries` reached `max_retries`."""
+    if max_retries is not None and retries >= max_retries:
+        what = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+        raise MaxRetriesExceeded(
+            f"{task_name} gave up after {max_retries} retries (max_retries){what}"
+        ) from exc
+    reason = f"{type(exc).__name__}: {exc}" if exc is not None else None
+    raise Retry(countdown, eta=eta, reason=reason) from exc
+
+
+class NoJob:
+    """`request` of a bound task outside a worker: the task called as a plain function."""
 
     id = None
     attempt = 1
@@ -290,10 +314,10 @@ class _NoJob:
     connection = None
     cancel_requested = False
 
-    def __init__(self, task: Task[Any, Any]) -> None:
-        self.task = self.task_name = task.name
-        self.queue = task.queue
-        self.max_attempts = task.retry_policy.max_attempts
+    def __init__(self, task_name: str, queue: str, max_attempts: int) -> None:
+        self.task = self.task_name = task_name
+        self.queue = queue
+        self.max_attempts = max_attempts
         self.args: list[Any] = []
         self.kwargs: dict[str, Any] = {}
 

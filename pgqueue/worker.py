@@ -116,6 +116,7 @@ class Worker:
 
     def __init__(self, app: App, settings: WorkerSettings | None = None) -> None:
         self.app = app
+        app.set_as_current()  # shared tasks its jobs enqueue go through the worker's App
         self.settings = settings or WorkerSettings()
         self.queues = self.settings.queues or app.queues()
         self.running: dict[int, asyncio.Task[None]] = {}

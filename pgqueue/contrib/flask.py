@@ -36,6 +36,7 @@ from pgqueue.app import App
 from pgqueue.config import hide_password, normalize_dsn
 from pgqueue.errors import ConfigurationError
 from pgqueue.job import Job
+from pgqueue.shared import SharedTask
 from pgqueue.tasks import Task
 
 __all__ = ["PgQueue", "dsn_from_config"]
@@ -95,11 +96,13 @@ class PgQueue:
             return register(self._in_app_context(fn))
         return lambda function: register(self._in_app_context(function))
 
-    def periodic(self, **options: Any) -> Callable[[Any], Task[Any, Any]]:
+    def periodic(self, **options: Any) -> Callable[[Any], Task[Any, Any] | SharedTask[Any, Any]]:
         """`pgqueue.App.periodic` on the extension's App; a bare function becomes a task as
         with `queue.task`."""
         declare = self.pgqueue_app.periodic(**options)
-        return lambda target: declare(target if isinstance(target, Task) else self.task(target))
+        return lambda target: declare(
+            target if isinstance(target, (Task, SharedTask)) else self.task(target)
+        )
 
     def _in_app_context(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         if isinstance(fn, Task) or not callable(fn):

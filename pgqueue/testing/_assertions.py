@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 from pgqueue import queries
 from pgqueue.enqueue import translate_error
 from pgqueue.job import Job
+from pgqueue.shared import SharedTask
 from pgqueue.tasks import Task
 
 if TYPE_CHECKING:
@@ -34,12 +35,14 @@ class _Any:
 ANY: Any = _Any()
 
 
-def _task_name(task: Task[Any, Any] | str) -> str:
-    return task.name if isinstance(task, Task) else task
+def _task_name(task: Task[Any, Any] | SharedTask[Any, Any] | str) -> str:
+    return task if isinstance(task, str) else task.name
 
 
 def enqueued(
-    app: App, task: Task[Any, Any] | str | None = None, queue: str | None = None
+    app: App,
+    task: Task[Any, Any] | SharedTask[Any, Any] | str | None = None,
+    queue: str | None = None,
 ) -> list[Job]:
     """The jobs waiting to run (status queued), oldest first; only those of `task` (a Task or
     its name) and of `queue` when given. Jobs written in a transaction that has not committed
@@ -98,7 +101,7 @@ def _matches(
 
 
 def assert_enqueued(
-    task: Task[Any, Any],
+    task: Task[Any, Any] | SharedTask[Any, Any],
     args: Sequence[Any] | Any = ANY,
     kwargs: Mapping[str, Any] | Any = ANY,
     *,
@@ -143,7 +146,7 @@ def assert_enqueued(
     )
 
 
-def assert_not_enqueued(task: Task[Any, Any]) -> None:
+def assert_not_enqueued(task: Task[Any, Any] | SharedTask[Any, Any]) -> None:
     """Assert that `task` has no queued job; the AssertionError lists those it has."""
     found = enqueued(task.app, task)
     if found:

@@ -101,7 +101,9 @@ def _configured_app(request: pytest.FixtureRequest) -> App:
 @pytest.fixture
 def pgqueue_app(request: pytest.FixtureRequest, pgqueue_dsn: str) -> Iterator[App]:
     """Your App (see the module docstring for how it is found), pointed at this test's own
-    database for the length of the test, then back at its own."""
+    database for the length of the test, then back at its own; it is made the current App
+    (`pgqueue.current_app()`), through which shared tasks enqueue."""
     app = _configured_app(request)
+    app.set_as_current()  # shared tasks the code under test enqueues go to this test's database
     with using_database(app, pgqueue_dsn):
         yield app
