@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import transaction
 from django.test import override_settings
+from orders.tasks import ship_order
+from psycopg.conninfo import conninfo_to_dict
 from shop_testing import PROJECT, Worker, wait_until
 
-from orders.tasks import ship_order
 from pgqueue.contrib.django import app, dsn_for
 from pgqueue.contrib.django.apps import check_database
 from pgqueue.revisions import HEAD_REVISION
@@ -80,18 +80,22 @@ def test_with_a_dsn_of_its_own_pgqueue_commits_at_once_even_in_atomic(test_dsn: 
 
 
 def test_unknown_settings_are_refused_with_the_keys_that_exist() -> None:
-    with override_settings(PGQUEUE={"DNS": "postgresql://x"}), pytest.raises(
-        ImproperlyConfigured, match="unknown key.*'DNS'.*DSN"
+    with (
+        override_settings(PGQUEUE={"DNS": "postgresql://x"}),
+        pytest.raises(ImproperlyConfigured, match=r"unknown key.*'DNS'.*DSN"),
     ):
         ship_order.delay(1)
-    with override_settings(PGQUEUE={"DATABASE": "nope"}), pytest.raises(
-        ImproperlyConfigured, match="'nope', which settings.DATABASES does not define"
+    with (
+        override_settings(PGQUEUE={"DATABASE": "nope"}),
+        pytest.raises(
+            ImproperlyConfigured, match=r"'nope', which settings\.DATABASES does not define"
+        ),
     ):
         ship_order.delay(1)
 
 
 def test_a_database_that_is_not_postgresql_is_named_in_the_error() -> None:
-    with pytest.raises(ImproperlyConfigured, match="pgqueue needs PostgreSQL.*sqlite3"):
+    with pytest.raises(ImproperlyConfigured, match=r"pgqueue needs PostgreSQL.*sqlite3"):
         dsn_for({"ENGINE": "django.db.backends.sqlite3", "NAME": "db.sqlite3"})
     assert check_database() == []  # this project's database is PostgreSQL
 
@@ -148,7 +152,11 @@ def test_the_worker_module_says_what_to_set_without_django_settings(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     done = subprocess.run(
         [sys.executable, "-m", "pgqueue", "worker", "--app", "pgqueue.contrib.django.worker"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode != 0
     assert "set DJANGO_SETTINGS_MODULE" in done.stderr
