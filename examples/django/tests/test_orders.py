@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -146,3 +147,17 @@ def test_manage_py_runs_pgqueue_commands(test_dsn: str) -> None:
     status = json.loads(done.stdout)
     assert status["queues"][0]["name"] == "default"
     assert status["queues"][0]["ready"] == 1
+
+
+def test_a_process_pool_worker_sets_django_up_in_its_children(
+    client: Client, test_dsn: str, tmp_path: Path
+) -> None:
+    _, body = place(client, item="bowl", quantity=2)
+    pool = Worker(test_dsn, tmp_path / "pool.log", "--pool", "process", "--concurrency", "2")
+    try:
+        pool.wait_ready()
+        wait_until(lambda: Order.objects.get(id=body["order_id"]).status == "shipped")
+        wait_until(lambda: send_receipt.get_result(body["receipt_id"]).is_finished)
+    finally:
+        assert pool.stop() == 0, pool.output()
+    assert send_receipt.get_result(body["receipt_id"]).return_value == "receipt: 2 x bowl"
