@@ -70,6 +70,7 @@ class Job:
         self.error: dict[str, Any] | None = row.get("error")
         self.expires_at: datetime | None = row.get("expires_at")
         self.cancel_requested_at: datetime | None = row.get("cancel_requested_at")
+        self.headers: dict[str, Any] = dict(row.get("headers") or {})
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.task_name} {self.status.value} attempts={self.attempts}>"
