@@ -126,11 +126,11 @@ class Hooks:
         return removed
 
 
-_reported: set[tuple[int, type[BaseException]]] = set()
+_reported: set[tuple[str, int, type[BaseException]]] = set()
 
 
 def _report(kind: str, hook: Callable[..., Any], exc: BaseException) -> None:
-    key = (id(hook), type(exc))
+    key = (kind, id(hook), type(exc))
     if key in _reported:
         return
     _reported.add(key)
