@@ -100,7 +100,7 @@ class Task(Generic[P, R]):
     def request(self) -> Any:
         """The job this thread or coroutine runs (`pgqueue.current_job()`), with Celery's
         names: `id`, `retries` (attempts before this one), `attempt`, `max_attempts`, `args`,
-        `kwargs`, `queue`, `task`, `priority`. Outside a worker (a plain call, eager mode
+        `kwargs`, `headers`, `queue`, `task`, `priority`. Outside a worker (a plain call, eager mode
         aside) there is no job: `id` is None and `retries` 0."""
         return current_job() or _NoJob(self)
 
@@ -344,6 +344,7 @@ class _NoJob:
         self.max_attempts = task.retry_policy.max_attempts
         self.args: list[Any] = []
         self.kwargs: dict[str, Any] = {}
+        self.headers: dict[str, Any] = {}
 
     def raise_if_cancelled(self) -> None:
         """Nothing can cancel a plain call."""

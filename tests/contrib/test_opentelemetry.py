@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import pgqueue
 from pgqueue.contrib.opentelemetry import instrument, uninstrument
+from pgqueue.testing import drain
 from tests.acceptance.helpers import WorkerProcess
 from tests.conftest import WorkerThread, wait_until
 
@@ -410,3 +411,22 @@ def test_a_worker_process_continues_the_trace_in_its_pool_children(
         assert inside["parent_id"] == process["span_id"]
     # The sync task ran in a child of the pool, the async one in the worker itself.
     assert by_name["otel.sync_step process"]["pid"] != by_name["otel.async_step process"]["pid"]
+
+
+def test_drain_traces_jobs_as_a_worker_does(traced: Traced) -> None:
+    @traced.app.task(name="otel.drained")
+    def drained() -> str:
+        with traced.tracer.start_as_current_span("inside"):
+            return "ok"
+
+    @traced.app.task(name="otel.adrained")
+    async def adrained() -> str:
+        return "ok"
+
+    drained.delay()
+    adrained.delay()
+    with traced.tracer.start_as_current_span("test"):  # not the jobs' parent: their send is
+        assert [ran.status for ran in drain(traced.app)] == ["succeeded"] * 2
+    for name in ("otel.drained", "otel.adrained"):
+        assert_child_of(traced.one(f"{name} process"), traced.one(f"{name} send"))
+    assert_child_of(traced.one("inside"), traced.one("otel.drained process"))
