@@ -18,11 +18,14 @@ see `pgqueue.signals`):
 >>> @contextlib.contextmanager
 ... def timed(attempt):
 ...     started = time.monotonic()
-...     yield
-...     print(attempt.job.task_name, attempt.outcome, time.monotonic() - started)
+...     try:
+...         yield
+...     finally:
+...         print(attempt.job.task_name, attempt.outcome, time.monotonic() - started)
 >>> app.add_attempt_wrapper(timed)
 
-Nothing is called, and nothing is built, while no hook is installed. A hook that raises (on
+Nothing is called, and nothing is built, while no hook is installed; eager mode
+(`pgqueue.testing.eager()`) calls none. A hook that raises (on
 entry or exit) is logged, once per hook and exception type, and left out: it never costs a
 job, an enqueue or the worker. A hook cannot swallow an error: what `__exit__` returns is
 ignored. Hooks of an app loaded by a process-pool child are those its module installs on

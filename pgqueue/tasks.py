@@ -35,6 +35,7 @@ from pgqueue.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from pgqueue.app import App
+    from pgqueue.enqueue_many import BulkRequest
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -219,7 +220,7 @@ class Task(Generic[P, R]):
             enqueueing.job_ids.extend(ids)
         return ids
 
-    def _copy(self, request: Any, connection: Any) -> list[int]:
+    def _copy(self, request: BulkRequest, connection: Any) -> list[int]:
         from pgqueue.enqueue_many import copy_jobs
 
         if connection is not None:
@@ -262,7 +263,7 @@ class Task(Generic[P, R]):
             enqueueing.job_ids.extend(ids)
         return ids
 
-    async def _acopy(self, request: Any, connection: Any) -> list[int]:
+    async def _acopy(self, request: BulkRequest, connection: Any) -> list[int]:
         from pgqueue.enqueue_many import acopy_jobs
 
         if connection is not None:
