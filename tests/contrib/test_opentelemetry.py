@@ -430,3 +430,19 @@ def test_drain_traces_jobs_as_a_worker_does(traced: Traced) -> None:
     for name in ("otel.drained", "otel.adrained"):
         assert_child_of(traced.one(f"{name} process"), traced.one(f"{name} send"))
     assert_child_of(traced.one("inside"), traced.one("otel.drained process"))
+
+
+def test_an_async_attempt_past_its_timeout_is_interrupted(
+    traced: Traced, start_worker: StartWorker
+) -> None:
+    @traced.app.task(name="otel.slow", timeout=0.2, max_attempts=1)
+    async def slow() -> None:
+        await asyncio.Event().wait()  # never set: only the timeout ends it
+
+    start_worker(traced.app)
+    with pytest.raises(pgqueue.JobFailed, match="timeout"):
+        slow.delay().wait(timeout=30)
+    process = traced.one("otel.slow process")
+    assert (process.attributes or {}).get("pgqueue.job.outcome") == "interrupted"
+    assert process.status.status_code is StatusCode.ERROR
+    assert_child_of(process, traced.one("otel.slow send"))
