@@ -38,6 +38,7 @@ from pgqueue.config import (
 )
 from pgqueue.enqueue import JobRequest, translate_error
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
+from pgqueue.hooks import AttemptWrapper, EnqueueHook, Hooks
 from pgqueue.job import Job
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from pgqueue.schedule import DEFAULT_MAX_CATCH_UP, Schedule
@@ -104,6 +105,7 @@ class App:
         # Set only by `pgqueue.testing.eager(app)`: delay() then calls it instead of enqueueing
         # (task, request, called from async code) and returns what it returns.
         self._eager: Callable[[Task[Any, Any], JobRequest, bool], Any] | None = None
+        self._hooks = Hooks()
         shared.register_app(self)  # every shared task, and this App becomes the current one
 
     def __repr__(self) -> str:
@@ -313,6 +315,27 @@ class App:
             return task
 
         return declare
+
+    # -- instrumentation (see pgqueue.hooks) ----------------------------------------------
+
+    def add_enqueue_hook(self, hook: EnqueueHook) -> None:
+        """Enter `hook(enqueueing)`, a context manager, around each enqueue call of this app's
+        tasks: it may add headers to the jobs, and sees their ids once they are written.
+        Installing the same hook twice installs it once (see `pgqueue.hooks`)."""
+        self._hooks.add("enqueue hook", hook)
+
+    def remove_enqueue_hook(self, hook: EnqueueHook) -> bool:
+        """Stop entering `hook`; False if it was not installed."""
+        return self._hooks.remove("enqueue hook", hook)
+
+    def add_attempt_wrapper(self, wrapper: AttemptWrapper) -> None:
+        """Enter `wrapper(attempt)`, a context manager, around each attempt of this app's
+        tasks, where the task function runs (see `pgqueue.hooks`)."""
+        self._hooks.add("attempt wrapper", wrapper)
+
+    def remove_attempt_wrapper(self, wrapper: AttemptWrapper) -> bool:
+        """Stop entering `wrapper`; False if it was not installed."""
+        return self._hooks.remove("attempt wrapper", wrapper)
 
     def queues(self) -> tuple[str, ...]:
         """The queues this app's tasks use, plus the default queue: what a worker serves."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ import psycopg
 
 from pgqueue import _json, queries
 from pgqueue.outcome import ClaimedJob, Failed, simple_error
+
+logger = logging.getLogger("pgqueue.worker")
 
 # Where the claims got to in one priority of a queue: the (priority, run_at, id) of the last job
 # they took there (everything before it in that priority was claimed, or is announced by a
@@ -133,13 +136,15 @@ def read_claim(rows: list[Any]) -> Claim:
     last: dict[str, dict[int, Position]] = {}
     for row in rows:
         id_, queue, task_name, args, kwargs, priority, attempts, max_attempts, run_at = row[:9]
-        lease, created_at, wait, dead = row[9], row[10], row[11], row[12]
+        lease, created_at, wait, headers, dead = row[9], row[10], row[11], row[12], row[13]
         if dead:
             ended.append((id_, task_name))
             continue
         job = ClaimedJob(
             id_, queue, task_name, [], {}, priority, attempts, max_attempts, lease, created_at, wait
         )
+        if headers is not None:
+            job.headers = readable_headers(id_, headers)
         # Arguments come as text: decoded here, without the driver's bytes decoding. One job
         # whose arguments Python cannot read ends FAILED; the claim's other jobs run.
         try:
@@ -153,6 +158,24 @@ def read_claim(rows: list[Any]) -> Claim:
         if priority not in reached or (run_at, id_) > reached[priority][1:]:
             reached[priority] = (priority, run_at, id_)
     return Claim(jobs, ended, last, unreadable)
+
+
+def readable_headers(job_id: int, text: str) -> dict[str, Any] | None:
+    """A job's stored headers, when they are a JSON object Python can read. Headers are
+    metadata: anything else is logged and dropped, and the job runs as it would without."""
+    try:
+        headers = _json.loads(text)
+    except Exception as exc:
+        logger.warning("job %d: its headers cannot be read (%s); running it without", job_id, exc)
+        return None
+    if not isinstance(headers, dict):
+        logger.warning(
+            "job %d: its headers are a JSON %s, not an object; running it without",
+            job_id,
+            type(headers).__name__,
+        )
+        return None
+    return headers
 
 
 def unreadable_arguments(exc: BaseException) -> dict[str, Any]:

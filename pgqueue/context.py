@@ -85,6 +85,14 @@ class JobContext:
     def max_attempts(self) -> int:
         return self._job.max_attempts
 
+    @property
+    def headers(self) -> dict[str, Any]:
+        """What the job carries apart from its arguments, set at enqueue
+        (`apply_async(headers=...)`, an enqueue hook such as the OpenTelemetry integration's
+        trace context); empty when it has none. A copy: changing it changes nothing stored."""
+        headers = self._job.headers
+        return dict(headers) if headers else {}
+
     # Celery's names for the same facts, for `@app.task(bind=True)` tasks' `self.request`.
 
     @property

@@ -39,15 +39,19 @@ class JobRequest:
     max_attempts: int
     expires_at: datetime | None = None
     expires_in: float | None = None
+    # The job's headers as JSON (an object), None for none: most jobs.
+    headers_json: str | None = None
 
     @property
     def due_now(self) -> bool:
-        """Due at once and never expiring: INSERT_JOB_NOW, the lean statement, inserts it."""
+        """Due at once, never expiring and without headers: INSERT_JOB_NOW, the lean
+        statement, inserts it."""
         return (
             self.eta is None
             and self.countdown is None
             and self.expires_at is None
             and self.expires_in is None
+            and self.headers_json is None
         )
 
     @property
@@ -69,6 +73,7 @@ class JobRequest:
             params["countdown"] = self.countdown
             params["expires_at"] = self.expires_at
             params["expires_in"] = self.expires_in
+            params["headers"] = self.headers_json
         return params
 
     def job_row(self, returned: Sequence[Any]) -> dict[str, Any]:
@@ -93,6 +98,7 @@ class JobRequest:
             "run_at": run_at,
             "created_at": created_at,
             "expires_at": expires_at,
+            "headers": _json.loads(self.headers_json) if self.headers_json is not None else None,
         }
 
 
@@ -106,6 +112,7 @@ def build_request(
     priority: int | None = None,
     queue: str | None = None,
     expires: float | timedelta | datetime | None = None,
+    headers: Mapping[str, Any] | None = None,
 ) -> JobRequest:
     """Check every argument and serialise it; raises before anything is written."""
     if args is None:  # accepted, as Celery does
@@ -144,7 +151,18 @@ def build_request(
         eta=eta,
         countdown=float(countdown) if countdown is not None else None,
         max_attempts=task.retry_policy.max_attempts,
+        headers_json=headers_json(headers) if headers else None,
     )
+
+
+def headers_json(headers: Mapping[str, Any]) -> str:
+    """A job's headers as stored: a JSON object with string keys (TypeError otherwise)."""
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a dict, got {type(headers).__name__}")
+    for key in headers:
+        if not isinstance(key, str):
+            raise TypeError(f"header names must be strings, got {key!r}")
+    return _json.dumps(dict(headers), "job headers", "headers")
 
 
 def _expiry(expires: float | timedelta | datetime | None) -> tuple[datetime | None, float | None]:

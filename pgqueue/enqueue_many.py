@@ -51,6 +51,7 @@ def build_bulk_request(
     priority: int | None = None,
     queue: str | None = None,
     expires: float | timedelta | datetime | None = None,
+    headers: Mapping[str, Any] | None = None,
 ) -> BulkRequest:
     """Each call is a tuple/list of positional arguments or a dict of keyword arguments."""
     template = build_request(
@@ -62,6 +63,7 @@ def build_bulk_request(
         priority=priority,
         queue=queue,
         expires=expires,
+        headers=headers,
     )
     rows = []
     for index, call in enumerate(calls):
@@ -86,7 +88,7 @@ COPY_CHUNK_ROWS = 2000
 
 def _copy_chunks(request: BulkRequest, ids: list[int], now: datetime) -> Iterator[str]:
     """The rows as COPY text, a few thousand rows per chunk; the columns every job shares
-    are formatted once."""
+    are formatted once (the headers only when the jobs have some: see `_copy_statement`)."""
     t = request.template
     run_at = t.eta or (now + timedelta(seconds=t.countdown) if t.countdown else now)
     expires_at = t.expires_at or (now + timedelta(seconds=t.expires_in) if t.expires_in else None)
@@ -100,6 +102,8 @@ def _copy_chunks(request: BulkRequest, ids: list[int], now: datetime) -> Iterato
             expires_at.isoformat() if expires_at else "\\N",
         )
     )
+    if t.headers_json is not None:
+        shared += "\t" + _copy_text(t.headers_json)
     rows = request.rows
     for start in range(0, len(rows), COPY_CHUNK_ROWS):
         chunk_ids = ids[start : start + COPY_CHUNK_ROWS]
@@ -108,6 +112,12 @@ def _copy_chunks(request: BulkRequest, ids: list[int], now: datetime) -> Iterato
             f"{job_id}\t{args}\t{kwargs}\t{shared}\n"
             for job_id, (args, kwargs) in zip(chunk_ids, chunk_rows, strict=True)
         )
+
+
+def _copy_statement(request: BulkRequest) -> str:
+    if request.template.headers_json is None:
+        return queries.COPY_JOBS
+    return queries.COPY_JOBS_WITH_HEADERS
 
 
 def _copy_text(value: str) -> str:
@@ -141,7 +151,7 @@ def copy_jobs(connection: Any, request: BulkRequest, *, owned: bool = False) -> 
         return []
     try:
         now, ids = _reserve_ids(connection, kind, len(request.rows))
-        with psycopg.Cursor(conn) as cur, cur.copy(queries.COPY_JOBS) as copy:
+        with psycopg.Cursor(conn) as cur, cur.copy(_copy_statement(request)) as copy:
             for chunk in _copy_chunks(request, ids, now):
                 copy.write(chunk)
         conn.execute(queries.NOTIFY_ENQUEUED_PAYLOAD, {"payload": _payload(request, now)})
@@ -179,7 +189,10 @@ async def acopy_jobs(connection: Any, request: BulkRequest, *, owned: bool = Fal
         return []
     try:
         now, ids = await _areserve_ids(connection, kind, len(request.rows))
-        async with psycopg.AsyncCursor(conn) as copy_cur, copy_cur.copy(queries.COPY_JOBS) as copy:
+        async with (
+            psycopg.AsyncCursor(conn) as copy_cur,
+            copy_cur.copy(_copy_statement(request)) as copy,
+        ):
             for chunk in _copy_chunks(request, ids, now):
                 await copy.write(chunk)
         await conn.execute(queries.NOTIFY_ENQUEUED_PAYLOAD, {"payload": _payload(request, now)})

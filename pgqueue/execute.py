@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pgqueue import _json, transactional
 from pgqueue.context import CancelFlag, JobContext, _current
 from pgqueue.errors import Cancel, MaxRetriesExceeded, Retry
+from pgqueue.hooks import wrap_async, wrap_sync
 from pgqueue.outcome import (
     Cancelled,
     ClaimedJob,
@@ -186,13 +187,18 @@ def sync_call(
     pool: transactional.TransactionalConnections,
     connection: Any,
 ) -> Callable[[], Any]:
-    """A sync task's call, in the job's context, inside its transaction when it has one
-    (the thread pool and the process pool's children both run this)."""
+    """A sync task's call, in the job's context, inside its transaction when it has one and
+    inside the app's attempt wrappers when it has some (the thread pool and the process
+    pool's children both run this)."""
     context = contextvars.copy_context()
-    context.run(_current.set, JobContext(job, cancel_event, connection))
-    fn = functools.partial(task.run, *job.args, **job.kwargs)
+    job_context = JobContext(job, cancel_event, connection)
+    context.run(_current.set, job_context)
+    fn: Callable[[], Any] = functools.partial(task.run, *job.args, **job.kwargs)
     if connection is not None:
         fn = functools.partial(transactional.run_sync, pool, connection, job, fn)
+    wrappers = task.app._hooks.attempt_wrappers
+    if wrappers:
+        fn = wrap_sync(wrappers, job_context, fn, task)
     return functools.partial(context.run, fn)
 
 
@@ -267,13 +273,17 @@ class Executor:
         if task.is_async:
             # The caller is the job's own asyncio task, which runs in a context of its own:
             # setting the job there reaches the coroutine and whatever it starts.
-            _current.set(JobContext(job, cancel_event, connection))
+            job_context = JobContext(job, cancel_event, connection)
+            _current.set(job_context)
             call_async = functools.partial(task.run, *job.args, **job.kwargs)
             coro = (
                 transactional.run_async(self.transactional, connection, job, call_async)
                 if connection is not None
                 else call_async()
             )
+            wrappers = self.app._hooks.attempt_wrappers
+            if wrappers:  # entered by the coroutine, in whichever asyncio task runs it
+                coro = wrap_async(wrappers, job_context, coro, task)
             if task.timeout is None:
                 return await coro
             return await self._with_timeout(task, asyncio.ensure_future(_contained(coro)))

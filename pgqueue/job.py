@@ -70,6 +70,9 @@ class Job:
         self.error: dict[str, Any] | None = row.get("error")
         self.expires_at: datetime | None = row.get("expires_at")
         self.cancel_requested_at: datetime | None = row.get("cancel_requested_at")
+        # What the job carries apart from its arguments; anything but an object is not headers.
+        headers = row.get("headers")
+        self.headers: dict[str, Any] = dict(headers) if isinstance(headers, dict) else {}
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.task_name} {self.status.value} attempts={self.attempts}>"

@@ -35,6 +35,8 @@ class ClaimedJob:
     created_at: datetime | None = None
     # Seconds the job was due before it was claimed (database clock): its pickup wait.
     wait: float = 0.0
+    # What the job carries apart from its arguments (a JSON object), None when nothing.
+    headers: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

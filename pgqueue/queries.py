@@ -23,7 +23,7 @@ from pgqueue._names import (
 JOB_COLUMNS = (
     "id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts, "
     "worker_id, result, error, created_at, started_at, finished_at, expires_at, "
-    "cancel_requested_at"
+    "cancel_requested_at, headers"
 )
 
 
@@ -32,15 +32,15 @@ def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
     to pgqueue_finished_jobs, ending them with `status`, `error` and `result` (SQL
     expressions over the alias `e`). Every statement that ends a job uses it. The job keeps
     the worker that ran its last attempt, and the history of the earlier ones (copied, not
-    built: ending a job costs no JSON work)."""
+    built: ending a job costs no JSON work), and its headers."""
     return f"""INSERT INTO pgqueue_finished_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,
-        periodic_fire_at, expires_at, cancel_requested_at, history)
+        periodic_fire_at, expires_at, cancel_requested_at, history, headers)
     SELECT e.id, e.queue, e.task_name, e.args, e.kwargs, ({status})::pgqueue_job_status,
         e.priority, e.run_at, e.attempts, e.max_attempts, e.worker_id, {result}, {error},
         e.created_at, e.started_at, now(), e.periodic_name, e.periodic_fire_at, e.expires_at,
-        e.cancel_requested_at, e.history
+        e.cancel_requested_at, e.history, e.headers
     FROM {ended} AS e
     RETURNING id, task_name, status, attempts, max_attempts, worker_id"""
 
@@ -96,9 +96,10 @@ def _error(type_: str, message: str) -> str:
 # can set a timer.
 # Only what the database decided comes back (the caller knows the rest: see JobRequest.job_row).
 # Casts are spelled CAST(... AS ...) because this statement also runs through SQLAlchemy.
+# A job with headers is inserted by this statement too, whenever it is due.
 INSERT_JOB = f"""
 INSERT INTO pgqueue_jobs (
-    queue, task_name, args, kwargs, priority, run_at, max_attempts, expires_at)
+    queue, task_name, args, kwargs, priority, run_at, max_attempts, expires_at, headers)
 VALUES (
     %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
     %(priority)s,
@@ -109,16 +110,17 @@ VALUES (
     %(max_attempts)s,
     COALESCE(
         CAST(%(expires_at)s AS timestamptz),
-        now() + CAST(%(expires_in)s AS float8) * interval '1 second')
+        now() + CAST(%(expires_in)s AS float8) * interval '1 second'),
+    CAST(%(headers)s AS jsonb)
 )
 RETURNING id, run_at, created_at, expires_at,
     pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()})::text AS notified
 """
 
-# INSERT_JOB for the common case, a job due now that never expires: run_at and created_at are
-# the same now(), expires_at is NULL, so only the id and created_at come back. Every column
-# returned costs a few percent of an enqueue; this is the statement `delay()` runs. Its payload
-# is INSERT_JOB's for a job due now (`queue@run_at@priority`).
+# INSERT_JOB for the common case, a job due now that never expires, without headers: run_at
+# and created_at are the same now(), expires_at is NULL, so only the id and created_at come
+# back. Every column returned costs a few percent of an enqueue; this is the statement
+# `delay()` runs. Its payload is INSERT_JOB's for a job due now (`queue@run_at@priority`).
 INSERT_JOB_NOW = f"""
 INSERT INTO pgqueue_jobs (queue, task_name, args, kwargs, priority, max_attempts)
 VALUES (
@@ -199,7 +201,8 @@ WITH picked AS (
     -- The pickup wait, by the database's clock: how long the job was due before this claim.
     RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
               j.max_attempts, j.run_at, j.lease, j.created_at,
-              greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS wait
+              greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS wait,
+              j.headers::text
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j USING picked AS p
     WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
@@ -220,7 +223,7 @@ WITH picked AS (
 SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
 UNION ALL
 SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, NULL, NULL,
-       NULL, true,
+       NULL, NULL, true,
        pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
 FROM archived AS a
 """
@@ -770,10 +773,10 @@ WITH moved AS (
 ), requeued AS (
     INSERT INTO pgqueue_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
-        created_at, periodic_name, periodic_fire_at, history)
+        created_at, periodic_name, periodic_fire_at, history, headers)
     SELECT m.id, m.queue, m.task_name, m.args, m.kwargs, 'queued', m.priority, now(), 0,
         m.max_attempts, m.created_at, m.periodic_name, m.periodic_fire_at,
-        {_with_attempt("m", "m.status::text", "m.error", "m.finished_at")}
+        {_with_attempt("m", "m.status::text", "m.error", "m.finished_at")}, m.headers
     FROM moved AS m
     RETURNING id, queue, run_at, priority
 )
@@ -894,6 +897,9 @@ COPY_JOBS = (
     "COPY pgqueue_jobs (id, args, kwargs, queue, task_name, priority, run_at, max_attempts, "
     "expires_at) FROM STDIN"
 )
+# The same for jobs with headers (every job of one call shares them); jobs without send no
+# column for them.
+COPY_JOBS_WITH_HEADERS = COPY_JOBS.replace("expires_at)", "expires_at, headers)")
 
 # One wake-up for a bulk insert (delivered on commit); the payload is built as _enqueued's, for
 # the first of the jobs (they share queue, priority and run_at).

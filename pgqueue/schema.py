@@ -77,6 +77,9 @@ jobs = sa.Table(
     # One JSON object per earlier attempt (written by retries, rescues and an operator's
     # retry of a finished job, never on the common path); the latest attempt is the row itself.
     sa.Column("history", pg.JSONB, nullable=True),
+    # Metadata set at enqueue that travels with the job (a JSON object: the trace context of
+    # the OpenTelemetry integration, `apply_async(headers=...)`); NULL for most jobs.
+    sa.Column("headers", pg.JSONB, nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.

@@ -29,11 +29,13 @@ from pgqueue.config import validate_priority, validate_queue_name
 from pgqueue.context import current_job
 from pgqueue.enqueue import JobRequest, ainsert_job, build_request, insert_job
 from pgqueue.errors import ConfigurationError, MaxRetriesExceeded, Retry
+from pgqueue.hooks import around_enqueue
 from pgqueue.job import Job
 from pgqueue.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from pgqueue.app import App
+    from pgqueue.enqueue_many import BulkRequest
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -110,7 +112,7 @@ class Task(Generic[P, R]):
     def request(self) -> Any:
         """The job this thread or coroutine runs (`pgqueue.current_job()`), with Celery's
         names: `id`, `retries` (attempts before this one), `attempt`, `max_attempts`, `args`,
-        `kwargs`, `queue`, `task`, `priority`. Outside a worker (a plain call, eager mode
+        `kwargs`, `headers`, `queue`, `task`, `priority`. Outside a worker (a plain call, eager mode
         aside) there is no job: `id` is None and `retries` 0."""
         return current_job() or NoJob(self.name, self.queue, self.retry_policy.max_attempts)
 
@@ -148,6 +150,7 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         connection: Any = None,
         expires: float | timedelta | datetime | None = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> Job:
         """Enqueue with options.
 
@@ -157,18 +160,29 @@ class Task(Generic[P, R]):
         never run and ends CANCELLED with error type "Expired". With
         `connection=` (psycopg 3 Connection or SQLAlchemy Connection/Session) the job is
         written in that connection's current transaction and pgqueue does not commit: the job
-        exists if and only if your transaction commits.
+        exists if and only if your transaction commits. `headers` (a dict of JSON values)
+        travel with the job, apart from its arguments: the task reads them as
+        `pgqueue.current_job().headers`.
         """
-        request = self._request(args, kwargs, countdown, eta, priority, queue, expires)
+        request = self._request(args, kwargs, countdown, eta, priority, queue, expires, headers)
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return self.app._eager(self, request, False)  # type: ignore[no-any-return]
         if connection is None:
             connection = self.app._caller_transaction()
-        if connection is None:
-            row = self.app._insert_committed(request)
-        else:
-            row = insert_job(connection, request)
+        hooks = self.app._hooks.enqueue_hooks
+        if not hooks:  # the common case, written out: this is what `delay()` runs
+            if connection is None:
+                return Job(self.app, self.app._insert_committed(request))
+            return Job(self.app, insert_job(connection, request))
+        with around_enqueue(hooks, request, 1, connection is not None) as (enqueueing, request):
+            row = self._insert(request, connection)
+            enqueueing.job_ids.append(row["id"])
         return Job(self.app, row)
+
+    def _insert(self, request: JobRequest, connection: Any) -> dict[str, Any]:
+        if connection is None:
+            return self.app._insert_committed(request)
+        return insert_job(connection, request)
 
     def delay_many(
         self,
@@ -180,17 +194,19 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         expires: float | timedelta | datetime | None = None,
         connection: Any = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> list[int]:
         """Enqueue one job per call with a single COPY; returns the new job ids, in order.
 
         Each call is a tuple/list of positional arguments or a dict of keyword arguments
         (a task taking one dict argument gets `(the_dict,)`). The options apply to every job.
         Everything is checked before anything is written. With `connection=` (psycopg 3, or
-        SQLAlchemy on the psycopg driver) the jobs join that transaction.
+        SQLAlchemy on the psycopg driver) the jobs join that transaction. Every job gets the
+        same `headers`.
 
         >>> send_receipt.delay_many([(order_id,) for order_id in order_ids])
         """
-        from pgqueue.enqueue_many import build_bulk_request, copy_jobs
+        from pgqueue.enqueue_many import BulkRequest, build_bulk_request
 
         request = build_bulk_request(
             self,
@@ -200,9 +216,22 @@ class Task(Generic[P, R]):
             priority=priority,
             queue=queue,
             expires=expires,
+            headers=headers,
         )
         if connection is None:
             connection = self.app._caller_transaction()
+        hooks = self.app._hooks.enqueue_hooks
+        if not (hooks and request.rows):
+            return self._copy(request, connection)
+        count, in_transaction = len(request.rows), connection is not None
+        with around_enqueue(hooks, request.template, count, in_transaction) as (enqueueing, t):
+            ids = self._copy(BulkRequest(t, request.rows), connection)
+            enqueueing.job_ids.extend(ids)
+        return ids
+
+    def _copy(self, request: BulkRequest, connection: Any) -> list[int]:
+        from pgqueue.enqueue_many import copy_jobs
+
         if connection is not None:
             return copy_jobs(connection, request)
         return copy_jobs(self.app._shared_connection(), request, owned=True)
@@ -219,9 +248,10 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         expires: float | timedelta | datetime | None = None,
         connection: Any = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> list[int]:
         """Async twin of `delay_many()`."""
-        from pgqueue.enqueue_many import acopy_jobs, build_bulk_request
+        from pgqueue.enqueue_many import BulkRequest, build_bulk_request
 
         request = build_bulk_request(
             self,
@@ -231,7 +261,20 @@ class Task(Generic[P, R]):
             priority=priority,
             queue=queue,
             expires=expires,
+            headers=headers,
         )
+        hooks = self.app._hooks.enqueue_hooks
+        if not (hooks and request.rows):
+            return await self._acopy(request, connection)
+        count, in_transaction = len(request.rows), connection is not None
+        with around_enqueue(hooks, request.template, count, in_transaction) as (enqueueing, t):
+            ids = await self._acopy(BulkRequest(t, request.rows), connection)
+            enqueueing.job_ids.extend(ids)
+        return ids
+
+    async def _acopy(self, request: BulkRequest, connection: Any) -> list[int]:
+        from pgqueue.enqueue_many import acopy_jobs
+
         if connection is not None:
             return await acopy_jobs(connection, request)
         return await acopy_jobs(await self.app._ashared_connection(), request, owned=True)
@@ -251,17 +294,25 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         connection: Any = None,
         expires: float | timedelta | datetime | None = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> Job:
         """Async twin of `apply_async()`; `connection=` takes a psycopg AsyncConnection or a
         SQLAlchemy AsyncConnection/AsyncSession."""
-        request = self._request(args, kwargs, countdown, eta, priority, queue, expires)
+        request = self._request(args, kwargs, countdown, eta, priority, queue, expires, headers)
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return await self.app._eager(self, request, True)  # type: ignore[no-any-return]
-        if connection is None:
-            row = await self.app._ainsert_committed(request)
-        else:
-            row = await ainsert_job(connection, request)
+        hooks = self.app._hooks.enqueue_hooks
+        if not hooks:
+            return Job(self.app, await self._ainsert(request, connection))
+        with around_enqueue(hooks, request, 1, connection is not None) as (enqueueing, request):
+            row = await self._ainsert(request, connection)
+            enqueueing.job_ids.append(row["id"])
         return Job(self.app, row)
+
+    async def _ainsert(self, request: JobRequest, connection: Any) -> dict[str, Any]:
+        if connection is None:
+            return await self.app._ainsert_committed(request)
+        return await ainsert_job(connection, request)
 
     def _request(
         self,
@@ -272,6 +323,7 @@ class Task(Generic[P, R]):
         priority: int | None,
         queue: str | None,
         expires: float | timedelta | datetime | None = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> JobRequest:
         return build_request(
             self,
@@ -282,6 +334,7 @@ class Task(Generic[P, R]):
             priority=priority,
             queue=queue,
             expires=expires,
+            headers=headers,
         )
 
 
@@ -320,6 +373,7 @@ class NoJob:
         self.max_attempts = max_attempts
         self.args: list[Any] = []
         self.kwargs: dict[str, Any] = {}
+        self.headers: dict[str, Any] = {}
 
     def raise_if_cancelled(self) -> None:
         """Nothing can cancel a plain call."""

@@ -71,7 +71,8 @@ SINCE_FINISHED = "finished_at >= now() - %(since)s::float8 * interval '1 second'
 # between the tables is seen once).
 _DETAIL_COLUMNS = """id, queue, task_name, args, kwargs, status::text AS status, priority,
     run_at, attempts, max_attempts, worker_id, result, error, created_at, started_at,
-    finished_at, periodic_name, periodic_fire_at, expires_at, cancel_requested_at, history"""
+    finished_at, periodic_name, periodic_fire_at, expires_at, cancel_requested_at, history,
+    headers"""
 JOB_DETAIL = f"""
 SELECT {_DETAIL_COLUMNS}, lease, now() AS at FROM pgqueue_jobs WHERE id = %(id)s
 UNION ALL
@@ -182,6 +183,7 @@ class JobDetail:
     lease: int | None  # the fencing token of the claim running it (running jobs only)
     schedule: ScheduleRef | None
     attempt_history: tuple[Attempt, ...]  # every attempt, oldest first, the latest included
+    headers: Any = None  # what the job carries apart from its arguments (a JSON object), or None
 
 
 def parse_statuses(text: str) -> tuple[str, ...]:
@@ -379,4 +381,5 @@ def job_detail(conn: Conn, job_id: int) -> JobDetail:
         lease=row["lease"],
         schedule=schedule,
         attempt_history=_attempts(row, workers),
+        headers=row["headers"],
     )

@@ -68,6 +68,7 @@ class _EagerRunner:
             request.priority,
             1,
             request.max_attempts,
+            headers=_json.loads(request.headers_json) if request.headers_json else None,
         )
         if from_async:
             return self._arun(task, job)
@@ -105,6 +106,7 @@ class _EagerRunner:
             "max_attempts": job.max_attempts,
             "args": job.args,
             "kwargs": job.kwargs,
+            "headers": job.headers,
             **more,
         }
 

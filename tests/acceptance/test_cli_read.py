@@ -141,13 +141,20 @@ def test_jobs_list_and_show_what_real_jobs_did(
     assert [j["id"] for j in second["jobs"]] == [ok]
     assert run_json("jobs", "list", "--before", str(ok), dsn=dsn)["jobs"] == []
 
+    db.execute(
+        'UPDATE pgqueue_finished_jobs SET headers = \'{"tenant": "acme"}\' WHERE id = %s',
+        (failing,),
+    )
     shown = run_text("jobs", "show", str(failing), dsn=dsn)
     assert f"job {failing}: {apps.always_fails.name} failed" in shown
+    assert 'headers            {"tenant": "acme"}' in shown
+    assert "headers" not in run_text("jobs", "show", str(ok), dsn=dsn)
     assert "error: ValueError: this task always fails" in shown
     assert "Traceback (most recent call last)" in shown
     assert "attempts           2 of 2" in shown
     detail = run_json("jobs", "show", str(failing), dsn=dsn)
     assert detail["error"]["type"] == "ValueError"
+    assert detail["headers"] == {"tenant": "acme"}
     assert "Traceback" in detail["error"]["traceback"]
     assert detail["attempt_history"][-1]["outcome"] == "failed"
     assert detail["attempt_history"][-1]["attempt"] == 2

@@ -192,6 +192,22 @@ def test_a_queued_job_shows_every_field_and_no_attempt(conn: Conn) -> None:
     assert detail.attempt_history == ()
 
 
+def test_a_jobs_headers_are_shown_in_either_table(conn: Conn) -> None:
+    queued = add_job(conn, "t.a")
+    finished = add_finished_job(conn, "t.a", finished_ago=5)
+    conn.execute(
+        'UPDATE pgqueue_jobs SET headers = \'{"traceparent": "00-ab-cd-01"}\' WHERE id = %s',
+        (queued,),
+    )
+    conn.execute(
+        'UPDATE pgqueue_finished_jobs SET headers = \'{"tenant": "acme"}\' WHERE id = %s',
+        (finished,),
+    )
+    assert jobs.job_detail(conn, queued).headers == {"traceparent": "00-ab-cd-01"}
+    assert jobs.job_detail(conn, finished).headers == {"tenant": "acme"}
+    assert jobs.job_detail(conn, add_job(conn, "t.b")).headers is None
+
+
 def test_a_running_job_shows_its_worker_and_its_attempt_under_way(
     conn: Conn, other_session: Conn
 ) -> None:

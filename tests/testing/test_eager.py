@@ -110,3 +110,16 @@ def test_transactional_tasks_are_refused_with_what_to_use(app: pgqueue.App) -> N
 
     with eager(app), pytest.raises(pgqueue.ConfigurationError, match=r"drain\(\)"):
         charge.delay()
+
+
+def test_headers_reach_the_task_as_with_a_worker(app: pgqueue.App) -> None:
+    @app.task
+    def tagged() -> dict[str, Any]:
+        job = pgqueue.current_job()
+        assert job is not None
+        return job.headers
+
+    with eager(app):
+        job = tagged.apply_async(headers={"tenant": "acme"})
+    assert job.result == {"tenant": "acme"}
+    assert job.headers == {"tenant": "acme"}

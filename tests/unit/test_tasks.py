@@ -159,10 +159,10 @@ def test_a_bound_task_gets_itself_first_and_no_job_outside_a_worker(app: pgqueue
     @app.task(bind=True, queue="reports", max_attempts=4)
     def whoami(self: pgqueue.Task[..., object], x: int) -> tuple[object, ...]:
         request = self.request
-        return (self, request.id, request.retries, request.task, request.queue, x)
+        return (self, request.id, request.retries, request.task, request.queue, request.headers, x)
 
     assert whoami.bind
-    assert whoami(7) == (whoami, None, 0, whoami.name, "reports", 7)
+    assert whoami(7) == (whoami, None, 0, whoami.name, "reports", {}, 7)
 
 
 def test_a_bound_tasks_request_is_the_running_jobs_context(app: pgqueue.App) -> None:
@@ -170,7 +170,17 @@ def test_a_bound_tasks_request_is_the_running_jobs_context(app: pgqueue.App) -> 
     def inspect_me(self: pgqueue.Task[..., object]) -> object:
         return self.request
 
-    job = ClaimedJob(41, "default", inspect_me.name, [1], {"k": 2}, 5, attempt=3, max_attempts=4)
+    job = ClaimedJob(
+        41,
+        "default",
+        inspect_me.name,
+        [1],
+        {"k": 2},
+        5,
+        attempt=3,
+        max_attempts=4,
+        headers={"tenant": "acme"},
+    )
     token = _current.set(JobContext(job))
     try:
         request = inspect_me()
@@ -180,6 +190,7 @@ def test_a_bound_tasks_request_is_the_running_jobs_context(app: pgqueue.App) -> 
     assert (request.id, request.attempt, request.retries, request.max_attempts) == (41, 3, 2, 4)
     assert (request.args, request.kwargs, request.priority) == ([1], {"k": 2}, 5)
     assert request.task == inspect_me.name
+    assert request.headers == {"tenant": "acme"}
 
 
 def test_self_retry_raises_retry_with_countdown_and_the_exception_as_reason(
