@@ -21,9 +21,9 @@ class PgQueueConfig(AppConfig):
         pgqueue_settings()  # a misspelt key fails at start-up, not at the first enqueue
         # Each app's tasks.py declares its tasks: a worker knows them all before it claims.
         autodiscover_modules("tasks")
+        checks.register(check_database)  # with `manage.py check`, not only with --database
 
 
-@checks.register()
 def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """`manage.py check`: pgqueue's database is PostgreSQL and can be named."""
     from ._app import database_alias, dsn_for, pgqueue_settings
