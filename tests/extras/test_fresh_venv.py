@@ -61,6 +61,12 @@ EXTRAS = [
         imports=("fastapi",),
         test_tools=("pytest>=8", "httpx>=0.27"),  # the ASGI test client; anyio comes with it
     ),
+    Extra(
+        "opentelemetry",
+        "examples/opentelemetry",
+        imports=("opentelemetry",),
+        test_tools=("pytest>=8", "opentelemetry-sdk>=1.20"),  # the in-memory span exporter
+    ),
     # Django 6 needs Python 3.12 or newer.
     Extra(
         "django",
