@@ -23,6 +23,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+try:
+    import django
+except ImportError as exc:  # pragma: no cover - the extra is what installs it
+    raise ImportError(
+        "pgqueue.contrib.django needs Django 6: pip install 'pgqueue[django]' (Python 3.12+)"
+    ) from exc
+if django.VERSION < (6, 0):
+    raise ImportError(
+        f"pgqueue.contrib.django needs Django 6 or newer (its Tasks framework), found "
+        f"{django.get_version()}: pip install 'pgqueue[django]' (Python 3.12+)"
+    )
+
 from ._app import DjangoApp, dsn_for
 
 if TYPE_CHECKING:
