@@ -5,6 +5,7 @@ at once); the replace option; periods that outlive the job; bad input refused, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pgqueue
 from pgqueue import admin, migrate
 from pgqueue.cli import main
 from pgqueue.errors import ConfigurationError
+from pgqueue.hooks import Enqueueing
 from tests.conftest import wait_until
 
 Conn = psycopg.Connection[Any]
@@ -574,6 +576,30 @@ def test_eight_processes_enqueueing_one_key_at_once_make_one_job(
     assert len({job_id for job_id, _ in outcomes}) == 1
     assert sorted(created for _, created in outcomes) == [False] * 7 + [True]
     assert _count(conn) == 1
+
+
+# -- enqueue hooks -----------------------------------------------------------------------------
+
+
+def test_enqueue_hooks_see_keyed_jobs_and_their_headers_are_written(app: pgqueue.App) -> None:
+    seen: list[Enqueueing] = []
+
+    @contextlib.contextmanager
+    def stamp(enqueueing: Enqueueing) -> Iterator[None]:
+        enqueueing.headers["origin"] = "web-1"
+        seen.append(enqueueing)
+        yield
+
+    @app.task(unique=True)
+    def send(n: int) -> None: ...
+
+    app.add_enqueue_hook(stamp)
+    job = send.delay(1)
+    again = send.delay(1)
+    ids = send.delay_many([(1,), (2,)])
+    assert job.headers == {"origin": "web-1"} and again.id == job.id
+    assert app.get_job(ids[1]).headers == {"origin": "web-1"}
+    assert [(e.count, e.job_ids) for e in seen] == [(1, [job.id]), (1, [job.id]), (2, ids)]
 
 
 # -- operators ---------------------------------------------------------------------------------
