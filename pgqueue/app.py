@@ -43,6 +43,7 @@ from pgqueue.job import Job
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from pgqueue.schedule import DEFAULT_MAX_CATCH_UP, Schedule
 from pgqueue.tasks import Task, default_task_name
+from pgqueue.unique import UniqueSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -182,7 +183,7 @@ class App:
         timeout: float | timedelta | None = None,
         transactional: bool = False,
         bind: bool = False,
-        unique: Any = None,
+        unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
     ) -> Callable[[F], Task[Any, Any]]: ...
@@ -203,7 +204,7 @@ class App:
         timeout: float | timedelta | None = None,
         transactional: bool = False,
         bind: bool = False,
-        unique: Any = None,
+        unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
     ) -> Task[Any, Any] | Callable[[F], Task[Any, Any]]:

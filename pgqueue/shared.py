@@ -32,7 +32,7 @@ from pgqueue.errors import ConfigurationError
 from pgqueue.job import Job
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from pgqueue.tasks import NoJob, Task, ask_retry, checked_task_name, timeout_seconds
-from pgqueue.unique import task_uniqueness
+from pgqueue.unique import UniqueSpec, task_uniqueness
 
 if TYPE_CHECKING:
     from pgqueue.app import App
@@ -96,7 +96,7 @@ class SharedTask(Generic[P, R]):
         timeout: float | timedelta | None,
         transactional: bool,
         bind: bool,
-        unique: Any = None,
+        unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
     ) -> None:
@@ -111,11 +111,7 @@ class SharedTask(Generic[P, R]):
         # Checked here, as @app.task checks them (the function as a worker calls it).
         run: Callable[..., Any] = functools.partial(fn, None) if self.bind else fn  # type: ignore[arg-type]
         task_uniqueness(self.name, run, unique, unique_for, on_conflict)
-        self.unique_options = {
-            "unique": unique,
-            "unique_for": unique_for,
-            "on_conflict": on_conflict,
-        }
+        self.unique, self.unique_for, self.on_conflict = unique, unique_for, on_conflict
         self.is_async: bool = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
@@ -136,7 +132,9 @@ class SharedTask(Generic[P, R]):
             timeout=self.timeout,
             transactional=self.transactional,
             bind=self.bind,
-            **self.unique_options,
+            unique=self.unique,
+            unique_for=self.unique_for,
+            on_conflict=self.on_conflict,
         )
 
     def for_app(self, app: App) -> Task[P, R]:
@@ -253,7 +251,7 @@ def shared_task(
     timeout: float | timedelta | None = None,
     transactional: bool = False,
     bind: bool = False,
-    unique: Any = None,
+    unique: UniqueSpec = None,
     unique_for: float | timedelta | None = None,
     on_conflict: str | None = None,
 ) -> Callable[[F], SharedTask[Any, Any]]: ...
@@ -274,7 +272,7 @@ def shared_task(
     timeout: float | timedelta | None = None,
     transactional: bool = False,
     bind: bool = False,
-    unique: Any = None,
+    unique: UniqueSpec = None,
     unique_for: float | timedelta | None = None,
     on_conflict: str | None = None,
 ) -> SharedTask[Any, Any] | Callable[[F], SharedTask[Any, Any]]:

@@ -34,6 +34,7 @@ from pgqueue.job import Job
 from pgqueue.retry import RetryPolicy
 from pgqueue.unique import (
     TaskUniqueness,
+    UniqueSpec,
     aenqueue_unique,
     enqueue_unique,
     options_for,
@@ -86,7 +87,7 @@ class Task(Generic[P, R]):
         timeout: float | timedelta | None = None,
         transactional: bool = False,
         bind: bool = False,
-        unique: Any = None,
+        unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
     ) -> None:

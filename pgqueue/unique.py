@@ -42,6 +42,8 @@ from pgqueue.errors import ConfigurationError
 # longer are replaced by a digest of them.
 MAX_KEY_BYTES = 512
 ON_CONFLICT = ("keep", "replace")
+# What `@app.task(unique=...)` takes: True, argument names, or a function returning the key.
+UniqueSpec = bool | Sequence[str] | Callable[..., str] | None
 # An enqueue retries when the job that made it step aside ended before it could be read;
 # more rounds than this means something else is wrong.
 MAX_ROUNDS = 20
