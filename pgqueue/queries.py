@@ -902,19 +902,20 @@ _UNIQUE_CONFLICT = (
 )
 
 
-def _insert_unique(on_conflict: str) -> str:
+def _insert_unique(on_conflict: str, *, period: bool = False) -> str:
     """An INSERT of keyed jobs that share their options (the parameters of INSERT_JOB) and
     differ in key, args and kwargs (`rows`, a JSON array of objects, one key each), with
     `on_conflict` for a key that a queued or running job holds. Each job written (inserted,
     or replaced: `created` tells) comes back whole, and workers are told where it sorts. Rows
     come sorted by key, so that enqueuers of overlapping keys wait for each other in one
-    order and cannot deadlock."""
+    order and cannot deadlock. With `period`, only the keys that the CTE `period` returns are
+    inserted, under the ids it drew."""
     return f"""
 INSERT INTO pgqueue_jobs AS j (
-    queue, task_name, args, kwargs, priority, run_at, max_attempts, expires_at, headers,
-    unique_key)
+    {"id, " if period else ""}queue, task_name, args, kwargs, priority, run_at, max_attempts,
+    expires_at, headers, unique_key)
 SELECT
-    %(queue)s, %(task_name)s, r.args, r.kwargs, %(priority)s,
+    {"period.job_id, " if period else ""}%(queue)s, %(task_name)s, r.args, r.kwargs, %(priority)s,
     COALESCE(
         CAST(%(eta)s AS timestamptz),
         now() + CAST(%(countdown)s AS float8) * interval '1 second',
@@ -925,6 +926,7 @@ SELECT
         now() + CAST(%(expires_in)s AS float8) * interval '1 second'),
     CAST(%(headers)s AS jsonb), r.unique_key
 FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(unique_key text, args jsonb, kwargs jsonb)
+{"JOIN period ON period.unique_key = r.unique_key" if period else ""}
 {_UNIQUE_CONFLICT} {on_conflict}
 RETURNING {JOB_COLUMNS}, (xmax = 0) AS created,
     pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()})::text AS notified
@@ -946,27 +948,39 @@ INSERT_OR_REPLACE_UNIQUE_JOBS = _insert_unique(
 WHERE j.status = 'queued' AND j.cancel_requested_at IS NULL"""
 )
 
-# Keyed jobs with a period (`unique_for=`): INSERT_UNIQUE_JOBS, and each job inserted holds its
-# key's period from now on (LOCK_UNIQUE_PERIODS made the row and holds its lock).
+# Keyed jobs with a period (`unique_for=`), in one statement: each key's period is taken (a
+# new row, or a row whose period ran out) for a job id drawn here, and only the keys taken are
+# inserted, under those ids. A key whose period has not run out is not returned (read it with
+# HELD_PERIODS). Enqueuers of one key take turns on its period row (ON CONFLICT waits for the
+# transaction that wrote it, and the DO UPDATE decides on the row as that one committed it).
+# When a queued or running job holds the key although its period ran out, the insert meets it
+# and the period names a job that was never written: the holder is returned by
+# FIND_UNIQUE_HOLDERS, and such a period is released by RELEASE_PERIODS when it is next met.
 INSERT_UNIQUE_JOBS_FOR_PERIOD = f"""
-WITH job AS ({INSERT_UNIQUE_JOBS}), period AS (
-    UPDATE pgqueue_unique_periods AS p
-    SET job_id = job.id, until = now() + CAST(%(period)s AS float8) * interval '1 second'
-    FROM job
-    WHERE p.unique_key = job.unique_key
+WITH period AS (
+    INSERT INTO pgqueue_unique_periods AS p (unique_key, job_id, until)
+    SELECT r.unique_key, nextval(pg_get_serial_sequence('pgqueue_jobs', 'id')),
+           now() + CAST(%(period)s AS float8) * interval '1 second'
+    FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(unique_key text)
+    ON CONFLICT (unique_key) DO UPDATE SET job_id = EXCLUDED.job_id, until = EXCLUDED.until
+    WHERE p.until <= now()
+    RETURNING p.unique_key, p.job_id
 )
-SELECT * FROM job
+{_insert_unique("DO NOTHING", period=True)}"""
+
+# The periods of these keys that have not run out, and the jobs they name.
+HELD_PERIODS = """
+SELECT unique_key, job_id FROM pgqueue_unique_periods
+WHERE unique_key = ANY(CAST(%(keys)s AS text[])) AND until > now()
 """
 
-# The period of each key (`unique_for=`), locked until the transaction ends: enqueuers of one
-# key take turns here, and each sees the period its predecessor committed (the lock is taken
-# on the row's latest version). A key without a row gets one that holds nothing yet. `held`:
-# the period of the job `job_id` has not run out.
-LOCK_UNIQUE_PERIODS = """
-INSERT INTO pgqueue_unique_periods AS p (unique_key, until)
-SELECT k, '-infinity' FROM unnest(CAST(%(keys)s AS text[])) AS k
-ON CONFLICT (unique_key) DO UPDATE SET unique_key = EXCLUDED.unique_key
-RETURNING p.unique_key, p.job_id, p.until > now() AS held
+# Release periods whose job does not exist (never written, or deleted since): they hold
+# nothing. Only if the period still names that job: one taken since by another enqueue stays.
+RELEASE_PERIODS = """
+UPDATE pgqueue_unique_periods AS p SET until = '-infinity'
+FROM unnest(CAST(%(keys)s AS text[]), CAST(%(job_ids)s AS bigint[])) AS g(unique_key, job_id)
+WHERE p.unique_key = g.unique_key AND p.job_id = g.job_id
+RETURNING p.unique_key
 """
 
 # The queued or running jobs that hold these keys.

@@ -300,8 +300,12 @@ def _enqueue_steps(
     replace: bool,
 ) -> Generator[Statement, list[dict[str, Any]], dict[str, Written]]:
     """The statements that enqueue one job per key of `rows` (key -> (args JSON, kwargs
-    JSON)) with the options of `template`, run in one transaction; each is sent the rows it
-    returned. Returns the job each key ends with."""
+    JSON)) with the options of `template`; each is sent the rows it returned. Returns the job
+    each key ends with.
+
+    Each statement stands on its own (a transaction around them adds nothing but lock time),
+    so they may run in autocommit: the insert decides, and the reads after it find the job
+    that made it step aside. If that job ended in between, the key is tried again."""
     options = {
         "queue": template.queue,
         "task_name": template.task_name,
@@ -313,46 +317,46 @@ def _enqueue_steps(
         "expires_in": template.expires_in,
         "headers": template.headers_json,
     }
+    if period is not None:
+        options["period"] = period
+        statement = queries.INSERT_UNIQUE_JOBS_FOR_PERIOD
+    elif replace:
+        statement = queries.INSERT_OR_REPLACE_UNIQUE_JOBS
+    else:
+        statement = queries.INSERT_UNIQUE_JOBS
     written: dict[str, Written] = {}
     pending = dict(rows)
     for _ in range(MAX_ROUNDS):
-        if period is not None:
-            periods = yield queries.LOCK_UNIQUE_PERIODS, {"keys": sorted(pending)}
-            held = {p["unique_key"]: p["job_id"] for p in periods if p["held"]}
-            if held:
-                found = yield queries.FETCH_JOBS, {"ids": sorted(set(held.values()))}
-                by_id = {row["id"]: row for row in found}
-                for key, job_id in held.items():
-                    # A period whose job was deleted since holds nothing.
-                    if job_id in by_id:
-                        written[key] = Written(_job_row(by_id[job_id]), created=False)
-                        del pending[key]
-            if not pending:
-                return written
-            statement = queries.INSERT_UNIQUE_JOBS_FOR_PERIOD
-            params = {**options, "rows": _rows_json(pending), "period": period}
-        else:
-            statement = (
-                queries.INSERT_OR_REPLACE_UNIQUE_JOBS if replace else queries.INSERT_UNIQUE_JOBS
-            )
-            params = {**options, "rows": _rows_json(pending)}
-        inserted = yield statement, params
+        inserted = yield statement, {**options, "rows": _rows_json(pending)}
         for row in inserted:
             key = row["unique_key"]
-            written[key] = Written(
-                _job_row(row), created=row["created"], replaced=not row["created"]
-            )
+            created = bool(row["created"])
+            written[key] = Written(_job_row(row), created=created, replaced=not created)
             del pending[key]
         if not pending:
             return written
         holders = yield queries.FIND_UNIQUE_HOLDERS, {"keys": sorted(pending)}
         for row in holders:
-            key = row["unique_key"]
-            written[key] = Written(_job_row(row), created=False)
-            del pending[key]
+            written[row["unique_key"]] = Written(_job_row(row), created=False)
+            del pending[row["unique_key"]]
+        if pending and period is not None:
+            periods = yield queries.HELD_PERIODS, {"keys": sorted(pending)}
+            held = {p["unique_key"]: p["job_id"] for p in periods}
+            found = yield queries.FETCH_JOBS, {"ids": sorted(set(held.values()))}
+            by_id = {row["id"]: row for row in found}
+            gone = {}
+            for key, job_id in held.items():
+                if job_id in by_id:
+                    written[key] = Written(_job_row(by_id[job_id]), created=False)
+                    del pending[key]
+                else:
+                    gone[key] = job_id
+            if gone:
+                keys = sorted(gone)
+                yield queries.RELEASE_PERIODS, {"keys": keys, "job_ids": [gone[k] for k in keys]}
         if not pending:
             return written
-        # The jobs that held these keys ended between the insert and the read: try again.
+        # What made these keys step aside ended before it could be read: try them again.
     raise RuntimeError(
         f"could not enqueue unique jobs for keys {sorted(pending)[:5]} after {MAX_ROUNDS} "
         "rounds: the jobs holding them kept ending in between"
@@ -388,8 +392,8 @@ def enqueue_unique(
     owned: bool = False,
 ) -> dict[str, Written]:
     """Enqueue keyed jobs on a sync psycopg or SQLAlchemy connection, in its current
-    transaction (`owned`: pgqueue's own autocommit connection, where they get a transaction
-    of their own)."""
+    transaction (`owned`: pgqueue's own autocommit connection, where each statement commits
+    on its own)."""
     steps = _enqueue_steps(template, rows, period, replace)
     kind = PSYCOPG if owned else connection_kind(connection, is_async=False)
     if kind == PSYCOPG:
@@ -399,9 +403,6 @@ def enqueue_unique(
                 return cur.execute(statement, params).fetchall()
 
         try:
-            if owned:
-                with connection.transaction():
-                    return _run(steps, execute)
             return _run(steps, execute)
         except psycopg.Error as exc:
             raise translate_error(exc, connection, owned=owned) from exc
@@ -438,9 +439,6 @@ async def aenqueue_unique(
                 return await cur.fetchall()
 
         try:
-            if owned:
-                async with connection.transaction():
-                    return await _arun(steps, execute)
             return await _arun(steps, execute)
         except psycopg.Error as exc:
             raise translate_error(exc, connection, owned=owned) from exc

@@ -234,6 +234,11 @@ def test_a_job_running_past_its_period_still_holds_its_key(app: pgqueue.App, con
     second = export.apply_async(unique_key="export", unique_for=60)
     assert second.duplicate and second.id == first.id
     assert _count(conn) == 1
+    # That duplicate enqueued nothing, so it holds no period: once the job ends, the key is free.
+    first.cancel()
+    third = export.apply_async(unique_key="export", unique_for=60)
+    assert third.created
+    assert export.apply_async(unique_key="export", unique_for=60).id == third.id
 
 
 def test_a_period_whose_job_was_deleted_holds_nothing(app: pgqueue.App, conn: Conn) -> None:
