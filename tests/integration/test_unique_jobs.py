@@ -537,10 +537,27 @@ def test_async_twins_honour_the_key(app: pgqueue.App, dsn: str, conn: Conn) -> N
     assert _count(conn) == 5
 
 
+def test_concurrent_coroutines_on_pgqueues_async_connection_make_one_job_per_key(
+    app: pgqueue.App, conn: Conn
+) -> None:
+    @app.task
+    async def noop(n: int) -> None: ...
+
+    async def scenario() -> list[pgqueue.Job]:
+        keyed = [noop.aapply_async(args=(n,), unique_key="k", unique_for=60) for n in range(10)]
+        plain = [noop.adelay(n) for n in range(10)]
+        return await asyncio.gather(*keyed, *plain)
+
+    jobs = asyncio.run(scenario())
+    assert len({job.id for job in jobs[:10]}) == 1
+    assert sum(job.created for job in jobs[:10]) == 1
+    assert _count(conn) == 11
+
+
 # -- 8 processes at once ---------------------------------------------------------------------
 
 
-def _enqueue_in_own_transaction(dsn: str, period: float | None, barrier: Any, results: Any) -> None:
+def _enqueue_in_own_transaction(dsn: str, mode: str, barrier: Any, results: Any) -> None:
     app = pgqueue.App(dsn)
 
     @app.task(name="race.noop")
@@ -550,11 +567,15 @@ def _enqueue_in_own_transaction(dsn: str, period: float | None, barrier: Any, re
         conn.execute("SELECT 1")  # the transaction is open before the race starts
         barrier.wait(30)
         job = noop.apply_async(
-            args=(conn.info.backend_pid,), unique_key="race", unique_for=period, connection=conn
+            args=(conn.info.backend_pid,),
+            unique_key="race",
+            unique_for=60 if mode == "period" else None,
+            on_conflict="replace" if mode == "replace" else None,
+            connection=conn,
         )
         conn.commit()
     app.close()
-    results.put((job.id, job.created))
+    results.put((job.id, job.created, job.replaced))
 
 
 @pytest.fixture
@@ -562,14 +583,14 @@ def fork() -> Iterator[Any]:
     yield multiprocessing.get_context("fork")
 
 
-@pytest.mark.parametrize("period", [None, 60.0])
+@pytest.mark.parametrize("mode", ["keep", "period", "replace"])
 def test_eight_processes_enqueueing_one_key_at_once_make_one_job(
-    dsn: str, conn: Conn, fork: Any, period: float | None
+    dsn: str, conn: Conn, fork: Any, mode: str
 ) -> None:
     barrier = fork.Barrier(8)
     results = fork.Queue()
     processes = [
-        fork.Process(target=_enqueue_in_own_transaction, args=(dsn, period, barrier, results))
+        fork.Process(target=_enqueue_in_own_transaction, args=(dsn, mode, barrier, results))
         for _ in range(8)
     ]
     for process in processes:
@@ -578,8 +599,10 @@ def test_eight_processes_enqueueing_one_key_at_once_make_one_job(
     for process in processes:
         process.join(30)
         assert process.exitcode == 0
-    assert len({job_id for job_id, _ in outcomes}) == 1
-    assert sorted(created for _, created in outcomes) == [False] * 7 + [True]
+    assert len({job_id for job_id, _, _ in outcomes}) == 1
+    assert sorted(created for _, created, _ in outcomes) == [False] * 7 + [True]
+    # With replace, each later enqueue gave the queued job its arguments.
+    assert all(replaced == (mode == "replace" and not created) for _, created, replaced in outcomes)
     assert _count(conn) == 1
 
 
