@@ -44,6 +44,7 @@ MAX_KEY_BYTES = 512
 ON_CONFLICT = ("keep", "replace")
 # What `@app.task(unique=...)` takes: True, argument names, or a function returning the key.
 UniqueSpec = bool | Sequence[str] | Callable[..., str] | None
+MAX_PERIOD = 100 * 366 * 86400.0
 # An enqueue retries when the job that made it step aside ended before it could be read;
 # more rounds than this means something else is wrong.
 MAX_ROUNDS = 20
@@ -91,6 +92,10 @@ def check_period(unique_for: Any) -> float | None:
         raise TypeError(f"unique_for takes seconds or a timedelta, got {unique_for!r}")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigurationError(f"unique_for must be a positive number of seconds, got {seconds}")
+    if seconds > MAX_PERIOD:
+        raise ConfigurationError(
+            f"unique_for is at most {MAX_PERIOD:.0f} seconds (100 years), got {seconds}"
+        )
     return float(seconds)
 
 

@@ -290,6 +290,8 @@ def test_bad_keys_are_refused_and_write_nothing(app: pgqueue.App, conn: Conn) ->
         noop.apply_async(unique_key="k", unique_for=10, on_conflict="replace")
     with pytest.raises(ConfigurationError, match="positive number of seconds"):
         noop.apply_async(unique_key="k", unique_for=0)
+    with pytest.raises(ConfigurationError, match="at most"):
+        noop.apply_async(unique_key="k", unique_for=1e300)
     with pytest.raises(TypeError, match="seconds or a timedelta"):
         noop.apply_async(unique_key="k", unique_for="1h")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="pass unique_key= too"):
