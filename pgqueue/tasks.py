@@ -227,9 +227,8 @@ class Task(Generic[P, R]):
             conn, owned = self.app._shared_connection(), True
         else:
             conn, owned = connection, False
-        written = enqueue_unique(conn, request, rows, options.period, options.replace, owned=owned)[
-            options.key
-        ]
+        by_key = enqueue_unique(conn, request, rows, options.period, options.replace, owned=owned)
+        written = by_key[options.key]
         return Job(self.app, written.row, created=written.created, replaced=written.replaced)
 
     def _insert(self, request: JobRequest, connection: Any) -> dict[str, Any]:
@@ -419,9 +418,10 @@ class Task(Generic[P, R]):
             conn, owned = await self.app._ashared_connection(), True
         else:
             conn, owned = connection, False
-        written = (
-            await aenqueue_unique(conn, request, rows, options.period, options.replace, owned=owned)
-        )[options.key]
+        by_key = await aenqueue_unique(
+            conn, request, rows, options.period, options.replace, owned=owned
+        )
+        written = by_key[options.key]
         return Job(self.app, written.row, created=written.created, replaced=written.replaced)
 
     async def _ainsert(self, request: JobRequest, connection: Any) -> dict[str, Any]:
