@@ -401,6 +401,22 @@ def test_delay_many_keeps_keys_with_backslashes_and_quotes_intact(
     assert path.delay('C:\\temp\\"x"').id == ids[0]
 
 
+def test_delay_many_honours_periods_in_the_caller_transaction(
+    app: pgqueue.App, dsn: str, conn: Conn
+) -> None:
+    @app.task(unique=True, unique_for=3600)
+    def digest(user: int) -> None: ...
+
+    first = digest.delay(1)
+    first.cancel()
+    with psycopg.connect(dsn) as tx:
+        ids = digest.delay_many([(1,), (2,), (2,), (3,)], connection=tx)
+        tx.commit()
+    assert ids[0] == first.id and ids[1] == ids[2] and len(set(ids)) == 3
+    assert digest.delay_many([(3,), (2,)]) == [ids[3], ids[1]]
+    assert _count(conn) == 3
+
+
 def test_delay_many_of_a_plain_task_still_copies(app: pgqueue.App, conn: Conn) -> None:
     @app.task
     def noop(n: int) -> None: ...
