@@ -43,6 +43,7 @@ from pgqueue.job import Job
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from pgqueue.schedule import DEFAULT_MAX_CATCH_UP, Schedule
 from pgqueue.tasks import Task, default_task_name
+from pgqueue.unique import UniqueSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -182,6 +183,9 @@ class App:
         timeout: float | timedelta | None = None,
         transactional: bool = False,
         bind: bool = False,
+        unique: UniqueSpec = None,
+        unique_for: float | timedelta | None = None,
+        on_conflict: str | None = None,
     ) -> Callable[[F], Task[Any, Any]]: ...
 
     def task(
@@ -200,6 +204,9 @@ class App:
         timeout: float | timedelta | None = None,
         transactional: bool = False,
         bind: bool = False,
+        unique: UniqueSpec = None,
+        unique_for: float | timedelta | None = None,
+        on_conflict: str | None = None,
     ) -> Task[Any, Any] | Callable[[F], Task[Any, Any]]:
         """Register a function (sync or async) as a task; usable bare or with options.
 
@@ -210,6 +217,13 @@ class App:
         attempt, in seconds. `transactional=True` runs the task in a transaction that also
         commits its job's completion: see `pgqueue.current_job().connection`. `bind=True`
         passes the Task as the first argument (`self.request`, `self.retry()`), as in Celery.
+
+        `unique=` makes its jobs unique by a key made from their arguments: True (the task's
+        name and every argument), a tuple of argument names, or a function of the arguments
+        that returns the key. While a job holding the key is queued or running, an enqueue
+        returns it instead of inserting (`job.created` False); `on_conflict="replace"` gives
+        the queued one the new arguments instead (debounce); `unique_for=` (seconds) also
+        holds the key for that long after the enqueue of the job that took it.
         """
 
         def register(function: F) -> Task[Any, Any]:
@@ -239,6 +253,9 @@ class App:
                 timeout=timeout,
                 transactional=transactional,
                 bind=bind,
+                unique=unique,
+                unique_for=unique_for,
+                on_conflict=on_conflict,
             )
             if shared.shared_task_named(task.name) is not None:
                 raise ConfigurationError(

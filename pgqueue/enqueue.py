@@ -23,6 +23,7 @@ from pgqueue.errors import ConfigurationError, DatabaseUnavailable, SchemaNotMig
 
 if TYPE_CHECKING:
     from pgqueue.tasks import Task
+    from pgqueue.unique import UniqueOptions
 
 
 @dataclass(slots=True)
@@ -41,6 +42,9 @@ class JobRequest:
     expires_in: float | None = None
     # The job's headers as JSON (an object), None for none: most jobs.
     headers_json: str | None = None
+    # Its unique key and how it is unique (pgqueue.unique), None for most jobs: a keyed job
+    # is written by pgqueue.unique's statements, never by the two above.
+    unique: UniqueOptions | None = None
 
     @property
     def due_now(self) -> bool:

@@ -9,7 +9,7 @@ on pgqueue's own autocommit connection, where the COPY is one statement: every r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,8 @@ class BulkRequest:
 
     template: JobRequest
     rows: list[tuple[str, str]]
+    # Each job's unique key, for a task declared with unique=; None otherwise.
+    keys: list[str] | None = None
 
 
 def build_bulk_request(
@@ -52,8 +54,10 @@ def build_bulk_request(
     queue: str | None = None,
     expires: float | timedelta | datetime | None = None,
     headers: Mapping[str, Any] | None = None,
+    key_of: Callable[[Sequence[Any], Mapping[str, Any]], str] | None = None,
 ) -> BulkRequest:
-    """Each call is a tuple/list of positional arguments or a dict of keyword arguments."""
+    """Each call is a tuple/list of positional arguments or a dict of keyword arguments;
+    `key_of` makes each job's unique key from them (a task declared with unique=)."""
     template = build_request(
         task,
         (),
@@ -66,6 +70,7 @@ def build_bulk_request(
         headers=headers,
     )
     rows = []
+    keys: list[str] | None = [] if key_of is not None else None
     for index, call in enumerate(calls):
         # Each row is kept as its COPY text fields (args, then kwargs): JSON escapes every
         # control character, so only the backslash needs COPY's escaping.
@@ -80,7 +85,11 @@ def build_bulk_request(
                 f"delay_many takes a tuple/list of positional arguments or a dict of keyword "
                 f"arguments per job; call {index} is a {type(call).__name__}"
             )
-    return BulkRequest(template, rows)
+        if key_of is not None:
+            assert keys is not None
+            is_kwargs = isinstance(call, Mapping)
+            keys.append(key_of((), call) if is_kwargs else key_of(call, {}))  # type: ignore[arg-type]
+    return BulkRequest(template, rows, keys)
 
 
 COPY_CHUNK_ROWS = 2000

@@ -48,9 +48,16 @@ class Job:
     5
     """
 
-    def __init__(self, app: App, row: Mapping[str, Any]) -> None:
+    def __init__(
+        self, app: App, row: Mapping[str, Any], *, created: bool = True, replaced: bool = False
+    ) -> None:
         self._app = app
         self.id: int = int(row["id"])
+        # What the enqueue that made this handle did: inserted the job (`created`), or met a
+        # unique key held by this existing job and returned it (replacing its arguments and
+        # options: `replaced`). A handle from get_job() says created.
+        self.created: bool = created
+        self.replaced: bool = replaced
         self._load(row)
 
     def _load(self, row: Mapping[str, Any]) -> None:
@@ -73,9 +80,16 @@ class Job:
         # What the job carries apart from its arguments; anything but an object is not headers.
         headers = row.get("headers")
         self.headers: dict[str, Any] = dict(headers) if isinstance(headers, dict) else {}
+        self.unique_key: str | None = row.get("unique_key")
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.task_name} {self.status.value} attempts={self.attempts}>"
+
+    @property
+    def duplicate(self) -> bool:
+        """The enqueue that returned this handle inserted nothing: a job holding its unique
+        key existed already, and this is that job (see `replaced`)."""
+        return not self.created
 
     # -- sync ---------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from pgqueue._names import (
 JOB_COLUMNS = (
     "id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts, "
     "worker_id, result, error, created_at, started_at, finished_at, expires_at, "
-    "cancel_requested_at, headers"
+    "cancel_requested_at, headers, unique_key"
 )
 
 
@@ -32,15 +32,16 @@ def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
     to pgqueue_finished_jobs, ending them with `status`, `error` and `result` (SQL
     expressions over the alias `e`). Every statement that ends a job uses it. The job keeps
     the worker that ran its last attempt, and the history of the earlier ones (copied, not
-    built: ending a job costs no JSON work), and its headers."""
+    built: ending a job costs no JSON work), its headers and its unique key (which no longer
+    holds anything once the job has left pgqueue_jobs)."""
     return f"""INSERT INTO pgqueue_finished_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,
-        periodic_fire_at, expires_at, cancel_requested_at, history, headers)
+        periodic_fire_at, expires_at, cancel_requested_at, history, headers, unique_key)
     SELECT e.id, e.queue, e.task_name, e.args, e.kwargs, ({status})::pgqueue_job_status,
         e.priority, e.run_at, e.attempts, e.max_attempts, e.worker_id, {result}, {error},
         e.created_at, e.started_at, now(), e.periodic_name, e.periodic_fire_at, e.expires_at,
-        e.cancel_requested_at, e.history, e.headers
+        e.cancel_requested_at, e.history, e.headers, e.unique_key
     FROM {ended} AS e
     RETURNING id, task_name, status, attempts, max_attempts, worker_id"""
 
@@ -764,19 +765,32 @@ def _retry_finished(picked: str) -> str:
     array `picked` holds, if they failed or were cancelled, move back from
     pgqueue_finished_jobs to pgqueue_jobs, queued and due now, with no attempt counted and no
     deadline; their final attempt (error, worker, times) is appended to their history. Workers
-    are told where they sort (one notification per queue and priority)."""
+    are told where they sort (one notification per queue and priority).
+
+    A job with a unique key takes it back if no queued or running job holds it (the first of
+    the batch by id, when several share it); otherwise it runs again without one, so that an
+    operator's retry never fails on, nor replaces, the job that holds the key now."""
     return f"""
 WITH moved AS (
     DELETE FROM pgqueue_finished_jobs AS f
     WHERE f.id = ANY({picked}) AND f.status IN ('failed', 'cancelled')
     RETURNING f.*
+), keyed AS (
+    SELECT m.id, row_number() OVER (PARTITION BY m.unique_key ORDER BY m.id) = 1
+        AND NOT EXISTS (
+            SELECT FROM pgqueue_jobs AS j
+            WHERE j.unique_key = m.unique_key AND j.status IN ('queued', 'running')
+        ) AS keeps_key
+    FROM moved AS m
+    WHERE m.unique_key IS NOT NULL
 ), requeued AS (
     INSERT INTO pgqueue_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
-        created_at, periodic_name, periodic_fire_at, history, headers)
+        created_at, periodic_name, periodic_fire_at, history, headers, unique_key)
     SELECT m.id, m.queue, m.task_name, m.args, m.kwargs, 'queued', m.priority, now(), 0,
         m.max_attempts, m.created_at, m.periodic_name, m.periodic_fire_at,
-        {_with_attempt("m", "m.status::text", "m.error", "m.finished_at")}, m.headers
+        {_with_attempt("m", "m.status::text", "m.error", "m.finished_at")}, m.headers,
+        CASE WHEN (SELECT k.keeps_key FROM keyed AS k WHERE k.id = m.id) THEN m.unique_key END
     FROM moved AS m
     RETURNING id, queue, run_at, priority
 )
@@ -877,6 +891,115 @@ SELECT r.name, (
     SELECT count(pg_notify('{NOTIFY_ENQUEUED}', {_enqueued("h")})::text) FROM head AS h
 ) AS notified
 FROM resumed AS r
+"""
+
+# -- unique jobs -----------------------------------------------------------------------------
+
+# What an insert of a keyed job meets when a queued or running job holds its key: the partial
+# unique index pgqueue_jobs_unique_key_idx (the predicate names it).
+_UNIQUE_CONFLICT = (
+    "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')"
+)
+
+
+def _insert_unique(on_conflict: str, *, period: bool = False) -> str:
+    """An INSERT of keyed jobs that share their options (the parameters of INSERT_JOB) and
+    differ in key, args and kwargs (`rows`, a JSON array of objects, one key each), with
+    `on_conflict` for a key that a queued or running job holds. Each job written (inserted,
+    or replaced: `created` tells) comes back whole, and workers are told where it sorts. Rows
+    come sorted by key, so that enqueuers of overlapping keys wait for each other in one
+    order and cannot deadlock. With `period`, only the keys that the CTE `period` returns are
+    inserted, under the ids it drew."""
+    return f"""
+INSERT INTO pgqueue_jobs AS j (
+    {"id, " if period else ""}queue, task_name, args, kwargs, priority, run_at, max_attempts,
+    expires_at, headers, unique_key)
+SELECT
+    {"period.job_id, " if period else ""}%(queue)s, %(task_name)s, r.args, r.kwargs, %(priority)s,
+    COALESCE(
+        CAST(%(eta)s AS timestamptz),
+        now() + CAST(%(countdown)s AS float8) * interval '1 second',
+        now()),
+    %(max_attempts)s,
+    COALESCE(
+        CAST(%(expires_at)s AS timestamptz),
+        now() + CAST(%(expires_in)s AS float8) * interval '1 second'),
+    CAST(%(headers)s AS jsonb), r.unique_key
+FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(unique_key text, args jsonb, kwargs jsonb)
+{"JOIN period ON period.unique_key = r.unique_key" if period else ""}
+{_UNIQUE_CONFLICT} {on_conflict}
+RETURNING {JOB_COLUMNS}, (xmax = 0) AS created,
+    pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()})::text AS notified
+"""
+
+
+# Keyed jobs; a key already held returns nothing (FIND_UNIQUE_HOLDERS then reads the holder).
+INSERT_UNIQUE_JOBS = _insert_unique("DO NOTHING")
+
+# Keyed jobs that replace the queued job holding their key (`on_conflict="replace"`): its task,
+# arguments, due time, priority, expiry and headers become the new ones; it keeps its id, its
+# attempts and its place among the jobs. A running holder is left alone and not returned.
+INSERT_OR_REPLACE_UNIQUE_JOBS = _insert_unique(
+    """DO UPDATE SET
+    queue = EXCLUDED.queue, task_name = EXCLUDED.task_name, args = EXCLUDED.args,
+    kwargs = EXCLUDED.kwargs, priority = EXCLUDED.priority, run_at = EXCLUDED.run_at,
+    max_attempts = EXCLUDED.max_attempts, expires_at = EXCLUDED.expires_at,
+    headers = EXCLUDED.headers
+WHERE j.status = 'queued' AND j.cancel_requested_at IS NULL"""
+)
+
+# Keyed jobs with a period (`unique_for=`), in one statement: each key's period is taken (a
+# new row, or a row whose period ran out) for a job id drawn here, and only the keys taken are
+# inserted, under those ids. A key whose period has not run out is not returned (read it with
+# HELD_PERIODS). Enqueuers of one key take turns on its period row (ON CONFLICT waits for the
+# transaction that wrote it, and the DO UPDATE decides on the row as that one committed it).
+# When a queued or running job holds the key although its period ran out, the insert meets it
+# and the period names a job that was never written: the holder is returned by
+# FIND_UNIQUE_HOLDERS, and such a period is released by RELEASE_PERIODS when it is next met.
+INSERT_UNIQUE_JOBS_FOR_PERIOD = f"""
+WITH period AS (
+    INSERT INTO pgqueue_unique_periods AS p (unique_key, job_id, until)
+    SELECT r.unique_key, nextval(pg_get_serial_sequence('pgqueue_jobs', 'id')),
+           now() + CAST(%(period)s AS float8) * interval '1 second'
+    FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(unique_key text)
+    ON CONFLICT (unique_key) DO UPDATE SET job_id = EXCLUDED.job_id, until = EXCLUDED.until
+    WHERE p.until <= now()
+    RETURNING p.unique_key, p.job_id
+)
+{_insert_unique("DO NOTHING", period=True)}"""
+
+# The periods of these keys that have not run out, and the jobs they name.
+HELD_PERIODS = """
+SELECT unique_key, job_id FROM pgqueue_unique_periods
+WHERE unique_key = ANY(CAST(%(keys)s AS text[])) AND until > now()
+"""
+
+# Release periods whose job does not exist (never written, or deleted since): they hold
+# nothing. Only if the period still names that job: one taken since by another enqueue stays.
+RELEASE_PERIODS = """
+UPDATE pgqueue_unique_periods AS p SET until = '-infinity'
+FROM unnest(CAST(%(keys)s AS text[]), CAST(%(job_ids)s AS bigint[])) AS g(unique_key, job_id)
+WHERE p.unique_key = g.unique_key AND p.job_id = g.job_id
+RETURNING p.unique_key
+"""
+
+# The queued or running jobs that hold these keys.
+FIND_UNIQUE_HOLDERS = f"""
+SELECT {JOB_COLUMNS}, false AS created FROM pgqueue_jobs
+WHERE unique_key = ANY(CAST(%(keys)s AS text[])) AND status IN ('queued', 'running')
+"""
+
+# Jobs by id, wherever they are (the jobs holding a period).
+FETCH_JOBS = f"""
+SELECT {JOB_COLUMNS}, false AS created FROM pgqueue_jobs WHERE id = ANY(CAST(%(ids)s AS bigint[]))
+UNION ALL
+SELECT {JOB_COLUMNS}, false FROM pgqueue_finished_jobs WHERE id = ANY(CAST(%(ids)s AS bigint[]))
+"""
+
+# Periods that ran out a while ago (the next enqueue of their key would reuse the row anyway).
+PRUNE_UNIQUE_PERIODS = """
+DELETE FROM pgqueue_unique_periods
+WHERE until < now() - %(older_than)s::float8 * interval '1 second'
 """
 
 # -- bulk enqueue -----------------------------------------------------------------------------

@@ -80,6 +80,9 @@ jobs = sa.Table(
     # Metadata set at enqueue that travels with the job (a JSON object: the trace context of
     # the OpenTelemetry integration, `apply_async(headers=...)`); NULL for most jobs.
     sa.Column("headers", pg.JSONB, nullable=True),
+    # The job's unique key (`unique_key=`, `@app.task(unique=...)`), NULL for most jobs; at
+    # most one queued or running job holds a key (the index below), and it moves with the job.
+    sa.Column("unique_key", sa.Text, nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.
@@ -108,6 +111,14 @@ jobs = sa.Table(
         "pgqueue_jobs_cancel_requested_idx",
         "worker_id",
         postgresql_where=sa.text("status = 'running' AND cancel_requested_at IS NOT NULL"),
+    ),
+    # Unique jobs: an enqueue of a key that a queued or running job holds meets this index
+    # (INSERT ... ON CONFLICT) and returns that job. Only keyed jobs are in it.
+    sa.Index(
+        "pgqueue_jobs_unique_key_idx",
+        "unique_key",
+        unique=True,
+        postgresql_where=sa.text("unique_key IS NOT NULL AND status IN ('queued', 'running')"),
     ),
 )
 
@@ -158,6 +169,18 @@ periodic_ticks = sa.Table(
     sa.Column("periodic_name", sa.Text, primary_key=True),
     sa.Column("fire_at", sa.DateTime(timezone=True), primary_key=True),
     sa.Column("job_id", sa.BigInteger, nullable=False),
+)
+
+# `unique_for=`: the job that holds a key until `until`, whatever has become of it since (it
+# may have ended and moved to pgqueue_finished_jobs). The primary key makes enqueuers of one
+# key wait for each other; rows past `until` are reused by the next enqueue, or pruned.
+unique_periods = sa.Table(
+    "pgqueue_unique_periods",
+    metadata,
+    sa.Column("unique_key", sa.Text, primary_key=True),
+    sa.Column("job_id", sa.BigInteger, nullable=True),
+    sa.Column("until", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("pgqueue_unique_periods_until_idx", "until"),
 )
 
 workers = sa.Table(

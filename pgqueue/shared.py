@@ -18,6 +18,7 @@ fixture. A process with one App never has to think about it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import weakref
@@ -31,6 +32,7 @@ from pgqueue.errors import ConfigurationError
 from pgqueue.job import Job
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from pgqueue.tasks import NoJob, Task, ask_retry, checked_task_name, timeout_seconds
+from pgqueue.unique import UniqueSpec, task_uniqueness
 
 if TYPE_CHECKING:
     from pgqueue.app import App
@@ -94,6 +96,9 @@ class SharedTask(Generic[P, R]):
         timeout: float | timedelta | None,
         transactional: bool,
         bind: bool,
+        unique: UniqueSpec = None,
+        unique_for: float | timedelta | None = None,
+        on_conflict: str | None = None,
     ) -> None:
         self.fn = fn
         self.name: str = checked_task_name(fn, name)
@@ -103,6 +108,10 @@ class SharedTask(Generic[P, R]):
         self.timeout: float | None = timeout_seconds(timeout)
         self.transactional = bool(transactional)
         self.bind = bool(bind)
+        # Checked here, as @app.task checks them (the function as a worker calls it).
+        run: Callable[..., Any] = functools.partial(fn, None) if self.bind else fn  # type: ignore[arg-type]
+        task_uniqueness(self.name, run, unique, unique_for, on_conflict)
+        self.unique, self.unique_for, self.on_conflict = unique, unique_for, on_conflict
         self.is_async: bool = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
@@ -123,6 +132,9 @@ class SharedTask(Generic[P, R]):
             timeout=self.timeout,
             transactional=self.transactional,
             bind=self.bind,
+            unique=self.unique,
+            unique_for=self.unique_for,
+            on_conflict=self.on_conflict,
         )
 
     def for_app(self, app: App) -> Task[P, R]:
@@ -239,6 +251,9 @@ def shared_task(
     timeout: float | timedelta | None = None,
     transactional: bool = False,
     bind: bool = False,
+    unique: UniqueSpec = None,
+    unique_for: float | timedelta | None = None,
+    on_conflict: str | None = None,
 ) -> Callable[[F], SharedTask[Any, Any]]: ...
 
 
@@ -257,6 +272,9 @@ def shared_task(
     timeout: float | timedelta | None = None,
     transactional: bool = False,
     bind: bool = False,
+    unique: UniqueSpec = None,
+    unique_for: float | timedelta | None = None,
+    on_conflict: str | None = None,
 ) -> SharedTask[Any, Any] | Callable[[F], SharedTask[Any, Any]]:
     """Declare a task without an App; bare or with `@app.task`'s options, checked here.
 
@@ -290,6 +308,9 @@ def shared_task(
             timeout=timeout,
             transactional=transactional,
             bind=bind,
+            unique=unique,
+            unique_for=unique_for,
+            on_conflict=on_conflict,
         )
         _declare(shared)
         return shared

@@ -32,6 +32,14 @@ from pgqueue.errors import ConfigurationError, MaxRetriesExceeded, Retry
 from pgqueue.hooks import around_enqueue
 from pgqueue.job import Job
 from pgqueue.retry import RetryPolicy
+from pgqueue.unique import (
+    TaskUniqueness,
+    UniqueSpec,
+    aenqueue_unique,
+    enqueue_unique,
+    options_for,
+    task_uniqueness,
+)
 
 if TYPE_CHECKING:
     from pgqueue.app import App
@@ -79,6 +87,9 @@ class Task(Generic[P, R]):
         timeout: float | timedelta | None = None,
         transactional: bool = False,
         bind: bool = False,
+        unique: UniqueSpec = None,
+        unique_for: float | timedelta | None = None,
+        on_conflict: str | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -94,6 +105,10 @@ class Task(Generic[P, R]):
         # when it is bound.
         self.run: Callable[..., Any] = (
             functools.partial(fn, self) if self.bind else fn  # type: ignore[arg-type]
+        )
+        # How its jobs are unique (`unique=`, `unique_for=`, `on_conflict=`), None for most.
+        self.uniqueness: TaskUniqueness | None = task_uniqueness(
+            self.name, self.run, unique, unique_for, on_conflict
         )
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
@@ -151,6 +166,9 @@ class Task(Generic[P, R]):
         connection: Any = None,
         expires: float | timedelta | datetime | None = None,
         headers: Mapping[str, Any] | None = None,
+        unique_key: str | None = None,
+        unique_for: float | timedelta | None = None,
+        on_conflict: str | None = None,
     ) -> Job:
         """Enqueue with options.
 
@@ -163,21 +181,55 @@ class Task(Generic[P, R]):
         exists if and only if your transaction commits. `headers` (a dict of JSON values)
         travel with the job, apart from its arguments: the task reads them as
         `pgqueue.current_job().headers`.
+
+        `unique_key` (a string) makes the job unique: while a job holding the key is queued
+        or running, this enqueue inserts nothing and returns that job (`job.created` is
+        False), or with `on_conflict="replace"` gives it these arguments and options while it
+        is still queued (`job.replaced`). `unique_for` (seconds or timedelta) also holds the
+        key for that long after the job that took it was enqueued, whatever its state. A task
+        declared with `unique=` makes the key from the arguments; these override it.
         """
         request = self._request(args, kwargs, countdown, eta, priority, queue, expires, headers)
+        if (
+            unique_key is not None
+            or self.uniqueness is not None
+            or unique_for is not None
+            or on_conflict is not None
+        ):
+            request.unique = options_for(
+                self.uniqueness, args or (), kwargs or {}, unique_key, unique_for, on_conflict
+            )
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return self.app._eager(self, request, False)  # type: ignore[no-any-return]
         if connection is None:
             connection = self.app._caller_transaction()
         hooks = self.app._hooks.enqueue_hooks
         if not hooks:  # the common case, written out: this is what `delay()` runs
+            if request.unique is not None:
+                return self._write_unique(request, connection)
             if connection is None:
                 return Job(self.app, self.app._insert_committed(request))
             return Job(self.app, insert_job(connection, request))
         with around_enqueue(hooks, request, 1, connection is not None) as (enqueueing, request):
+            if request.unique is not None:
+                job = self._write_unique(request, connection)
+                enqueueing.job_ids.append(job.id)
+                return job
             row = self._insert(request, connection)
             enqueueing.job_ids.append(row["id"])
         return Job(self.app, row)
+
+    def _write_unique(self, request: JobRequest, connection: Any) -> Job:
+        options = request.unique
+        assert options is not None
+        rows = {options.key: (request.args_json, request.kwargs_json)}
+        if connection is None:
+            conn, owned = self.app._shared_connection(), True
+        else:
+            conn, owned = connection, False
+        by_key = enqueue_unique(conn, request, rows, options.period, options.replace, owned=owned)
+        written = by_key[options.key]
+        return Job(self.app, written.row, created=written.created, replaced=written.replaced)
 
     def _insert(self, request: JobRequest, connection: Any) -> dict[str, Any]:
         if connection is None:
@@ -204,6 +256,10 @@ class Task(Generic[P, R]):
         SQLAlchemy on the psycopg driver) the jobs join that transaction. Every job gets the
         same `headers`.
 
+        For a task declared with `unique=`, each job's key is made from its call: a key that a
+        queued or running job holds (or that an earlier call of the batch made) inserts
+        nothing, and its place in the list holds the id of the job that has the key.
+
         >>> send_receipt.delay_many([(order_id,) for order_id in order_ids])
         """
         from pgqueue.enqueue_many import BulkRequest, build_bulk_request
@@ -217,6 +273,7 @@ class Task(Generic[P, R]):
             queue=queue,
             expires=expires,
             headers=headers,
+            key_of=self.uniqueness.builder.key if self.uniqueness is not None else None,
         )
         if connection is None:
             connection = self.app._caller_transaction()
@@ -225,16 +282,29 @@ class Task(Generic[P, R]):
             return self._copy(request, connection)
         count, in_transaction = len(request.rows), connection is not None
         with around_enqueue(hooks, request.template, count, in_transaction) as (enqueueing, t):
-            ids = self._copy(BulkRequest(t, request.rows), connection)
+            ids = self._copy(BulkRequest(t, request.rows, request.keys), connection)
             enqueueing.job_ids.extend(ids)
         return ids
 
     def _copy(self, request: BulkRequest, connection: Any) -> list[int]:
         from pgqueue.enqueue_many import copy_jobs
 
+        if request.keys is not None and request.rows:
+            return self._write_unique_many(request, connection)
         if connection is not None:
             return copy_jobs(connection, request)
         return copy_jobs(self.app._shared_connection(), request, owned=True)
+
+    def _write_unique_many(self, request: BulkRequest, connection: Any) -> list[int]:
+        assert self.uniqueness is not None and request.keys is not None
+        period, replace = self.uniqueness.period, self.uniqueness.replace
+        rows = _unique_rows(request, replace)
+        if connection is None:
+            conn, owned = self.app._shared_connection(), True
+        else:
+            conn, owned = connection, False
+        written = enqueue_unique(conn, request.template, rows, period, replace, owned=owned)
+        return [written[key].row["id"] for key in request.keys]
 
     # -- async --------------------------------------------------------------------------
 
@@ -262,19 +332,32 @@ class Task(Generic[P, R]):
             queue=queue,
             expires=expires,
             headers=headers,
+            key_of=self.uniqueness.builder.key if self.uniqueness is not None else None,
         )
         hooks = self.app._hooks.enqueue_hooks
         if not (hooks and request.rows):
             return await self._acopy(request, connection)
         count, in_transaction = len(request.rows), connection is not None
         with around_enqueue(hooks, request.template, count, in_transaction) as (enqueueing, t):
-            ids = await self._acopy(BulkRequest(t, request.rows), connection)
+            ids = await self._acopy(BulkRequest(t, request.rows, request.keys), connection)
             enqueueing.job_ids.extend(ids)
         return ids
 
     async def _acopy(self, request: BulkRequest, connection: Any) -> list[int]:
         from pgqueue.enqueue_many import acopy_jobs
 
+        if request.keys is not None and request.rows:
+            assert self.uniqueness is not None
+            period, replace = self.uniqueness.period, self.uniqueness.replace
+            rows = _unique_rows(request, replace)
+            if connection is None:
+                conn, owned = await self.app._ashared_connection(), True
+            else:
+                conn, owned = connection, False
+            written = await aenqueue_unique(
+                conn, request.template, rows, period, replace, owned=owned
+            )
+            return [written[key].row["id"] for key in request.keys]
         if connection is not None:
             return await acopy_jobs(connection, request)
         return await acopy_jobs(await self.app._ashared_connection(), request, owned=True)
@@ -295,19 +378,51 @@ class Task(Generic[P, R]):
         connection: Any = None,
         expires: float | timedelta | datetime | None = None,
         headers: Mapping[str, Any] | None = None,
+        unique_key: str | None = None,
+        unique_for: float | timedelta | None = None,
+        on_conflict: str | None = None,
     ) -> Job:
         """Async twin of `apply_async()`; `connection=` takes a psycopg AsyncConnection or a
         SQLAlchemy AsyncConnection/AsyncSession."""
         request = self._request(args, kwargs, countdown, eta, priority, queue, expires, headers)
+        if (
+            unique_key is not None
+            or self.uniqueness is not None
+            or unique_for is not None
+            or on_conflict is not None
+        ):
+            request.unique = options_for(
+                self.uniqueness, args or (), kwargs or {}, unique_key, unique_for, on_conflict
+            )
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return await self.app._eager(self, request, True)  # type: ignore[no-any-return]
         hooks = self.app._hooks.enqueue_hooks
         if not hooks:
+            if request.unique is not None:
+                return await self._awrite_unique(request, connection)
             return Job(self.app, await self._ainsert(request, connection))
         with around_enqueue(hooks, request, 1, connection is not None) as (enqueueing, request):
+            if request.unique is not None:
+                job = await self._awrite_unique(request, connection)
+                enqueueing.job_ids.append(job.id)
+                return job
             row = await self._ainsert(request, connection)
             enqueueing.job_ids.append(row["id"])
         return Job(self.app, row)
+
+    async def _awrite_unique(self, request: JobRequest, connection: Any) -> Job:
+        options = request.unique
+        assert options is not None
+        rows = {options.key: (request.args_json, request.kwargs_json)}
+        if connection is None:
+            conn, owned = await self.app._ashared_connection(), True
+        else:
+            conn, owned = connection, False
+        by_key = await aenqueue_unique(
+            conn, request, rows, options.period, options.replace, owned=owned
+        )
+        written = by_key[options.key]
+        return Job(self.app, written.row, created=written.created, replaced=written.replaced)
 
     async def _ainsert(self, request: JobRequest, connection: Any) -> dict[str, Any]:
         if connection is None:
@@ -336,6 +451,18 @@ class Task(Generic[P, R]):
             expires=expires,
             headers=headers,
         )
+
+
+def _unique_rows(request: BulkRequest, replace: bool) -> dict[str, tuple[str, str]]:
+    """The jobs of a bulk request by key, as JSON text (COPY's escaping undone): of calls
+    that share a key, the first is written, or with `replace` the last (as if each had been
+    enqueued in turn)."""
+    assert request.keys is not None
+    rows: dict[str, tuple[str, str]] = {}
+    for key, (args, kwargs) in zip(request.keys, request.rows, strict=True):
+        if replace or key not in rows:
+            rows[key] = (args.replace("\\\\", "\\"), kwargs.replace("\\\\", "\\"))
+    return rows
 
 
 def ask_retry(

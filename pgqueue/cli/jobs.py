@@ -112,6 +112,7 @@ def _show_text(detail: Any) -> str:
         f"  args               {json.dumps(detail.args)}",
         f"  kwargs             {json.dumps(detail.kwargs)}",
         *([f"  headers            {json.dumps(detail.headers)}"] if detail.headers else []),
+        *([f"  unique key         {detail.unique_key}"] if detail.unique_key is not None else []),
         f"  attempts           {detail.attempts} of {detail.max_attempts}",
         f"  enqueued           {when(detail.created_at)} ({ago(detail.created_at, at)})",
         f"  run at             {when(detail.run_at)} ({ago(detail.run_at, at)})",

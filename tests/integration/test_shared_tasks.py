@@ -292,3 +292,14 @@ def test_the_pgqueue_app_fixture_makes_its_app_current(pgqueue_app: pgqueue.App)
     assert pgqueue_app is user_app and pgqueue.current_app() is user_app
     hello.delay()
     assert [ran.result for ran in drain(user_app)] == ["hello"]
+
+
+def test_a_shared_task_declared_unique_makes_its_key_through_any_app(app: pgqueue.App) -> None:
+    @pgqueue.shared_task(name="lib.refresh", unique=("account",), bind=True)
+    def refresh(self: Any, account: int, full: bool = False) -> None: ...
+
+    first = refresh.delay(3)
+    assert first.created and first.unique_key == 'lib.refresh:{"account":3}'
+    assert refresh.delay(3, full=True).id == first.id
+    with pytest.raises(pgqueue.ConfigurationError, match="has no argument 'acct'"):
+        pgqueue.shared_task(name="lib.bad", unique=("acct",))(lambda account: None)
