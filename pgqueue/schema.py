@@ -80,6 +80,11 @@ jobs = sa.Table(
     # Metadata set at enqueue that travels with the job (a JSON object: the trace context of
     # the OpenTelemetry integration, `apply_async(headers=...)`); NULL for most jobs.
     sa.Column("headers", pg.JSONB, nullable=True),
+    # What the running task last published about itself (`set_progress`: a small JSON value)
+    # and when it was written (database clock); NULL for most jobs. Written only under the
+    # claim's lease; kept when the job ends, cleared by a retry or a rescue.
+    sa.Column("progress", pg.JSONB, nullable=True),
+    sa.Column("progress_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.
