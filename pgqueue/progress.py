@@ -16,6 +16,7 @@ worker's writer (process_pool.py). Waiting for progress is `Job.wait_progress()`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -113,7 +114,9 @@ class ProgressWriter:
             first = not self._pending
             self._pending[job_id] = (lease, value_json)
         if first:  # the writer is woken once per write, however many values come meanwhile
-            self._loop.call_soon_threadsafe(self._wake.set)
+            # RuntimeError: the worker has stopped (its loop is closed), and with it the claim.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     def take(self, job_id: int) -> tuple[int, str] | None:
         with self._lock:
@@ -140,10 +143,13 @@ class ProgressWriter:
             if pending is not None:
                 await self._write({job_id: pending}, keep_on_failure=False)
 
-    async def close(self) -> None:
-        """Write what is pending, stop `run()` and close the connection."""
+    async def close(self, runner: asyncio.Task[None] | None = None) -> None:
+        """Stop `runner` (the task running `run()`) between two writes, never during one,
+        write what is pending, and close the connection."""
         self._closed = True
-        self._wake.set()
+        async with self._writing:
+            if runner is not None:
+                runner.cancel()
         await self._write_pending()
         await self._connection.close()
 

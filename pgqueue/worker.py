@@ -313,8 +313,7 @@ class Worker:
                 await self.process_pool.close()
             if self.scheduler is not None:
                 self.scheduler.stop()
-            progress_task.cancel()
-            await self.progress_writer.close()
+            await self.progress_writer.close(progress_task)
             flushed = await self.completer.drain(FINAL_FLUSH_TIMEOUT)
             if not flushed:
                 logger.error(

@@ -23,7 +23,7 @@ from pgqueue import queries
 from pgqueue._names import NOTIFY_FINISHED, NOTIFY_PROGRESS
 from pgqueue.cli import main as cli_main
 from pgqueue.progress import MAX_PROGRESS_BYTES
-from pgqueue.testing import drain, eager
+from pgqueue.testing import adrain, drain, eager
 from tests.conftest import WorkerThread, wait_until
 from tests.integration import process_app
 
@@ -420,3 +420,68 @@ def test_process_pool_children_publish_through_their_worker(
     assert job.progress == {"stage": "counting", "done": 1000}
     writes = _progress_notifications_until_finished(notifications, job.id)
     assert 2 <= writes <= 6, writes
+
+
+def _declare_lost(conn: psycopg.Connection[Any], worker_id: int) -> bool:
+    """What the fleet's rescuer does to a worker whose heartbeat stopped; True once it is gone."""
+    conn.execute(
+        "UPDATE pgqueue_workers SET heartbeat_at = now() - interval '1 hour' WHERE id = %s",
+        (worker_id,),
+    )
+    conn.execute(queries.RESCUE_LOST_JOBS, {"lock_grace": 60.0, "heartbeat_timeout": 60.0})
+    gone = conn.execute("SELECT 1 FROM pgqueue_workers WHERE id = %s", (worker_id,)).fetchone()
+    return gone is None
+
+
+def test_a_rescued_job_starts_its_next_attempt_without_the_lost_ones_progress(
+    app: pgqueue.App, start_worker: StartWorker, conn: psycopg.Connection[Any]
+) -> None:
+    first, second = threading.Event(), threading.Event()
+    release_first, release_second = threading.Event(), threading.Event()
+
+    @app.task(max_attempts=2)
+    def long() -> int:
+        job = pgqueue.current_job()
+        assert job is not None
+        if job.attempt == 1:
+            job.set_progress("attempt 1 got far")
+            first.set()
+            release_first.wait(30)
+            job.set_progress("attempt 1, too late")  # its claim is gone
+        else:
+            second.set()
+            release_second.wait(30)
+        return job.attempt
+
+    worker = start_worker(app, progress_interval=INTERVAL, heartbeat_interval=0.2)
+    job = long.delay()
+    assert job.wait_progress(timeout=15) == "attempt 1 got far" and first.is_set()
+    old_id = worker.worker.presence.worker_id
+    wait_until(lambda: _declare_lost(conn, old_id), what="the worker to be declared lost")
+    assert second.wait(15)  # the worker registered again and claimed the job once more
+    assert _row(conn, job.id)[:3] == ("running", None, None)
+
+    writes = worker.worker.progress_writer.writes
+    release_first.set()
+    wait_until(lambda: worker.worker.progress_writer.writes > writes, what="the late write")
+    assert _row(conn, job.id)[:3] == ("running", None, None)  # refused: not its claim
+    release_second.set()
+    assert job.wait(timeout=15) == 2
+    assert job.progress is None
+
+
+def test_adrain_writes_the_progress_of_async_tasks(app: pgqueue.App) -> None:
+    @app.task
+    async def counted() -> int:
+        job = pgqueue.current_job()
+        assert job is not None
+        for i in range(1000):
+            job.set_progress(i + 1)
+            if i % 100 == 0:
+                await asyncio.sleep(0)
+        return 1000
+
+    job = counted.delay()
+    [ran] = asyncio.run(adrain(app))
+    assert ran.status == "succeeded"
+    assert job.refresh().progress == 1000
