@@ -132,11 +132,14 @@ class ProgressWriter:
                 return
             await asyncio.sleep(self._interval)  # the coalescing window, not a test wait
 
+    def unwritten(self, job_id: int) -> bool:
+        """Whether the job has progress pending or being written (see `flush`)."""
+        return job_id in self._pending or job_id in self._in_flight
+
     async def flush(self, job_id: int) -> None:
         """Write the job's latest progress now, if some is pending, and wait for any write
-        of it under way: before its outcome is written, which moves the row. Costs nothing
-        for a job that published none."""
-        if job_id not in self._pending and job_id not in self._in_flight:
+        of it under way: before its outcome is written, which moves the row."""
+        if not self.unwritten(job_id):
             return
         async with self._writing:
             pending = self.take(job_id)

@@ -669,7 +669,8 @@ class Worker:
             except Exception:  # the outcome matters more than its log line
                 logger.exception("job %d: could not log its outcome", job.id)
             # The last progress is written first: the outcome moves the row.
-            await self.progress_writer.flush(job.id)
+            if self.progress_writer.unwritten(job.id):
+                await self.progress_writer.flush(job.id)
             if not (isinstance(outcome, LeaseLost) or getattr(outcome, "committed", False)):
                 self.completer.submit(outcome)
             if signals.live:  # after the submit: a receiver's time never delays the outcome
