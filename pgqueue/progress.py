@@ -37,6 +37,8 @@ logger = logging.getLogger("pgqueue.worker")
 MAX_PROGRESS_BYTES = 8192
 # How often a worker writes each job's latest progress, at most.
 DEFAULT_PROGRESS_INTERVAL = 0.25
+# While the database refuses progress writes, they are tried again at most this often.
+MAX_RETRY_DELAY = 5.0
 
 
 class ProgressTooLarge(ValueError):
@@ -107,6 +109,7 @@ class ProgressWriter:
         # Held while values are written: who must see a job's value written waits for it.
         self._writing = asyncio.Lock()
         self._closed = False
+        self._retry_delay = 0.0  # after a failed write: wait this long before the next
         self.writes = 0  # statements run, for tests and the curious
 
     def publish(self, job_id: int, lease: int, value_json: str) -> None:
@@ -130,7 +133,8 @@ class ProgressWriter:
             await self._write_pending()
             if self._closed:
                 return
-            await asyncio.sleep(self._interval)  # the coalescing window, not a test wait
+            # The coalescing window; longer and longer while the database refuses the writes.
+            await asyncio.sleep(max(self._interval, self._retry_delay))
 
     def unwritten(self, job_id: int) -> bool:
         """Whether the job has progress pending or being written (see `flush`)."""
@@ -177,10 +181,11 @@ class ProgressWriter:
         except Exception as exc:
             # Progress is help for whoever watches: never worth holding up a job. The values
             # are tried again at the next write, unless newer ones came meanwhile.
+            self._retry_delay = min(max(self._retry_delay * 2, 0.5), MAX_RETRY_DELAY)
             logger.warning(
                 "could not write the progress of %d job(s)%s: %s",
                 len(pending),
-                ", trying again" if keep_on_failure else "",
+                f", trying again in {self._retry_delay:g}s" if keep_on_failure else "",
                 " ".join(str(exc).split()) or type(exc).__name__,
             )
             await self._connection.reset()
@@ -191,6 +196,7 @@ class ProgressWriter:
                 self._wake.set()
             return
         self.writes += 1
+        self._retry_delay = 0.0
         if len(written) < len(pending) and logger.isEnabledFor(logging.DEBUG):
             for job_id in sorted(set(pending) - written):
                 logger.debug("job %d: progress dropped, its claim has ended", job_id)

@@ -485,3 +485,34 @@ def test_adrain_writes_the_progress_of_async_tasks(app: pgqueue.App) -> None:
     [ran] = asyncio.run(adrain(app))
     assert ran.status == "succeeded"
     assert job.refresh().progress == 1000
+
+
+def test_progress_lost_with_the_connection_is_written_again(
+    app: pgqueue.App,
+    start_worker: StartWorker,
+    conn: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    next_step, finish = threading.Event(), threading.Event()
+
+    @app.task
+    def two_steps() -> None:
+        job = pgqueue.current_job()
+        assert job is not None
+        job.set_progress("one")
+        next_step.wait(30)
+        job.set_progress("two")
+        finish.wait(30)
+
+    caplog.set_level(logging.WARNING, logger="pgqueue.worker")
+    worker = start_worker(app, progress_interval=INTERVAL)
+    job = two_steps.delay()
+    assert job.wait_progress(timeout=15) == "one"
+    writer_conn = worker.worker.progress_writer._connection._conn
+    assert writer_conn is not None
+    conn.execute("SELECT pg_terminate_backend(%s)", (writer_conn.pgconn.backend_pid,))
+    next_step.set()
+    assert job.wait_progress(timeout=15) == "two"
+    assert any("could not write the progress of 1 job(s)" in r.getMessage() for r in caplog.records)
+    finish.set()
+    job.wait(timeout=15)
