@@ -175,7 +175,7 @@ class JobContext:
         text = self._progress_json
         return None if text is None else _json.loads(text)
 
-    def unwritten_progress(self) -> tuple[int, str] | None:
+    def _unwritten_progress(self) -> tuple[int, str] | None:
         """The latest progress not written yet, as (lease, JSON), and no longer kept for the
         worker to write: for a transactional task to write it in its own transaction."""
         sink = self._progress_sink

@@ -128,7 +128,7 @@ def _unwritten_progress(job: ClaimedJob) -> dict[int, tuple[int, str]] | None:
     """The task's last progress that its worker has not written yet: written in the task's
     transaction, before its outcome (which moves the row), so the finished job keeps it."""
     context = _current.get()
-    unwritten = context.unwritten_progress() if context is not None else None
+    unwritten = context._unwritten_progress() if context is not None else None
     return None if unwritten is None else {job.id: unwritten}
 
 
