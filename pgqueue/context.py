@@ -154,8 +154,9 @@ class JobContext:
         `{"done": 40, "total": 100}`. Call it as often as you like: the worker writes the
         latest value at most every quarter of a second, and always before the job's outcome.
 
-        Raises TypeError if the value is not JSON (saying which part), ValueError if its JSON
-        is over 8 KiB (`pgqueue.progress.MAX_PROGRESS_BYTES`); nothing is published then.
+        Raises TypeError if the value is not JSON (saying which part), `pgqueue.ProgressTooLarge`
+        (a ValueError) if its JSON is over 8 KiB (`pgqueue.progress.MAX_PROGRESS_BYTES`);
+        nothing is published then.
 
         >>> @app.task
         ... def resize(paths: list[str]) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 
 from pgqueue import _json, queries
+from pgqueue.errors import ProgressTooLarge
 
 if TYPE_CHECKING:
     from pgqueue._connection import ReconnectingConnection
@@ -39,10 +40,6 @@ MAX_PROGRESS_BYTES = 8192
 DEFAULT_PROGRESS_INTERVAL = 0.25
 # While the database refuses progress writes, they are tried again at most this often.
 MAX_RETRY_DELAY = 5.0
-
-
-class ProgressTooLarge(ValueError):
-    """A progress value whose JSON is longer than MAX_PROGRESS_BYTES."""
 
 
 def encode_progress(value: Any) -> str:
