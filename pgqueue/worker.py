@@ -296,7 +296,7 @@ class Worker:
         completer_task = asyncio.create_task(self.completer.run(), name="pgqueue-completer")
         progress_task = asyncio.create_task(self.progress_writer.run(), name="pgqueue-progress")
         rescuer_task = asyncio.create_task(self._maintenance_loop(), name="pgqueue-maintenance")
-        for service in (completer_task, rescuer_task):
+        for service in (completer_task, progress_task, rescuer_task):
             service.add_done_callback(self._on_service_done)
         try:
             await self._claim_loop()
