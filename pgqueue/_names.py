@@ -9,5 +9,7 @@ HOT_TABLE = "pgqueue_jobs"
 NOTIFY_ENQUEUED = "pgqueue_enqueued"
 NOTIFY_FINISHED = "pgqueue_finished"
 NOTIFY_CANCEL = "pgqueue_cancel"
+# Payload: the id of a job whose progress was just written.
+NOTIFY_PROGRESS = "pgqueue_progress"
 # First key of the two-key advisory locks that pgqueue workers hold (ASCII "pgqu").
 ADVISORY_LOCK_NAMESPACE = 0x70677175

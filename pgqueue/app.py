@@ -17,7 +17,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 
 from pgqueue import _embedded, queries, shared
 from pgqueue._fast_insert import FastInsert
-from pgqueue._names import NOTIFY_FINISHED
+from pgqueue._names import NOTIFY_FINISHED, NOTIFY_PROGRESS
 from pgqueue.config import (
     DEFAULT_QUEUE,
     hide_password,
@@ -607,6 +607,66 @@ class App:
                 async for notify in conn.notifies(timeout=wait):
                     if _mentions(notify.payload, pending):
                         break
+
+    def _watch_progress(
+        self, job_id: int, seen: Any, timeout: float | None
+    ) -> Generator[dict[str, Any], None, None]:
+        """The job's row each time its progress was written after `seen` (a `progress_at`),
+        and once more when it has finished, which ends the iteration. Woken by NOTIFY, on one
+        connection; TimeoutError when nothing new comes within `timeout` seconds."""
+        with self.connect_listen(autocommit=True) as conn:
+            conn.execute(f"LISTEN {NOTIFY_PROGRESS}; LISTEN {NOTIFY_FINISHED}")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                with conn.cursor(row_factory=dict_row) as cur:
+                    row = cur.execute(queries.FETCH_JOB, {"id": job_id}).fetchone()
+                if row is None:
+                    raise JobNotFound(f"job {job_id} no longer exists (was it pruned?)")
+                finished = row["status"] not in ("queued", "running")
+                if finished or row["progress_at"] != seen:
+                    yield row
+                    if finished:
+                        return
+                    seen = row["progress_at"]
+                    deadline = None if timeout is None else time.monotonic() + timeout
+                wait = _progress_wait(deadline, timeout, job_id)
+                for notify in conn.notifies(timeout=wait):
+                    if _mentions(notify.payload, {job_id}):
+                        break
+
+    async def _awatch_progress(
+        self, job_id: int, seen: Any, timeout: float | None
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Async twin of `_watch_progress`."""
+        async with await self.aconnect_listen() as conn:
+            await conn.execute(f"LISTEN {NOTIFY_PROGRESS}; LISTEN {NOTIFY_FINISHED}")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                async with conn.cursor(row_factory=dict_row) as cur:
+                    await cur.execute(queries.FETCH_JOB, {"id": job_id})
+                    row = await cur.fetchone()
+                if row is None:
+                    raise JobNotFound(f"job {job_id} no longer exists (was it pruned?)")
+                finished = row["status"] not in ("queued", "running")
+                if finished or row["progress_at"] != seen:
+                    yield row
+                    if finished:
+                        return
+                    seen = row["progress_at"]
+                    deadline = None if timeout is None else time.monotonic() + timeout
+                wait = _progress_wait(deadline, timeout, job_id)
+                async for notify in conn.notifies(timeout=wait):
+                    if _mentions(notify.payload, {job_id}):
+                        break
+
+
+def _progress_wait(deadline: float | None, timeout: float | None, job_id: int) -> float:
+    if deadline is None:
+        return WAIT_RECHECK_SECONDS
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"job {job_id} published no new progress within {timeout} s")
+    return min(left, WAIT_RECHECK_SECONDS)
 
 
 def idle_connection_ok(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:

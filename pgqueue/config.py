@@ -137,6 +137,9 @@ class WorkerSettings:
     heartbeat_timeout: float = 30.0
     rescue_interval: float = 1.0
     completion_batch_size: int = 100
+    # The latest progress a task publishes (`set_progress`) is written at most this often:
+    # a task may publish thousands of times a second at the cost of a few writes.
+    progress_interval: float = 0.25
     # Run the periodic scheduler in this worker too (safe with any number of workers).
     run_scheduler: bool = True
     # Where sync tasks run: "thread" (a thread pool) or "process" (child processes, for
@@ -161,6 +164,7 @@ class WorkerSettings:
             "heartbeat_interval",
             "rescue_interval",
             "lock_grace",
+            "progress_interval",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0 seconds, got {getattr(self, name)}")

@@ -6,10 +6,13 @@ import contextvars
 import threading
 from typing import TYPE_CHECKING, Any
 
+from pgqueue import _json
 from pgqueue.errors import Cancel, ConfigurationError
+from pgqueue.progress import encode_progress
 
 if TYPE_CHECKING:
     from pgqueue.outcome import ClaimedJob
+    from pgqueue.progress import ProgressSink
 
 
 class CancelFlag:
@@ -50,15 +53,19 @@ class CancelFlag:
 class JobContext:
     """What a task may want to know about the attempt it is running in (read-only)."""
 
-    __slots__ = ("_connection", "_job", "cancel_event")
+    __slots__ = ("_connection", "_job", "_progress_json", "_progress_sink", "cancel_event")
 
     def __init__(
         self,
         job: ClaimedJob,
         cancel_event: CancelFlag | None = None,
         connection: Any = None,
+        progress_sink: ProgressSink | None = None,
     ) -> None:
         self._job = job
+        # Where published progress goes (the worker's writer); None: kept here only (eager).
+        self._progress_sink = progress_sink
+        self._progress_json: str | None = None
         self.cancel_event = cancel_event if cancel_event is not None else CancelFlag()
         # For tasks declared transactional=True: a psycopg connection (AsyncConnection for
         # async tasks) in an open transaction, which also commits the job's completion.
@@ -140,6 +147,40 @@ class JobContext:
                 "@app.task(transactional=True)"
             )
         return self._connection
+
+    def set_progress(self, value: Any) -> None:
+        """Publish how far the job has got, for whoever follows it (`job.progress`,
+        `job.wait_progress()`, `pgqueue jobs show`): any small JSON value, such as
+        `{"done": 40, "total": 100}`. Call it as often as you like: the worker writes the
+        latest value at most every quarter of a second, and always before the job's outcome.
+
+        Raises TypeError if the value is not JSON (saying which part), `pgqueue.ProgressTooLarge`
+        (a ValueError) if its JSON is over 8 KiB (`pgqueue.progress.MAX_PROGRESS_BYTES`);
+        nothing is published then.
+
+        >>> @app.task
+        ... def resize(paths: list[str]) -> None:
+        ...     for done, path in enumerate(paths, 1):
+        ...         make_thumbnail(path)
+        ...         pgqueue.current_job().set_progress({"done": done, "total": len(paths)})
+        """
+        text = encode_progress(value)
+        self._progress_json = text
+        sink = self._progress_sink
+        if sink is not None:
+            sink.publish(self._job.id, self._job.lease, text)
+
+    @property
+    def progress(self) -> Any:
+        """The progress this attempt last published (through JSON), None before any."""
+        text = self._progress_json
+        return None if text is None else _json.loads(text)
+
+    def _unwritten_progress(self) -> tuple[int, str] | None:
+        """The latest progress not written yet, as (lease, JSON), and no longer kept for the
+        worker to write: for a transactional task to write it in its own transaction."""
+        sink = self._progress_sink
+        return None if sink is None else sink.take(self._job.id)
 
     @property
     def cancel_requested(self) -> bool:

@@ -118,3 +118,8 @@ class Retry(PgQueueError):
 class MaxRetriesExceeded(PgQueueError):
     """Raised by `self.retry(max_retries=n)` in a bound task once n retries were made: the
     job ends FAILED with this error, whatever the task's `autoretry_for` says."""
+
+
+class ProgressTooLarge(PgQueueError, ValueError):
+    """Raised by `set_progress()` for a value whose JSON is over
+    `pgqueue.progress.MAX_PROGRESS_BYTES`: nothing is published."""

@@ -37,6 +37,7 @@ from pgqueue.outcome import (
 if TYPE_CHECKING:
     from pgqueue.app import App
     from pgqueue.process_pool import ProcessPool
+    from pgqueue.progress import ProgressSink
     from pgqueue.tasks import Task
 
 
@@ -186,12 +187,13 @@ def sync_call(
     cancel_event: CancelFlag,
     pool: transactional.TransactionalConnections,
     connection: Any,
+    progress: ProgressSink | None = None,
 ) -> Callable[[], Any]:
     """A sync task's call, in the job's context, inside its transaction when it has one and
     inside the app's attempt wrappers when it has some (the thread pool and the process
     pool's children both run this)."""
     context = contextvars.copy_context()
-    job_context = JobContext(job, cancel_event, connection)
+    job_context = JobContext(job, cancel_event, connection, progress)
     context.run(_current.set, job_context)
     fn: Callable[[], Any] = functools.partial(task.run, *job.args, **job.kwargs)
     if connection is not None:
@@ -203,15 +205,19 @@ def sync_call(
 
 
 def run_in_this_process(
-    app: App, job: ClaimedJob, pool: transactional.TransactionalConnections
+    app: App,
+    job: ClaimedJob,
+    pool: transactional.TransactionalConnections,
+    progress: ProgressSink | None = None,
 ) -> Outcome | LeaseLost:
-    """Run a sync task here and now, blocking (a process-pool child does this)."""
+    """Run a sync task here and now, blocking (a process-pool child does this); the progress
+    it publishes goes to `progress`."""
     task = app.tasks.get(job.task_name)
     if task is None:
         return unknown_task(job)
     try:
         connection = pool.acquire() if task.transactional else None
-        value = sync_call(task, job, CancelFlag(), pool, connection)()
+        value = sync_call(task, job, CancelFlag(), pool, connection, progress)()
     except BaseException as exc:  # a task's failure is data, whatever it raised
         return outcome_of_exception(task, job, exc)
     return outcome_of_value(task, job, value)
@@ -225,8 +231,11 @@ class Executor:
         app: App,
         thread_pool: concurrent.futures.ThreadPoolExecutor,
         process_pool: ProcessPool | None = None,
+        progress: ProgressSink | None = None,
     ) -> None:
         self.app = app
+        # Where the tasks' published progress goes (a worker's writer; drain()'s).
+        self.progress = progress
         self.thread_pool = thread_pool
         # With `--pool process`, sync tasks run in child processes instead of threads.
         self.process_pool = process_pool
@@ -273,7 +282,7 @@ class Executor:
         if task.is_async:
             # The caller is the job's own asyncio task, which runs in a context of its own:
             # setting the job there reaches the coroutine and whatever it starts.
-            job_context = JobContext(job, cancel_event, connection)
+            job_context = JobContext(job, cancel_event, connection, self.progress)
             _current.set(job_context)
             call_async = functools.partial(task.run, *job.args, **job.kwargs)
             coro = (
@@ -287,7 +296,7 @@ class Executor:
             if task.timeout is None:
                 return await coro
             return await self._with_timeout(task, asyncio.ensure_future(_contained(coro)))
-        call = sync_call(task, job, cancel_event, self.transactional, connection)
+        call = sync_call(task, job, cancel_event, self.transactional, connection, self.progress)
         future = self.thread_pool.submit(_contained_sync(call))
         try:
             return await self._with_timeout(task, asyncio.wrap_future(future))

@@ -6,8 +6,9 @@ touches the worker.
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,10 @@ class Job:
         headers = row.get("headers")
         self.headers: dict[str, Any] = dict(headers) if isinstance(headers, dict) else {}
         self.unique_key: str | None = row.get("unique_key")
+        # What the task last published with `set_progress` (None if nothing), and when it was
+        # written; a retry starts afresh, a finished job keeps its last attempt's.
+        self.progress: Any = row.get("progress")
+        self.progress_at: datetime | None = row.get("progress_at")
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.task_name} {self.status.value} attempts={self.attempts}>"
@@ -111,6 +116,37 @@ class Job:
         self.refresh()
         return self._outcome()
 
+    def wait_progress(self, timeout: float | None = None) -> Any:
+        """Block until the job publishes progress newer than this handle holds, or finishes;
+        refresh the handle and return `progress`. Woken by NOTIFY; TimeoutError after
+        `timeout` seconds without either.
+
+        >>> while not job.status.is_finished:
+        ...     print(job.wait_progress(timeout=60))
+        """
+        with contextlib.closing(
+            self._app._watch_progress(self.id, self.progress_at, timeout)
+        ) as rows:
+            self._load(next(rows))
+        return self.progress
+
+    def progress_updates(self, timeout: float | None = None) -> Iterator[Any]:
+        """Each progress value the job publishes, from the one it holds now (if any), until it
+        finishes; the handle is refreshed with each. Values written in quick succession may
+        be seen only as the latest. `timeout`: TimeoutError when no update comes for that
+        many seconds. One connection for the whole iteration.
+
+        >>> for progress in job.progress_updates():
+        ...     print(progress)
+        """
+        seen = None
+        with contextlib.closing(self._app._watch_progress(self.id, None, timeout)) as rows:
+            for row in rows:
+                self._load(row)
+                if self.progress_at is not None and self.progress_at != seen:
+                    seen = self.progress_at
+                    yield self.progress
+
     def cancel(self, reason: str = "cancelled on request") -> bool:
         """Cancel the job: a queued job ends CANCELLED at once; for a running one the worker
         is told (async tasks are cancelled, sync tasks see `current_job().cancel_requested`)
@@ -140,6 +176,28 @@ class Job:
         await self._app._await_jobs([self.id], timeout)
         await self.arefresh()
         return self._outcome()
+
+    async def wait_progress_async(self, timeout: float | None = None) -> Any:
+        """Async twin of `wait_progress()`."""
+        rows = self._app._awatch_progress(self.id, self.progress_at, timeout)
+        async with contextlib.aclosing(rows):
+            self._load(await anext(rows))
+        return self.progress
+
+    async def aprogress(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """Async twin of `progress_updates()`.
+
+        >>> async for progress in job.aprogress():
+        ...     await websocket.send_json(progress)
+        """
+        seen = None
+        rows = self._app._awatch_progress(self.id, None, timeout)
+        async with contextlib.aclosing(rows):
+            async for row in rows:
+                self._load(row)
+                if self.progress_at is not None and self.progress_at != seen:
+                    seen = self.progress_at
+                    yield self.progress
 
     # -----------------------------------------------------------------------------------
 

@@ -9,6 +9,10 @@ child that dies during a job (segfault, out-of-memory kill, `os._exit`) is repla
 job is retried, or ends FAILED ("WorkerLost") when no attempts remain: a job that kills its
 process cannot take the worker down. Async tasks still run on the worker's event loop.
 
+The progress a task publishes in a child is sent to the worker, which writes it as for any
+task: the child keeps the latest value and a thread of its own sends it at most every
+`progress_interval` seconds, and the last one before the job's outcome.
+
 Children ignore SIGINT and SIGTERM: the worker decides when they stop (a Ctrl-C or a service
 manager signals the whole process group, and the warm shutdown must let jobs finish).
 """
@@ -22,6 +26,8 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
+import time
 from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +45,7 @@ from pgqueue.outcome import (
 
 if TYPE_CHECKING:
     from pgqueue.app import App
+    from pgqueue.progress import ProgressSink
     from pgqueue.tasks import Task
 
 logger = logging.getLogger("pgqueue.worker")
@@ -46,7 +53,61 @@ logger = logging.getLogger("pgqueue.worker")
 START_TIMEOUT = 120.0
 
 
-def _child_main(app_path: str, dsn: str, conn: multiprocessing.connection.Connection) -> None:
+class _ProgressRelay:
+    """In a child: the latest progress of its job, sent to the worker (a `("progress", id,
+    lease, JSON)` message) by a thread of its own, at most every `interval` seconds; `send`
+    sends what is left before the outcome. Every message to the worker goes under one lock,
+    so a value is never sent after the outcome of its job."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection, interval: float) -> None:
+        self.conn = conn
+        self.sending = threading.RLock()
+        self._interval = interval
+        self._latest: tuple[int, int, str] | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish(self, job_id: int, lease: int, value_json: str) -> None:
+        with self._lock:
+            self._latest = (job_id, lease, value_json)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="pgqueue-progress", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def take(self, job_id: int) -> tuple[int, str] | None:
+        with self._lock:
+            latest = self._latest
+            if latest is None or latest[0] != job_id:
+                return None
+            self._latest = None
+            return latest[1], latest[2]
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with contextlib.suppress(OSError):  # the worker is gone: so is the job
+                self.send()
+            time.sleep(self._interval)  # the coalescing window
+
+    def send(self) -> None:
+        with self.sending:
+            with self._lock:
+                latest, self._latest = self._latest, None
+            if latest is not None:
+                self.conn.send(("progress", *latest))
+
+
+def _child_main(
+    app_path: str,
+    dsn: str,
+    conn: multiprocessing.connection.Connection,
+    progress_interval: float = 0.25,
+) -> None:
     """A child's life: load the app, then run the jobs the worker sends until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -62,6 +123,7 @@ def _child_main(app_path: str, dsn: str, conn: multiprocessing.connection.Connec
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
     pool = TransactionalConnections(app)
+    relay = _ProgressRelay(conn, progress_interval)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -71,11 +133,14 @@ def _child_main(app_path: str, dsn: str, conn: multiprocessing.connection.Connec
         if job is None:
             return
         try:
-            outcome: Outcome | LeaseLost = run_in_this_process(app, job, pool)
+            outcome: Outcome | LeaseLost = run_in_this_process(app, job, pool, relay)
         except BaseException as exc:  # it never raises; if it did, the job still ends
             outcome = Failed(job, error_info(exc))
         try:
-            conn.send(outcome)
+            with relay.sending:
+                with contextlib.suppress(OSError):
+                    relay.send()
+                conn.send(outcome)
         except (BrokenPipeError, OSError):
             return
         except Exception as exc:  # the outcome could not be pickled: nothing was sent
@@ -151,6 +216,9 @@ class ProcessPool:
         self._children: set[_Child] = set()
         self._spawning: set[asyncio.Task[None]] = set()
         self._closing = False
+        # Where the children's progress messages go (the worker's writer).
+        self.progress: ProgressSink | None = None
+        self.progress_interval = 0.25
 
     async def start(self) -> None:
         """Start every child and wait until each has loaded the app."""
@@ -160,7 +228,7 @@ class ProcessPool:
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(
             target=_child_main,
-            args=(self.app_path, self.app.dsn, child_end),
+            args=(self.app_path, self.app.dsn, child_end, self.progress_interval),
             name="pgqueue-process",
             daemon=True,
         )
@@ -207,7 +275,7 @@ class ProcessPool:
         child = await self._idle.get()
         try:
             child.conn.send(job)
-            outcome: Outcome | LeaseLost = await asyncio.wait_for(child.receive(), task.timeout)
+            outcome = await asyncio.wait_for(self._outcome(child), task.timeout)
         except asyncio.TimeoutError:
             self._replace(child)
             assert task.timeout is not None
@@ -225,6 +293,17 @@ class ProcessPool:
             return self._lost(task, job, code)
         self._idle.put_nowait(child)
         return outcome
+
+    async def _outcome(self, child: _Child) -> Outcome | LeaseLost:
+        """The child's outcome for its job; the progress it sends meanwhile is passed on."""
+        while True:
+            message = await child.receive()
+            if isinstance(message, tuple) and message and message[0] == "progress":
+                _, job_id, lease, value_json = message
+                if self.progress is not None:
+                    self.progress.publish(job_id, lease, value_json)
+                continue
+            return message  # type: ignore[no-any-return]
 
     @staticmethod
     def _lost(task: Task[Any, Any], job: ClaimedJob, exitcode: int | None) -> Outcome:

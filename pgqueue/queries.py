@@ -18,12 +18,13 @@ from pgqueue._names import (
     NOTIFY_CANCEL,
     NOTIFY_ENQUEUED,
     NOTIFY_FINISHED,
+    NOTIFY_PROGRESS,
 )
 
 JOB_COLUMNS = (
     "id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts, "
     "worker_id, result, error, created_at, started_at, finished_at, expires_at, "
-    "cancel_requested_at, headers, unique_key"
+    "cancel_requested_at, headers, unique_key, progress, progress_at"
 )
 
 
@@ -32,16 +33,18 @@ def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
     to pgqueue_finished_jobs, ending them with `status`, `error` and `result` (SQL
     expressions over the alias `e`). Every statement that ends a job uses it. The job keeps
     the worker that ran its last attempt, and the history of the earlier ones (copied, not
-    built: ending a job costs no JSON work), its headers and its unique key (which no longer
-    holds anything once the job has left pgqueue_jobs)."""
+    built: ending a job costs no JSON work), its headers, its unique key (which no longer
+    holds anything once the job has left pgqueue_jobs), and the last progress its last attempt
+    published."""
     return f"""INSERT INTO pgqueue_finished_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,
-        periodic_fire_at, expires_at, cancel_requested_at, history, headers, unique_key)
+        periodic_fire_at, expires_at, cancel_requested_at, history, headers, unique_key,
+        progress, progress_at)
     SELECT e.id, e.queue, e.task_name, e.args, e.kwargs, ({status})::pgqueue_job_status,
         e.priority, e.run_at, e.attempts, e.max_attempts, e.worker_id, {result}, {error},
         e.created_at, e.started_at, now(), e.periodic_name, e.periodic_fire_at, e.expires_at,
-        e.cancel_requested_at, e.history, e.headers, e.unique_key
+        e.cancel_requested_at, e.history, e.headers, e.unique_key, e.progress, e.progress_at
     FROM {ended} AS e
     RETURNING id, task_name, status, attempts, max_attempts, worker_id"""
 
@@ -253,6 +256,8 @@ WITH outcome AS (
         history = {_with_attempt("j", "'retried'", "o.error")},
         worker_id = NULL,
         lease = NULL,
+        progress = NULL,
+        progress_at = NULL,
         run_at = COALESCE(o.eta, now() + o.delay * interval '1 second')
     FROM outcome AS o
     WHERE j.id = ANY(ARRAY(SELECT id FROM outcome WHERE status = 'queued'))
@@ -283,6 +288,24 @@ WITH outcome AS (
 SELECT id, (SELECT n FROM notified) AS notified FROM archived
 UNION ALL
 SELECT id, (SELECT n FROM notified) FROM retried
+"""
+
+# Write the latest progress of running jobs (`set_progress`, coalesced by the worker: see
+# progress.py), a batch in one statement; each applies only under its claim's lease, as an
+# outcome does, so an attempt whose job was rescued and claimed again cannot overwrite the new
+# attempt's progress. Waiters (Job.wait_progress) are told which jobs have a new value. The
+# value comes as JSON text, so that a published JSON null is stored as such.
+WRITE_PROGRESS = f"""
+WITH progress AS (
+    SELECT * FROM jsonb_to_recordset(%(progress)s::jsonb) AS p(id bigint, lease bigint, value text)
+), written AS (
+    UPDATE pgqueue_jobs AS j SET progress = p.value::jsonb, progress_at = now()
+    FROM progress AS p
+    WHERE j.id = ANY(ARRAY(SELECT id FROM progress)) AND j.id = p.id AND j.lease = p.lease
+      AND j.status::text = 'running'
+    RETURNING j.id
+)
+SELECT id, pg_notify('{NOTIFY_PROGRESS}', id::text)::text AS notified FROM written
 """
 
 # Give back jobs that were claimed but never started (a shutdown, a claim whose reply was
@@ -362,7 +385,8 @@ def _rescue(lost: str, running: str, past: str) -> str:
     return f"""{lost}
 requeued AS (
     UPDATE pgqueue_jobs AS j
-    SET status = 'queued', worker_id = NULL, lease = NULL, error = {lost_error},
+    SET status = 'queued', worker_id = NULL, lease = NULL, progress = NULL, progress_at = NULL,
+        error = {lost_error},
         history = {_with_attempt("j", "'lost'", lost_error)}
     WHERE j.status = 'running' AND j.attempts < j.max_attempts AND {running}
     -- RETURNING shows the row as updated, without its worker: the lost worker's id is read

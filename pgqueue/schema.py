@@ -83,6 +83,11 @@ jobs = sa.Table(
     # The job's unique key (`unique_key=`, `@app.task(unique=...)`), NULL for most jobs; at
     # most one queued or running job holds a key (the index below), and it moves with the job.
     sa.Column("unique_key", sa.Text, nullable=True),
+    # What the running task last published about itself (`set_progress`: a small JSON value)
+    # and when it was written (database clock); NULL for most jobs. Written only under the
+    # claim's lease; kept when the job ends, cleared by a retry or a rescue.
+    sa.Column("progress", pg.JSONB, nullable=True),
+    sa.Column("progress_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from pgqueue import _json
+from pgqueue import _json, queries
 from pgqueue.complete import write_outcomes, write_outcomes_sync
+from pgqueue.context import _current
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.outcome import ClaimedJob, Succeeded
+from pgqueue.progress import progress_document, write_progress_sync
 
 if TYPE_CHECKING:
     from pgqueue.app import App
@@ -122,6 +124,14 @@ def _succeeded(job: ClaimedJob, value: Any) -> Succeeded:
     return Succeeded(job, result, committed=True)
 
 
+def _unwritten_progress(job: ClaimedJob) -> dict[int, tuple[int, str]] | None:
+    """The task's last progress that its worker has not written yet: written in the task's
+    transaction, before its outcome (which moves the row), so the finished job keeps it."""
+    context = _current.get()
+    unwritten = context._unwritten_progress() if context is not None else None
+    return None if unwritten is None else {job.id: unwritten}
+
+
 def run_sync(
     pool: TransactionalConnections,
     conn: psycopg.Connection[Any],
@@ -134,6 +144,9 @@ def run_sync(
     try:
         with conn.transaction():
             outcome = _succeeded(job, call())
+            progress = _unwritten_progress(job)
+            if progress is not None:
+                write_progress_sync(conn, progress)
             if job.id not in write_outcomes_sync(conn, [outcome]):
                 raise LeaseLostError
         return outcome
@@ -155,6 +168,11 @@ async def run_async(
     try:
         async with conn.transaction():
             outcome = _succeeded(job, await call())
+            progress = _unwritten_progress(job)
+            if progress is not None:
+                await conn.execute(
+                    queries.WRITE_PROGRESS, {"progress": progress_document(progress)}
+                )
             if job.id not in await write_outcomes(conn, [outcome]):
                 raise LeaseLostError
         return outcome

@@ -66,6 +66,7 @@ from pgqueue.outcome import (
 from pgqueue.periodic import Scheduler
 from pgqueue.presence import Presence
 from pgqueue.process_pool import ProcessPool
+from pgqueue.progress import ProgressWriter
 from pgqueue.revisions import check_schema
 
 logger = logging.getLogger("pgqueue.worker")
@@ -246,6 +247,7 @@ class Worker:
         if settings.pool == "process":
             assert settings.app_path is not None
             self.process_pool = ProcessPool(self.app, settings.app_path, settings.concurrency)
+            self.process_pool.progress_interval = settings.progress_interval
             try:
                 await self.process_pool.start()
             except BaseException:
@@ -279,14 +281,22 @@ class Worker:
         self._claim_conn = ReconnectingConnection(
             self.app, hot_path_settings, on_lost=lambda: observations.connection_lost("claimer")
         )
+        # Its connection is made at the first progress a task publishes: none for most apps.
+        self.progress_writer = ProgressWriter(
+            ReconnectingConnection(self.app, hot_path_settings), loop, settings.progress_interval
+        )
+        self.executor.progress = self.progress_writer
+        if self.process_pool is not None:
+            self.process_pool.progress = self.progress_writer
         self._maintenance_done = asyncio.Event()
         self.scheduler: Scheduler | None = None
         if settings.run_scheduler:
             self.scheduler = Scheduler(self.app)
             self.scheduler.start()
         completer_task = asyncio.create_task(self.completer.run(), name="pgqueue-completer")
+        progress_task = asyncio.create_task(self.progress_writer.run(), name="pgqueue-progress")
         rescuer_task = asyncio.create_task(self._maintenance_loop(), name="pgqueue-maintenance")
-        for service in (completer_task, rescuer_task):
+        for service in (completer_task, progress_task, rescuer_task):
             service.add_done_callback(self._on_service_done)
         try:
             await self._claim_loop()
@@ -303,6 +313,7 @@ class Worker:
                 await self.process_pool.close()
             if self.scheduler is not None:
                 self.scheduler.stop()
+            await self.progress_writer.close(progress_task)
             flushed = await self.completer.drain(FINAL_FLUSH_TIMEOUT)
             if not flushed:
                 logger.error(
@@ -657,6 +668,9 @@ class Worker:
                 self._log_outcome(outcome, duration)
             except Exception:  # the outcome matters more than its log line
                 logger.exception("job %d: could not log its outcome", job.id)
+            # The last progress is written first: the outcome moves the row.
+            if self.progress_writer.unwritten(job.id):
+                await self.progress_writer.flush(job.id)
             if not (isinstance(outcome, LeaseLost) or getattr(outcome, "committed", False)):
                 self.completer.submit(outcome)
             if signals.live:  # after the submit: a receiver's time never delays the outcome

@@ -130,6 +130,10 @@ def _show_text(detail: Any) -> str:
         tick = f"tick {when(schedule.fire_at)}" if schedule.fire_at else "run now"
         spec = schedule.spec or "removed since"
         lines.append(f"  periodic schedule  {schedule.name} ({spec}), {tick}")
+    if detail.progress_at is not None:
+        lines.append(
+            f"  progress           {json.dumps(detail.progress)} ({ago(detail.progress_at, at)})"
+        )
     if detail.status == "succeeded":
         lines.append(f"  result             {json.dumps(detail.result)}")
     if detail.error:

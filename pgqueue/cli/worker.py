@@ -25,6 +25,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         shutdown_timeout=args.shutdown_timeout,
         poll_interval=args.poll_interval,
+        progress_interval=args.progress_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         name=args.name,
         run_scheduler=not args.no_scheduler,
@@ -150,6 +151,14 @@ def register(sub: Any, parents: Parents) -> None:
         type=float,
         default=1.0,
         help="seconds between polls when no NOTIFY arrives; a fallback only (default: 1)",
+    )
+    worker.add_argument(
+        "--progress-interval",
+        type=float,
+        default=WorkerSettings.progress_interval,
+        help="seconds between writes of a job's progress (set_progress): a task may publish "
+        "it as often as it likes, the latest value is written at most this often "
+        "(default: %(default)g)",
     )
     worker.add_argument(
         "--heartbeat-timeout",

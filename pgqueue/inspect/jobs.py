@@ -72,7 +72,7 @@ SINCE_FINISHED = "finished_at >= now() - %(since)s::float8 * interval '1 second'
 _DETAIL_COLUMNS = """id, queue, task_name, args, kwargs, status::text AS status, priority,
     run_at, attempts, max_attempts, worker_id, result, error, created_at, started_at,
     finished_at, periodic_name, periodic_fire_at, expires_at, cancel_requested_at, history,
-    headers, unique_key"""
+    headers, unique_key, progress, progress_at"""
 JOB_DETAIL = f"""
 SELECT {_DETAIL_COLUMNS}, lease, now() AS at FROM pgqueue_jobs WHERE id = %(id)s
 UNION ALL
@@ -185,6 +185,8 @@ class JobDetail:
     attempt_history: tuple[Attempt, ...]  # every attempt, oldest first, the latest included
     headers: Any = None  # what the job carries apart from its arguments (a JSON object), or None
     unique_key: str | None = None  # its unique key (`unique_key=`, `@app.task(unique=...)`)
+    progress: Any = None  # what the task last published (`set_progress`), or None
+    progress_at: datetime | None = None  # when that progress was written
 
 
 def parse_statuses(text: str) -> tuple[str, ...]:
@@ -384,4 +386,6 @@ def job_detail(conn: Conn, job_id: int) -> JobDetail:
         attempt_history=_attempts(row, workers),
         headers=row["headers"],
         unique_key=row["unique_key"],
+        progress=row["progress"],
+        progress_at=row["progress_at"],
     )

@@ -26,6 +26,7 @@ from pgqueue.errors import PgQueueError
 from pgqueue.execute import Executor, run_in_this_process
 from pgqueue.job import JobStatus
 from pgqueue.outcome import ClaimedJob, LeaseLost, Outcome, RetryLater, Succeeded
+from pgqueue.progress import SyncProgressWriter
 from pgqueue.transactional import TransactionalConnections
 
 if TYPE_CHECKING:
@@ -115,6 +116,8 @@ class _Drain:
         self.retried: set[int] = set()
         self.pool = TransactionalConnections(app)
         self.conn: psycopg.Connection[Any] = app.connect(autocommit=True)
+        # The tasks' progress, written on the same connection as the outcomes.
+        self.progress = SyncProgressWriter(self.conn)
         self._unstarted: list[ClaimedJob] = []
 
     def claim(self) -> list[ClaimedJob] | None:
@@ -153,12 +156,16 @@ class _Drain:
         self._unstarted.remove(job)
 
     def run_sync(self, job: ClaimedJob) -> Outcome | LeaseLost:
-        return run_in_this_process(self.app, job, self.pool)
+        return run_in_this_process(self.app, job, self.pool, self.progress)
 
     def finish(self, job: ClaimedJob, outcome: Outcome | LeaseLost) -> None:
         """Write the attempt's outcome as a worker would, and record it."""
         if isinstance(outcome, LeaseLost):  # not ours any more: nothing to write
             return
+        try:
+            self.progress.flush(job.id)  # before the outcome, which moves the row
+        except psycopg.Error as exc:
+            raise translate_error(exc, self.conn, owned=True) from exc
         if isinstance(outcome, RetryLater) and self.retry_now and not outcome.refund_attempt:
             outcome = RetryLater(job, outcome.error, delay=0.0)
         if not (isinstance(outcome, Succeeded) and outcome.committed):
@@ -247,7 +254,9 @@ def drain(
                 if task is not None and task.is_async:
                     if loop is None:
                         loop = asyncio.new_event_loop()
-                        executor = Executor(app, concurrent.futures.ThreadPoolExecutor(1))
+                        executor = Executor(
+                            app, concurrent.futures.ThreadPoolExecutor(1), progress=state.progress
+                        )
                     assert executor is not None
                     outcome = loop.run_until_complete(executor.run(job))
                 else:
@@ -274,7 +283,7 @@ async def adrain(
     """Async twin of `drain()`, for async tests: async tasks run on the running event loop
     (sync tasks, and the claims and outcomes, block it while they run, as a test can afford)."""
     state = _Drain(app, queues, retry_now, max_wait, max_rounds)
-    executor = Executor(app, concurrent.futures.ThreadPoolExecutor(1))
+    executor = Executor(app, concurrent.futures.ThreadPoolExecutor(1), progress=state.progress)
     try:
         while True:
             jobs = state.claim()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pgqueue import _json
@@ -43,6 +43,20 @@ class EagerJob(Job):
     def cancel(self, reason: str = "cancelled on request") -> bool:
         return False
 
+    def wait_progress(self, timeout: float | None = None) -> Any:
+        return self.progress
+
+    async def wait_progress_async(self, timeout: float | None = None) -> Any:
+        return self.progress
+
+    def progress_updates(self, timeout: float | None = None) -> Iterator[Any]:
+        if self.progress is not None:  # the job ran already: its last progress, if any
+            yield self.progress
+
+    async def aprogress(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        if self.progress is not None:
+            yield self.progress
+
     async def acancel(self, reason: str = "cancelled on request") -> bool:
         return False
 
@@ -72,28 +86,30 @@ class _EagerRunner:
         )
         if from_async:
             return self._arun(task, job)
-        token = _current.set(JobContext(job))
+        context = JobContext(job)
+        token = _current.set(context)
         try:
             value = task.run(*job.args, **job.kwargs)
             if task.is_async:
                 value = asyncio.run(value)  # from sync code; async code calls adelay()
         except Exception as exc:
-            return self._failed(job, exc)
+            return self._failed(job, exc, context.progress)
         finally:
             _current.reset(token)
-        return self._succeeded(job, value)
+        return self._succeeded(job, value, context.progress)
 
     async def _arun(self, task: Task[Any, Any], job: ClaimedJob) -> Job:
-        token = _current.set(JobContext(job))
+        context = JobContext(job)
+        token = _current.set(context)
         try:
             value = task.run(*job.args, **job.kwargs)
             if task.is_async:
                 value = await value
         except Exception as exc:
-            return self._failed(job, exc)
+            return self._failed(job, exc, context.progress)
         finally:
             _current.reset(token)
-        return self._succeeded(job, value)
+        return self._succeeded(job, value, context.progress)
 
     def _row(self, job: ClaimedJob, status: JobStatus, **more: Any) -> dict[str, Any]:
         return {
@@ -110,14 +126,16 @@ class _EagerRunner:
             **more,
         }
 
-    def _succeeded(self, job: ClaimedJob, value: Any) -> Job:
+    def _succeeded(self, job: ClaimedJob, value: Any, progress: Any) -> Job:
         result = _json.loads(_json.dumps(value, "the task's return value", "result"))
-        return EagerJob(self.app, self._row(job, JobStatus.SUCCEEDED, result=result))
+        row = self._row(job, JobStatus.SUCCEEDED, result=result, progress=progress)
+        return EagerJob(self.app, row)
 
-    def _failed(self, job: ClaimedJob, exc: Exception) -> Job:
+    def _failed(self, job: ClaimedJob, exc: Exception, progress: Any) -> Job:
         if self.propagate:
             raise exc
-        return EagerJob(self.app, self._row(job, JobStatus.FAILED, error=error_info(exc)))
+        row = self._row(job, JobStatus.FAILED, error=error_info(exc), progress=progress)
+        return EagerJob(self.app, row)
 
 
 @contextlib.contextmanager

@@ -70,3 +70,24 @@ def bound_retries(self: pgqueue.Task[..., list[int]]) -> list[int]:
     if self.request.retries < 2:
         self.retry(countdown=0)
     return [self.request.id, self.request.retries, os.getpid()]
+
+
+def _go(job_id: int) -> bool:
+    with app.connect(autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT 1 FROM pool_events WHERE job_id = %s AND what = 'go'", (job_id,)
+        ).fetchone()
+    return row is not None
+
+
+@app.task(bind=True)
+def publish_progress(self: pgqueue.Task[..., int], calls: int) -> int:
+    """Publishes a stage, waits until the test says go, then `calls` counts in a tight loop
+    (through `self.request`, as a bound task may)."""
+    self.request.set_progress({"stage": "waiting"})
+    deadline = time.monotonic() + 60
+    while not _go(self.request.id) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the task's own work, looking for the test's signal between steps
+    for i in range(calls):
+        self.request.set_progress({"stage": "counting", "done": i + 1})
+    return os.getpid()
