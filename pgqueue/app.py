@@ -40,6 +40,7 @@ from pgqueue.enqueue import JobRequest, translate_error
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
 from pgqueue.hooks import AttemptWrapper, EnqueueHook, Hooks
 from pgqueue.job import Job
+from pgqueue.limits import declared_limits
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from pgqueue.schedule import DEFAULT_MAX_CATCH_UP, Schedule
 from pgqueue.tasks import Task, default_task_name
@@ -182,6 +183,9 @@ class App:
         timeout: float | timedelta | None = None,
         transactional: bool = False,
         bind: bool = False,
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        key_concurrency_limit: int | None = None,
     ) -> Callable[[F], Task[Any, Any]]: ...
 
     def task(
@@ -200,6 +204,9 @@ class App:
         timeout: float | timedelta | None = None,
         transactional: bool = False,
         bind: bool = False,
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        key_concurrency_limit: int | None = None,
     ) -> Task[Any, Any] | Callable[[F], Task[Any, Any]]:
         """Register a function (sync or async) as a task; usable bare or with options.
 
@@ -210,7 +217,13 @@ class App:
         attempt, in seconds. `transactional=True` runs the task in a transaction that also
         commits its job's completion: see `pgqueue.current_job().connection`. `bind=True`
         passes the Task as the first argument (`self.request`, `self.retry()`), as in Celery.
+
+        Limits hold across every worker at once (docs/workflows.md): `rate_limit="100/m"`
+        (N per `s`, `m` or `h`: no window of that length holds more starts),
+        `concurrency_limit=N` (at most N of its jobs run at once), `key_concurrency_limit=N`
+        (at most N run at once per `concurrency_key=` given at enqueue).
         """
+        limits = declared_limits(rate_limit, concurrency_limit, key_concurrency_limit)
 
         def register(function: F) -> Task[Any, Any]:
             if isinstance(function, Task):
@@ -239,6 +252,7 @@ class App:
                 timeout=timeout,
                 transactional=transactional,
                 bind=bind,
+                limits=limits,
             )
             if shared.shared_task_named(task.name) is not None:
                 raise ConfigurationError(

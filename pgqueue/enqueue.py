@@ -20,6 +20,7 @@ from psycopg.rows import tuple_row
 from pgqueue import _json, queries
 from pgqueue.config import validate_priority, validate_queue_name
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
+from pgqueue.limits import checked_concurrency_key
 
 if TYPE_CHECKING:
     from pgqueue.tasks import Task
@@ -41,17 +42,21 @@ class JobRequest:
     expires_in: float | None = None
     # The job's headers as JSON (an object), None for none: most jobs.
     headers_json: str | None = None
+    # A job of a task with fleet-wide limits (pgqueue.limits), and its concurrency key.
+    limited: bool = False
+    concurrency_key: str | None = None
 
     @property
     def due_now(self) -> bool:
-        """Due at once, never expiring and without headers: INSERT_JOB_NOW, the lean
-        statement, inserts it."""
+        """Due at once, never expiring, without headers or limits: INSERT_JOB_NOW, the
+        lean statement, inserts it."""
         return (
             self.eta is None
             and self.countdown is None
             and self.expires_at is None
             and self.expires_in is None
             and self.headers_json is None
+            and not self.limited
         )
 
     @property
@@ -74,6 +79,8 @@ class JobRequest:
             params["expires_at"] = self.expires_at
             params["expires_in"] = self.expires_in
             params["headers"] = self.headers_json
+            params["limited"] = True if self.limited else None
+            params["concurrency_key"] = self.concurrency_key
         return params
 
     def job_row(self, returned: Sequence[Any]) -> dict[str, Any]:
@@ -113,6 +120,7 @@ def build_request(
     queue: str | None = None,
     expires: float | timedelta | datetime | None = None,
     headers: Mapping[str, Any] | None = None,
+    concurrency_key: str | None = None,
 ) -> JobRequest:
     """Check every argument and serialise it; raises before anything is written."""
     if args is None:  # accepted, as Celery does
@@ -139,6 +147,7 @@ def build_request(
                 "a naive datetime is ambiguous"
             )
     expires_at, expires_in = _expiry(expires)
+    concurrency_key = checked_concurrency_key(task, concurrency_key)
     return JobRequest(
         expires_at=expires_at,
         expires_in=expires_in,
@@ -152,6 +161,8 @@ def build_request(
         countdown=float(countdown) if countdown is not None else None,
         max_attempts=task.retry_policy.max_attempts,
         headers_json=headers_json(headers) if headers else None,
+        limited=task.limits is not None,
+        concurrency_key=concurrency_key,
     )
 
 

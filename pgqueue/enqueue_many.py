@@ -52,6 +52,7 @@ def build_bulk_request(
     queue: str | None = None,
     expires: float | timedelta | datetime | None = None,
     headers: Mapping[str, Any] | None = None,
+    concurrency_key: str | None = None,
 ) -> BulkRequest:
     """Each call is a tuple/list of positional arguments or a dict of keyword arguments."""
     template = build_request(
@@ -64,6 +65,7 @@ def build_bulk_request(
         queue=queue,
         expires=expires,
         headers=headers,
+        concurrency_key=concurrency_key,
     )
     rows = []
     for index, call in enumerate(calls):
@@ -104,6 +106,9 @@ def _copy_chunks(request: BulkRequest, ids: list[int], now: datetime) -> Iterato
     )
     if t.headers_json is not None:
         shared += "\t" + _copy_text(t.headers_json)
+    if t.limited:
+        key = t.concurrency_key
+        shared += "\tt\t" + (_copy_text(key) if key is not None else "\\N")
     rows = request.rows
     for start in range(0, len(rows), COPY_CHUNK_ROWS):
         chunk_ids = ids[start : start + COPY_CHUNK_ROWS]
@@ -115,7 +120,12 @@ def _copy_chunks(request: BulkRequest, ids: list[int], now: datetime) -> Iterato
 
 
 def _copy_statement(request: BulkRequest) -> str:
-    if request.template.headers_json is None:
+    t = request.template
+    if t.limited:
+        if t.headers_json is None:
+            return queries.COPY_LIMITED_JOBS
+        return queries.COPY_LIMITED_JOBS_WITH_HEADERS
+    if t.headers_json is None:
         return queries.COPY_JOBS
     return queries.COPY_JOBS_WITH_HEADERS
 

@@ -32,15 +32,15 @@ def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
     to pgqueue_finished_jobs, ending them with `status`, `error` and `result` (SQL
     expressions over the alias `e`). Every statement that ends a job uses it. The job keeps
     the worker that ran its last attempt, and the history of the earlier ones (copied, not
-    built: ending a job costs no JSON work), and its headers."""
+    built: ending a job costs no JSON work), its headers and its concurrency key."""
     return f"""INSERT INTO pgqueue_finished_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,
-        periodic_fire_at, expires_at, cancel_requested_at, history, headers)
+        periodic_fire_at, expires_at, cancel_requested_at, history, headers, concurrency_key)
     SELECT e.id, e.queue, e.task_name, e.args, e.kwargs, ({status})::pgqueue_job_status,
         e.priority, e.run_at, e.attempts, e.max_attempts, e.worker_id, {result}, {error},
         e.created_at, e.started_at, now(), e.periodic_name, e.periodic_fire_at, e.expires_at,
-        e.cancel_requested_at, e.history, e.headers
+        e.cancel_requested_at, e.history, e.headers, e.concurrency_key
     FROM {ended} AS e
     RETURNING id, task_name, status, attempts, max_attempts, worker_id"""
 
@@ -96,10 +96,12 @@ def _error(type_: str, message: str) -> str:
 # can set a timer.
 # Only what the database decided comes back (the caller knows the rest: see JobRequest.job_row).
 # Casts are spelled CAST(... AS ...) because this statement also runs through SQLAlchemy.
-# A job with headers is inserted by this statement too, whenever it is due.
+# A job with headers, or of a task with limits, is inserted by this statement too, whenever it
+# is due.
 INSERT_JOB = f"""
 INSERT INTO pgqueue_jobs (
-    queue, task_name, args, kwargs, priority, run_at, max_attempts, expires_at, headers)
+    queue, task_name, args, kwargs, priority, run_at, max_attempts, expires_at, headers,
+    limited, concurrency_key)
 VALUES (
     %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
     %(priority)s,
@@ -111,7 +113,7 @@ VALUES (
     COALESCE(
         CAST(%(expires_at)s AS timestamptz),
         now() + CAST(%(expires_in)s AS float8) * interval '1 second'),
-    CAST(%(headers)s AS jsonb)
+    CAST(%(headers)s AS jsonb), CAST(%(limited)s AS boolean), CAST(%(concurrency_key)s AS text)
 )
 RETURNING id, run_at, created_at, expires_at,
     pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()})::text AS notified
@@ -129,6 +131,49 @@ VALUES (
 RETURNING id, created_at, pg_notify(
     '{NOTIFY_ENQUEUED}', queue || '@' || extract(epoch FROM run_at)::text || '@' || priority)
 """
+
+
+def _claim_tail(started_at: str, more: str = "", last_row: str = "") -> str:
+    """The claim statements' end, after their CTE `picked` (id, dead): the picked jobs start
+    (their attempt counted, a new lease drawn, started at `started_at`), or end CANCELLED when
+    they are `dead`. `more` adds CTEs (after `claimed`, `ended` and `archived`), `last_row` a
+    row after the claim's rows."""
+    archived = _archive(
+        "ended",
+        "'cancelled'",
+        "CASE WHEN e.cancel_requested_at IS NOT NULL THEN "
+        + _error("Cancelled", "'cancelled on request'")
+        + " ELSE "
+        + _error("Expired", "'not started before it expired at ' || e.expires_at::text")
+        + " END",
+    )
+    return f"""), claimed AS (
+    -- By `id = ANY(ARRAY(...))`, a primary-key lookup per job: as a join with `picked`, on
+    -- statistics taken while the queue was empty, the planner walked the whole primary key
+    -- once per claim (and a claim of 10 cost 30 ms with 20,000 jobs waiting).
+    UPDATE pgqueue_jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
+        started_at = {started_at}, lease = nextval('pgqueue_job_lease_seq')
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE NOT dead))
+    -- The pickup wait, by the database's clock: how long the job was due before this claim.
+    RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
+              j.max_attempts, j.run_at, j.lease, j.created_at,
+              greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS wait,
+              j.headers::text
+), ended AS (
+    DELETE FROM pgqueue_jobs AS j USING picked AS p
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
+    RETURNING j.*
+), archived AS (
+    {archived}
+){more}
+SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
+UNION ALL
+SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, NULL, NULL,
+       NULL, NULL, true,
+       pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
+FROM archived AS a{last_row}"""
+
 
 # Claim up to `limit` due jobs of the given queues, skipping rows other workers hold; the
 # attempt counter is bumped here, and the claim draws its fencing token (`lease`) from a
@@ -172,7 +217,7 @@ WITH picked AS (
             FROM pgqueue_jobs
             WHERE q.priority IS NOT NULL
               AND status = 'queued' AND queue = q.name AND priority = q.priority
-              AND (run_at, id) > (q.run_at, q.id) AND run_at <= now()
+              AND (run_at, id) > (q.run_at, q.id) AND run_at <= now() AND limited IS NULL
             ORDER BY run_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -184,48 +229,14 @@ WITH picked AS (
             WHERE q.priority IS NULL
               AND status = 'queued' AND queue = q.name
               AND priority < q.lower_than AND priority > q.higher_than AND run_at <= now()
+              AND limited IS NULL
             ORDER BY priority DESC, run_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
         ) AS from_start
     ) AS j
     LIMIT %(limit)s
-), claimed AS (
-    -- By `id = ANY(ARRAY(...))`, a primary-key lookup per job: as a join with `picked`, on
-    -- statistics taken while the queue was empty, the planner walked the whole primary key
-    -- once per claim (and a claim of 10 cost 30 ms with 20,000 jobs waiting).
-    UPDATE pgqueue_jobs AS j
-    SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
-        started_at = now(), lease = nextval('pgqueue_job_lease_seq')
-    WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE NOT dead))
-    -- The pickup wait, by the database's clock: how long the job was due before this claim.
-    RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
-              j.max_attempts, j.run_at, j.lease, j.created_at,
-              greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS wait,
-              j.headers::text
-), ended AS (
-    DELETE FROM pgqueue_jobs AS j USING picked AS p
-    WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
-    RETURNING j.*
-), archived AS (
-    {
-    _archive(
-        "ended",
-        "'cancelled'",
-        "CASE WHEN e.cancel_requested_at IS NOT NULL THEN "
-        + _error("Cancelled", "'cancelled on request'")
-        + " ELSE "
-        + _error("Expired", "'not started before it expired at ' || e.expires_at::text")
-        + " END",
-    )
-}
-)
-SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
-UNION ALL
-SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, NULL, NULL,
-       NULL, NULL, true,
-       pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
-FROM archived AS a
+{_claim_tail("now()")}
 """
 
 # Write a batch of outcomes in one statement and one round trip; each row applies only if the
@@ -638,12 +649,13 @@ WITH tick AS (
 ), job AS (
     INSERT INTO pgqueue_jobs (
         id, queue, task_name, args, kwargs, priority, max_attempts,
-        periodic_name, periodic_fire_at)
+        periodic_name, periodic_fire_at, limited)
     SELECT
         COALESCE((SELECT job_id FROM tick),
                  nextval(pg_get_serial_sequence('pgqueue_jobs', 'id'))),
         %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
-        %(priority)s, %(max_attempts)s, %(periodic_name)s, CAST(%(fire_at)s AS timestamptz)
+        %(priority)s, %(max_attempts)s, %(periodic_name)s, CAST(%(fire_at)s AS timestamptz),
+        CAST(%(limited)s AS boolean)
     WHERE CAST(%(fire_at)s AS timestamptz) IS NULL OR EXISTS (SELECT 1 FROM tick)
     RETURNING id, queue, run_at, priority
 )
@@ -773,10 +785,13 @@ WITH moved AS (
 ), requeued AS (
     INSERT INTO pgqueue_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
-        created_at, periodic_name, periodic_fire_at, history, headers)
+        created_at, periodic_name, periodic_fire_at, history, headers, concurrency_key, limited)
     SELECT m.id, m.queue, m.task_name, m.args, m.kwargs, 'queued', m.priority, now(), 0,
         m.max_attempts, m.created_at, m.periodic_name, m.periodic_fire_at,
-        {_with_attempt("m", "m.status::text", "m.error", "m.finished_at")}, m.headers
+        {_with_attempt("m", "m.status::text", "m.error", "m.finished_at")}, m.headers,
+        m.concurrency_key,
+        -- A job of a task with limits now is limited again, whatever it was when it ended.
+        (SELECT true FROM pgqueue_limits AS l WHERE l.name = m.task_name)
     FROM moved AS m
     RETURNING id, queue, run_at, priority
 )
@@ -900,7 +915,150 @@ COPY_JOBS = (
 # The same for jobs with headers (every job of one call shares them); jobs without send no
 # column for them.
 COPY_JOBS_WITH_HEADERS = COPY_JOBS.replace("expires_at)", "expires_at, headers)")
+# The same for jobs of a task with limits (every job of one call shares its concurrency key).
+COPY_LIMITED_JOBS = COPY_JOBS.replace("expires_at)", "expires_at, limited, concurrency_key)")
+COPY_LIMITED_JOBS_WITH_HEADERS = COPY_JOBS.replace(
+    "expires_at)", "expires_at, headers, limited, concurrency_key)"
+)
 
 # One wake-up for a bulk insert (delivered on commit); the payload is built as _enqueued's, for
 # the first of the jobs (they share queue, priority and run_at).
 NOTIFY_ENQUEUED_PAYLOAD = f"SELECT pg_notify('{NOTIFY_ENQUEUED}', %(payload)s)"
+
+# -- fleet-wide limits (pgqueue.limits) ------------------------------------------------------
+
+# Where the queue column of CLAIM_LIMITED_JOBS's last row says that row is not a job: it
+# carries, as its `wait`, the seconds until a spent rate frees a place (queue names hold no @).
+LIMITS_ROW = "@limits"
+
+# A task's declared limits, written when a worker starts; the start times a rate keeps are
+# left as they are.
+UPSERT_LIMIT = """
+INSERT INTO pgqueue_limits AS l (name, rate, per_seconds, concurrency, key_concurrency)
+VALUES (%(name)s, %(rate)s, %(per_seconds)s, %(concurrency)s, %(key_concurrency)s)
+ON CONFLICT (name) DO UPDATE SET
+    rate = EXCLUDED.rate, per_seconds = EXCLUDED.per_seconds,
+    concurrency = EXCLUDED.concurrency, key_concurrency = EXCLUDED.key_concurrency,
+    updated_at = now()
+WHERE (l.rate, l.per_seconds, l.concurrency, l.key_concurrency)
+      IS DISTINCT FROM
+      (EXCLUDED.rate, EXCLUDED.per_seconds, EXCLUDED.concurrency, EXCLUDED.key_concurrency)
+"""
+
+# The limits of tasks that declare none any more.
+DELETE_LIMITS = "DELETE FROM pgqueue_limits WHERE name = ANY(%(names)s::text[])"
+
+# Jobs of tasks whose limits were removed become plain jobs; workers are told where they sort
+# (they may sort before where their claims got to).
+UNMARK_LIMITED_JOBS = f"""
+WITH unmarked AS (
+    UPDATE pgqueue_jobs SET limited = NULL
+    WHERE status = 'queued' AND limited AND task_name = ANY(%(names)s::text[])
+    RETURNING queue, run_at, priority
+)
+SELECT count(pg_notify('{NOTIFY_ENQUEUED}', {_enqueued("u")})) FROM (
+    SELECT DISTINCT ON (queue, priority) queue, run_at, priority FROM unmarked
+    ORDER BY queue, priority, run_at
+) AS u
+"""
+
+# The first step of a limited claim: lock the limits' rows. A limit another worker is
+# claiming is skipped, not waited for; the claim statement that follows, in the same
+# transaction, starts after the lock is held, so it sees every claim made under it before.
+LOCK_LIMITS = """
+SELECT name FROM pgqueue_limits WHERE name = ANY(%(names)s::text[])
+ORDER BY name
+FOR UPDATE SKIP LOCKED
+"""
+
+_COUNTED_LIMITS = """
+, counted AS (
+    SELECT a.name, a.rate, a.per_seconds, a.recent, count(c.id)::int AS taken
+    FROM allowed AS a LEFT JOIN claimed AS c ON c.task_name = a.name
+    WHERE a.rate IS NOT NULL
+    GROUP BY a.name, a.rate, a.per_seconds, a.recent
+), recorded AS (
+    UPDATE pgqueue_limits AS l
+    SET recent = c.recent || array_fill(statement_timestamp(), ARRAY[c.taken])
+    FROM counted AS c
+    WHERE l.name = c.name AND c.taken > 0
+)"""
+
+_NEXT_PLACE_ROW = f"""
+UNION ALL
+SELECT NULL, '{LIMITS_ROW}', NULL, NULL, NULL, 0, 0, 0, NULL, NULL, NULL,
+       (SELECT min(extract(epoch FROM
+                   COALESCE(c.recent[1], statement_timestamp())
+                   + c.per_seconds * interval '1 second' - statement_timestamp()))::float8
+        FROM counted AS c WHERE cardinality(c.recent) + c.taken >= c.rate),
+       NULL, false, NULL"""
+
+# Claim up to `limit` due jobs of the limited tasks `names` (their rows locked by LOCK_LIMITS)
+# in the given queues, at most what each limit allows now: its rate minus the jobs it started
+# in the last period (`recent`, kept sorted, trimmed here), its concurrency minus the task's
+# running jobs, and per key its key concurrency minus the key's running jobs (the jobs of a
+# full key are passed over, not waited behind). Running jobs are counted through
+# pgqueue_jobs_limited_running_idx: a job frees its place when it leaves the running state, by
+# whatever path. Jobs start at statement_timestamp(), the time the rate records: statements of
+# successive claims of one limit start in lock order, so the recorded times only grow. The
+# last row (LIMITS_ROW) says when the first spent rate frees a place.
+CLAIM_LIMITED_JOBS = f"""
+WITH lim AS (
+    SELECT l.name, l.rate, l.per_seconds, l.concurrency, l.key_concurrency,
+           ARRAY(SELECT t FROM unnest(l.recent) AS t
+                 WHERE t > statement_timestamp() - l.per_seconds * interval '1 second'
+                 ORDER BY t) AS recent,
+           CASE WHEN l.concurrency IS NULL THEN 0 ELSE (
+               SELECT count(*) FROM pgqueue_jobs AS r
+               WHERE r.status = 'running' AND r.limited AND r.task_name = l.name) END AS running
+    FROM pgqueue_limits AS l
+    WHERE l.name = ANY(%(names)s::text[])
+), allowed AS (
+    SELECT lim.*, GREATEST(LEAST(
+        %(limit)s,
+        COALESCE(lim.rate - cardinality(lim.recent), %(limit)s),
+        COALESCE(lim.concurrency - lim.running, %(limit)s)), 0) AS n
+    FROM lim
+), candidate AS (
+    SELECT c.*, a.key_concurrency,
+           row_number() OVER (PARTITION BY c.task_name, c.concurrency_key
+                              ORDER BY c.priority DESC, c.run_at, c.id) AS nth
+    FROM allowed AS a
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.task_name, j.priority, j.run_at, j.concurrency_key,
+               (j.cancel_requested_at IS NOT NULL OR j.expires_at <= now()) IS TRUE AS dead
+        FROM pgqueue_jobs AS j
+        WHERE j.status = 'queued' AND j.limited AND j.task_name = a.name
+          AND j.queue = ANY(%(queues)s::text[]) AND j.run_at <= now()
+          AND (a.key_concurrency IS NULL OR j.concurrency_key IS NULL
+               OR (SELECT count(*) FROM pgqueue_jobs AS r
+                   WHERE r.status = 'running' AND r.limited AND r.task_name = a.name
+                     AND r.concurrency_key = j.concurrency_key) < a.key_concurrency)
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT a.n
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), picked AS (
+    -- One claim may pick several jobs of one key: only as many as the key has places.
+    SELECT c.id, c.dead FROM candidate AS c
+    WHERE c.key_concurrency IS NULL OR c.concurrency_key IS NULL OR c.dead
+       OR c.nth + (SELECT count(*) FROM pgqueue_jobs AS r
+                   WHERE r.status = 'running' AND r.limited AND r.task_name = c.task_name
+                     AND r.concurrency_key = c.concurrency_key) <= c.key_concurrency
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT %(limit)s
+{_claim_tail("statement_timestamp()", _COUNTED_LIMITS, _NEXT_PLACE_ROW)}
+"""
+
+# Every limit, with the jobs it holds now: `pgqueue limits`.
+LIST_LIMITS = """
+SELECT l.name, l.rate, l.per_seconds, l.concurrency, l.key_concurrency,
+       (SELECT count(*) FROM unnest(l.recent) AS t
+        WHERE t > now() - l.per_seconds * interval '1 second') AS started_in_period,
+       (SELECT count(*) FROM pgqueue_jobs AS r
+        WHERE r.status = 'running' AND r.limited AND r.task_name = l.name) AS running,
+       (SELECT count(*) FROM pgqueue_jobs AS q
+        WHERE q.status = 'queued' AND q.limited AND q.task_name = l.name) AS queued
+FROM pgqueue_limits AS l
+ORDER BY l.name
+"""

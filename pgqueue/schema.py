@@ -80,6 +80,11 @@ jobs = sa.Table(
     # Metadata set at enqueue that travels with the job (a JSON object: the trace context of
     # the OpenTelemetry integration, `apply_async(headers=...)`); NULL for most jobs.
     sa.Column("headers", pg.JSONB, nullable=True),
+    # True for a job of a task with fleet-wide limits (pgqueue_limits), set at enqueue: the
+    # claim of plain jobs passes over it, the limited claim takes it. NULL for every other job.
+    sa.Column("limited", sa.Boolean, nullable=True),
+    # The key a per-key concurrency limit counts the job under (`concurrency_key=`).
+    sa.Column("concurrency_key", sa.Text, nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.
@@ -109,14 +114,31 @@ jobs = sa.Table(
         "worker_id",
         postgresql_where=sa.text("status = 'running' AND cancel_requested_at IS NOT NULL"),
     ),
+    # The limited claim: queued jobs of limited tasks, by task, in claim order.
+    sa.Index(
+        "pgqueue_jobs_limited_idx",
+        "task_name",
+        sa.text("priority DESC"),
+        "run_at",
+        "id",
+        postgresql_where=sa.text("status = 'queued' AND limited"),
+    ),
+    # What the limited claim counts: running jobs of limited tasks, by task and key.
+    sa.Index(
+        "pgqueue_jobs_limited_running_idx",
+        "task_name",
+        "concurrency_key",
+        postgresql_where=sa.text("status = 'running' AND limited"),
+    ),
 )
 
 
 def _finished_jobs_table() -> sa.Table:
-    """The columns of `pgqueue_jobs` (a job moves with all of them but its lease), for ended
-    jobs."""
-    # A claim's lease means nothing once its job has ended.
-    columns = [c._copy() for c in jobs.columns if c.name != "lease"]
+    """The columns of `pgqueue_jobs` (a job moves with all of them but its lease and its
+    limit marker), for ended jobs."""
+    # A claim's lease means nothing once its job has ended, nor does the marker that has the
+    # limited claim take it.
+    columns = [c._copy() for c in jobs.columns if c.name not in ("lease", "limited")]
     for column in columns:
         column.server_default = None
         if column.name == "id":  # ids come with the job, from pgqueue_jobs's identity
@@ -274,5 +296,24 @@ periodic = sa.Table(
         "pgqueue_periodic_due_idx",
         "next_fire_at",
         postgresql_where=sa.text("enabled"),
+    ),
+)
+
+
+# Fleet-wide limits, one row per limited task, written from the tasks' declarations when a
+# worker starts (pgqueue/limits.py). A rate of `rate` jobs per `per_seconds` keeps in `recent`
+# the start times of the jobs it let start in the last period, sorted; running counts are not
+# kept but counted, from pgqueue_jobs_limited_running_idx.
+limits = sa.Table(
+    "pgqueue_limits",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("rate", sa.Integer, nullable=True),
+    sa.Column("per_seconds", sa.Integer, nullable=True),
+    sa.Column("concurrency", sa.Integer, nullable=True),
+    sa.Column("key_concurrency", sa.Integer, nullable=True),
+    sa.Column("recent", pg.ARRAY(sa.DateTime(timezone=True)), nullable=True),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
 )

@@ -31,6 +31,7 @@ from pgqueue.enqueue import JobRequest, ainsert_job, build_request, insert_job
 from pgqueue.errors import ConfigurationError, MaxRetriesExceeded, Retry
 from pgqueue.hooks import around_enqueue
 from pgqueue.job import Job
+from pgqueue.limits import Limits
 from pgqueue.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class Task(Generic[P, R]):
         timeout: float | timedelta | None = None,
         transactional: bool = False,
         bind: bool = False,
+        limits: Limits | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -90,6 +92,8 @@ class Task(Generic[P, R]):
         self.is_async: bool = inspect.iscoroutinefunction(fn)
         self.transactional: bool = bool(transactional)
         self.bind: bool = bool(bind)
+        # Fleet-wide limits (rate, concurrency, per-key concurrency), None for none.
+        self.limits: Limits | None = limits
         # What a worker calls with the job's arguments: the function, given this Task first
         # when it is bound.
         self.run: Callable[..., Any] = (
@@ -151,6 +155,7 @@ class Task(Generic[P, R]):
         connection: Any = None,
         expires: float | timedelta | datetime | None = None,
         headers: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> Job:
         """Enqueue with options.
 
@@ -162,9 +167,12 @@ class Task(Generic[P, R]):
         written in that connection's current transaction and pgqueue does not commit: the job
         exists if and only if your transaction commits. `headers` (a dict of JSON values)
         travel with the job, apart from its arguments: the task reads them as
-        `pgqueue.current_job().headers`.
+        `pgqueue.current_job().headers`. `concurrency_key` (a string, for a task declared with
+        `key_concurrency_limit=N`): at most N jobs of one key run at once, fleet-wide.
         """
-        request = self._request(args, kwargs, countdown, eta, priority, queue, expires, headers)
+        request = self._request(
+            args, kwargs, countdown, eta, priority, queue, expires, headers, concurrency_key
+        )
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return self.app._eager(self, request, False)  # type: ignore[no-any-return]
         if connection is None:
@@ -195,6 +203,7 @@ class Task(Generic[P, R]):
         expires: float | timedelta | datetime | None = None,
         connection: Any = None,
         headers: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> list[int]:
         """Enqueue one job per call with a single COPY; returns the new job ids, in order.
 
@@ -202,7 +211,7 @@ class Task(Generic[P, R]):
         (a task taking one dict argument gets `(the_dict,)`). The options apply to every job.
         Everything is checked before anything is written. With `connection=` (psycopg 3, or
         SQLAlchemy on the psycopg driver) the jobs join that transaction. Every job gets the
-        same `headers`.
+        same `headers` (and `concurrency_key`).
 
         >>> send_receipt.delay_many([(order_id,) for order_id in order_ids])
         """
@@ -217,6 +226,7 @@ class Task(Generic[P, R]):
             queue=queue,
             expires=expires,
             headers=headers,
+            concurrency_key=concurrency_key,
         )
         if connection is None:
             connection = self.app._caller_transaction()
@@ -249,6 +259,7 @@ class Task(Generic[P, R]):
         expires: float | timedelta | datetime | None = None,
         connection: Any = None,
         headers: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> list[int]:
         """Async twin of `delay_many()`."""
         from pgqueue.enqueue_many import BulkRequest, build_bulk_request
@@ -262,6 +273,7 @@ class Task(Generic[P, R]):
             queue=queue,
             expires=expires,
             headers=headers,
+            concurrency_key=concurrency_key,
         )
         hooks = self.app._hooks.enqueue_hooks
         if not (hooks and request.rows):
@@ -295,10 +307,13 @@ class Task(Generic[P, R]):
         connection: Any = None,
         expires: float | timedelta | datetime | None = None,
         headers: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> Job:
         """Async twin of `apply_async()`; `connection=` takes a psycopg AsyncConnection or a
         SQLAlchemy AsyncConnection/AsyncSession."""
-        request = self._request(args, kwargs, countdown, eta, priority, queue, expires, headers)
+        request = self._request(
+            args, kwargs, countdown, eta, priority, queue, expires, headers, concurrency_key
+        )
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return await self.app._eager(self, request, True)  # type: ignore[no-any-return]
         hooks = self.app._hooks.enqueue_hooks
@@ -324,6 +339,7 @@ class Task(Generic[P, R]):
         queue: str | None,
         expires: float | timedelta | datetime | None = None,
         headers: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> JobRequest:
         return build_request(
             self,
@@ -335,6 +351,7 @@ class Task(Generic[P, R]):
             queue=queue,
             expires=expires,
             headers=headers,
+            concurrency_key=concurrency_key,
         )
 
 
