@@ -214,22 +214,3 @@ async def claim_limited_jobs(
     if len(locked) < len(names):
         look_again_in = min(look_again_in or LOCKED_RETRY_SECONDS, LOCKED_RETRY_SECONDS)
     return LimitedClaim(read_claim(rows), look_again_in)
-
-
-def claim_limited_jobs_sync(
-    conn: psycopg.Connection[Any],
-    queues: Sequence[str],
-    names: Sequence[str],
-    limit: int,
-    worker_id: int,
-) -> list[Any]:
-    """CLAIM_LIMITED_JOBS's claim rows on a sync connection (`pgqueue.testing.drain`)."""
-    with conn.transaction():
-        locked = [
-            row[0] for row in conn.execute(queries.LOCK_LIMITS, {"names": list(names)}).fetchall()
-        ]
-        if not locked:
-            return []
-        params = {"names": locked, "queues": list(queues), "limit": limit, "worker_id": worker_id}
-        rows = conn.execute(queries.CLAIM_LIMITED_JOBS, params).fetchall()
-    return [row for row in rows if row[1] != queries.LIMITS_ROW]

@@ -965,10 +965,17 @@ SELECT count(pg_notify('{NOTIFY_ENQUEUED}', {_enqueued("u")})) FROM (
 # The first step of a limited claim: lock the limits' rows. A limit another worker is
 # claiming is skipped, not waited for; the claim statement that follows, in the same
 # transaction, starts after the lock is held, so it sees every claim made under it before.
+# The claim connection plans against sorts (HOT_PATH_SETTINGS), which would only make the
+# limited claim's few small sorts look costly enough to be compiled by JIT (a second each):
+# they are allowed again, and JIT is off, until this transaction ends.
 LOCK_LIMITS = """
-SELECT name FROM pgqueue_limits WHERE name = ANY(%(names)s::text[])
-ORDER BY name
-FOR UPDATE SKIP LOCKED
+WITH settings AS MATERIALIZED (
+    SELECT set_config('enable_sort', 'on', true), set_config('jit', 'off', true)
+)
+SELECT l.name FROM pgqueue_limits AS l, settings
+WHERE l.name = ANY(%(names)s::text[])
+ORDER BY l.name
+FOR UPDATE OF l SKIP LOCKED
 """
 
 _COUNTED_LIMITS = """

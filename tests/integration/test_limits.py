@@ -217,8 +217,7 @@ def test_per_key_limit_passes_over_a_full_key(
 
     seven = [sync_account.apply_async((7,), concurrency_key="customer:7").id for _ in range(5)]
     others = [
-        sync_account.apply_async((n,), concurrency_key=f"customer:{n}").id
-        for n in (8, 9, 8, 9, 10)
+        sync_account.apply_async((n,), concurrency_key=f"customer:{n}").id for n in (8, 9, 8, 9, 10)
     ]
     for _ in range(2):
         start_worker(app, concurrency=4)
