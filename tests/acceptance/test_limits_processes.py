@@ -3,6 +3,7 @@ it runs a limited job frees the job's place when the job is rescued."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 from typing import Any
 
@@ -38,5 +39,5 @@ def test_a_killed_workers_limited_job_is_rescued_and_the_limit_still_holds(
         " ORDER BY started_at",
         (jobs,),
     ).fetchall()
-    for (_, finished), (started, _) in zip(intervals, intervals[1:]):
+    for (_, finished), (started, _) in itertools.pairwise(intervals):
         assert finished <= started, "two jobs of the limited task ran at once"

@@ -251,3 +251,83 @@ def test_a_limited_backlog_does_not_hold_up_the_queue(
     wait_until(lambda: _done(conn, plain), what="the plain jobs done")
     assert _statuses(conn, backlog) == {"running": 1, "queued": 499}
     gate.open.set()
+
+
+# -- every way in marks the job ----------------------------------------------------------
+
+
+def _marks(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT limited, concurrency_key FROM pgqueue_jobs ORDER BY id").fetchall()
+
+
+def test_every_enqueue_path_marks_a_limited_job(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task(key_concurrency_limit=1)
+    def keyed() -> None: ...
+
+    @app.task
+    def plain() -> None: ...
+
+    keyed.delay()
+    keyed.apply_async(concurrency_key="a", countdown=0)
+    keyed.apply_async(concurrency_key="b", connection=conn)
+    keyed.delay_many([(), ()], concurrency_key="c")
+    keyed.delay_many([()], concurrency_key="d", headers={"trace": "x"})
+    plain.delay()
+    plain.delay_many([()])
+
+    async def twins() -> None:
+        await keyed.aapply_async(concurrency_key="e")
+        await keyed.adelay_many([()], concurrency_key="f")
+        await app.aclose()
+
+    import asyncio
+
+    asyncio.run(twins())
+    assert _marks(conn) == [
+        (True, None),
+        (True, "a"),
+        (True, "b"),
+        (True, "c"),
+        (True, "c"),
+        (True, "d"),
+        (None, None),
+        (None, None),
+        (True, "e"),
+        (True, "f"),
+    ]
+
+
+def test_drain_runs_limited_jobs(app: pgqueue.App, conn: psycopg.Connection[Any]) -> None:
+    from pgqueue.testing import drain
+
+    @app.task(rate_limit="1/h", key_concurrency_limit=1)
+    def rare(n: int) -> int:
+        return n
+
+    ids = [rare.apply_async((n,), concurrency_key="k").id for n in range(3)]
+    ran = drain(app)
+    assert sorted(r.id for r in ran) == ids
+    assert _done(conn, ids)
+
+
+def test_a_retried_job_keeps_its_key_and_its_limit(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    from pgqueue import admin
+    from pgqueue.testing import drain
+
+    @app.task(key_concurrency_limit=1, max_attempts=1)
+    def flaky() -> None:
+        raise RuntimeError("down")
+
+    job = flaky.apply_async(concurrency_key="customer:7")
+    with psycopg.connect(dsn) as sync_conn:
+        sync_limits(sync_conn, app.tasks.values())
+    drain(app)
+    assert conn.execute(
+        "SELECT status::text, concurrency_key FROM pgqueue_finished_jobs WHERE id = %s", (job.id,)
+    ).fetchone() == ("failed", "customer:7")
+    admin.retry(conn, [job.id])
+    assert _marks(conn) == [(True, "customer:7")]
