@@ -331,3 +331,32 @@ def test_a_retried_job_keeps_its_key_and_its_limit(
     ).fetchone() == ("failed", "customer:7")
     admin.retry(conn, [job.id])
     assert _marks(conn) == [(True, "customer:7")]
+
+
+def test_pgqueue_limits_lists_each_limit_and_what_it_holds(
+    app: pgqueue.App, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pgqueue.cli import main
+
+    assert main(["limits", "--dsn", dsn]) == 0
+    assert "no task declares a limit" in capsys.readouterr().out
+
+    @app.task(name="sync_account", rate_limit="100/m", key_concurrency_limit=1)
+    def sync_account() -> None: ...
+
+    @app.task(name="export", concurrency_limit=2)
+    def export() -> None: ...
+
+    sync_account.apply_async(concurrency_key="customer:7")
+    with psycopg.connect(dsn) as sync_conn:
+        sync_limits(sync_conn, app.tasks.values())
+    assert main(["limits", "--dsn", dsn]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "task", "rate", "started", "in", "period", "concurrency", "per", "key", "running",
+        "queued",
+    ]  # fmt: skip
+    assert lines[1].split() == ["export", "-", "-", "2", "-", "0", "0"]
+    assert lines[2].split() == ["sync_account", "100/m", "0", "-", "1", "0", "1"]
+    assert main(["limits", "--dsn", dsn, "--json"]) == 0
+    assert '"name": "sync_account"' in capsys.readouterr().out
