@@ -123,7 +123,10 @@ def one_run(server: str, plain_jobs: int, paced_jobs: int, concurrency: int) -> 
             for worker in workers:
                 worker.wait_ready()
             with psycopg.connect(dsn, autocommit=True) as conn:
-                # The unlimited task alone.
+                # A warm-up (connections, prepared statements), then the unlimited task alone.
+                limits_tasks.plain.delay_many([()] * (plain_jobs // 5))
+                wait_done(conn, plain_name, plain_jobs // 5, timeout=600)
+                reset(conn)
                 limits_tasks.plain.delay_many([()] * plain_jobs)
                 wait_done(conn, plain_name, plain_jobs, timeout=600)
                 alone = drain_rate(conn, plain_name)
