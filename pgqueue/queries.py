@@ -1010,7 +1010,14 @@ SELECT NULL, '{LIMITS_ROW}', NULL, NULL, NULL, 0, 0, 0, NULL, NULL, NULL,
 # successive claims of one limit start in lock order, so the recorded times only grow. The
 # last row (LIMITS_ROW) says when the first spent rate frees a place.
 CLAIM_LIMITED_JOBS = f"""
-WITH lim AS (
+WITH served AS (
+    -- A paused queue is not read, as in CLAIM_JOBS.
+    SELECT ARRAY(
+        SELECT q FROM unnest(%(queues)s::text[]) AS q
+        WHERE NOT EXISTS (
+            SELECT FROM pgqueue_queues AS p WHERE p.name = q AND p.paused_at IS NOT NULL)
+    ) AS queues
+), lim AS (
     SELECT l.name, l.rate, l.per_seconds, l.concurrency, l.key_concurrency,
            ARRAY(SELECT t FROM unnest(l.recent) AS t
                  WHERE t > statement_timestamp() - l.per_seconds * interval '1 second'
@@ -1036,7 +1043,7 @@ WITH lim AS (
                (j.cancel_requested_at IS NOT NULL OR j.expires_at <= now()) IS TRUE AS dead
         FROM pgqueue_jobs AS j
         WHERE j.status = 'queued' AND j.limited AND j.task_name = a.name
-          AND j.queue = ANY(%(queues)s::text[]) AND j.run_at <= now()
+          AND j.queue = ANY((SELECT queues FROM served)::text[]) AND j.run_at <= now()
           AND (a.key_concurrency IS NULL OR j.concurrency_key IS NULL
                OR (SELECT count(*) FROM pgqueue_jobs AS r
                    WHERE r.status = 'running' AND r.limited AND r.task_name = a.name

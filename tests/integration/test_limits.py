@@ -360,3 +360,24 @@ def test_pgqueue_limits_lists_each_limit_and_what_it_holds(
     assert lines[2].split() == ["sync_account", "100/m", "0", "-", "1", "0", "1"]
     assert main(["limits", "--dsn", dsn, "--json"]) == 0
     assert '"name": "sync_account"' in capsys.readouterr().out
+
+
+def test_a_paused_queue_holds_its_limited_jobs_too(
+    app: pgqueue.App, conn: psycopg.Connection[Any], start_worker: StartWorker
+) -> None:
+    from pgqueue import admin
+
+    @app.task(concurrency_limit=5)
+    def limited() -> None: ...
+
+    @app.task(queue="other")
+    def elsewhere() -> None: ...
+
+    admin.pause(conn, "default")
+    held = limited.delay_many([()] * 3)
+    start_worker(app, concurrency=4, queues=("default", "other"))
+    # A job of the other queue done: the worker has claimed, limited jobs first, since.
+    wait_until(lambda: _done(conn, [elsewhere.delay().id]), what="the other queue's job done")
+    assert _statuses(conn, held) == {"queued": 3}
+    admin.resume(conn, "default")
+    wait_until(lambda: _done(conn, held), what="every job done once resumed")
