@@ -839,7 +839,9 @@ SELECT id, status::text FROM pgqueue_finished_jobs WHERE id = ANY(%(ids)s::bigin
 # have no index by queue.)
 QUEUE_KNOWN = """
 SELECT EXISTS (SELECT FROM pgqueue_workers WHERE %(name)s = ANY(queues))
-    OR EXISTS (SELECT FROM pgqueue_jobs WHERE queue = %(name)s AND status = 'queued')
+    OR EXISTS (
+        SELECT FROM pgqueue_jobs WHERE queue = %(name)s AND status = 'queued' AND limited IS NULL)
+    OR EXISTS (SELECT FROM pgqueue_jobs WHERE queue = %(name)s AND status = 'queued' AND limited)
     OR EXISTS (SELECT FROM pgqueue_periodic WHERE queue = %(name)s)
     OR EXISTS (SELECT FROM pgqueue_queues WHERE name = %(name)s)
     OR EXISTS (SELECT FROM pgqueue_past_workers WHERE %(name)s = ANY(queues))
@@ -867,7 +869,8 @@ WHERE name = %(name)s AND NOT EXISTS (SELECT FROM paused)
 # notification per priority that has jobs waiting, for the first of them (what an enqueue of
 # that job would send), so that each worker moves its position in every priority back before
 # every waiting job (see claim.rewind). The first job of each priority is found by one index
-# lookup per priority, however long the backlog. No row back: the queue was not paused.
+# lookup per priority, however long the backlog (jobs of limited tasks are claimed by task,
+# not from positions: they need none). No row back: the queue was not paused.
 RESUME_QUEUE = f"""
 WITH RECURSIVE resumed AS (
     UPDATE pgqueue_queues SET paused_at = NULL, paused_by = NULL, updated_at = now()
@@ -875,7 +878,7 @@ WITH RECURSIVE resumed AS (
     RETURNING name
 ), head AS (
     (SELECT queue, priority, run_at FROM pgqueue_jobs
-     WHERE queue = %(name)s AND status = 'queued'
+     WHERE queue = %(name)s AND status = 'queued' AND limited IS NULL
      ORDER BY priority DESC, run_at, id
      LIMIT 1)
     UNION ALL
@@ -883,7 +886,8 @@ WITH RECURSIVE resumed AS (
     FROM head AS h
     CROSS JOIN LATERAL (
         SELECT queue, priority, run_at FROM pgqueue_jobs
-        WHERE queue = %(name)s AND status = 'queued' AND priority < h.priority
+        WHERE queue = %(name)s AND status = 'queued' AND limited IS NULL
+          AND priority < h.priority
         ORDER BY priority DESC, run_at, id
         LIMIT 1
     ) AS n

@@ -88,13 +88,15 @@ jobs = sa.Table(
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.
+    # Jobs of limited tasks are not (their claim reads pgqueue_jobs_limited_idx): a backlog of
+    # them costs the claim of every other job nothing.
     sa.Index(
         "pgqueue_jobs_claimable_idx",
         "queue",
         sa.text("priority DESC"),
         "run_at",
         "id",
-        postgresql_where=sa.text("status = 'queued'"),
+        postgresql_where=sa.text("status = 'queued' AND limited IS NULL"),
     ),
     # Rescue finds the jobs of a lost worker through this one, a worker its stray claims.
     sa.Index(

@@ -7,9 +7,13 @@
 - `concurrency_key` on both job tables: the key a per-key limit counts the job under.
 - Two partial indexes that hold only limited jobs: the queued ones, by task, for their claim,
   and the running ones, by task and key, which the claim counts.
+- The claimable index leaves limited jobs out (`AND limited IS NULL`), so that a backlog of
+  them costs the claim of other jobs nothing: it is built again with that condition. Workers
+  of the previous release, whose claim does not say `limited IS NULL`, cannot use it: roll
+  them soon after migrating (their claims read the table until then).
 
-The columns have no default, so adding them rewrites neither table; the indexes hold no row
-until a limited job is enqueued.
+The columns have no default, so adding them rewrites neither table; the new indexes hold no
+row until a limited job is enqueued.
 
 Revision ID: 0009
 Revises: 0008
@@ -71,11 +75,23 @@ def upgrade() -> None:
         ["task_name", "concurrency_key"],
         postgresql_where=sa.text("status = 'running' AND limited"),
     )
+    _claimable_index("status = 'queued' AND limited IS NULL")
     _view(NEW_COLUMNS)
+
+
+def _claimable_index(where: str) -> None:
+    op.drop_index("pgqueue_jobs_claimable_idx", table_name="pgqueue_jobs")
+    op.create_index(
+        "pgqueue_jobs_claimable_idx",
+        "pgqueue_jobs",
+        ["queue", sa.text("priority DESC"), "run_at", "id"],
+        postgresql_where=sa.text(where),
+    )
 
 
 def downgrade() -> None:
     _view(OLD_COLUMNS)
+    _claimable_index("status = 'queued'")
     op.drop_index("pgqueue_jobs_limited_running_idx", table_name="pgqueue_jobs")
     op.drop_index("pgqueue_jobs_limited_idx", table_name="pgqueue_jobs")
     op.drop_column("pgqueue_finished_jobs", "concurrency_key")

@@ -381,3 +381,31 @@ def test_a_paused_queue_holds_its_limited_jobs_too(
     assert _statuses(conn, held) == {"queued": 3}
     admin.resume(conn, "default")
     wait_until(lambda: _done(conn, held), what="every job done once resumed")
+
+
+def test_the_claim_of_plain_jobs_reads_no_limited_job(
+    app: pgqueue.App, conn: psycopg.Connection[Any]
+) -> None:
+    from pgqueue import queries
+    from pgqueue.claim import claim_params
+
+    @app.task(concurrency_limit=1)
+    def limited() -> None: ...
+
+    limited.delay_many([()] * 2000)
+    plan = conn.execute(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + queries.CLAIM_JOBS,
+        claim_params(["default"], 10, worker_id=1),
+    ).fetchone()
+    assert plan is not None
+
+    def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [node, *(n for child in node.get("Plans", []) for n in nodes(child))]
+
+    read = [
+        (n.get("Index Name"), n["Actual Rows"], n.get("Rows Removed by Filter", 0))
+        for n in nodes(plan[0][0]["Plan"])
+        if n.get("Relation Name") == "pgqueue_jobs"
+    ]
+    # The claimable index holds no limited job: nothing is read, nothing filtered out.
+    assert read and all(rows == 0 and removed == 0 for _, rows, removed in read), read
