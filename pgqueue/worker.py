@@ -626,6 +626,13 @@ class Worker:
     def _sync_limits(self) -> None:
         with self.app.connect() as conn:
             sync_limits(conn, self.app.tasks.values())
+        described = [
+            f"{task.name} ({task.limits.describe()})"
+            for task in self.app.tasks.values()
+            if task.limits is not None
+        ]
+        if described:
+            logger.info("fleet-wide limits: %s", "; ".join(described))
 
     async def _claim_limited(
         self, conn: psycopg.AsyncConnection[Any], queues: Sequence[str], limit: int, worker_id: int
@@ -651,12 +658,13 @@ class Worker:
         return Claim(limited.claim.jobs, limited.claim.ended, {}, limited.claim.unreadable)
 
     def _wake_for_limits_at(self, when: float) -> None:
+        """Wake the claimer at `when` (monotonic time), unless a wake-up is set for sooner."""
+        loop = asyncio.get_running_loop()
         wake = self._limited_wake
-        if wake is not None and not wake.cancelled() and wake.when() <= when:
+        if wake is not None and not wake.cancelled() and loop.time() < wake.when() <= when:
             return
         if wake is not None:
             wake.cancel()
-        loop = asyncio.get_running_loop()
         self._limited_wake = loop.call_at(when, self._signal.wake)
 
     def _advance_positions(self, reached: Mapping[str, Mapping[int, Position]]) -> None:
