@@ -6,7 +6,8 @@ of its jobs ahead of an unlimited task's:
 - no window of one second, wherever it starts, holds more than 50 starts of the limited task
   (the jobs' started_at, the database's clock);
 - the unlimited task drains at 90% or more of the rate it drains at without the backlog (from
-  its first job's start to its last one's finish).
+  its first job's start to its last one's finish; without the backlog: the mean of a drain
+  before and one after).
 
 Each run measures both, on a fresh database; the run fails (exit status 1) if either target is
 missed. Uses $PGQUEUE_DSN's server, else the embedded one.
@@ -112,6 +113,15 @@ def most_in_one_second(starts: list[datetime]) -> int:
     return most
 
 
+def plain_alone(conn: psycopg.Connection[Any], n: int) -> float:
+    """The unlimited task's drain rate with nothing else queued."""
+    limits_tasks.plain.delay_many([()] * n)
+    wait_done(conn, limits_tasks.plain.name, n, timeout=600)
+    rate = drain_rate(conn, limits_tasks.plain.name)
+    reset(conn)
+    return rate
+
+
 def one_run(server: str, plain_jobs: int, paced_jobs: int, concurrency: int) -> dict[str, float]:
     paced_name, plain_name = limits_tasks.paced.name, limits_tasks.plain.name
     with fresh_database(server) as dsn, tempfile.TemporaryDirectory() as logs:
@@ -127,10 +137,7 @@ def one_run(server: str, plain_jobs: int, paced_jobs: int, concurrency: int) -> 
                 limits_tasks.plain.delay_many([()] * (plain_jobs // 5))
                 wait_done(conn, plain_name, plain_jobs // 5, timeout=600)
                 reset(conn)
-                limits_tasks.plain.delay_many([()] * plain_jobs)
-                wait_done(conn, plain_name, plain_jobs, timeout=600)
-                alone = drain_rate(conn, plain_name)
-                reset(conn)
+                alone_before = plain_alone(conn, plain_jobs)
                 # The same behind a backlog of the limited task, enqueued first.
                 limits_tasks.paced.delay_many([()] * paced_jobs)
                 limits_tasks.plain.delay_many([()] * plain_jobs)
@@ -145,6 +152,10 @@ def one_run(server: str, plain_jobs: int, paced_jobs: int, concurrency: int) -> 
                     )
                 ]
                 paced_rate = drain_rate(conn, paced_name)
+                reset(conn)
+                # Alone again: the baseline is the mean of before and after, so that a drift
+                # of the machine's speed during the run does not favour either side.
+                alone = (alone_before + plain_alone(conn, plain_jobs)) / 2
         finally:
             for worker in workers:
                 worker.stop()
