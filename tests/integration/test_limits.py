@@ -299,6 +299,23 @@ def test_every_enqueue_path_marks_a_limited_job(
     ]
 
 
+def test_a_periodic_job_of_a_limited_task_is_limited(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    from pgqueue.periodic import db_now, run_now, sync_schedules
+
+    @app.periodic(every=3600, name="hourly-report")
+    @app.task(concurrency_limit=1)
+    def report() -> None: ...
+
+    with psycopg.connect(dsn) as sync_conn:
+        sync_schedules(sync_conn, app.schedules.values(), db_now(sync_conn), app.tasks)
+        sync_conn.commit()
+        run_now(sync_conn, app, "hourly-report")
+        sync_conn.commit()
+    assert _marks(conn) == [(True, None)]
+
+
 def test_drain_runs_limited_jobs(app: pgqueue.App, conn: psycopg.Connection[Any]) -> None:
     from pgqueue.testing import drain
 
