@@ -3,11 +3,12 @@
 `concurrency_key=` at enqueue), enforced by the claim, across every worker at once.
 
 A task's limits are declared with it and written to `pgqueue_limits` when a worker starts
-(`sync_limits`). Its jobs are marked at enqueue (`pgqueue_jobs.limited`), so that the claim of
-every other job (CLAIM_JOBS) passes over them and costs what it did; a worker takes limited
-jobs by a claim of their own (`claim_limited_jobs`), in one transaction: it locks the limits'
-rows (a limit another worker is claiming is skipped, never waited for), then takes, in one
-statement begun after the lock, at most what each limit allows now:
+(`sync_limits`). Its jobs are marked at enqueue (`pgqueue_jobs.limited`) and left out of the
+claimable index, so that the claim of every other job (CLAIM_JOBS) never reads them and costs
+what it did; a worker takes limited jobs by a claim of their own (`claim_limited_jobs`), in one
+transaction: it locks the limits' rows (a limit another worker is claiming is skipped, never
+waited for), then takes, in one statement begun after the lock, at most what each limit allows
+now:
 
 - a rate of N per period is kept as the start times of the jobs claimed in the last period
   (at most N of them, on the limit's row): a claim takes at most N minus those, so no window

@@ -80,8 +80,8 @@ jobs = sa.Table(
     # Metadata set at enqueue that travels with the job (a JSON object: the trace context of
     # the OpenTelemetry integration, `apply_async(headers=...)`); NULL for most jobs.
     sa.Column("headers", pg.JSONB, nullable=True),
-    # True for a job of a task with fleet-wide limits (pgqueue_limits), set at enqueue: the
-    # claim of plain jobs passes over it, the limited claim takes it. NULL for every other job.
+    # True for a job of a task with fleet-wide limits (pgqueue_limits), set at enqueue: it is
+    # left out of the claimable index, and the limited claim takes it. NULL for other jobs.
     sa.Column("limited", sa.Boolean, nullable=True),
     # The key a per-key concurrency limit counts the job under (`concurrency_key=`).
     sa.Column("concurrency_key", sa.Text, nullable=True),
