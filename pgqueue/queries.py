@@ -196,7 +196,9 @@ FROM archived AS a{last_row}"""
 #
 # A picked job that expired, or whose cancellation was requested (while it ran before a retry
 # or rescue), ends CANCELLED here instead of running: `dead` tells the worker, and its waiters
-# are notified.
+# are notified. Jobs of tasks with fleet-wide limits (`limited`) are not in the claimable index
+# (`limited IS NULL` lets the planner use it): CLAIM_LIMITED_JOBS takes them, at the pace their
+# limits allow.
 CLAIM_JOBS = f"""
 WITH picked AS (
     SELECT j.id, j.dead
