@@ -44,6 +44,14 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
+# Fleet-wide limits, measured (docs/workflows.md): with 4 workers, a task limited to 50/s never
+# starts more than 50 jobs in any one-second window, and an unlimited task of the same queue
+# drains at 90% or more of its rate without the limited backlog; 3 runs, each on a fresh
+# database. LIMITS_ARGS="--runs 1" for one.
+.PHONY: bench-limits
+bench-limits: $(STAMP)
+	$(BIN)/python benchmarks/limits.py $(LIMITS_ARGS)
+
 # The chaos run of docs/reliability.md: 3 workers run 10,000 jobs while workers are killed with
 # SIGKILL and the database connections cut; it fails unless no job is lost, no transactional job
 # takes effect twice and every rescue is under 5 s. Uses PGQUEUE_DSN's server, else the embedded

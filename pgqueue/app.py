@@ -40,6 +40,7 @@ from pgqueue.enqueue import JobRequest, translate_error
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
 from pgqueue.hooks import AttemptWrapper, EnqueueHook, Hooks
 from pgqueue.job import Job
+from pgqueue.limits import declared_limits
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from pgqueue.schedule import DEFAULT_MAX_CATCH_UP, Schedule
 from pgqueue.tasks import Task, default_task_name
@@ -186,6 +187,9 @@ class App:
         unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        key_concurrency_limit: int | None = None,
     ) -> Callable[[F], Task[Any, Any]]: ...
 
     def task(
@@ -207,6 +211,9 @@ class App:
         unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        key_concurrency_limit: int | None = None,
     ) -> Task[Any, Any] | Callable[[F], Task[Any, Any]]:
         """Register a function (sync or async) as a task; usable bare or with options.
 
@@ -224,7 +231,12 @@ class App:
         returns it instead of inserting (`job.created` False); `on_conflict="replace"` gives
         the queued one the new arguments instead (debounce); `unique_for=` (seconds) also
         holds the key for that long after the enqueue of the job that took it.
+        Limits hold across every worker at once (docs/workflows.md): `rate_limit="100/m"`
+        (N per `s`, `m` or `h`: no window of that length holds more starts),
+        `concurrency_limit=N` (at most N of its jobs run at once), `key_concurrency_limit=N`
+        (at most N run at once per `concurrency_key=` given at enqueue).
         """
+        limits = declared_limits(rate_limit, concurrency_limit, key_concurrency_limit)
 
         def register(function: F) -> Task[Any, Any]:
             if isinstance(function, Task):
@@ -256,6 +268,7 @@ class App:
                 unique=unique,
                 unique_for=unique_for,
                 on_conflict=on_conflict,
+                limits=limits,
             )
             if shared.shared_task_named(task.name) is not None:
                 raise ConfigurationError(

@@ -20,6 +20,7 @@ from psycopg.rows import tuple_row
 from pgqueue import _json, queries
 from pgqueue.config import validate_priority, validate_queue_name
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, SchemaNotMigrated
+from pgqueue.limits import checked_concurrency_key
 
 if TYPE_CHECKING:
     from pgqueue.tasks import Task
@@ -45,17 +46,21 @@ class JobRequest:
     # Its unique key and how it is unique (pgqueue.unique), None for most jobs: a keyed job
     # is written by pgqueue.unique's statements, never by the two above.
     unique: UniqueOptions | None = None
+    # A job of a task with fleet-wide limits (pgqueue.limits), and its concurrency key.
+    limited: bool = False
+    concurrency_key: str | None = None
 
     @property
     def due_now(self) -> bool:
-        """Due at once, never expiring and without headers: INSERT_JOB_NOW, the lean
-        statement, inserts it."""
+        """Due at once, never expiring, without headers or limits: INSERT_JOB_NOW, the
+        lean statement, inserts it."""
         return (
             self.eta is None
             and self.countdown is None
             and self.expires_at is None
             and self.expires_in is None
             and self.headers_json is None
+            and not self.limited
         )
 
     @property
@@ -78,6 +83,8 @@ class JobRequest:
             params["expires_at"] = self.expires_at
             params["expires_in"] = self.expires_in
             params["headers"] = self.headers_json
+            params["limited"] = True if self.limited else None
+            params["concurrency_key"] = self.concurrency_key
         return params
 
     def job_row(self, returned: Sequence[Any]) -> dict[str, Any]:
@@ -117,6 +124,7 @@ def build_request(
     queue: str | None = None,
     expires: float | timedelta | datetime | None = None,
     headers: Mapping[str, Any] | None = None,
+    concurrency_key: str | None = None,
 ) -> JobRequest:
     """Check every argument and serialise it; raises before anything is written."""
     if args is None:  # accepted, as Celery does
@@ -143,6 +151,7 @@ def build_request(
                 "a naive datetime is ambiguous"
             )
     expires_at, expires_in = _expiry(expires)
+    concurrency_key = checked_concurrency_key(task, concurrency_key)
     return JobRequest(
         expires_at=expires_at,
         expires_in=expires_in,
@@ -156,6 +165,8 @@ def build_request(
         countdown=float(countdown) if countdown is not None else None,
         max_attempts=task.retry_policy.max_attempts,
         headers_json=headers_json(headers) if headers else None,
+        limited=task.limits is not None,
+        concurrency_key=concurrency_key,
     )
 
 

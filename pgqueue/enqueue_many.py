@@ -55,6 +55,7 @@ def build_bulk_request(
     expires: float | timedelta | datetime | None = None,
     headers: Mapping[str, Any] | None = None,
     key_of: Callable[[Sequence[Any], Mapping[str, Any]], str] | None = None,
+    concurrency_key: str | None = None,
 ) -> BulkRequest:
     """Each call is a tuple/list of positional arguments or a dict of keyword arguments;
     `key_of` makes each job's unique key from them (a task declared with unique=)."""
@@ -68,6 +69,7 @@ def build_bulk_request(
         queue=queue,
         expires=expires,
         headers=headers,
+        concurrency_key=concurrency_key,
     )
     rows = []
     keys: list[str] | None = [] if key_of is not None else None
@@ -113,6 +115,9 @@ def _copy_chunks(request: BulkRequest, ids: list[int], now: datetime) -> Iterato
     )
     if t.headers_json is not None:
         shared += "\t" + _copy_text(t.headers_json)
+    if t.limited:
+        key = t.concurrency_key
+        shared += "\tt\t" + (_copy_text(key) if key is not None else "\\N")
     rows = request.rows
     for start in range(0, len(rows), COPY_CHUNK_ROWS):
         chunk_ids = ids[start : start + COPY_CHUNK_ROWS]
@@ -124,7 +129,12 @@ def _copy_chunks(request: BulkRequest, ids: list[int], now: datetime) -> Iterato
 
 
 def _copy_statement(request: BulkRequest) -> str:
-    if request.template.headers_json is None:
+    t = request.template
+    if t.limited:
+        if t.headers_json is None:
+            return queries.COPY_LIMITED_JOBS
+        return queries.COPY_LIMITED_JOBS_WITH_HEADERS
+    if t.headers_json is None:
         return queries.COPY_JOBS
     return queries.COPY_JOBS_WITH_HEADERS
 

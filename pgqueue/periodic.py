@@ -123,6 +123,7 @@ def _job_params(app: App, schedule: Schedule, fire_at: datetime | None) -> dict[
         "max_attempts": task.retry_policy.max_attempts,
         "periodic_name": schedule.name,
         "fire_at": fire_at,
+        "limited": True if task.limits is not None else None,
     }
 
 

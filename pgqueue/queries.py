@@ -34,17 +34,18 @@ def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
     expressions over the alias `e`). Every statement that ends a job uses it. The job keeps
     the worker that ran its last attempt, and the history of the earlier ones (copied, not
     built: ending a job costs no JSON work), its headers, its unique key (which no longer
-    holds anything once the job has left pgqueue_jobs), and the last progress its last attempt
-    published."""
+    holds anything once the job has left pgqueue_jobs), the last progress its last attempt
+    published, and its concurrency key."""
     return f"""INSERT INTO pgqueue_finished_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,
         periodic_fire_at, expires_at, cancel_requested_at, history, headers, unique_key,
-        progress, progress_at)
+        progress, progress_at, concurrency_key)
     SELECT e.id, e.queue, e.task_name, e.args, e.kwargs, ({status})::pgqueue_job_status,
         e.priority, e.run_at, e.attempts, e.max_attempts, e.worker_id, {result}, {error},
         e.created_at, e.started_at, now(), e.periodic_name, e.periodic_fire_at, e.expires_at,
-        e.cancel_requested_at, e.history, e.headers, e.unique_key, e.progress, e.progress_at
+        e.cancel_requested_at, e.history, e.headers, e.unique_key, e.progress, e.progress_at,
+        e.concurrency_key
     FROM {ended} AS e
     RETURNING id, task_name, status, attempts, max_attempts, worker_id"""
 
@@ -100,10 +101,12 @@ def _error(type_: str, message: str) -> str:
 # can set a timer.
 # Only what the database decided comes back (the caller knows the rest: see JobRequest.job_row).
 # Casts are spelled CAST(... AS ...) because this statement also runs through SQLAlchemy.
-# A job with headers is inserted by this statement too, whenever it is due.
+# A job with headers, or of a task with limits, is inserted by this statement too, whenever it
+# is due.
 INSERT_JOB = f"""
 INSERT INTO pgqueue_jobs (
-    queue, task_name, args, kwargs, priority, run_at, max_attempts, expires_at, headers)
+    queue, task_name, args, kwargs, priority, run_at, max_attempts, expires_at, headers,
+    limited, concurrency_key)
 VALUES (
     %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
     %(priority)s,
@@ -115,7 +118,7 @@ VALUES (
     COALESCE(
         CAST(%(expires_at)s AS timestamptz),
         now() + CAST(%(expires_in)s AS float8) * interval '1 second'),
-    CAST(%(headers)s AS jsonb)
+    CAST(%(headers)s AS jsonb), CAST(%(limited)s AS boolean), CAST(%(concurrency_key)s AS text)
 )
 RETURNING id, run_at, created_at, expires_at,
     pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()})::text AS notified
@@ -133,6 +136,49 @@ VALUES (
 RETURNING id, created_at, pg_notify(
     '{NOTIFY_ENQUEUED}', queue || '@' || extract(epoch FROM run_at)::text || '@' || priority)
 """
+
+
+def _claim_tail(started_at: str, more: str = "", last_row: str = "") -> str:
+    """The claim statements' end, after their CTE `picked` (id, dead): the picked jobs start
+    (their attempt counted, a new lease drawn, started at `started_at`), or end CANCELLED when
+    they are `dead`. `more` adds CTEs (after `claimed`, `ended` and `archived`), `last_row` a
+    row after the claim's rows."""
+    archived = _archive(
+        "ended",
+        "'cancelled'",
+        "CASE WHEN e.cancel_requested_at IS NOT NULL THEN "
+        + _error("Cancelled", "'cancelled on request'")
+        + " ELSE "
+        + _error("Expired", "'not started before it expired at ' || e.expires_at::text")
+        + " END",
+    )
+    return f"""), claimed AS (
+    -- By `id = ANY(ARRAY(...))`, a primary-key lookup per job: as a join with `picked`, on
+    -- statistics taken while the queue was empty, the planner walked the whole primary key
+    -- once per claim (and a claim of 10 cost 30 ms with 20,000 jobs waiting).
+    UPDATE pgqueue_jobs AS j
+    SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
+        started_at = {started_at}, lease = nextval('pgqueue_job_lease_seq')
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE NOT dead))
+    -- The pickup wait, by the database's clock: how long the job was due before this claim.
+    RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
+              j.max_attempts, j.run_at, j.lease, j.created_at,
+              greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS wait,
+              j.headers::text
+), ended AS (
+    DELETE FROM pgqueue_jobs AS j USING picked AS p
+    WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
+    RETURNING j.*
+), archived AS (
+    {archived}
+){more}
+SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
+UNION ALL
+SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, NULL, NULL,
+       NULL, NULL, true,
+       pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
+FROM archived AS a{last_row}"""
+
 
 # Claim up to `limit` due jobs of the given queues, skipping rows other workers hold; the
 # attempt counter is bumped here, and the claim draws its fencing token (`lease`) from a
@@ -155,7 +201,9 @@ RETURNING id, created_at, pg_notify(
 #
 # A picked job that expired, or whose cancellation was requested (while it ran before a retry
 # or rescue), ends CANCELLED here instead of running: `dead` tells the worker, and its waiters
-# are notified.
+# are notified. Jobs of tasks with fleet-wide limits (`limited`) are not in the claimable index
+# (`limited IS NULL` lets the planner use it): CLAIM_LIMITED_JOBS takes them, at the pace their
+# limits allow.
 CLAIM_JOBS = f"""
 WITH picked AS (
     SELECT j.id, j.dead
@@ -176,7 +224,7 @@ WITH picked AS (
             FROM pgqueue_jobs
             WHERE q.priority IS NOT NULL
               AND status = 'queued' AND queue = q.name AND priority = q.priority
-              AND (run_at, id) > (q.run_at, q.id) AND run_at <= now()
+              AND (run_at, id) > (q.run_at, q.id) AND run_at <= now() AND limited IS NULL
             ORDER BY run_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
@@ -188,48 +236,14 @@ WITH picked AS (
             WHERE q.priority IS NULL
               AND status = 'queued' AND queue = q.name
               AND priority < q.lower_than AND priority > q.higher_than AND run_at <= now()
+              AND limited IS NULL
             ORDER BY priority DESC, run_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
         ) AS from_start
     ) AS j
     LIMIT %(limit)s
-), claimed AS (
-    -- By `id = ANY(ARRAY(...))`, a primary-key lookup per job: as a join with `picked`, on
-    -- statistics taken while the queue was empty, the planner walked the whole primary key
-    -- once per claim (and a claim of 10 cost 30 ms with 20,000 jobs waiting).
-    UPDATE pgqueue_jobs AS j
-    SET status = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
-        started_at = now(), lease = nextval('pgqueue_job_lease_seq')
-    WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE NOT dead))
-    -- The pickup wait, by the database's clock: how long the job was due before this claim.
-    RETURNING j.id, j.queue, j.task_name, j.args::text, j.kwargs::text, j.priority, j.attempts,
-              j.max_attempts, j.run_at, j.lease, j.created_at,
-              greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS wait,
-              j.headers::text
-), ended AS (
-    DELETE FROM pgqueue_jobs AS j USING picked AS p
-    WHERE j.id = ANY(ARRAY(SELECT id FROM picked WHERE dead)) AND j.id = p.id
-    RETURNING j.*
-), archived AS (
-    {
-    _archive(
-        "ended",
-        "'cancelled'",
-        "CASE WHEN e.cancel_requested_at IS NOT NULL THEN "
-        + _error("Cancelled", "'cancelled on request'")
-        + " ELSE "
-        + _error("Expired", "'not started before it expired at ' || e.expires_at::text")
-        + " END",
-    )
-}
-)
-SELECT c.*, false AS dead, NULL::text AS notified FROM claimed AS c
-UNION ALL
-SELECT a.id, NULL, a.task_name, NULL, NULL, 0, a.attempts, a.max_attempts, NULL, NULL, NULL,
-       NULL, NULL, true,
-       pg_notify('{NOTIFY_FINISHED}', a.id::text)::text
-FROM archived AS a
+{_claim_tail("now()")}
 """
 
 # Write a batch of outcomes in one statement and one round trip; each row applies only if the
@@ -663,12 +677,13 @@ WITH tick AS (
 ), job AS (
     INSERT INTO pgqueue_jobs (
         id, queue, task_name, args, kwargs, priority, max_attempts,
-        periodic_name, periodic_fire_at)
+        periodic_name, periodic_fire_at, limited)
     SELECT
         COALESCE((SELECT job_id FROM tick),
                  nextval(pg_get_serial_sequence('pgqueue_jobs', 'id'))),
         %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
-        %(priority)s, %(max_attempts)s, %(periodic_name)s, CAST(%(fire_at)s AS timestamptz)
+        %(priority)s, %(max_attempts)s, %(periodic_name)s, CAST(%(fire_at)s AS timestamptz),
+        CAST(%(limited)s AS boolean)
     WHERE CAST(%(fire_at)s AS timestamptz) IS NULL OR EXISTS (SELECT 1 FROM tick)
     RETURNING id, queue, run_at, priority
 )
@@ -810,11 +825,15 @@ WITH moved AS (
 ), requeued AS (
     INSERT INTO pgqueue_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
-        created_at, periodic_name, periodic_fire_at, history, headers, unique_key)
+        created_at, periodic_name, periodic_fire_at, history, headers, unique_key,
+        concurrency_key, limited)
     SELECT m.id, m.queue, m.task_name, m.args, m.kwargs, 'queued', m.priority, now(), 0,
         m.max_attempts, m.created_at, m.periodic_name, m.periodic_fire_at,
         {_with_attempt("m", "m.status::text", "m.error", "m.finished_at")}, m.headers,
-        CASE WHEN (SELECT k.keeps_key FROM keyed AS k WHERE k.id = m.id) THEN m.unique_key END
+        CASE WHEN (SELECT k.keeps_key FROM keyed AS k WHERE k.id = m.id) THEN m.unique_key END,
+        m.concurrency_key,
+        -- A job of a task with limits now is limited again, whatever it was when it ended.
+        (SELECT true FROM pgqueue_limits AS l WHERE l.name = m.task_name)
     FROM moved AS m
     RETURNING id, queue, run_at, priority
 )
@@ -862,7 +881,9 @@ SELECT id, status::text FROM pgqueue_finished_jobs WHERE id = ANY(%(ids)s::bigin
 # have no index by queue.)
 QUEUE_KNOWN = """
 SELECT EXISTS (SELECT FROM pgqueue_workers WHERE %(name)s = ANY(queues))
-    OR EXISTS (SELECT FROM pgqueue_jobs WHERE queue = %(name)s AND status = 'queued')
+    OR EXISTS (
+        SELECT FROM pgqueue_jobs WHERE queue = %(name)s AND status = 'queued' AND limited IS NULL)
+    OR EXISTS (SELECT FROM pgqueue_jobs WHERE queue = %(name)s AND status = 'queued' AND limited)
     OR EXISTS (SELECT FROM pgqueue_periodic WHERE queue = %(name)s)
     OR EXISTS (SELECT FROM pgqueue_queues WHERE name = %(name)s)
     OR EXISTS (SELECT FROM pgqueue_past_workers WHERE %(name)s = ANY(queues))
@@ -890,7 +911,8 @@ WHERE name = %(name)s AND NOT EXISTS (SELECT FROM paused)
 # notification per priority that has jobs waiting, for the first of them (what an enqueue of
 # that job would send), so that each worker moves its position in every priority back before
 # every waiting job (see claim.rewind). The first job of each priority is found by one index
-# lookup per priority, however long the backlog. No row back: the queue was not paused.
+# lookup per priority, however long the backlog (jobs of limited tasks are claimed by task,
+# not from positions: they need none). No row back: the queue was not paused.
 RESUME_QUEUE = f"""
 WITH RECURSIVE resumed AS (
     UPDATE pgqueue_queues SET paused_at = NULL, paused_by = NULL, updated_at = now()
@@ -898,7 +920,7 @@ WITH RECURSIVE resumed AS (
     RETURNING name
 ), head AS (
     (SELECT queue, priority, run_at FROM pgqueue_jobs
-     WHERE queue = %(name)s AND status = 'queued'
+     WHERE queue = %(name)s AND status = 'queued' AND limited IS NULL
      ORDER BY priority DESC, run_at, id
      LIMIT 1)
     UNION ALL
@@ -906,7 +928,8 @@ WITH RECURSIVE resumed AS (
     FROM head AS h
     CROSS JOIN LATERAL (
         SELECT queue, priority, run_at FROM pgqueue_jobs
-        WHERE queue = %(name)s AND status = 'queued' AND priority < h.priority
+        WHERE queue = %(name)s AND status = 'queued' AND limited IS NULL
+          AND priority < h.priority
         ORDER BY priority DESC, run_at, id
         LIMIT 1
     ) AS n
@@ -1047,7 +1070,164 @@ COPY_JOBS = (
 # The same for jobs with headers (every job of one call shares them); jobs without send no
 # column for them.
 COPY_JOBS_WITH_HEADERS = COPY_JOBS.replace("expires_at)", "expires_at, headers)")
+# The same for jobs of a task with limits (every job of one call shares its concurrency key).
+COPY_LIMITED_JOBS = COPY_JOBS.replace("expires_at)", "expires_at, limited, concurrency_key)")
+COPY_LIMITED_JOBS_WITH_HEADERS = COPY_JOBS.replace(
+    "expires_at)", "expires_at, headers, limited, concurrency_key)"
+)
 
 # One wake-up for a bulk insert (delivered on commit); the payload is built as _enqueued's, for
 # the first of the jobs (they share queue, priority and run_at).
 NOTIFY_ENQUEUED_PAYLOAD = f"SELECT pg_notify('{NOTIFY_ENQUEUED}', %(payload)s)"
+
+# -- fleet-wide limits (pgqueue.limits) ------------------------------------------------------
+
+# Where the queue column of CLAIM_LIMITED_JOBS's last row says that row is not a job: it
+# carries, as its `wait`, the seconds until a spent rate frees a place (queue names hold no @).
+LIMITS_ROW = "@limits"
+
+# A task's declared limits, written when a worker starts; the start times a rate keeps are
+# left as they are.
+UPSERT_LIMIT = """
+INSERT INTO pgqueue_limits AS l (name, rate, per_seconds, concurrency, key_concurrency)
+VALUES (%(name)s, %(rate)s, %(per_seconds)s, %(concurrency)s, %(key_concurrency)s)
+ON CONFLICT (name) DO UPDATE SET
+    rate = EXCLUDED.rate, per_seconds = EXCLUDED.per_seconds,
+    concurrency = EXCLUDED.concurrency, key_concurrency = EXCLUDED.key_concurrency,
+    updated_at = now()
+WHERE (l.rate, l.per_seconds, l.concurrency, l.key_concurrency)
+      IS DISTINCT FROM
+      (EXCLUDED.rate, EXCLUDED.per_seconds, EXCLUDED.concurrency, EXCLUDED.key_concurrency)
+"""
+
+# The limits of tasks that declare none any more.
+DELETE_LIMITS = "DELETE FROM pgqueue_limits WHERE name = ANY(%(names)s::text[])"
+
+# Jobs of tasks whose limits were removed become plain jobs; workers are told where they sort
+# (they may sort before where their claims got to).
+UNMARK_LIMITED_JOBS = f"""
+WITH unmarked AS (
+    UPDATE pgqueue_jobs SET limited = NULL
+    WHERE status = 'queued' AND limited AND task_name = ANY(%(names)s::text[])
+    RETURNING queue, run_at, priority
+)
+SELECT count(pg_notify('{NOTIFY_ENQUEUED}', {_enqueued("u")})) FROM (
+    SELECT DISTINCT ON (queue, priority) queue, run_at, priority FROM unmarked
+    ORDER BY queue, priority, run_at
+) AS u
+"""
+
+# The first step of a limited claim: lock the limits' rows. A limit another worker is
+# claiming is skipped, not waited for; the claim statement that follows, in the same
+# transaction, starts after the lock is held, so it sees every claim made under it before.
+# The claim connection plans against sorts (HOT_PATH_SETTINGS), which would only make the
+# limited claim's few small sorts look costly enough to be compiled by JIT (a second each):
+# they are allowed again, and JIT is off, until this transaction ends.
+LOCK_LIMITS = """
+WITH settings AS MATERIALIZED (
+    SELECT set_config('enable_sort', 'on', true), set_config('jit', 'off', true)
+)
+SELECT l.name FROM pgqueue_limits AS l, settings
+WHERE l.name = ANY(%(names)s::text[])
+ORDER BY l.name
+FOR UPDATE OF l SKIP LOCKED
+"""
+
+_COUNTED_LIMITS = """
+, counted AS (
+    SELECT a.name, a.rate, a.per_seconds, a.recent, count(c.id)::int AS taken
+    FROM allowed AS a LEFT JOIN claimed AS c ON c.task_name = a.name
+    WHERE a.rate IS NOT NULL
+    GROUP BY a.name, a.rate, a.per_seconds, a.recent
+), recorded AS (
+    UPDATE pgqueue_limits AS l
+    SET recent = c.recent || array_fill(statement_timestamp(), ARRAY[c.taken])
+    FROM counted AS c
+    WHERE l.name = c.name AND c.taken > 0
+)"""
+
+_NEXT_PLACE_ROW = f"""
+UNION ALL
+SELECT NULL, '{LIMITS_ROW}', NULL, NULL, NULL, 0, 0, 0, NULL, NULL, NULL,
+       (SELECT min(extract(epoch FROM
+                   COALESCE(c.recent[1], statement_timestamp())
+                   + c.per_seconds * interval '1 second' - statement_timestamp()))::float8
+        FROM counted AS c WHERE cardinality(c.recent) + c.taken >= c.rate),
+       NULL, false, NULL"""
+
+# Claim up to `limit` due jobs of the limited tasks `names` (their rows locked by LOCK_LIMITS)
+# in the given queues, at most what each limit allows now: its rate minus the jobs it started
+# in the last period (`recent`, kept sorted, trimmed here), its concurrency minus the task's
+# running jobs, and per key its key concurrency minus the key's running jobs (the jobs of a
+# full key are passed over, not waited behind). Running jobs are counted through
+# pgqueue_jobs_limited_running_idx: a job frees its place when it leaves the running state, by
+# whatever path. Jobs start at statement_timestamp(), the time the rate records: statements of
+# successive claims of one limit start in lock order, so the recorded times only grow. The
+# last row (LIMITS_ROW) says when the first spent rate frees a place.
+CLAIM_LIMITED_JOBS = f"""
+WITH served AS (
+    -- A paused queue is not read, as in CLAIM_JOBS.
+    SELECT ARRAY(
+        SELECT q FROM unnest(%(queues)s::text[]) AS q
+        WHERE NOT EXISTS (
+            SELECT FROM pgqueue_queues AS p WHERE p.name = q AND p.paused_at IS NOT NULL)
+    ) AS queues
+), lim AS (
+    SELECT l.name, l.rate, l.per_seconds, l.concurrency, l.key_concurrency,
+           ARRAY(SELECT t FROM unnest(l.recent) AS t
+                 WHERE t > statement_timestamp() - l.per_seconds * interval '1 second'
+                 ORDER BY t) AS recent,
+           CASE WHEN l.concurrency IS NULL THEN 0 ELSE (
+               SELECT count(*) FROM pgqueue_jobs AS r
+               WHERE r.status = 'running' AND r.limited AND r.task_name = l.name) END AS running
+    FROM pgqueue_limits AS l
+    WHERE l.name = ANY(%(names)s::text[])
+), allowed AS (
+    SELECT lim.*, GREATEST(LEAST(
+        %(limit)s,
+        COALESCE(lim.rate - cardinality(lim.recent), %(limit)s),
+        COALESCE(lim.concurrency - lim.running, %(limit)s)), 0) AS n
+    FROM lim
+), candidate AS (
+    SELECT c.*, a.key_concurrency,
+           row_number() OVER (PARTITION BY c.task_name, c.concurrency_key
+                              ORDER BY c.priority DESC, c.run_at, c.id) AS nth
+    FROM allowed AS a
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.task_name, j.priority, j.run_at, j.concurrency_key,
+               (j.cancel_requested_at IS NOT NULL OR j.expires_at <= now()) IS TRUE AS dead
+        FROM pgqueue_jobs AS j
+        WHERE j.status = 'queued' AND j.limited AND j.task_name = a.name
+          AND j.queue = ANY((SELECT queues FROM served)::text[]) AND j.run_at <= now()
+          AND (a.key_concurrency IS NULL OR j.concurrency_key IS NULL
+               OR (SELECT count(*) FROM pgqueue_jobs AS r
+                   WHERE r.status = 'running' AND r.limited AND r.task_name = a.name
+                     AND r.concurrency_key = j.concurrency_key) < a.key_concurrency)
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT a.n
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+), picked AS (
+    -- One claim may pick several jobs of one key: only as many as the key has places.
+    SELECT c.id, c.dead FROM candidate AS c
+    WHERE c.key_concurrency IS NULL OR c.concurrency_key IS NULL OR c.dead
+       OR c.nth + (SELECT count(*) FROM pgqueue_jobs AS r
+                   WHERE r.status = 'running' AND r.limited AND r.task_name = c.task_name
+                     AND r.concurrency_key = c.concurrency_key) <= c.key_concurrency
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT %(limit)s
+{_claim_tail("statement_timestamp()", _COUNTED_LIMITS, _NEXT_PLACE_ROW)}
+"""
+
+# Every limit, with the jobs it holds now: `pgqueue limits`.
+LIST_LIMITS = """
+SELECT l.name, l.rate, l.per_seconds, l.concurrency, l.key_concurrency,
+       (SELECT count(*) FROM unnest(l.recent) AS t
+        WHERE t > now() - l.per_seconds * interval '1 second') AS started_in_period,
+       (SELECT count(*) FROM pgqueue_jobs AS r
+        WHERE r.status = 'running' AND r.limited AND r.task_name = l.name) AS running,
+       (SELECT count(*) FROM pgqueue_jobs AS q
+        WHERE q.status = 'queued' AND q.limited AND q.task_name = l.name) AS queued
+FROM pgqueue_limits AS l
+ORDER BY l.name
+"""

@@ -88,16 +88,23 @@ jobs = sa.Table(
     # claim's lease; kept when the job ends, cleared by a retry or a rescue.
     sa.Column("progress", pg.JSONB, nullable=True),
     sa.Column("progress_at", sa.DateTime(timezone=True), nullable=True),
+    # True for a job of a task with fleet-wide limits (pgqueue_limits), set at enqueue: it is
+    # left out of the claimable index, and the limited claim takes it. NULL for other jobs.
+    sa.Column("limited", sa.Boolean, nullable=True),
+    # The key a per-key concurrency limit counts the job under (`concurrency_key=`).
+    sa.Column("concurrency_key", sa.Text, nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.
+    # Jobs of limited tasks are not (their claim reads pgqueue_jobs_limited_idx): a backlog of
+    # them costs the claim of every other job nothing.
     sa.Index(
         "pgqueue_jobs_claimable_idx",
         "queue",
         sa.text("priority DESC"),
         "run_at",
         "id",
-        postgresql_where=sa.text("status = 'queued'"),
+        postgresql_where=sa.text("status = 'queued' AND limited IS NULL"),
     ),
     # Rescue finds the jobs of a lost worker through this one, a worker its stray claims.
     sa.Index(
@@ -125,14 +132,31 @@ jobs = sa.Table(
         unique=True,
         postgresql_where=sa.text("unique_key IS NOT NULL AND status IN ('queued', 'running')"),
     ),
+    # The limited claim: queued jobs of limited tasks, by task, in claim order.
+    sa.Index(
+        "pgqueue_jobs_limited_idx",
+        "task_name",
+        sa.text("priority DESC"),
+        "run_at",
+        "id",
+        postgresql_where=sa.text("status = 'queued' AND limited"),
+    ),
+    # What the limited claim counts: running jobs of limited tasks, by task and key.
+    sa.Index(
+        "pgqueue_jobs_limited_running_idx",
+        "task_name",
+        "concurrency_key",
+        postgresql_where=sa.text("status = 'running' AND limited"),
+    ),
 )
 
 
 def _finished_jobs_table() -> sa.Table:
-    """The columns of `pgqueue_jobs` (a job moves with all of them but its lease), for ended
-    jobs."""
-    # A claim's lease means nothing once its job has ended.
-    columns = [c._copy() for c in jobs.columns if c.name != "lease"]
+    """The columns of `pgqueue_jobs` (a job moves with all of them but its lease and its
+    limit marker), for ended jobs."""
+    # A claim's lease means nothing once its job has ended, nor does the marker that has the
+    # limited claim take it.
+    columns = [c._copy() for c in jobs.columns if c.name not in ("lease", "limited")]
     for column in columns:
         column.server_default = None
         if column.name == "id":  # ids come with the job, from pgqueue_jobs's identity
@@ -302,5 +326,24 @@ periodic = sa.Table(
         "pgqueue_periodic_due_idx",
         "next_fire_at",
         postgresql_where=sa.text("enabled"),
+    ),
+)
+
+
+# Fleet-wide limits, one row per limited task, written from the tasks' declarations when a
+# worker starts (pgqueue/limits.py). A rate of `rate` jobs per `per_seconds` keeps in `recent`
+# the start times of the jobs it let start in the last period, sorted; running counts are not
+# kept but counted, from pgqueue_jobs_limited_running_idx.
+limits = sa.Table(
+    "pgqueue_limits",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("rate", sa.Integer, nullable=True),
+    sa.Column("per_seconds", sa.Integer, nullable=True),
+    sa.Column("concurrency", sa.Integer, nullable=True),
+    sa.Column("key_concurrency", sa.Integer, nullable=True),
+    sa.Column("recent", pg.ARRAY(sa.DateTime(timezone=True)), nullable=True),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
 )

@@ -31,6 +31,7 @@ from pgqueue.enqueue import JobRequest, ainsert_job, build_request, insert_job
 from pgqueue.errors import ConfigurationError, MaxRetriesExceeded, Retry
 from pgqueue.hooks import around_enqueue
 from pgqueue.job import Job
+from pgqueue.limits import Limits
 from pgqueue.retry import RetryPolicy
 from pgqueue.unique import (
     TaskUniqueness,
@@ -72,6 +73,14 @@ def timeout_seconds(timeout: float | timedelta | None) -> float | None:
     return float(timeout) if timeout is not None else None
 
 
+# Unique keys and fleet-wide limits on one task are not supported together yet: a keyed job is
+# written by the unique statements, which do not mark it limited.
+_UNIQUE_AND_LIMITS = (
+    "task {task} has fleet-wide limits (rate_limit, concurrency_limit, key_concurrency_limit), "
+    "which unique jobs do not support yet: drop unique=/unique_key= or the limits"
+)
+
+
 class Task(Generic[P, R]):
     """A registered task: the function plus its queue, priority, retry policy and timeout."""
 
@@ -90,6 +99,7 @@ class Task(Generic[P, R]):
         unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -101,6 +111,8 @@ class Task(Generic[P, R]):
         self.is_async: bool = inspect.iscoroutinefunction(fn)
         self.transactional: bool = bool(transactional)
         self.bind: bool = bool(bind)
+        # Fleet-wide limits (rate, concurrency, per-key concurrency), None for none.
+        self.limits: Limits | None = limits
         # What a worker calls with the job's arguments: the function, given this Task first
         # when it is bound.
         self.run: Callable[..., Any] = (
@@ -110,6 +122,8 @@ class Task(Generic[P, R]):
         self.uniqueness: TaskUniqueness | None = task_uniqueness(
             self.name, self.run, unique, unique_for, on_conflict
         )
+        if self.uniqueness is not None and self.limits is not None:
+            raise ConfigurationError(_UNIQUE_AND_LIMITS.format(task=self.name))
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__wrapped__ = fn
@@ -169,6 +183,7 @@ class Task(Generic[P, R]):
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        concurrency_key: str | None = None,
     ) -> Job:
         """Enqueue with options.
 
@@ -180,7 +195,8 @@ class Task(Generic[P, R]):
         written in that connection's current transaction and pgqueue does not commit: the job
         exists if and only if your transaction commits. `headers` (a dict of JSON values)
         travel with the job, apart from its arguments: the task reads them as
-        `pgqueue.current_job().headers`.
+        `pgqueue.current_job().headers`. `concurrency_key` (a string, for a task declared with
+        `key_concurrency_limit=N`): at most N jobs of one key run at once, fleet-wide.
 
         `unique_key` (a string) makes the job unique: while a job holding the key is queued
         or running, this enqueue inserts nothing and returns that job (`job.created` is
@@ -189,13 +205,17 @@ class Task(Generic[P, R]):
         key for that long after the job that took it was enqueued, whatever its state. A task
         declared with `unique=` makes the key from the arguments; these override it.
         """
-        request = self._request(args, kwargs, countdown, eta, priority, queue, expires, headers)
+        request = self._request(
+            args, kwargs, countdown, eta, priority, queue, expires, headers, concurrency_key
+        )
         if (
             unique_key is not None
             or self.uniqueness is not None
             or unique_for is not None
             or on_conflict is not None
         ):
+            if self.limits is not None:
+                raise ConfigurationError(_UNIQUE_AND_LIMITS.format(task=self.name))
             request.unique = options_for(
                 self.uniqueness, args or (), kwargs or {}, unique_key, unique_for, on_conflict
             )
@@ -247,6 +267,7 @@ class Task(Generic[P, R]):
         expires: float | timedelta | datetime | None = None,
         connection: Any = None,
         headers: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> list[int]:
         """Enqueue one job per call with a single COPY; returns the new job ids, in order.
 
@@ -254,7 +275,7 @@ class Task(Generic[P, R]):
         (a task taking one dict argument gets `(the_dict,)`). The options apply to every job.
         Everything is checked before anything is written. With `connection=` (psycopg 3, or
         SQLAlchemy on the psycopg driver) the jobs join that transaction. Every job gets the
-        same `headers`.
+        same `headers` (and `concurrency_key`).
 
         For a task declared with `unique=`, each job's key is made from its call: a key that a
         queued or running job holds (or that an earlier call of the batch made) inserts
@@ -274,6 +295,7 @@ class Task(Generic[P, R]):
             expires=expires,
             headers=headers,
             key_of=self.uniqueness.builder.key if self.uniqueness is not None else None,
+            concurrency_key=concurrency_key,
         )
         if connection is None:
             connection = self.app._caller_transaction()
@@ -319,6 +341,7 @@ class Task(Generic[P, R]):
         expires: float | timedelta | datetime | None = None,
         connection: Any = None,
         headers: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> list[int]:
         """Async twin of `delay_many()`."""
         from pgqueue.enqueue_many import BulkRequest, build_bulk_request
@@ -333,6 +356,7 @@ class Task(Generic[P, R]):
             expires=expires,
             headers=headers,
             key_of=self.uniqueness.builder.key if self.uniqueness is not None else None,
+            concurrency_key=concurrency_key,
         )
         hooks = self.app._hooks.enqueue_hooks
         if not (hooks and request.rows):
@@ -381,16 +405,21 @@ class Task(Generic[P, R]):
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        concurrency_key: str | None = None,
     ) -> Job:
         """Async twin of `apply_async()`; `connection=` takes a psycopg AsyncConnection or a
         SQLAlchemy AsyncConnection/AsyncSession."""
-        request = self._request(args, kwargs, countdown, eta, priority, queue, expires, headers)
+        request = self._request(
+            args, kwargs, countdown, eta, priority, queue, expires, headers, concurrency_key
+        )
         if (
             unique_key is not None
             or self.uniqueness is not None
             or unique_for is not None
             or on_conflict is not None
         ):
+            if self.limits is not None:
+                raise ConfigurationError(_UNIQUE_AND_LIMITS.format(task=self.name))
             request.unique = options_for(
                 self.uniqueness, args or (), kwargs or {}, unique_key, unique_for, on_conflict
             )
@@ -439,6 +468,7 @@ class Task(Generic[P, R]):
         queue: str | None,
         expires: float | timedelta | datetime | None = None,
         headers: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
     ) -> JobRequest:
         return build_request(
             self,
@@ -450,6 +480,7 @@ class Task(Generic[P, R]):
             queue=queue,
             expires=expires,
             headers=headers,
+            concurrency_key=concurrency_key,
         )
 
 

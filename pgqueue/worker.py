@@ -25,8 +25,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import psycopg
 
@@ -34,13 +35,14 @@ from pgqueue import queries, signals
 from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue._names import NOTIFY_CANCEL, NOTIFY_ENQUEUED
 from pgqueue.app import App
-from pgqueue.claim import ClaimSignal, Position, claim_jobs, rewind
+from pgqueue.claim import Claim, ClaimSignal, Position, claim_jobs, rewind
 from pgqueue.complete import Completer
 from pgqueue.config import WorkerSettings
 from pgqueue.context import CancelFlag
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable
 from pgqueue.execute import Executor
 from pgqueue.inspect import server
+from pgqueue.limits import claim_limited_jobs, limited_task_names, sync_limits
 from pgqueue.maintenance import (
     cancel_requests_for,
     expire_queued_jobs,
@@ -108,6 +110,21 @@ PRUNE_BATCH = 1000
 PRUNE_BATCHES_PER_PASS = 10
 
 
+# How often a worker looks for jobs of limited tasks when nothing says a limit freed a place.
+LIMITED_CLAIM_INTERVAL = 0.05
+_NOTHING_CLAIMED = Claim([], [], {})
+
+
+def _joined(first: Claim, second: Claim) -> Claim:
+    """Two claims of one pass as one; positions are the second's (the first reads none)."""
+    return Claim(
+        first.jobs + second.jobs,
+        first.ended + second.ended,
+        second.last,
+        first.unreadable + second.unreadable,
+    )
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -150,6 +167,11 @@ class Worker:
         self._claims_paused = False
         # What this worker did, for pgqueue_stats and its Prometheus endpoint.
         self.observations = Observations()
+        # The app's tasks with fleet-wide limits, claimed by their own claim (pgqueue.limits)
+        # when it is due (monotonic time), with a wake-up set for then.
+        self._limited_names = limited_task_names(app.tasks.values())
+        self._limited_due = 0.0
+        self._limited_wake: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -288,6 +310,8 @@ class Worker:
         self.executor.progress = self.progress_writer
         if self.process_pool is not None:
             self.process_pool.progress = self.progress_writer
+        # The limits the app's tasks declare, written before the first claim.
+        await asyncio.to_thread(self._sync_limits)
         self._maintenance_done = asyncio.Event()
         self.scheduler: Scheduler | None = None
         if settings.run_scheduler:
@@ -492,7 +516,15 @@ class Worker:
                     positions, full_read = self._claim_positions(self._signal.take_rewinds())
                     began = time.monotonic()
                     limit = min(free, self._claim_limit)
-                    claim = await claim_jobs(conn, self._queue_order(), limit, worker_id, positions)
+                    queues = self._queue_order()
+                    limited = await self._claim_limited(conn, queues, limit, worker_id)
+                    claim = limited
+                    if limited.taken < limit:
+                        claim = await claim_jobs(
+                            conn, queues, limit - limited.taken, worker_id, positions
+                        )
+                        if limited.taken:
+                            claim = _joined(limited, claim)
                     # Timed only when due to the interval: a queue that never had a job has no
                     # position either, and its cheap reads must not shorten the spacing.
                     if full_read:
@@ -602,6 +634,50 @@ class Worker:
                 positions[queue] = list(self._positions[queue].values())
         return positions, full_read
 
+    def _sync_limits(self) -> None:
+        with self.app.connect() as conn:
+            sync_limits(conn, self.app.tasks.values())
+        described = [
+            f"{task.name} ({task.limits.describe()})"
+            for task in self.app.tasks.values()
+            if task.limits is not None
+        ]
+        if described:
+            logger.info("fleet-wide limits: %s", "; ".join(described))
+
+    async def _claim_limited(
+        self, conn: psycopg.AsyncConnection[Any], queues: Sequence[str], limit: int, worker_id: int
+    ) -> Claim:
+        """The jobs of limited tasks this claim may take: at most what their limits allow,
+        looked for at most every LIMITED_CLAIM_INTERVAL, unless a limit frees a place sooner
+        (a rate's period moves on, a limited job of this worker ends)."""
+        if not self._limited_names:
+            return _NOTHING_CLAIMED
+        now = time.monotonic()
+        if now < self._limited_due:
+            self._wake_for_limits_at(self._limited_due)
+            return _NOTHING_CLAIMED
+        limited = await claim_limited_jobs(conn, queues, self._limited_names, limit, worker_id)
+        if limited.claim.taken == limit:
+            self._limited_due = now  # it took all it could: there may be more
+        elif limited.look_again_in is not None:
+            self._limited_due = now + max(limited.look_again_in, 0.0)
+            self._wake_for_limits_at(self._limited_due)
+        else:
+            self._limited_due = now + LIMITED_CLAIM_INTERVAL
+        # Limited jobs are read by task, not through the queue's positions.
+        return Claim(limited.claim.jobs, limited.claim.ended, {}, limited.claim.unreadable)
+
+    def _wake_for_limits_at(self, when: float) -> None:
+        """Wake the claimer at `when` (monotonic time), unless a wake-up is set for sooner."""
+        loop = asyncio.get_running_loop()
+        wake = self._limited_wake
+        if wake is not None and not wake.cancelled() and loop.time() < wake.when() <= when:
+            return
+        if wake is not None:
+            wake.cancel()
+        self._limited_wake = loop.call_at(when, self._signal.wake)
+
     def _advance_positions(self, reached: Mapping[str, Mapping[int, Position]]) -> None:
         """Record where a claim got to, per queue and priority."""
         for queue, last in reached.items():
@@ -686,6 +762,9 @@ class Worker:
                 self.running.pop(job.id, None)
                 self.cancel_events.pop(job.id, None)
                 self._forget(job.id)
+            if job.task_name in self._limited_names:  # its place is free: claim again
+                self._limited_due = 0.0
+                self._signal.wake()
         if self._last_claim_full:
             self._signal.wake()
 

@@ -1,7 +1,7 @@
 """drain(): run every due job in the test's own process, through the database, until none is due.
 
-Jobs are claimed by the workers' own statement (CLAIM_JOBS), run by the workers' own code
-(`execute.run_in_this_process` for sync tasks, `Executor.run` for async ones) and their
+Jobs are claimed by the workers' own statement (CLAIM_JOBS, limits aside), run by the workers'
+own code (`execute.run_in_this_process` for sync tasks, `Executor.run` for async ones) and their
 outcomes written by the workers' own statement (COMPLETE_JOBS, guarded by the claim's lease).
 So arguments and results go through JSON, a job enqueued in a transaction exists only once it
 commits, retries follow the task's policy, and jobs enqueued by jobs are run in the next round.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
 # How many due jobs one round claims at most: a round runs what is due, the next round what
 # those jobs enqueued or retried.
 ROUND_SIZE = 100
+
+# The workers' claim, taking the jobs of tasks with fleet-wide limits too: drain() runs what is
+# due, one round at a time in this process, so it applies no limit (a rate would only make a
+# test wait).
+_CLAIM_ALL_JOBS = re.sub(r"\s+AND limited IS NULL", "", queries.CLAIM_JOBS)
 
 # The queues that hold queued jobs: drain() serves them all unless told which.
 _QUEUED_QUEUES = "SELECT DISTINCT queue FROM pgqueue_jobs WHERE status = 'queued'"
@@ -131,7 +137,7 @@ class _Drain:
             return None
         params = claim_params(queues, ROUND_SIZE, worker_id=0)
         params["worker_id"] = None  # no worker holds these jobs: worker_id stays NULL
-        claim: Claim = read_claim(self._rows(queries.CLAIM_JOBS, params))
+        claim: Claim = read_claim(self._rows(_CLAIM_ALL_JOBS, params))
         for failed in claim.unreadable:
             self.finish(failed.job, failed)
         if not claim.taken:

@@ -120,6 +120,15 @@ async def ablock(flag: str) -> str:
     return f"released by {flag}"
 
 
+@app.task(concurrency_limit=1)
+def block_one_at_a_time(flag: str) -> str:
+    """`block` with a fleet-wide concurrency limit of one."""
+    _conn().execute(RECORD_EXECUTION, _execution_row())
+    while not _flag_is_set(flag):
+        time.sleep(POLL_INTERVAL)
+    return f"released by {flag}"
+
+
 @app.task(timeout=5)
 def block_with_timeout(flag: str) -> str:
     """`block` with a 5 s timeout: what a frozen worker leaves running past its time limit."""

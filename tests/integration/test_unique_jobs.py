@@ -686,3 +686,18 @@ def test_jobs_show_prints_the_key(
     assert "unique key" not in capsys.readouterr().out
     assert main(["jobs", "show", str(job.id), "--dsn", dsn, "--json"]) == 0
     assert '"unique_key": "invoice:42"' in capsys.readouterr().out
+
+
+def test_unique_keys_and_fleet_wide_limits_on_one_task_are_refused_before_writing() -> None:
+    app = pgqueue.App("postgresql://unused.invalid/none")
+
+    with pytest.raises(ConfigurationError, match="unique jobs do not support yet"):
+
+        @app.task(unique=True, rate_limit="5/s")
+        def both(x: int) -> None: ...
+
+    @app.task(rate_limit="5/s")
+    def limited(x: int) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="unique jobs do not support yet"):
+        limited.apply_async((1,), unique_key="k")  # refused before any connection is made
