@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 
 
 class JobStatus(str, enum.Enum):
-    """Where a job is in its life: queued -> running -> succeeded | failed | cancelled."""
+    """Where a job is in its life: queued -> running -> succeeded | failed | cancelled; a
+    workflow step is `waiting` (never claimed) until its parents have ended."""
 
+    WAITING = "waiting"
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -73,6 +75,9 @@ class Job:
         # What the job carries apart from its arguments; anything but an object is not headers.
         headers = row.get("headers")
         self.headers: dict[str, Any] = dict(headers) if isinstance(headers, dict) else {}
+        # The workflow the job is a step of (`app.get_workflow(job.workflow_id)`), or None.
+        workflow_id = row.get("workflow_id")
+        self.workflow_id: int | None = int(workflow_id) if workflow_id is not None else None
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.task_name} {self.status.value} attempts={self.attempts}>"

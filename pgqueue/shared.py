@@ -34,6 +34,7 @@ from pgqueue.tasks import NoJob, Task, ask_retry, checked_task_name, timeout_sec
 
 if TYPE_CHECKING:
     from pgqueue.app import App
+    from pgqueue.canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -173,6 +174,18 @@ class SharedTask(Generic[P, R]):
         ask_retry(self.name, self.request.retries, exc, countdown, eta, max_retries)
 
     # -- enqueueing, through the current App's Task (same arguments as Task's) -------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """As `Task.s()`, through the current App."""
+        return self.for_app(self.app).s(*args, **kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """As `Task.si()`, through the current App."""
+        return self.for_app(self.app).si(*args, **kwargs)
+
+    def signature(self, *args: Any, **options: Any) -> Signature:
+        """As `Task.signature()`, through the current App."""
+        return self.for_app(self.app).signature(*args, **options)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """As `Task.delay()`, through the current App."""

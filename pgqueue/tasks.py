@@ -35,6 +35,7 @@ from pgqueue.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from pgqueue.app import App
+    from pgqueue.canvas import Canvas, Signature
     from pgqueue.enqueue_many import BulkRequest
 
 P = ParamSpec("P")
@@ -133,6 +134,41 @@ class Task(Generic[P, R]):
         """
         ask_retry(self.name, self.request.retries, exc, countdown, eta, max_retries)
 
+    # -- signatures (pgqueue.canvas) ----------------------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task: a call to enqueue later, in a chain, group or chord, or as
+        a callback. Used after another step, it gets that step's result prepended to `args`.
+
+        >>> pgqueue.chain(fetch.s(url), parse.s()).apply_async()
+        """
+        from pgqueue.canvas import Signature
+
+        return Signature(self.app, self.name, args, kwargs, task=self)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: it waits for the steps before it, but takes nothing from
+        them (its arguments are exactly these)."""
+        from pgqueue.canvas import Signature
+
+        return Signature(self.app, self.name, args, kwargs, task=self, immutable=True)
+
+    def signature(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        **options: Any,
+    ) -> Signature:
+        """`s()` with the arguments as a tuple and a dict, and options (queue, priority,
+        countdown, eta, expires, headers)."""
+        from pgqueue.canvas import Signature
+
+        return Signature(
+            self.app, self.name, args, kwargs, task=self, immutable=immutable, options=options
+        )
+
     # -- sync ---------------------------------------------------------------------------
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
@@ -151,6 +187,8 @@ class Task(Generic[P, R]):
         connection: Any = None,
         expires: float | timedelta | datetime | None = None,
         headers: Mapping[str, Any] | None = None,
+        link: Canvas | Sequence[Canvas] | None = None,
+        link_error: Canvas | Sequence[Canvas] | None = None,
     ) -> Job:
         """Enqueue with options.
 
@@ -163,7 +201,18 @@ class Task(Generic[P, R]):
         exists if and only if your transaction commits. `headers` (a dict of JSON values)
         travel with the job, apart from its arguments: the task reads them as
         `pgqueue.current_job().headers`.
+
+        `link`: signature(s) enqueued when the job succeeds, given its result (first
+        argument); `link_error`: signature(s) enqueued once if it fails for good or is
+        cancelled, given `(job_id, error)`. Either makes the job the first step of a
+        workflow (`job.workflow_id`, see pgqueue.workflows), written in one transaction.
         """
+        if link is not None or link_error is not None:
+            options = _options(countdown, eta, priority, queue, expires, headers)
+            flow = self.signature(args or (), kwargs, **options).apply_async(
+                connection=connection, link=link, link_error=link_error
+            )
+            return flow.jobs[0]
         request = self._request(args, kwargs, countdown, eta, priority, queue, expires, headers)
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return self.app._eager(self, request, False)  # type: ignore[no-any-return]
@@ -295,9 +344,17 @@ class Task(Generic[P, R]):
         connection: Any = None,
         expires: float | timedelta | datetime | None = None,
         headers: Mapping[str, Any] | None = None,
+        link: Canvas | Sequence[Canvas] | None = None,
+        link_error: Canvas | Sequence[Canvas] | None = None,
     ) -> Job:
         """Async twin of `apply_async()`; `connection=` takes a psycopg AsyncConnection or a
         SQLAlchemy AsyncConnection/AsyncSession."""
+        if link is not None or link_error is not None:
+            options = _options(countdown, eta, priority, queue, expires, headers)
+            flow = await self.signature(args or (), kwargs, **options).aapply_async(
+                connection=connection, link=link, link_error=link_error
+            )
+            return flow.jobs[0]
         request = self._request(args, kwargs, countdown, eta, priority, queue, expires, headers)
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return await self.app._eager(self, request, True)  # type: ignore[no-any-return]
@@ -336,6 +393,26 @@ class Task(Generic[P, R]):
             expires=expires,
             headers=headers,
         )
+
+
+def _options(
+    countdown: float | timedelta | None,
+    eta: datetime | None,
+    priority: int | None,
+    queue: str | None,
+    expires: float | timedelta | datetime | None,
+    headers: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """apply_async's options that were given, as a signature takes them."""
+    given = {
+        "countdown": countdown,
+        "eta": eta,
+        "priority": priority,
+        "queue": queue,
+        "expires": expires,
+        "headers": headers,
+    }
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def ask_retry(
