@@ -10,7 +10,6 @@ import psycopg
 import pytest
 
 import pgqueue
-from pgqueue.retry import RetryPolicy
 from tests.conftest import WorkerThread, wait_until
 
 StartWorker = Callable[..., WorkerThread]
@@ -206,7 +205,7 @@ def test_link_error_is_not_run_when_everything_succeeds(
 def test_retries_of_a_step_are_not_failures(app: pgqueue.App, start_worker: StartWorker) -> None:
     attempts: list[int] = []
 
-    @app.task(retry_policy=RetryPolicy(max_attempts=3, backoff=0.01, jitter=False))
+    @app.task(max_attempts=3)
     def flaky(x: int) -> int:
         attempts.append(x)
         if len(attempts) < 3:
