@@ -17,7 +17,7 @@ import psycopg
 from pgqueue import _logging
 from pgqueue._loading import load_app
 from pgqueue._version import __version__
-from pgqueue.cli import doctor, exporter, jobs, periodic, queues, status, worker
+from pgqueue.cli import doctor, exporter, jobs, periodic, queues, status, worker, workflows
 from pgqueue.cli._common import EXIT_ERROR, EXIT_USAGE, Parents
 from pgqueue.errors import ConfigurationError, PgQueueError
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pgqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (worker, status, periodic, jobs, queues, doctor, exporter):
+    for group in (worker, status, periodic, jobs, workflows, queues, doctor, exporter):
         group.register(sub, parents)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -119,9 +120,7 @@ def test_nesting_chain_in_group_group_in_chain_chord_of_chains(
     flow = pgqueue.group(pgqueue.chain(t.add.s(1, 2), t.mul.s(3)), t.add.s(0, 1)).apply_async()
     assert flow.wait(timeout=15) == [9, 1]
     # A chord whose header holds chains, itself in a chain.
-    chord = pgqueue.chord(
-        [pgqueue.chain(t.add.s(i, 0), t.mul.s(2)) for i in range(4)], t.total.s()
-    )
+    chord = pgqueue.chord([pgqueue.chain(t.add.s(i, 0), t.mul.s(2)) for i in range(4)], t.total.s())
     flow = (chord | t.mul.s(10)).apply_async()
     assert flow.wait(timeout=15) == 120  # (0 + 2 + 4 + 6) * 10
     tree = app.get_workflow(flow.id).tree
@@ -296,10 +295,8 @@ def test_chord_callback_runs_exactly_once_when_members_finish_at_once_on_several
 
     @app.task
     def member(i: int) -> int:
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             started.wait()  # six members running at once, finishing together
-        except threading.BrokenBarrierError:
-            pass
         return i
 
     @app.task
@@ -311,8 +308,7 @@ def test_chord_callback_runs_exactly_once_when_members_finish_at_once_on_several
     for _ in range(3):
         start_worker(app, concurrency=2)
     flows = [
-        pgqueue.chord([member.s(i) for i in range(6)], collect.s()).apply_async()
-        for _ in range(10)
+        pgqueue.chord([member.s(i) for i in range(6)], collect.s()).apply_async() for _ in range(10)
     ]
     for flow in flows:
         assert flow.wait(timeout=30) == 6
@@ -340,9 +336,9 @@ def test_bad_input_is_refused_before_anything_is_written(
     looped.tasks = (*looped.tasks, looped)
     with pytest.raises(pgqueue.WorkflowError, match="cycle"):
         looped.apply_async()
-    with pytest.raises(TypeError, match="cannot be stored|JSON|object"):
+    with pytest.raises(TypeError, match=r"cannot be stored as JSON: args\[1\] is a object"):
         pgqueue.chord([t.add.s(1, 2)], t.echo.s(object())).apply_async()
-    with pytest.raises(TypeError, match="cannot be stored|JSON|object"):
+    with pytest.raises(TypeError, match=r"cannot be stored as JSON: args\[0\] is a set"):
         t.add.apply_async((1, 2), link_error=t.on_error.s({1, 2}))
     with pytest.raises(TypeError, match="unknown signature option"):
         t.add.s(1, 2).set(colour="red")
