@@ -454,7 +454,10 @@ def _add_step(plan: Plan, signature: Signature, *, waits: bool, role: str) -> in
             f"task {signature.task_name} is not registered on the app this workflow is "
             "enqueued with: register it there, or use app.signature(name, ..., external=True)"
         )
-    request = signature.request(waits)
+    try:
+        request = signature.request(waits)
+    except TypeError as exc:  # arguments that cannot be stored: say which step has them
+        raise TypeError(f"{role} {signature.task_name}: {exc}") from None
     delay, eta = 0.0, None
     if waits:
         countdown = signature.options.get("countdown")

@@ -97,6 +97,7 @@ async def prune_finished_jobs(
         deleted += cur.rowcount
         if cur.rowcount < batch:
             await conn.execute(queries.PRUNE_PERIODIC_TICKS, {"older_than": older_than})
+            await conn.execute(queries.PRUNE_WORKFLOWS, {"older_than": older_than})
             break
     return deleted
 
@@ -115,4 +116,5 @@ def prune_finished_jobs_sync(
         deleted += cur.rowcount
         if cur.rowcount < batch:
             conn.execute(queries.PRUNE_PERIODIC_TICKS, {"older_than": older_than})
+            conn.execute(queries.PRUNE_WORKFLOWS, {"older_than": older_than})
             return deleted

@@ -751,6 +751,27 @@ ON CONFLICT (bucket, queue, outcome) DO UPDATE SET
         ORDER BY i)
 """
 
+# One batch of workflows older than the cutoff whose steps have all been pruned (a workflow
+# still holding one job, however old, is kept), with their steps' rows. With no workflows
+# this reads an empty table.
+PRUNE_WORKFLOWS = """
+WITH gone AS (
+    SELECT w.id FROM pgqueue_workflows AS w
+    WHERE w.created_at < now() - %(older_than)s::float8 * interval '1 second'
+      AND NOT EXISTS (
+        SELECT FROM pgqueue_workflow_steps AS s
+        WHERE s.workflow_id = w.id
+          AND (EXISTS (SELECT FROM pgqueue_jobs AS j WHERE j.id = s.job_id)
+               OR EXISTS (SELECT FROM pgqueue_finished_jobs AS f WHERE f.id = s.job_id)))
+    ORDER BY w.created_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), steps AS (
+    DELETE FROM pgqueue_workflow_steps AS s USING gone WHERE s.workflow_id = gone.id
+)
+DELETE FROM pgqueue_workflows AS w USING gone WHERE w.id = gone.id
+"""
+
 # Rollup rows past the 25 hours every reader looks back over (a range of the primary key).
 PRUNE_STATS = "DELETE FROM pgqueue_stats WHERE bucket < now() - interval '25 hours'"
 

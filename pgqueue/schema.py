@@ -295,6 +295,8 @@ workflows = sa.Table(
     sa.Column(
         "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+    # Retention: workflows past the cutoff whose jobs were all pruned go with them.
+    sa.Index("pgqueue_workflows_created_idx", "created_at"),
 )
 
 # One row per step of a workflow: whether it is a step or the link_error callback, whether its

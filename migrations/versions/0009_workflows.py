@@ -115,6 +115,8 @@ DECLARE
     remaining int;
     value jsonb;
 BEGIN
+    -- What it waited for no longer matters (a step cancelled while waiting, a callback).
+    DELETE FROM pgqueue_dependencies WHERE child_id = NEW.id;
     FOR edge IN
         SELECT child_id, kind FROM pgqueue_dependencies
         WHERE parent_id = NEW.id
@@ -152,7 +154,7 @@ BEGIN
                         jsonb_agg(COALESCE(f.result, 'null'::jsonb) ORDER BY d.position))
                     INTO value
                     FROM pgqueue_dependencies AS d
-                    JOIN pgqueue_finished_jobs AS f ON f.id = d.parent_id
+                    LEFT JOIN pgqueue_finished_jobs AS f ON f.id = d.parent_id
                     WHERE d.child_id = edge.child_id AND d.kind = 'results';
                     PERFORM pgqueue_release_step(edge.child_id, value);
                 END IF;
@@ -195,6 +197,7 @@ def upgrade() -> None:
             "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
     )
+    op.create_index("pgqueue_workflows_created_idx", "pgqueue_workflows", ["created_at"])
     op.create_table(
         "pgqueue_workflow_steps",
         sa.Column("job_id", sa.BigInteger, primary_key=True, autoincrement=False),

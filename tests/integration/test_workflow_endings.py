@@ -144,3 +144,27 @@ def test_workflows_show_draws_the_tree_and_prints_json(
     assert leaf["job_id"] == flow.jobs[0].id and leaf["status"] == "cancelled"
     assert main(["workflows", "show", "999999", "--dsn", dsn]) == 1
     assert "no workflow with id 999999" in capsys.readouterr().err
+
+
+def test_retention_prunes_a_workflow_once_all_its_jobs_are_pruned(
+    app: pgqueue.App, steps: dict[str, Any], conn: psycopg.Connection[Any]
+) -> None:
+    from pgqueue.maintenance import prune_finished_jobs_sync
+    from pgqueue.testing import drain
+
+    add = steps["add"]
+    done = pgqueue.chain(add.s(1, 2), add.s(1)).apply_async()
+    kept = pgqueue.chain(add.s(1, 2), add.s(1)).apply_async()
+    drain(app)
+    conn.execute("UPDATE pgqueue_workflows SET created_at = now() - interval '2 h'")
+    conn.execute(
+        "UPDATE pgqueue_finished_jobs SET finished_at = now() - interval '2 h'"
+        " WHERE workflow_id = %s OR id = %s",
+        (done.id, kept.jobs[0].id),
+    )
+    assert prune_finished_jobs_sync(conn, 3600.0) == 3
+    with pytest.raises(pgqueue.WorkflowNotFound):
+        app.get_workflow(done.id)
+    assert [job.status.value for job in app.get_workflow(kept.id).jobs] == ["succeeded"]
+    remaining = conn.execute("SELECT count(*) FROM pgqueue_workflow_steps").fetchone()
+    assert remaining == (2,)

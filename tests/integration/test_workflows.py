@@ -336,9 +336,14 @@ def test_bad_input_is_refused_before_anything_is_written(
     looped.tasks = (*looped.tasks, looped)
     with pytest.raises(pgqueue.WorkflowError, match="cycle"):
         looped.apply_async()
-    with pytest.raises(TypeError, match=r"cannot be stored as JSON: args\[1\] is a object"):
+    with pytest.raises(
+        TypeError, match=r"echo: task arguments cannot be stored as JSON: args\[0\] is a object"
+    ):
         pgqueue.chord([t.add.s(1, 2)], t.echo.s(object())).apply_async()
-    with pytest.raises(TypeError, match=r"cannot be stored as JSON: args\[0\] is a set"):
+    with pytest.raises(
+        TypeError,
+        match=r"link_error .*on_error: task arguments cannot be stored as JSON: args\[0\] is a set",
+    ):
         t.add.apply_async((1, 2), link_error=t.on_error.s({1, 2}))
     with pytest.raises(TypeError, match="unknown signature option"):
         t.add.s(1, 2).set(colour="red")
@@ -348,3 +353,56 @@ def test_bad_input_is_refused_before_anything_is_written(
     flow = app.signature("worker.only", (1,), external=True, queue="elsewhere").delay()
     assert flow.jobs[0].queue == "elsewhere"
     other.close()
+
+
+def test_testing_drain_runs_a_workflow_round_by_round(app: pgqueue.App, tasks: Tasks) -> None:
+    from pgqueue.testing import drain
+
+    t = tasks
+    flow = pgqueue.chord([t.add.s(i, i) for i in range(3)], t.total.s()).apply_async(
+        link=t.mul.s(10)
+    )
+    ran = drain(app)
+    assert [r.status for r in ran] == ["succeeded"] * 5
+    assert flow.wait(timeout=5) == 6
+    assert flow.jobs[-1].result == 60
+
+
+@pytest.mark.parametrize("form", ["sqlalchemy-connection", "sqlalchemy-session"])
+def test_a_workflow_joins_a_sqlalchemy_transaction(
+    app: pgqueue.App, tasks: Tasks, dsn: str, form: str, conn: psycopg.Connection[Any]
+) -> None:
+    from sqlalchemy.orm import Session
+
+    from pgqueue import migrate
+
+    engine = migrate.engine_for(dsn)
+    flow_of = pgqueue.chain(tasks.add.s(1, 2), tasks.mul.s(3))
+    try:
+        for commit in (False, True):
+            with engine.connect() if form == "sqlalchemy-connection" else Session(engine) as c:
+                flow = flow_of.apply_async(connection=c)
+                if commit:
+                    c.commit()
+            found = conn.execute(
+                "SELECT count(*) FROM pgqueue_jobs WHERE workflow_id = %s", (flow.id,)
+            ).fetchone()
+            assert found == ((2,) if commit else (0,))
+    finally:
+        engine.dispose()
+
+
+def test_enqueue_hooks_see_each_step(app: pgqueue.App, tasks: Tasks) -> None:
+    seen: list[str] = []
+
+    @contextlib.contextmanager
+    def hook(enqueueing: Any) -> Any:
+        seen.append(enqueueing.task_name)
+        enqueueing.headers["trace"] = "t-1"
+        yield
+        assert len(enqueueing.job_ids) == 1
+
+    app.add_enqueue_hook(hook)
+    flow = pgqueue.chain(tasks.add.s(1, 2), tasks.mul.s(3)).apply_async()
+    assert seen == [tasks.add.name, tasks.mul.name]
+    assert [job.headers for job in flow.refresh().jobs] == [{"trace": "t-1"}] * 2
