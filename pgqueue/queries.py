@@ -1006,27 +1006,28 @@ ORDER BY j.id
 
 # Cancel a workflow: its steps that have not started end CANCELLED at once (the trigger then
 # releases its link_error callback, once), the running ones are asked to stop (their
-# dependents are cancelled already). The steps are locked in id order, the order every
-# statement that ends a step takes its dependents' locks in; `locked` reads each row's
+# dependents are cancelled already). Its jobs, link_error callbacks included, are locked in id
+# order first: a step that ends meanwhile locks its own row, then its callback's and its
+# children's (higher ids), so the two cannot wait for each other. `locked` reads each row's
 # latest version, so a step released or claimed meanwhile is judged as it is now.
 CANCEL_WORKFLOW = f"""
 WITH locked AS (
-    SELECT id, status FROM pgqueue_jobs
-    WHERE id = ANY(ARRAY(
-        SELECT job_id FROM pgqueue_workflow_steps
-        WHERE workflow_id = %(id)s AND role = 'step'))
-    ORDER BY id
-    FOR UPDATE
+    SELECT j.id, j.status, s.role
+    FROM pgqueue_jobs AS j JOIN pgqueue_workflow_steps AS s ON s.job_id = j.id
+    WHERE j.id = ANY(ARRAY(
+        SELECT job_id FROM pgqueue_workflow_steps WHERE workflow_id = %(id)s))
+    ORDER BY j.id
+    FOR UPDATE OF j
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j USING locked AS l
-    WHERE j.id = l.id AND l.status IN ('queued', 'waiting')
+    WHERE j.id = l.id AND l.status IN ('queued', 'waiting') AND l.role = 'step'
     RETURNING j.*
 ), archived AS (
     {_archive("ended", "'cancelled'", _error("Cancelled", "CAST(%(message)s AS text)"))}
 ), asked AS (
     UPDATE pgqueue_jobs AS j SET cancel_requested_at = COALESCE(j.cancel_requested_at, now())
     FROM locked AS l
-    WHERE j.id = l.id AND l.status = 'running'
+    WHERE j.id = l.id AND l.status = 'running' AND l.role = 'step'
     RETURNING j.id
 )
 SELECT id, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified, 'cancelled' AS done
