@@ -216,7 +216,7 @@ class Group(Canvas):
     """Steps run in parallel; their results form a list, in the group's order."""
 
     def __init__(self, *tasks: Canvas | Iterable[Canvas]) -> None:
-        if len(tasks) == 1 and not isinstance(tasks[0], Canvas):
+        if len(tasks) == 1 and not isinstance(tasks[0], Canvas) and isinstance(tasks[0], Iterable):
             tasks = tuple(tasks[0])
         self.tasks: tuple[Canvas, ...] = _canvases("group", tasks)
 
@@ -234,6 +234,11 @@ class Chord(Canvas):
         if isinstance(header, Canvas) and not isinstance(header, Group):
             header = (header,)
         if not isinstance(header, Group):
+            if not isinstance(header, Iterable):
+                raise TypeError(
+                    f"a chord's header is a group or a list of signatures, got {header!r}: "
+                    "call .s() on the task"
+                )
             header = tuple(header)
             if not header:
                 raise WorkflowError(
