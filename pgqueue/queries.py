@@ -793,6 +793,9 @@ def _retry_finished(picked: str) -> str:
 WITH moved AS (
     DELETE FROM pgqueue_finished_jobs AS f
     WHERE f.id = ANY({picked}) AND f.status IN ('failed', 'cancelled')
+      -- A workflow step cancelled because a step before it failed never got its parents'
+      -- results: run alone, it would run with the wrong arguments.
+      AND (f.error ->> 'type') IS DISTINCT FROM 'DependencyFailed'
     RETURNING f.*
 ), requeued AS (
     INSERT INTO pgqueue_jobs (

@@ -168,3 +168,16 @@ def test_retention_prunes_a_workflow_once_all_its_jobs_are_pruned(
     assert [job.status.value for job in app.get_workflow(kept.id).jobs] == ["succeeded"]
     remaining = conn.execute("SELECT count(*) FROM pgqueue_workflow_steps").fetchone()
     assert remaining == (2,)
+
+
+def test_a_step_cancelled_by_its_parents_failure_is_not_retried_alone(
+    app: pgqueue.App, steps: dict[str, Any], conn: psycopg.Connection[Any]
+) -> None:
+    from pgqueue import admin
+
+    add = steps["add"]
+    flow = pgqueue.chain(add.s(1, 2), add.s(1)).apply_async()
+    app.cancel(flow.jobs[0].id)
+    first, second = (r.result for r in admin.retry(conn, [j.id for j in flow.jobs]))
+    assert (first, second) == ("done", "wrong_state")
+    assert _statuses(flow) == ["queued", "cancelled"]
