@@ -32,9 +32,9 @@ def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
     to pgqueue_finished_jobs, ending them with `status`, `error` and `result` (SQL
     expressions over the alias `e`). Every statement that ends a job uses it. The job keeps
     the worker that ran its last attempt, and the history of the earlier ones (copied, not
-    built: ending a job costs no JSON work), its headers and its workflow (a row with one fires
-    the trigger that resolves the step's dependents, in this same transaction: migration
-    0009)."""
+    built: ending a job costs no JSON work), its headers and its workflow (the deletion of a
+    row with one fires the trigger that resolves the step's dependents once this statement
+    has written its outcome, in the same transaction: migration 0009)."""
     return f"""INSERT INTO pgqueue_finished_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,

@@ -81,8 +81,9 @@ jobs = sa.Table(
     # Metadata set at enqueue that travels with the job (a JSON object: the trace context of
     # the OpenTelemetry integration, `apply_async(headers=...)`); NULL for most jobs.
     sa.Column("headers", pg.JSONB, nullable=True),
-    # The workflow the job is a step of (pgqueue.workflows); NULL for most jobs. A job with one
-    # fires the trigger that releases or cancels its dependents when it ends (migration 0009).
+    # The workflow the job is a step of (pgqueue.workflows); NULL for most jobs. Deleting a row
+    # with one (every statement that ends a job does) fires the trigger that releases or
+    # cancels its dependents, in that statement's transaction (migration 0009).
     sa.Column("workflow_id", sa.BigInteger, nullable=True),
     # How many parents a 'waiting' step still waits for; NULL for any other job.
     sa.Column("waiting_for", sa.Integer, nullable=True),
@@ -286,7 +287,7 @@ periodic = sa.Table(
 # Workflows (pgqueue.workflows): one row each, with its shape (the tree `pgqueue workflows show`
 # draws, naming each step's job). Its steps are jobs with its `workflow_id`; what each step
 # waits for is in `pgqueue_dependencies`, resolved by the trigger `pgqueue_workflow_step_ended`
-# on `pgqueue_finished_jobs` (migration 0009) in the transaction that ends each parent.
+# on `pgqueue_jobs` (migration 0009) in the transaction that ends each parent.
 workflows = sa.Table(
     "pgqueue_workflows",
     metadata,

@@ -4,11 +4,11 @@ A workflow is written in one transaction (pgqueue's own, or the caller's with `c
 its steps are jobs with its `workflow_id`; a step without parents is queued, the others wait
 (status 'waiting', never claimed) and hold a count of the parents they wait for. Nothing
 polls: when a step ends, whatever ends it (a worker's outcome, a cancellation, a rescue that
-ends it FAILED, an expiry), the row it moves to `pgqueue_finished_jobs` fires a trigger that, in
-that same transaction, counts its children down under their row locks and releases each one
-whose count reaches zero (exactly one of several parents ending at once sees that), or, when
-it failed or was cancelled, ends its dependents CANCELLED naming it, and releases the
-workflow's link_error callback once (migration 0009 holds the trigger).
+ends it FAILED, an expiry), the statement that moves its row to `pgqueue_finished_jobs` fires
+a trigger that, in that same transaction, counts its children down under their row locks and
+releases each one whose count reaches zero (exactly one of several parents ending at once
+sees that), or, when it failed or was cancelled, ends its dependents CANCELLED naming it, and
+releases the workflow's link_error callback once (migration 0009 holds the trigger).
 
 >>> flow = pgqueue.chord([fetch.s(u) for u in urls], merge.s()).apply_async()
 >>> flow.wait(timeout=60)       # merge's result, or JobFailed naming the step that failed

@@ -8,10 +8,11 @@
 - `pgqueue_workflows` (one row per workflow: its shape, for `pgqueue workflows show`),
   `pgqueue_workflow_steps` (one row per step: what it takes from its parents and its delay)
   and `pgqueue_dependencies` (parent -> child edges still to be resolved).
-- The trigger `pgqueue_workflow_step_ended`, AFTER INSERT on `pgqueue_finished_jobs` for rows
-  with a `workflow_id`: every statement that ends a job moves it there (a completion, a
-  cancellation, a rescue that ends it FAILED, an expiry, a cancelled claim), so whichever ends a
-  step resolves its edges in its own transaction. A job outside any workflow does not fire it.
+- The trigger `pgqueue_workflow_step_ended`, AFTER DELETE on `pgqueue_jobs` for rows with a
+  `workflow_id`: every statement that ends a job moves it from there to
+  `pgqueue_finished_jobs` (a completion, a cancellation, a rescue that ends it FAILED, an
+  expiry, a cancelled claim), so whichever ends a step resolves its edges in its own
+  transaction. A job outside any workflow does not fire it.
 
 Revision ID: 0009
 Revises: 0008
@@ -105,9 +106,10 @@ END $$
 # disabled (pgqueue._connection.HOT_PATH_SETTINGS), which makes any plan that still needs one
 # look costly enough to compile, 25 ms per statement for microseconds of work.
 #
-# Resolve the edges of a workflow step that just ended (NEW: its row in
-# pgqueue_finished_jobs). Edges to the link_error callback first, so that the step that failed,
-# not one cancelled because of it, is the one the callback hears about. A waiting child is
+# Resolve the edges of a workflow step that just ended (OLD: its row deleted from
+# pgqueue_jobs; how it ended: its row in pgqueue_finished_jobs). Edges to the link_error
+# callback first, so that the step that failed, not one cancelled because of it, is the one
+# the callback hears about. A waiting child is
 # locked by the UPDATE that counts its parents down: of several parents ending at once, in
 # different transactions, exactly one sees the count reach zero, and it reads the others'
 # results after their commit (each statement of this function takes a fresh snapshot).
@@ -115,33 +117,40 @@ STEP_ENDED = """
 CREATE FUNCTION pgqueue_workflow_step_ended() RETURNS trigger
 LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
+    ended record;
     edge record;
     remaining int;
     value jsonb;
 BEGIN
+    -- How it ended: the row the same statement moved to pgqueue_finished_jobs.
+    SELECT id, task_name, status, result, error INTO ended
+    FROM pgqueue_finished_jobs WHERE id = OLD.id;
+    IF NOT FOUND THEN
+        RETURN NULL;  -- removed without ending (a downgrade): nothing to resolve
+    END IF;
     -- What it waited for no longer matters (a step cancelled while waiting, a callback).
-    DELETE FROM pgqueue_dependencies WHERE child_id = NEW.id;
+    DELETE FROM pgqueue_dependencies WHERE child_id = OLD.id;
     -- The link_error callback's edge first, then the others; each in child order, read in
     -- the primary key's order (no sort: workers' sessions plan without sorts).
     FOR edge IN
         (SELECT child_id, kind FROM pgqueue_dependencies
-         WHERE parent_id = NEW.id AND kind = 'error' ORDER BY parent_id, child_id)
+         WHERE parent_id = OLD.id AND kind = 'error' ORDER BY parent_id, child_id)
         UNION ALL
         (SELECT child_id, kind FROM pgqueue_dependencies
-         WHERE parent_id = NEW.id AND kind <> 'error' ORDER BY parent_id, child_id)
+         WHERE parent_id = OLD.id AND kind <> 'error' ORDER BY parent_id, child_id)
     LOOP
-        IF edge.kind = 'error' AND NEW.status <> 'succeeded' THEN
+        IF edge.kind = 'error' AND ended.status <> 'succeeded' THEN
             PERFORM pgqueue_release_step(
-                edge.child_id, jsonb_build_array(NEW.id, COALESCE(NEW.error, 'null'::jsonb)));
-        ELSIF NEW.status <> 'succeeded' THEN
+                edge.child_id, jsonb_build_array(ended.id, COALESCE(ended.error, 'null'::jsonb)));
+        ELSIF ended.status <> 'succeeded' THEN
             PERFORM pgqueue_cancel_steps(edge.child_id, jsonb_build_object(
                 'type', 'DependencyFailed',
-                'message', format('step %s (%s) %s: %s: %s', NEW.id, NEW.task_name,
-                    CASE WHEN NEW.status = 'failed' THEN 'failed' ELSE 'was cancelled' END,
-                    COALESCE(NEW.error ->> 'type', 'Unknown'),
-                    COALESCE(NEW.error ->> 'message', '')),
+                'message', format('step %s (%s) %s: %s: %s', ended.id, ended.task_name,
+                    CASE WHEN ended.status = 'failed' THEN 'failed' ELSE 'was cancelled' END,
+                    COALESCE(ended.error ->> 'type', 'Unknown'),
+                    COALESCE(ended.error ->> 'message', '')),
                 'traceback', NULL,
-                'failed_job_id', NEW.id));
+                'failed_job_id', ended.id));
         ELSE
             UPDATE pgqueue_jobs SET waiting_for = waiting_for - 1
             WHERE id = edge.child_id AND status = 'waiting'
@@ -152,11 +161,11 @@ BEGIN
                     PERFORM pgqueue_cancel_steps(edge.child_id, jsonb_build_object(
                         'type', 'NotNeeded',
                         'message', format('workflow %s succeeded: its link_error callback '
-                            'does not run', NEW.workflow_id),
+                            'does not run', OLD.workflow_id),
                         'traceback', NULL));
                 ELSIF edge.kind = 'result' THEN
                     PERFORM pgqueue_release_step(
-                        edge.child_id, jsonb_build_array(COALESCE(NEW.result, 'null'::jsonb)));
+                        edge.child_id, jsonb_build_array(COALESCE(ended.result, 'null'::jsonb)));
                 ELSE
                     SELECT jsonb_build_array(
                         jsonb_agg(COALESCE(f.result, 'null'::jsonb) ORDER BY d.position))
@@ -173,10 +182,14 @@ BEGIN
 END $$
 """
 
+# On the hot table's DELETE, which every statement that ends a job runs (moving the row to
+# pgqueue_finished_jobs in the same statement): its AFTER trigger runs once the statement has
+# written the finished row, and it sees the workflow on the deleted row itself, so a worker of
+# an older pgqueue, whose statements do not copy `workflow_id`, still resolves the steps it ends.
 TRIGGER = """
 CREATE TRIGGER pgqueue_workflow_step_ended
-AFTER INSERT ON pgqueue_finished_jobs
-FOR EACH ROW WHEN (NEW.workflow_id IS NOT NULL)
+AFTER DELETE ON pgqueue_jobs
+FOR EACH ROW WHEN (OLD.workflow_id IS NOT NULL)
 EXECUTE FUNCTION pgqueue_workflow_step_ended()
 """
 
@@ -241,7 +254,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     # PostgreSQL cannot remove a value from an enum: 'waiting' stays, unused, once no job has
     # it (the dropped columns take the workflows with them).
-    op.execute("DROP TRIGGER pgqueue_workflow_step_ended ON pgqueue_finished_jobs")
+    op.execute("DROP TRIGGER pgqueue_workflow_step_ended ON pgqueue_jobs")
     op.execute("DROP FUNCTION pgqueue_workflow_step_ended()")
     op.execute("DROP FUNCTION pgqueue_cancel_steps(bigint, jsonb)")
     op.execute("DROP FUNCTION pgqueue_release_step(bigint, jsonb)")

@@ -181,3 +181,26 @@ def test_a_step_cancelled_by_its_parents_failure_is_not_retried_alone(
     first, second = (r.result for r in admin.retry(conn, [j.id for j in flow.jobs]))
     assert (first, second) == ("done", "wrong_state")
     assert _statuses(flow) == ["queued", "cancelled"]
+
+
+def test_a_worker_whose_statements_do_not_copy_workflow_id_still_releases_the_next_step(
+    app: pgqueue.App, steps: dict[str, Any], conn: psycopg.Connection[Any]
+) -> None:
+    # A worker of the pgqueue before workflows (a rolling deploy) ends jobs without copying
+    # the workflow to pgqueue_finished_jobs: the trigger reads it from the deleted row.
+    older = queries.COMPLETE_JOBS.replace(", headers, workflow_id)", ", headers)").replace(
+        ", e.headers, e.workflow_id", ", e.headers"
+    )
+    assert older != queries.COMPLETE_JOBS and "workflow_id" not in older
+    add = steps["add"]
+    flow = pgqueue.chain(add.s(1, 2), add.s(10)).apply_async()
+    first = flow.jobs[0].id
+    conn.execute(
+        "UPDATE pgqueue_jobs SET status = 'running', worker_id = 1, attempts = 1,"
+        " started_at = now(), lease = 7 WHERE id = %s",
+        (first,),
+    )
+    outcome = [{"id": first, "lease": 7, "status": "succeeded", "result": 3}]
+    conn.execute(older, {"outcomes": json.dumps(outcome)})
+    assert _statuses(flow) == ["succeeded", "queued"]
+    assert flow.jobs[1].args == [3, 10]
