@@ -17,9 +17,9 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -45,6 +45,10 @@ from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from pgqueue.schedule import DEFAULT_MAX_CATCH_UP, Schedule
 from pgqueue.tasks import Task, default_task_name
 from pgqueue.unique import UniqueSpec
+
+if TYPE_CHECKING:
+    from pgqueue.canvas import Signature
+    from pgqueue.workflows import Workflow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -560,6 +564,37 @@ class App:
         if row is None:
             raise JobNotFound(f"no job with id {job_id}")
         return Job(self, row)
+
+    def signature(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        immutable: bool = False,
+        external: bool = False,
+        **options: Any,
+    ) -> Signature:
+        """A signature by task name (see `Task.s()`): UnknownTask for a name this app does
+        not register, unless `external=True` (only the workers import the task; its jobs go
+        to `queue=`, else the app's default queue)."""
+        from pgqueue.canvas import signature_of
+
+        return signature_of(
+            self, name, args, kwargs, immutable=immutable, external=external, **options
+        )
+
+    def get_workflow(self, workflow_id: int) -> Workflow:
+        """The workflow with this id and its steps' jobs; raises WorkflowNotFound."""
+        from pgqueue.workflows import get_workflow
+
+        return get_workflow(self, workflow_id)
+
+    async def aget_workflow(self, workflow_id: int) -> Workflow:
+        """Async twin of `get_workflow()`."""
+        from pgqueue.workflows import aget_workflow
+
+        return await aget_workflow(self, workflow_id)
 
     def cancel(self, job_id: int, reason: str = "cancelled on request") -> bool:
         """Cancel a job by id; see `Job.cancel()`. False if it had already finished."""

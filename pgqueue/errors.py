@@ -40,6 +40,10 @@ class JobNotFound(PgQueueError):
     """No job with this id exists (it may have been pruned)."""
 
 
+class WorkflowNotFound(PgQueueError):
+    """No workflow with this id exists."""
+
+
 class JobFailed(PgQueueError):
     """The job ended FAILED or CANCELLED; carries the task's exception type, message and traceback.
 

@@ -19,8 +19,10 @@ if TYPE_CHECKING:
 
 
 class JobStatus(str, enum.Enum):
-    """Where a job is in its life: queued -> running -> succeeded | failed | cancelled."""
+    """Where a job is in its life: queued -> running -> succeeded | failed | cancelled; a
+    workflow step is `waiting` (never claimed) until its parents have ended."""
 
+    WAITING = "waiting"
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -86,6 +88,9 @@ class Job:
         # written; a retry starts afresh, a finished job keeps its last attempt's.
         self.progress: Any = row.get("progress")
         self.progress_at: datetime | None = row.get("progress_at")
+        # The workflow the job is a step of (`app.get_workflow(job.workflow_id)`), or None.
+        workflow_id = row.get("workflow_id")
+        self.workflow_id: int | None = int(workflow_id) if workflow_id is not None else None
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.task_name} {self.status.value} attempts={self.attempts}>"

@@ -98,6 +98,7 @@ async def prune_finished_jobs(
         if cur.rowcount < batch:
             await conn.execute(queries.PRUNE_PERIODIC_TICKS, {"older_than": older_than})
             await conn.execute(queries.PRUNE_UNIQUE_PERIODS, {"older_than": older_than})
+            await conn.execute(queries.PRUNE_WORKFLOWS, {"older_than": older_than})
             break
     return deleted
 
@@ -117,4 +118,5 @@ def prune_finished_jobs_sync(
         if cur.rowcount < batch:
             conn.execute(queries.PRUNE_PERIODIC_TICKS, {"older_than": older_than})
             conn.execute(queries.PRUNE_UNIQUE_PERIODS, {"older_than": older_than})
+            conn.execute(queries.PRUNE_WORKFLOWS, {"older_than": older_than})
             return deleted

@@ -24,7 +24,7 @@ from pgqueue._names import (
 JOB_COLUMNS = (
     "id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts, "
     "worker_id, result, error, created_at, started_at, finished_at, expires_at, "
-    "cancel_requested_at, headers, unique_key, progress, progress_at"
+    "cancel_requested_at, headers, unique_key, progress, progress_at, workflow_id"
 )
 
 
@@ -35,17 +35,19 @@ def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
     the worker that ran its last attempt, and the history of the earlier ones (copied, not
     built: ending a job costs no JSON work), its headers, its unique key (which no longer
     holds anything once the job has left pgqueue_jobs), the last progress its last attempt
-    published, and its concurrency key."""
+    published, its concurrency key, and its workflow (the deletion of a row with one fires
+    the trigger that resolves the step's dependents once this statement has written its
+    outcome, in the same transaction: see the workflows migration)."""
     return f"""INSERT INTO pgqueue_finished_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,
         periodic_fire_at, expires_at, cancel_requested_at, history, headers, unique_key,
-        progress, progress_at, concurrency_key)
+        progress, progress_at, concurrency_key, workflow_id)
     SELECT e.id, e.queue, e.task_name, e.args, e.kwargs, ({status})::pgqueue_job_status,
         e.priority, e.run_at, e.attempts, e.max_attempts, e.worker_id, {result}, {error},
         e.created_at, e.started_at, now(), e.periodic_name, e.periodic_fire_at, e.expires_at,
         e.cancel_requested_at, e.history, e.headers, e.unique_key, e.progress, e.progress_at,
-        e.concurrency_key
+        e.concurrency_key, e.workflow_id
     FROM {ended} AS e
     RETURNING id, task_name, status, attempts, max_attempts, worker_id"""
 
@@ -483,7 +485,8 @@ RESCUE_ORPHANED_JOBS = _rescue(
 # reconnect): pg_try_advisory_lock never blocks on a session that outlived its client.
 TRY_LOCK_WORKER = f"SELECT pg_try_advisory_lock({ADVISORY_LOCK_NAMESPACE}, %(worker_id)s)"
 
-# Cancel a job, in one statement whatever it is doing: a queued job ends CANCELLED at once and
+# Cancel a job, in one statement whatever it is doing: a queued job (or a workflow step
+# waiting for its parents) ends CANCELLED at once and
 # its waiters are told; a running one is flagged and its worker told (the flag also stops any
 # later retry or rescue). `locked` takes the row's lock and reads its latest version, so the
 # decision follows the job's status as it is now, even when a claim, a retry or a rescue
@@ -495,7 +498,7 @@ WITH locked AS (
     SELECT id, status FROM pgqueue_jobs WHERE id = %(id)s FOR UPDATE
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j USING locked AS l
-    WHERE j.id = l.id AND l.status = 'queued'
+    WHERE j.id = l.id AND l.status IN ('queued', 'waiting')
     RETURNING j.*
 ), archived AS (
     {_archive("ended", "'cancelled'", _error("Cancelled", "CAST(%(message)s AS text)"))}
@@ -788,6 +791,27 @@ ON CONFLICT (bucket, queue, outcome) DO UPDATE SET
         ORDER BY i)
 """
 
+# One batch of workflows older than the cutoff whose steps have all been pruned (a workflow
+# still holding one job, however old, is kept), with their steps' rows. With no workflows
+# this reads an empty table.
+PRUNE_WORKFLOWS = """
+WITH gone AS (
+    SELECT w.id FROM pgqueue_workflows AS w
+    WHERE w.created_at < now() - %(older_than)s::float8 * interval '1 second'
+      AND NOT EXISTS (
+        SELECT FROM pgqueue_workflow_steps AS s
+        WHERE s.workflow_id = w.id
+          AND (EXISTS (SELECT FROM pgqueue_jobs AS j WHERE j.id = s.job_id)
+               OR EXISTS (SELECT FROM pgqueue_finished_jobs AS f WHERE f.id = s.job_id)))
+    ORDER BY w.created_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), steps AS (
+    DELETE FROM pgqueue_workflow_steps AS s USING gone WHERE s.workflow_id = gone.id
+)
+DELETE FROM pgqueue_workflows AS w USING gone WHERE w.id = gone.id
+"""
+
 # Rollup rows past the 25 hours every reader looks back over (a range of the primary key).
 PRUNE_STATS = "DELETE FROM pgqueue_stats WHERE bucket < now() - interval '25 hours'"
 
@@ -813,6 +837,9 @@ def _retry_finished(picked: str) -> str:
 WITH moved AS (
     DELETE FROM pgqueue_finished_jobs AS f
     WHERE f.id = ANY({picked}) AND f.status IN ('failed', 'cancelled')
+      -- A workflow step cancelled because a step before it failed never got its parents'
+      -- results: run alone, it would run with the wrong arguments.
+      AND (f.error ->> 'type') IS DISTINCT FROM 'DependencyFailed'
     RETURNING f.*
 ), keyed AS (
     SELECT m.id, row_number() OVER (PARTITION BY m.unique_key ORDER BY m.id) = 1
@@ -826,14 +853,15 @@ WITH moved AS (
     INSERT INTO pgqueue_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         created_at, periodic_name, periodic_fire_at, history, headers, unique_key,
-        concurrency_key, limited)
+        concurrency_key, limited, workflow_id)
     SELECT m.id, m.queue, m.task_name, m.args, m.kwargs, 'queued', m.priority, now(), 0,
         m.max_attempts, m.created_at, m.periodic_name, m.periodic_fire_at,
         {_with_attempt("m", "m.status::text", "m.error", "m.finished_at")}, m.headers,
         CASE WHEN (SELECT k.keeps_key FROM keyed AS k WHERE k.id = m.id) THEN m.unique_key END,
         m.concurrency_key,
         -- A job of a task with limits now is limited again, whatever it was when it ended.
-        (SELECT true FROM pgqueue_limits AS l WHERE l.name = m.task_name)
+        (SELECT true FROM pgqueue_limits AS l WHERE l.name = m.task_name),
+        m.workflow_id
     FROM moved AS m
     RETURNING id, queue, run_at, priority
 )
@@ -1230,4 +1258,110 @@ SELECT l.name, l.rate, l.per_seconds, l.concurrency, l.key_concurrency,
         WHERE q.status = 'queued' AND q.limited AND q.task_name = l.name) AS queued
 FROM pgqueue_limits AS l
 ORDER BY l.name
+"""
+
+# -- workflows (pgqueue.workflows) ------------------------------------------------------------
+
+# A workflow's id and one job id per step, in order (parents before children, so a child's id
+# is above its parents': the locks a workflow's statements take follow the ids).
+RESERVE_WORKFLOW_IDS = """
+SELECT nextval(pg_get_serial_sequence('pgqueue_workflows', 'id')), array(
+    SELECT nextval(pg_get_serial_sequence('pgqueue_jobs', 'id')) FROM generate_series(1, %(n)s)
+)
+"""
+
+# Write a whole workflow in one statement: its row, its steps as jobs (those without parents
+# queued, the others waiting, counting their parents), what each step takes at release, and
+# the edges. Workers are told of the queued ones (on commit). Casts are spelled CAST(... AS
+# ...): this statement also runs through SQLAlchemy.
+INSERT_WORKFLOW = f"""
+WITH workflow AS (
+    INSERT INTO pgqueue_workflows (id, tree) VALUES (%(workflow_id)s, CAST(%(tree)s AS jsonb))
+), step AS (
+    SELECT * FROM jsonb_to_recordset(CAST(%(steps)s AS jsonb)) AS s(
+        id bigint, queue text, task_name text, args jsonb, kwargs jsonb, priority int,
+        max_attempts int, waiting_for int, delay float8, eta timestamptz,
+        expires_at timestamptz, expires_in float8, headers jsonb, takes_result boolean,
+        role text)
+), job AS (
+    INSERT INTO pgqueue_jobs (
+        id, queue, task_name, args, kwargs, status, priority, run_at, max_attempts,
+        expires_at, headers, workflow_id, waiting_for)
+    SELECT s.id, s.queue, s.task_name, s.args, s.kwargs,
+        CAST(CASE WHEN s.waiting_for > 0 THEN 'waiting' ELSE 'queued' END
+             AS pgqueue_job_status),
+        s.priority,
+        CASE WHEN s.waiting_for > 0 THEN now()
+             ELSE GREATEST(COALESCE(s.eta, now()), now() + s.delay * interval '1 second') END,
+        s.max_attempts,
+        COALESCE(s.expires_at, now() + s.expires_in * interval '1 second'),
+        s.headers, %(workflow_id)s, NULLIF(s.waiting_for, 0)
+    FROM step AS s
+    ORDER BY s.id
+    RETURNING id, queue, run_at, priority, status, created_at
+), steps AS (
+    INSERT INTO pgqueue_workflow_steps (job_id, workflow_id, role, takes_result, delay, eta)
+    SELECT s.id, %(workflow_id)s, s.role, s.takes_result, s.delay, s.eta FROM step AS s
+), edges AS (
+    INSERT INTO pgqueue_dependencies (parent_id, child_id, kind, position)
+    SELECT e.parent_id, e.child_id, e.kind, e.position
+    FROM jsonb_to_recordset(CAST(%(edges)s AS jsonb)) AS e(
+        parent_id bigint, child_id bigint, kind text, position int)
+)
+SELECT j.id, j.created_at,
+    CASE WHEN j.status = 'queued'
+         THEN pg_notify('{NOTIFY_ENQUEUED}', {_enqueued("j")})::text END AS notified
+FROM job AS j
+ORDER BY j.id
+"""
+
+# A workflow's row.
+FETCH_WORKFLOW = "SELECT id, tree, created_at FROM pgqueue_workflows WHERE id = %(id)s"
+
+# Every job of a workflow with its role, in step order; a job moving between the two tables
+# is seen once (one statement, one snapshot).
+WORKFLOW_JOBS = f"""
+SELECT j.*, s.role FROM (
+    SELECT {JOB_COLUMNS} FROM pgqueue_jobs
+    WHERE id = ANY(ARRAY(
+        SELECT job_id FROM pgqueue_workflow_steps WHERE workflow_id = %(id)s))
+    UNION ALL
+    SELECT {JOB_COLUMNS} FROM pgqueue_finished_jobs
+    WHERE id = ANY(ARRAY(
+        SELECT job_id FROM pgqueue_workflow_steps WHERE workflow_id = %(id)s))
+) AS j
+JOIN pgqueue_workflow_steps AS s ON s.job_id = j.id
+ORDER BY j.id
+"""
+
+# Cancel a workflow: its steps that have not started end CANCELLED at once (the trigger then
+# releases its link_error callback, once), the running ones are asked to stop (their
+# dependents are cancelled already). Its jobs, link_error callbacks included, are locked in id
+# order first: a step that ends meanwhile locks its own row, then its callback's and its
+# children's (higher ids), so the two cannot wait for each other. `locked` reads each row's
+# latest version, so a step released or claimed meanwhile is judged as it is now.
+CANCEL_WORKFLOW = f"""
+WITH locked AS (
+    SELECT j.id, j.status, s.role
+    FROM pgqueue_jobs AS j JOIN pgqueue_workflow_steps AS s ON s.job_id = j.id
+    WHERE j.id = ANY(ARRAY(
+        SELECT job_id FROM pgqueue_workflow_steps WHERE workflow_id = %(id)s))
+    ORDER BY j.id
+    FOR UPDATE OF j
+), ended AS (
+    DELETE FROM pgqueue_jobs AS j USING locked AS l
+    WHERE j.id = l.id AND l.status IN ('queued', 'waiting') AND l.role = 'step'
+    RETURNING j.*
+), archived AS (
+    {_archive("ended", "'cancelled'", _error("Cancelled", "CAST(%(message)s AS text)"))}
+), asked AS (
+    UPDATE pgqueue_jobs AS j SET cancel_requested_at = COALESCE(j.cancel_requested_at, now())
+    FROM locked AS l
+    WHERE j.id = l.id AND l.status = 'running' AND l.role = 'step'
+    RETURNING j.id
+)
+SELECT id, pg_notify('{NOTIFY_FINISHED}', id::text)::text AS notified, 'cancelled' AS done
+FROM archived
+UNION ALL
+SELECT id, pg_notify('{NOTIFY_CANCEL}', id::text)::text, 'requested' FROM asked
 """

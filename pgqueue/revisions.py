@@ -19,7 +19,20 @@ logger = logging.getLogger("pgqueue")
 
 # Every revision in migrations/versions, oldest first; the last is the head. A new migration
 # adds its revision here.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011")
+REVISIONS = (
+    "0001",
+    "0002",
+    "0003",
+    "0004",
+    "0005",
+    "0006",
+    "0007",
+    "0008",
+    "0009",
+    "0010",
+    "0011",
+    "0012",
+)
 HEAD_REVISION = REVISIONS[-1]
 
 

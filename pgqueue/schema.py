@@ -29,6 +29,7 @@ metadata = sa.MetaData()
 LEASE_SEQUENCE = sa.Sequence("pgqueue_job_lease_seq", metadata=metadata)
 
 job_status = pg.ENUM(
+    "waiting",
     "queued",
     "running",
     "succeeded",
@@ -93,6 +94,12 @@ jobs = sa.Table(
     sa.Column("limited", sa.Boolean, nullable=True),
     # The key a per-key concurrency limit counts the job under (`concurrency_key=`).
     sa.Column("concurrency_key", sa.Text, nullable=True),
+    # The workflow the job is a step of (pgqueue.workflows); NULL for most jobs. Deleting a row
+    # with one (every statement that ends a job does) fires the trigger that releases or
+    # cancels its dependents, in that statement's transaction (migration 0012).
+    sa.Column("workflow_id", sa.BigInteger, nullable=True),
+    # How many parents a 'waiting' step still waits for; NULL for any other job.
+    sa.Column("waiting_for", sa.Integer, nullable=True),
     sa.CheckConstraint("attempts >= 0", name="pgqueue_jobs_attempts_check"),
     sa.CheckConstraint("max_attempts >= 1", name="pgqueue_jobs_max_attempts_check"),
     # The claim query walks this small partial index: only jobs that can be claimed are in it.
@@ -152,11 +159,11 @@ jobs = sa.Table(
 
 
 def _finished_jobs_table() -> sa.Table:
-    """The columns of `pgqueue_jobs` (a job moves with all of them but its lease and its
-    limit marker), for ended jobs."""
+    """The columns of `pgqueue_jobs` (a job moves with all of them but its lease, its limit
+    marker and its count of parents), for ended jobs."""
     # A claim's lease means nothing once its job has ended, nor does the marker that has the
-    # limited claim take it.
-    columns = [c._copy() for c in jobs.columns if c.name not in ("lease", "limited")]
+    # limited claim take it, nor the count of parents a step waited for.
+    columns = [c._copy() for c in jobs.columns if c.name not in ("lease", "limited", "waiting_for")]
     for column in columns:
         column.server_default = None
         if column.name == "id":  # ids come with the job, from pgqueue_jobs's identity
@@ -346,4 +353,52 @@ limits = sa.Table(
     sa.Column(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+)
+
+# Workflows (pgqueue.workflows): one row each, with its shape (the tree `pgqueue workflows show`
+# draws, naming each step's job). Its steps are jobs with its `workflow_id`; what each step
+# waits for is in `pgqueue_dependencies`, resolved by the trigger `pgqueue_workflow_step_ended`
+# on `pgqueue_jobs` (migration 0012) in the transaction that ends each parent.
+workflows = sa.Table(
+    "pgqueue_workflows",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("tree", pg.JSONB, nullable=False),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    # Retention: workflows past the cutoff whose jobs were all pruned go with them.
+    sa.Index("pgqueue_workflows_created_idx", "created_at"),
+)
+
+# One row per step of a workflow: whether it is a step or the link_error callback, whether its
+# parents' results are prepended to its arguments when it is released, and its delay then.
+workflow_steps = sa.Table(
+    "pgqueue_workflow_steps",
+    metadata,
+    sa.Column("job_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("workflow_id", sa.BigInteger, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("takes_result", sa.Boolean, nullable=False),
+    sa.Column("delay", sa.Float, nullable=False, server_default="0"),
+    sa.Column("eta", sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint("role IN ('step', 'link_error')", name="pgqueue_workflow_steps_role_check"),
+    sa.Index("pgqueue_workflow_steps_workflow_idx", "workflow_id", "job_id"),
+)
+
+# The edges not resolved yet: the child waits for its parent's success ('result': the parent's
+# result is its value; 'results': one of a chord's members, at `position` in the list) or for
+# any step's failure ('error': the child is the workflow's link_error callback). A child's
+# edges are deleted when it is released or cancelled.
+dependencies = sa.Table(
+    "pgqueue_dependencies",
+    metadata,
+    sa.Column("parent_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("child_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False, server_default="0"),
+    sa.CheckConstraint(
+        "kind IN ('result', 'results', 'error')", name="pgqueue_dependencies_kind_check"
+    ),
+    sa.Index("pgqueue_dependencies_child_idx", "child_id"),
 )

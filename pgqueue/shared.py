@@ -36,6 +36,7 @@ from pgqueue.unique import UniqueSpec, task_uniqueness
 
 if TYPE_CHECKING:
     from pgqueue.app import App
+    from pgqueue.canvas import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -185,6 +186,18 @@ class SharedTask(Generic[P, R]):
         ask_retry(self.name, self.request.retries, exc, countdown, eta, max_retries)
 
     # -- enqueueing, through the current App's Task (same arguments as Task's) -------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """As `Task.s()`, through the current App."""
+        return self.for_app(self.app).s(*args, **kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """As `Task.si()`, through the current App."""
+        return self.for_app(self.app).si(*args, **kwargs)
+
+    def signature(self, *args: Any, **options: Any) -> Signature:
+        """As `Task.signature()`, through the current App."""
+        return self.for_app(self.app).signature(*args, **options)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """As `Task.delay()`, through the current App."""

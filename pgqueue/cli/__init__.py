@@ -17,7 +17,17 @@ import psycopg
 from pgqueue import _logging
 from pgqueue._loading import load_app
 from pgqueue._version import __version__
-from pgqueue.cli import doctor, exporter, jobs, limits, periodic, queues, status, worker
+from pgqueue.cli import (
+    doctor,
+    exporter,
+    jobs,
+    limits,
+    periodic,
+    queues,
+    status,
+    worker,
+    workflows,
+)
 from pgqueue.cli._common import EXIT_ERROR, EXIT_USAGE, Parents
 from pgqueue.errors import ConfigurationError, PgQueueError
 
@@ -32,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pgqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (worker, status, periodic, jobs, queues, limits, doctor, exporter):
+    for group in (worker, status, periodic, jobs, workflows, queues, limits, doctor, exporter):
         group.register(sub, parents)
     return parser
 

@@ -90,6 +90,8 @@ def _report(
 
 RETRIED = {"queued": "queued to run again (its earlier attempts are kept in its history)"}
 NOT_RETRIED = {
+    "waiting": "waiting for the workflow steps before it, not retried (only failed or "
+    "cancelled jobs are)",
     "queued": "still queued, not retried (only failed or cancelled jobs are)",
     "running": "still running, not retried (only failed or cancelled jobs are)",
     "succeeded": "succeeded, not retried (only failed or cancelled jobs are; enqueue a new job "
@@ -151,6 +153,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 DELETED = {status: f"deleted ({status})" for status in ("succeeded", "failed", "cancelled")}
 NOT_DELETED = {
+    "waiting": "waiting for the workflow steps before it, not deleted (only finished jobs "
+    "are; cancel it first)",
     "queued": "still queued, not deleted (only finished jobs are; cancel it first)",
     "running": "still running, not deleted (only finished jobs are; cancel it first)",
 }

@@ -201,7 +201,8 @@ def register_views(sub: Any, parents: Parents) -> None:
     jlist.add_argument(
         "--status",
         metavar="S[,S]",
-        help="only jobs with these statuses: queued, running, succeeded, failed, cancelled",
+        help="only jobs with these statuses: waiting (workflow steps), queued, running, "
+        "succeeded, failed, cancelled",
     )
     jlist.add_argument(
         "--since", metavar="AGE", help="only jobs that got there within AGE (15m, 2h, 7d)"

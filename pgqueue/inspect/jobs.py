@@ -26,7 +26,7 @@ from pgqueue.job import FINISHED_STATUSES, JobStatus
 
 Conn = psycopg.Connection[Any]
 
-ACTIVE = ("queued", "running")
+ACTIVE = ("waiting", "queued", "running")
 FINISHED = tuple(sorted(s.value for s in FINISHED_STATUSES))
 STATUSES = tuple(s.value for s in JobStatus)
 MAX_LIMIT = 1000

@@ -151,6 +151,7 @@ CLI_COMMANDS = [
     ["queues"],
     ["jobs", "list"],
     ["jobs", "show", "1"],
+    ["workflows", "show", "1"],
     ["doctor"],
     ["jobs", "cancel", "1"],
     ["jobs", "retry", "1"],
@@ -166,7 +167,9 @@ CLI_COMMANDS = [
 
 
 @pytest.mark.parametrize(
-    "command", CLI_COMMANDS, ids=lambda c: c[0] + (c[1] if c[0] in ("periodic", "jobs") else "")
+    "command",
+    CLI_COMMANDS,
+    ids=lambda c: c[0] + (c[1] if c[0] in ("periodic", "jobs", "workflows") else ""),
 )
 @pytest.mark.parametrize(("dsn", "secret"), BAD_DSNS)
 def test_the_cli_given_a_bad_dsn_never_shows_its_password(
