@@ -561,6 +561,62 @@ def latency(dsn: str, rate: float, seconds: float, results: Results, logs: Path,
         )
 
 
+def workflows(dsn: str, chain_steps: int, chord_members: int, results: Results, logs: Path) -> None:
+    """The cost of workflows against plain jobs, one worker process (async no-op tasks,
+    `--concurrency 200`): a chain of `chain_steps` steps, each released by the transaction
+    that ends the one before; a chord of `chord_members` members whose callback is released
+    by the last member's; and as baseline, as many plain jobs drained by the same worker."""
+    import pgqueue
+
+    app = pgqueue.App(dsn)
+
+    @app.task(name="bench_tasks.anoop", queue="bench")
+    async def anoop() -> None: ...
+
+    @app.task(name="bench_tasks.count", queue="bench")
+    async def count(results: list[object]) -> int: ...
+
+    def run(name: str, steps: int, enqueue: Callable[[], Any]) -> float:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            reset(conn)
+            conn.execute("TRUNCATE pgqueue_workflows, pgqueue_workflow_steps, pgqueue_dependencies")
+            started = time.perf_counter()
+            enqueue()
+            enqueue_seconds = time.perf_counter() - started
+            worker = Worker(dsn, logs / f"{name}.log", "--concurrency", "200")
+            seconds = drain_seconds(conn, worker, steps)
+        results.add(
+            name,
+            steps=steps,
+            seconds=seconds,
+            ms_per_step=seconds / steps * 1000,
+            enqueue_ms_per_step=enqueue_seconds / steps * 1000,
+        )
+        return seconds / steps
+
+    plain = run(
+        "workflow_baseline_plain_jobs",
+        chord_members,
+        lambda: anoop.delay_many([()] * chord_members),
+    )
+    chain = run(
+        "workflow_chain",
+        chain_steps,
+        lambda: pgqueue.chain(*(anoop.si() for _ in range(chain_steps))).apply_async(),
+    )
+    chord = run(
+        "workflow_chord",
+        chord_members + 1,
+        lambda: pgqueue.chord([anoop.si() for _ in range(chord_members)], count.s()).apply_async(),
+    )
+    results.add(
+        "workflow_overhead",
+        chain_step_vs_plain_job=chain / plain,
+        chord_step_vs_plain_job=chord / plain,
+    )
+    app.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per drain (20,000)")
@@ -568,7 +624,7 @@ def main() -> int:
     parser.add_argument("--output", default=str(HERE / "results" / "latest.json"))
     parser.add_argument(
         "--only",
-        choices=["drain", "enqueue", "latency", "cpu", "peers"],
+        choices=["drain", "enqueue", "latency", "cpu", "workflows", "peers"],
         action="append",
         help="run only these workloads (repeatable); the ceiling runs with drain; peers "
         "(the side-by-side run with PgQueuer, procrastinate and Celery) needs drain and enqueue",
@@ -596,7 +652,7 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
         print("machine:", json.dumps(results.machine), flush=True)
-        only = set(args.only or ("drain", "enqueue", "latency", "cpu", "peers"))
+        only = set(args.only or ("drain", "enqueue", "latency", "cpu", "workflows", "peers"))
         if "drain" in only:
             ceiling = bare_sql_ceiling(dsn, n, results)
             for task, pool, concurrency in DRAINS:
@@ -611,6 +667,8 @@ def main() -> int:
             latency(dsn, 2_000, seconds, results, logs, "latency_steady_2000_per_s")
         if "cpu" in only:
             cpu_bound(dsn, 20 if args.quick else 200, results, logs)
+        if "workflows" in only:
+            workflows(dsn, 100 if args.quick else 1_000, n if args.quick else 10_000, results, logs)
         if {"peers", "drain", "enqueue"} <= only:
             import side_by_side
 

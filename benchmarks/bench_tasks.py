@@ -33,3 +33,9 @@ async def probe(sent: float) -> float:
     """Pickup latency on the client's clock, measured as the peers' probes measure it: from
     just before the enqueue to the task's start."""
     return time.time() - sent
+
+
+@app.task(queue="bench")
+async def count(results: list[object]) -> int:
+    """A chord's callback: how many results its members gave it."""
+    return len(results)

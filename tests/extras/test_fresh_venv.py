@@ -16,6 +16,7 @@ To cover a new extra, add its row to EXTRAS.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import json
@@ -188,7 +189,15 @@ def sources_digest() -> str:
 
 
 def prepared_venv(extra: Extra) -> Path:
-    """.venv-extras/<extra>, up to date: pgqueue's wheel installed with its extra alone."""
+    """.venv-extras/<extra>, up to date: pgqueue's wheel installed with its extra alone. Two
+    test runs at once (CI runs the suite on two databases side by side) take turns."""
+    VENVS.mkdir(exist_ok=True)
+    with open(VENVS / f".{extra.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _prepared_venv(extra)
+
+
+def _prepared_venv(extra: Extra) -> Path:
     venv = VENVS / extra.name
     python = interpreter(extra)
     environment = digest(
