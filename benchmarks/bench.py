@@ -239,8 +239,10 @@ def enqueue_noops(conn: psycopg.Connection[Any], n: int, task: str = "noop") -> 
     conn.commit()
 
 
+# `limited IS NULL`: the claimable index holds plain jobs only (jobs of tasks with fleet-wide
+# limits are claimed apart); without it the ceiling's claim would not use the index.
 CLAIM_100 = (
-    "WITH c AS (SELECT id FROM pgqueue_jobs WHERE status = 'queued'"
+    "WITH c AS (SELECT id FROM pgqueue_jobs WHERE status = 'queued' AND limited IS NULL"
     " AND queue = 'bench' AND run_at <= now()"
     " ORDER BY priority DESC, run_at, id LIMIT 100 FOR UPDATE SKIP LOCKED)"
     " UPDATE pgqueue_jobs j SET status = %s, {changes}"
