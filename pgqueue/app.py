@@ -39,7 +39,7 @@ from pgqueue.config import (
 from pgqueue.enqueue import JobRequest, translate_error
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable, JobNotFound
 from pgqueue.hooks import AttemptWrapper, EnqueueHook, Hooks
-from pgqueue.job import Job
+from pgqueue.job import Job, JobStatus
 from pgqueue.limits import declared_limits
 from pgqueue.retry import DEFAULT_BACKOFF_MAX, DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from pgqueue.schedule import DEFAULT_MAX_CATCH_UP, Schedule
@@ -670,7 +670,7 @@ class App:
                     row = cur.execute(queries.FETCH_JOB, {"id": job_id}).fetchone()
                 if row is None:
                     raise JobNotFound(f"job {job_id} no longer exists (was it pruned?)")
-                finished = row["status"] not in ("queued", "running")
+                finished = JobStatus(row["status"]).is_finished
                 if finished or row["progress_at"] != seen:
                     yield row
                     if finished:
@@ -695,7 +695,7 @@ class App:
                     row = await cur.fetchone()
                 if row is None:
                     raise JobNotFound(f"job {job_id} no longer exists (was it pruned?)")
-                finished = row["status"] not in ("queued", "running")
+                finished = JobStatus(row["status"]).is_finished
                 if finished or row["progress_at"] != seen:
                     yield row
                     if finished:

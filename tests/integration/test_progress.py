@@ -516,3 +516,18 @@ def test_progress_lost_with_the_connection_is_written_again(
     assert any("could not write the progress of 1 job(s)" in r.getMessage() for r in caplog.records)
     finish.set()
     job.wait(timeout=15)
+
+
+def test_a_waiting_workflow_step_is_not_taken_for_finished(app: pgqueue.App) -> None:
+    @app.task
+    def step() -> None: ...
+
+    flow = pgqueue.chain(step.si(), step.si()).apply_async()
+    waiting = flow.jobs[1]
+    assert waiting.status.value == "waiting"
+    # No worker runs: nothing is published and the step has not ended, so the wait times out
+    # (it must not return at once as it does for a finished job).
+    with pytest.raises(TimeoutError):
+        waiting.wait_progress(timeout=0.5)
+    with pytest.raises(TimeoutError):
+        list(waiting.progress_updates(timeout=0.5))
