@@ -40,6 +40,7 @@ from ._app import DjangoApp
 
 # pgqueue's statuses as Django's: a job back in the queue for another attempt is READY again.
 STATUSES = {
+    "waiting": TaskResultStatus.READY,  # a workflow step whose parents have not ended
     "queued": TaskResultStatus.READY,
     "running": TaskResultStatus.RUNNING,
     "succeeded": TaskResultStatus.SUCCESSFUL,
