@@ -55,8 +55,9 @@ class PgQueueBackend(BaseTaskBackend):
     """Django Tasks on pgqueue: deferred (`run_after`), async and prioritised tasks, results
     read from any process, and the job written in the caller's `atomic()` transaction.
 
-    `QUEUES` lists the queue names tasks may use (default `["default"]`; an empty list allows
-    any name pgqueue accepts); `pgqueue worker` serves them all unless given `--queues`.
+    `QUEUES` lists the queue names tasks may use (default `["default"]`), and `pgqueue
+    worker` serves them all unless given `--queues`; an empty list allows any name pgqueue
+    accepts, and then the worker needs `--queues` to serve names other than "default".
     `OPTIONS`: `MAX_ATTEMPTS`, the runs a job gets when its worker is lost or the task raises
     `pgqueue.Retry` (default pgqueue's). Django's priorities (-100 to 100, higher first) are
     pgqueue's own, unchanged.
