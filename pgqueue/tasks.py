@@ -258,17 +258,7 @@ class Task(Generic[P, R]):
         request = self._request(
             args, kwargs, countdown, eta, priority, queue, expires, headers, concurrency_key
         )
-        if (
-            unique_key is not None
-            or self.uniqueness is not None
-            or unique_for is not None
-            or on_conflict is not None
-        ):
-            if self.limits is not None:
-                raise ConfigurationError(_UNIQUE_AND_LIMITS.format(task=self.name))
-            request.unique = options_for(
-                self.uniqueness, args or (), kwargs or {}, unique_key, unique_for, on_conflict
-            )
+        self._make_unique(request, args, kwargs, unique_key, unique_for, on_conflict)
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return self.app._eager(self, request, False)  # type: ignore[no-any-return]
         if connection is None:
@@ -471,17 +461,7 @@ class Task(Generic[P, R]):
         request = self._request(
             args, kwargs, countdown, eta, priority, queue, expires, headers, concurrency_key
         )
-        if (
-            unique_key is not None
-            or self.uniqueness is not None
-            or unique_for is not None
-            or on_conflict is not None
-        ):
-            if self.limits is not None:
-                raise ConfigurationError(_UNIQUE_AND_LIMITS.format(task=self.name))
-            request.unique = options_for(
-                self.uniqueness, args or (), kwargs or {}, unique_key, unique_for, on_conflict
-            )
+        self._make_unique(request, args, kwargs, unique_key, unique_for, on_conflict)
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return await self.app._eager(self, request, True)  # type: ignore[no-any-return]
         hooks = self.app._hooks.enqueue_hooks
@@ -516,6 +496,30 @@ class Task(Generic[P, R]):
         if connection is None:
             return await self.app._ainsert_committed(request)
         return await ainsert_job(connection, request)
+
+    def _make_unique(
+        self,
+        request: JobRequest,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        unique_key: str | None,
+        unique_for: float | timedelta | None,
+        on_conflict: str | None,
+    ) -> None:
+        """Give `request` its unique key and how it is unique, from these options and the
+        task's `unique=` (apply_async and its async twin); nothing for most jobs."""
+        if (
+            unique_key is None
+            and self.uniqueness is None
+            and unique_for is None
+            and on_conflict is None
+        ):
+            return
+        if self.limits is not None:
+            raise ConfigurationError(_UNIQUE_AND_LIMITS.format(task=self.name))
+        request.unique = options_for(
+            self.uniqueness, args or (), kwargs or {}, unique_key, unique_for, on_conflict
+        )
 
     def _request(
         self,
