@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.acceptance import apps
-from tests.acceptance.helpers import APP, WorkerProcess, enqueue, stop_gracefully
+from tests.acceptance.helpers import APP, WorkerProcess, enqueue, set_flag, stop_gracefully
 from tests.acceptance.test_cli import one_line_error, pgqueue
 from tests.conftest import wait_until
 from tests.servers import PgBouncer
@@ -65,6 +65,11 @@ def succeeded(db: psycopg.Connection[Any], ids: list[int]) -> int:
     return int(row[0])
 
 
+def started(db: psycopg.Connection[Any], job_id: int) -> bool:
+    row = db.execute("SELECT 1 FROM acceptance_executions WHERE job_id = %s", (job_id,)).fetchone()
+    return row is not None
+
+
 def test_kill_9_behind_a_transaction_pooler_loses_no_job(
     dsn: str,
     db: psycopg.Connection[Any],
@@ -73,14 +78,19 @@ def test_kill_9_behind_a_transaction_pooler_loses_no_job(
     tmp_path: Path,
 ) -> None:
     with psycopg.connect(bouncer.dsn, autocommit=True, prepare_threshold=None) as pooled:
+        # One job runs until its flag is set, so the doomed worker surely holds it when killed.
+        held = enqueue(pooled, apps.block, "after-the-kill")
         ids = [enqueue(pooled, apps.steady, n, 0.05) for n in range(JOBS)]
     doomed = pooled_worker(workers, tmp_path, bouncer, dsn, "doomed")
-    wait_until(lambda: succeeded(db, ids) >= 40, timeout=60, what="40 jobs done")
+    wait_until(
+        lambda: started(db, held) and succeeded(db, ids) >= 40, timeout=60, what="40 jobs done"
+    )
     assert doomed.kill() == -signal.SIGKILL
     assert succeeded(db, ids) < JOBS, "killed mid-run"
 
     rescuer = pooled_worker(workers, tmp_path, bouncer, dsn, "rescuer")
-    wait_until(lambda: succeeded(db, ids) == JOBS, timeout=120, what="every job done")
+    set_flag(db, "after-the-kill")
+    wait_until(lambda: succeeded(db, [held, *ids]) == JOBS + 1, timeout=120, what="every job done")
     rows = db.execute(
         "SELECT count(DISTINCT job_id) FROM acceptance_executions WHERE job_id = ANY(%s)",
         (ids,),
@@ -90,8 +100,10 @@ def test_kill_9_behind_a_transaction_pooler_loses_no_job(
         "SELECT result FROM pgqueue_all_jobs WHERE id = ANY(%s) ORDER BY id", (ids,)
     ).fetchall()
     assert [row[0] for row in results] == list(range(JOBS))
-    # The worker rescued the dead one's jobs (those it was running when killed).
-    assert rescuer.log_lines("its worker was lost; back in the queue")
+    # The worker rescued the dead one's jobs, the one it surely held among them.
+    assert rescuer.log_lines(
+        f"job {held} tests.acceptance.apps.block attempt 1/3: its worker was lost"
+    )
     # Behind the pooler, pgqueue prepared nothing and set nothing the pooler does not track.
     assert "prepared statement" not in rescuer.log() + doomed.log()
     assert stop_gracefully(rescuer) == 0
