@@ -52,12 +52,15 @@ bench: $(BENCH_STAMP)
 bench-limits: $(STAMP)
 	$(BIN)/python benchmarks/limits.py $(LIMITS_ARGS)
 
-# The chaos run of docs/reliability.md: 3 workers run 10,000 jobs while workers are killed with
+# The chaos runs of docs/reliability.md: 3 workers run 10,000 jobs while workers are killed with
 # SIGKILL and the database connections cut; it fails unless no job is lost, no transactional job
-# takes effect twice and every rescue is under 5 s. Uses PGQUEUE_DSN's server, else the embedded
-# one. A smoke run: CHAOS_ARGS="--jobs 300 --kills 2 --cuts 1".
+# takes effect twice and every rescue is under 5 s. Then the same with 200 chords of 20 and 200
+# chains of 5 (docs/workflows.md): every workflow ends, every callback runs exactly once. Uses
+# PGQUEUE_DSN's server, else the embedded one. A smoke run: CHAOS_ARGS="--jobs 300 --kills 2
+# --cuts 1" CHAOS_WORKFLOW_ARGS="--chords 20 --chains 20 --kills 2 --cuts 1".
 chaos: $(STAMP)
 	$(BIN)/python benchmarks/chaos.py $(CHAOS_ARGS)
+	$(BIN)/python benchmarks/chaos.py --workflows $(CHAOS_WORKFLOW_ARGS)
 
 # The bloat benchmark: 10 min at 1,000 jobs/s (throughput flat, hot table bounded), then 5 min
 # with a REPEATABLE READ snapshot held (capacity >= 70%). BLOAT_ARGS="--quick" for a smoke run.

@@ -5,6 +5,13 @@ within 5 seconds (`--rescue-limit`).
 
     make chaos                                                # 10,000 jobs, the full run
     make chaos CHAOS_ARGS="--jobs 300 --kills 2 --cuts 1"     # a smoke run
+    benchmarks/chaos.py --workflows                           # the workflow run (make chaos too)
+
+The workflow run enqueues chords (20 members whose callback gathers their results) and chains
+(5 steps, each adding one to its parent's value) instead of single jobs, under the same kills
+and cuts. It checks, besides the above, that every workflow ended SUCCEEDED, that every chord's
+callback and every chain step took effect exactly once with the right value, and it reports
+the time from a chord's last member's outcome to its callback's start (p50, p99).
 
 The rescue time is a figure of the machine as much as of pgqueue: on a loaded machine it grows.
 `--rescue-limit 0` still reports it and still fails a rescue that never happens, but does not
@@ -64,6 +71,7 @@ from typing import IO, Any
 import chaos_tasks
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
 
 import pgqueue
 from pgqueue import _embedded, migrate
@@ -97,7 +105,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Kill workers and cut connections while pgqueue runs jobs; check that no "
         "job is lost or takes effect twice, and that killed workers' jobs are rescued fast.",
     )
-    parser.add_argument("--jobs", type=int, default=10_000, help="jobs to run (10000)")
+    parser.add_argument("--jobs", type=int, help="jobs to run (10000; not with --workflows)")
+    parser.add_argument(
+        "--workflows",
+        action="store_true",
+        help="run chords and chains instead of single jobs (--chords, --chains)",
+    )
+    parser.add_argument("--chords", type=int, default=200, help="with --workflows (200)")
+    parser.add_argument("--chord-size", type=int, default=20, help="members per chord (20)")
+    parser.add_argument("--chains", type=int, default=200, help="with --workflows (200)")
+    parser.add_argument("--chain-length", type=int, default=5, help="steps per chain (5)")
     parser.add_argument("--workers", type=int, default=3, help="worker processes (3)")
     parser.add_argument("--kills", type=int, default=10, help="workers killed with SIGKILL (10)")
     parser.add_argument("--cuts", type=int, default=2, help="cuts of every connection (2)")
@@ -127,6 +144,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--work-ms takes N or A-B in milliseconds, not {args.work_ms!r}")
     if not 0 <= args.work_range[0] <= args.work_range[1]:
         parser.error("--work-ms: need 0 <= A <= B")
+    if args.workflows:
+        if args.jobs is not None:
+            parser.error("--workflows counts its jobs from --chords and --chains, not --jobs")
+        for name in ("chords", "chains"):
+            if getattr(args, name) < 0:
+                parser.error(f"--{name} cannot be negative")
+        for name in ("chord_size", "chain_length"):
+            if getattr(args, name) < 1:
+                parser.error(f"--{name.replace('_', '-')} must be at least 1")
+        args.jobs = args.chords * (args.chord_size + 1) + args.chains * args.chain_length
+    elif args.jobs is None:
+        args.jobs = 10_000
     for name in ("jobs", "workers", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -136,8 +165,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--kills and --cuts cannot be negative")
     if args.kills and args.workers < 2:
         parser.error("killing workers needs --workers 2 or more: someone must rescue")
-    if args.jobs < 2 * (args.kills + args.cuts + 1):
-        parser.error("too few --jobs for that many kills and cuts")
+    units = args.chords + args.chains if args.workflows else args.jobs
+    if units < 2 * (args.kills + args.cuts + 1):
+        parser.error("too few jobs or workflows for that many kills and cuts")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
     return args
@@ -343,6 +373,58 @@ class RescueTracker(threading.Thread):
                     kill.gave_up = (now - kill.killed_at).total_seconds() > RESCUE_GIVE_UP
 
 
+@dataclasses.dataclass
+class Unit:
+    """What one enqueue makes: a single job of the task `kind`, or a "chord" or a "chain"; and
+    the work in ms of each of its jobs that works."""
+
+    kind: Any
+    works: list[float]
+
+
+# Per kind of workflow: how many, how many SUCCEEDED in every step, how many whose last step
+# returned what it must, how many whose last step left exactly one execution record; and each
+# dependent step's delay, in seconds, from its (last) parent's outcome to its own first start
+# (a chord's callback; each chain step but the head). The first start is the first attempt's:
+# one lost to a kill or a cut is in the history.
+WORKFLOW_FIGURES = """
+WITH step AS (
+    SELECT w.workflow_id, w.kind, w.expected, s.ord, cardinality(w.steps) AS size, j.status,
+        j.result, j.finished_at,
+        COALESCE((j.history -> 0 ->> 'started_at')::timestamptz, j.started_at) AS first_start,
+        (SELECT count(*) FROM chaos_effects AS e WHERE e.job_id = j.id) AS effects
+    FROM chaos_workflows AS w
+    CROSS JOIN LATERAL unnest(w.steps) WITH ORDINALITY AS s(id, ord)
+    JOIN pgqueue_all_jobs AS j ON j.id = s.id
+), flow AS (
+    SELECT workflow_id, kind, bool_and(status = 'succeeded') AS succeeded,
+        bool_or(ord = size AND result = expected) AS right_value,
+        bool_or(ord = size AND effects = 1) AS once,
+        CASE WHEN kind = 'chord' THEN ARRAY[extract(epoch FROM
+            max(first_start) FILTER (WHERE ord = size)
+            - max(finished_at) FILTER (WHERE ord < size))]
+        END AS chord_delay
+    FROM step GROUP BY workflow_id, kind
+), link AS (
+    SELECT a.kind, extract(epoch FROM b.first_start - a.finished_at) AS delay
+    FROM step AS a JOIN step AS b ON b.workflow_id = a.workflow_id AND b.ord = a.ord + 1
+    WHERE a.kind = 'chain'
+)
+SELECT kind, count(*), count(*) FILTER (WHERE succeeded),
+    count(*) FILTER (WHERE right_value), count(*) FILTER (WHERE once),
+    CASE WHEN kind = 'chord'
+        THEN array_agg(chord_delay[1]) FILTER (WHERE chord_delay[1] IS NOT NULL)
+        ELSE (SELECT array_agg(delay) FILTER (WHERE delay IS NOT NULL) FROM link)
+    END
+FROM flow GROUP BY kind ORDER BY kind
+"""
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """The p-th percentile of sorted values (nearest rank)."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -417,16 +499,31 @@ class ChaosRun:
         )
         print(f"  pgqueue:    {provenance()}")
         print(f"  database:   {self.db_name} on {describe_dsn(self.server_dsn)} ({source})")
+        if args.workflows:
+            shape = (
+                f"--workflows --chords {args.chords} --chord-size {args.chord_size} "
+                f"--chains {args.chains} --chain-length {args.chain_length}"
+            )
+            workload = (
+                f"{args.chords} chords of {args.chord_size} chaos.transactional members and a "
+                f"chaos.gather callback, {args.chains} chains of {args.chain_length} chaos.add "
+                f"steps ({args.jobs} jobs, all transactional=True), in random order, in "
+                f"{actions + 1} batches; each member and step works {low:g}-{high:g} ms; "
+                f"max_attempts {chaos_tasks.MAX_ATTEMPTS}"
+            )
+        else:
+            shape = f"--jobs {args.jobs}"
+            workload = (
+                f"{args.jobs} jobs in {actions + 1} batches, half chaos.transactional "
+                f"(transactional=True), half chaos.plain, in random order; each works "
+                f"{low:g}-{high:g} ms; max_attempts {chaos_tasks.MAX_ATTEMPTS}"
+            )
         print(
-            f"  command:    benchmarks/chaos.py --jobs {args.jobs} --workers {args.workers} "
+            f"  command:    benchmarks/chaos.py {shape} --workers {args.workers} "
             f"--kills {args.kills} --cuts {args.cuts} --concurrency {args.concurrency} "
             f"--work-ms {args.work_ms} --min-gap {args.min_gap:g} --seed {args.seed}{limit}"
         )
-        print(
-            f"  workload:   {args.jobs} jobs in {actions + 1} batches, half chaos.transactional "
-            f"(transactional=True), half chaos.plain, in random order; each works "
-            f"{low:g}-{high:g} ms; max_attempts {chaos_tasks.MAX_ATTEMPTS}"
-        )
+        print(f"  workload:   {workload}")
         print(
             f"  workers:    {args.workers} x `pgqueue worker --concurrency {args.concurrency}`, "
             "default settings (heartbeat 1 s, lock grace 2 s, rescue pass 1 s)"
@@ -448,8 +545,7 @@ class ChaosRun:
         batches = self._batches(len(actions) + 1)
         for action, batch in zip(actions, batches[:-1], strict=True):
             self._wait_for_turn()
-            self._enqueue(batch)
-            self._wait_into_batch(len(batch))
+            self._wait_into_batch(self._enqueue(batch))
             if action == "kill":
                 self._kill()
             else:
@@ -504,24 +600,64 @@ class ChaosRun:
                 raise SetupError(f"timed out waiting for {what}")
             time.sleep(POLL)  # polling interval of a deadline-bound wait
 
-    def _batches(self, count: int) -> list[list[tuple[Any, float]]]:
-        """(task, work in ms) per job: exactly half transactional, shuffled, in `count` parts."""
-        jobs = self.args.jobs
-        tasks = [chaos_tasks.transactional] * (jobs // 2) + [chaos_tasks.plain] * (jobs - jobs // 2)
-        self.rng.shuffle(tasks)
-        low, high = self.args.work_range
-        calls = [(task, round(self.rng.uniform(low, high), 2)) for task in tasks]
-        bounds = [round(i * jobs / count) for i in range(count + 1)]
-        return [calls[bounds[i] : bounds[i + 1]] for i in range(count)]
+    def _batches(self, count: int) -> list[list[Unit]]:
+        """What to enqueue, shuffled, in `count` parts: single jobs (exactly half
+        transactional) or, with --workflows, chords and chains; each with its work in ms."""
+        args = self.args
+        kinds: list[Any]
+        if args.workflows:
+            kinds = ["chord"] * args.chords + ["chain"] * args.chains
+        else:
+            half = args.jobs // 2
+            kinds = [chaos_tasks.transactional] * half + [chaos_tasks.plain] * (args.jobs - half)
+        self.rng.shuffle(kinds)
+        units = [Unit(kind, self._works(kind)) for kind in kinds]
+        bounds = [round(i * len(units) / count) for i in range(count + 1)]
+        return [units[bounds[i] : bounds[i + 1]] for i in range(count)]
 
-    def _enqueue(self, batch: list[tuple[Any, float]]) -> None:
-        """One transaction through the public API (apply_async on this connection)."""
+    def _works(self, kind: Any) -> list[float]:
+        """The work in ms of each job of a unit that does work (a chord's callback does not)."""
+        size = {"chord": self.args.chord_size, "chain": self.args.chain_length}.get(kind, 1)
+        low, high = self.args.work_range
+        return [round(self.rng.uniform(low, high), 2) for _ in range(size)]
+
+    def _enqueue(self, batch: list[Unit]) -> int:
+        """One transaction through the public API (apply_async on this connection); returns
+        how many jobs it enqueued."""
+        before = self.enqueued
         with self.conn.transaction():
-            for task, work_ms in batch:
-                task.apply_async(args=(self.enqueued, work_ms), connection=self.conn)
-                self.enqueued += 1
+            for unit in batch:
+                if unit.kind == "chord":
+                    self._enqueue_chord(unit.works)
+                elif unit.kind == "chain":
+                    self._enqueue_chain(unit.works)
+                else:
+                    unit.kind.apply_async(args=(self.enqueued, unit.works[0]), connection=self.conn)
+                    self.enqueued += 1
         if not hasattr(self, "first_enqueued_at"):
             self.first_enqueued_at = self._db_now()
+        return self.enqueued - before
+
+    def _enqueue_chord(self, works: list[float]) -> None:
+        members = [chaos_tasks.transactional.s(self.enqueued + i, w) for i, w in enumerate(works)]
+        expected = [self.enqueued + i for i in range(len(works))]
+        flow = pgqueue.chord(members, chaos_tasks.gather.s()).apply_async(connection=self.conn)
+        self._record_workflow(flow, "chord", expected)
+
+    def _enqueue_chain(self, works: list[float]) -> None:
+        head, *rest = works
+        steps = [chaos_tasks.add.s(0, head), *(chaos_tasks.add.s(w) for w in rest)]
+        flow = pgqueue.chain(*steps).apply_async(connection=self.conn)
+        self._record_workflow(flow, "chain", len(works))
+
+    def _record_workflow(self, flow: pgqueue.Workflow, kind: str, expected: Any) -> None:
+        steps = [job.id for job in flow.jobs]
+        self.conn.execute(
+            "INSERT INTO chaos_workflows (workflow_id, kind, steps, expected) "
+            "VALUES (%s, %s, %s, %s)",
+            (flow.id, kind, steps, Jsonb(expected)),
+        )
+        self.enqueued += len(steps)
 
     def _db_now(self) -> dt.datetime:
         row = self.conn.execute("SELECT clock_timestamp()").fetchone()
@@ -698,14 +834,14 @@ class ChaosRun:
             print(text)
         print("connection cuts")
         for cut in self.cuts:
-            back = (
+            recovery = (
                 f"every worker heartbeating again {cut.recovered_seconds:.2f} s after"
                 if cut.recovered_seconds is not None
                 else "NOT every worker came back"
             )
             print(
                 f"  cut {cut.number}: {cut.terminated} backends terminated, "
-                f"{cut.running} job(s) running; {back}"
+                f"{cut.running} job(s) running; {recovery}"
             )
         print("from the workers' logs")
         for label, lines in logs.items():
@@ -744,6 +880,9 @@ class ChaosRun:
             else "reported, not checked: --rescue-limit 0"
         )
         print(f"  slowest rescue: {slowest_text} ({limit_text})")
+        flows = self._workflow_figures() if args.workflows else None
+        if flows is not None:
+            self._report_workflows(flows)
         print(f"  kills: {len(self.kills)} (at least {args.kills})")
         print(f"  connection cuts: {len(self.cuts)} (at least {args.cuts})")
 
@@ -760,6 +899,8 @@ class ChaosRun:
             failures.append(f"a killed worker's job not claimed again in {RESCUE_GIVE_UP:g} s")
         elif args.rescue_limit and slowest is not None and slowest >= args.rescue_limit:
             failures.append(f"slowest rescue {slowest:.2f} s >= {args.rescue_limit:g} s")
+        if flows is not None:
+            failures += flows["failures"]
         if len(self.kills) < args.kills or len(self.cuts) < args.cuts:
             failures.append("fewer kills or cuts than asked for")
         if any(cut.recovered_seconds is None for cut in self.cuts):
@@ -785,8 +926,11 @@ class ChaosRun:
             "SELECT status::text, count(*) FROM pgqueue_all_jobs WHERE status <> 'succeeded' "
             "GROUP BY 1 ORDER BY 1"
         ).fetchall()
-        tx_dups, tx_missing = self._duplicates("chaos_effects", chaos_tasks.transactional.name)
-        plain_dups, plain_missing = self._duplicates("chaos_executions", chaos_tasks.plain.name)
+        transactional = [
+            t.name for t in (chaos_tasks.transactional, chaos_tasks.gather, chaos_tasks.add)
+        ]
+        tx_dups, tx_missing = self._duplicates("chaos_effects", transactional)
+        plain_dups, plain_missing = self._duplicates("chaos_executions", [chaos_tasks.plain.name])
         plain_dup_jobs = {
             int(r[0])
             for r in conn.execute(
@@ -809,14 +953,64 @@ class ChaosRun:
             "duration": max(duration, 1e-9),
         }
 
-    def _duplicates(self, table: str, task_name: str) -> tuple[int, int]:
-        """(records beyond the first per job, succeeded jobs of the task with no record)."""
+    def _workflow_figures(self) -> dict[str, Any]:
+        """Per kind of workflow: how many ended SUCCEEDED, how many last steps (a chord's
+        callback, a chain's last step) took effect exactly once with the right value; and the
+        delays from a parent's outcome to its dependent's first start."""
+        rows = self.conn.execute(WORKFLOW_FIGURES).fetchall()
+        figures: dict[str, Any] = {"failures": []}
+        for kind, total, succeeded, right, once, delays in rows:
+            figures[kind] = {
+                "total": int(total),
+                "succeeded": int(succeeded),
+                "right": int(right),
+                "once": int(once),
+                "delays": sorted(float(d) for d in delays or []),
+            }
+            if succeeded < total:
+                figures["failures"].append(f"{total - succeeded} {kind}(s) did not succeed")
+            if right < total:
+                figures["failures"].append(f"{total - right} {kind}(s) ended with a wrong value")
+            if once < total:
+                figures["failures"].append(
+                    f"{total - once} {kind}(s) whose last step did not take effect exactly once"
+                )
+        return figures
+
+    def _report_workflows(self, flows: dict[str, Any]) -> None:
+        args = self.args
+        shapes = {
+            "chord": (args.chords, f"{args.chord_size} members", "callbacks"),
+            "chain": (args.chains, f"{args.chain_length} steps", "last steps"),
+        }
+        for kind, (asked, shape, last) in shapes.items():
+            got = flows.get(kind, {"total": 0, "succeeded": 0, "right": 0, "once": 0})
+            print(
+                f"  {kind}s of {shape}: {got['total']} (asked {asked}), {got['succeeded']} "
+                f"SUCCEEDED; {last} that took effect exactly once: {got['once']}; with the "
+                f"right value: {got['right']}"
+            )
+        labels = {
+            "chord": "a chord's last member's outcome -> its callback's start",
+            "chain": "a chain step's outcome -> the next step's start",
+        }
+        for kind, label in labels.items():
+            delays = flows.get(kind, {}).get("delays", [])
+            if delays:
+                print(
+                    f"  {label}: p50 {percentile(delays, 50) * 1000:.1f} ms, "
+                    f"p99 {percentile(delays, 99) * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms "
+                    f"({len(delays)} measured; kills and cuts included)"
+                )
+
+    def _duplicates(self, table: str, task_names: list[str]) -> tuple[int, int]:
+        """(records beyond the first per job, succeeded jobs of the tasks with no record)."""
         row = self.conn.execute(
             f"SELECT (SELECT count(*) - count(DISTINCT job_id) FROM {table}), "
             "(SELECT count(*) FROM pgqueue_all_jobs AS j "
-            " WHERE j.task_name = %s AND j.status = 'succeeded' "
+            " WHERE j.task_name = ANY(%s) AND j.status = 'succeeded' "
             f" AND NOT EXISTS (SELECT 1 FROM {table} AS r WHERE r.job_id = j.id))",
-            (task_name,),
+            (task_names,),
         ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1])

@@ -10,7 +10,12 @@ chaos run counts how often each job really ran:
   even if the worker dies before the job's outcome is written, which is what at-least-once
   delivery looks like from the outside.
 
-Neither lists anything in `autoretry_for`, as a user's task might not: a transactional attempt
+The workflow run (`chaos.py --workflows`) builds chords of `chaos.transactional` members whose
+callback is `chaos.gather`, and chains of `chaos.add` steps; both record their execution in
+the job's own transaction like `chaos.transactional`, so a callback that ran twice would show
+two records.
+
+None lists anything in `autoretry_for`, as a user's task might not: a transactional attempt
 whose job connection is cut is retried by pgqueue itself. A plain task retries its own record
 write on a fresh connection after a cut, keyed by (job, attempt), so a cut never makes a plain
 job run again on its own account.
@@ -44,6 +49,13 @@ CREATE TABLE chaos_executions (
     at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (job_id, attempt)
 );
+CREATE TABLE chaos_workflows (
+    workflow_id bigint PRIMARY KEY,
+    kind text NOT NULL,                -- 'chord' or 'chain'
+    steps bigint[] NOT NULL,           -- its jobs, parents before children: the last one is
+                                       -- the chord's callback or the chain's last step
+    expected jsonb NOT NULL            -- what the last step must return
+);
 """
 
 # Enough attempts that a job caught by several kills and cuts in a row still ends SUCCEEDED;
@@ -67,11 +79,33 @@ def transactional(n: int, work_ms: float) -> int:
     """Work, then record the execution in the job's own transaction (exactly-once effect)."""
     job = _attempt()
     time.sleep(work_ms / 1000)  # the task's work
+    _record_in_transaction(job)
+    return n
+
+
+@app.task(name="chaos.gather", transactional=True, max_attempts=MAX_ATTEMPTS, retry_backoff=0.1)
+def gather(results: list[int]) -> list[int]:
+    """A chord's callback: record the execution in the job's own transaction, return what the
+    members returned (in the group's order)."""
+    _record_in_transaction(_attempt())
+    return results
+
+
+@app.task(name="chaos.add", transactional=True, max_attempts=MAX_ATTEMPTS, retry_backoff=0.1)
+def add(total: int, work_ms: float) -> int:
+    """A chain's step: work, record the execution in the job's own transaction, return the
+    parent's value plus one (the head is given 0)."""
+    job = _attempt()
+    time.sleep(work_ms / 1000)  # the task's work
+    _record_in_transaction(job)
+    return total + 1
+
+
+def _record_in_transaction(job: pgqueue.JobContext) -> None:
     job.connection.execute(
         "INSERT INTO chaos_effects (job_id, attempt, pid) VALUES (%s, %s, %s)",
         (job.id, job.attempt, os.getpid()),
     )
-    return n
 
 
 @app.task(name="chaos.plain", max_attempts=MAX_ATTEMPTS, retry_backoff=0.1)
