@@ -567,7 +567,9 @@ def workflows(dsn: str, chain_steps: int, chord_members: int, results: Results, 
     """The cost of workflows against plain jobs, one worker process (async no-op tasks,
     `--concurrency 200`): a chain of `chain_steps` steps, each released by the transaction
     that ends the one before; a chord of `chord_members` members whose callback is released
-    by the last member's; and as baseline, as many plain jobs drained by the same worker."""
+    by the last member's; and as baseline, as many plain jobs drained by the same worker. For
+    each step that waited, the delay from its parent's outcome (a chord's last member's) to its
+    start is reported too: the release, the notification and the claim, nothing queued ahead."""
     import pgqueue
 
     app = pgqueue.App(dsn)
@@ -578,7 +580,7 @@ def workflows(dsn: str, chain_steps: int, chord_members: int, results: Results, 
     @app.task(name="bench_tasks.count", queue="bench")
     async def count(results: list[object]) -> int: ...
 
-    def run(name: str, steps: int, enqueue: Callable[[], Any]) -> float:
+    def run(name: str, steps: int, enqueue: Callable[[], Any], delays: str | None = None) -> float:
         with psycopg.connect(dsn, autocommit=True) as conn:
             reset(conn)
             conn.execute("TRUNCATE pgqueue_workflows, pgqueue_workflow_steps, pgqueue_dependencies")
@@ -587,12 +589,19 @@ def workflows(dsn: str, chain_steps: int, chord_members: int, results: Results, 
             enqueue_seconds = time.perf_counter() - started
             worker = Worker(dsn, logs / f"{name}.log", "--concurrency", "200")
             seconds = drain_seconds(conn, worker, steps)
+            samples = [row[0] for row in conn.execute(delays)] if delays else []
+        figures: dict[str, float] = {}
+        if len(samples) == 1:
+            figures = {"release_to_start_ms": samples[0] * 1000}
+        elif samples:
+            figures = {f"release_to_start_{k}": v for k, v in percentiles(samples).items()}
         results.add(
             name,
             steps=steps,
             seconds=seconds,
             ms_per_step=seconds / steps * 1000,
             enqueue_ms_per_step=enqueue_seconds / steps * 1000,
+            **figures,
         )
         return seconds / steps
 
@@ -605,11 +614,17 @@ def workflows(dsn: str, chain_steps: int, chord_members: int, results: Results, 
         "workflow_chain",
         chain_steps,
         lambda: pgqueue.chain(*(anoop.si() for _ in range(chain_steps))).apply_async(),
+        # A chain's steps have consecutive ids: each one's start after the one before ended.
+        "SELECT extract(epoch FROM b.started_at - a.finished_at)::float8"
+        " FROM pgqueue_finished_jobs AS a JOIN pgqueue_finished_jobs AS b ON b.id = a.id + 1",
     )
     chord = run(
         "workflow_chord",
         chord_members + 1,
         lambda: pgqueue.chord([anoop.si() for _ in range(chord_members)], count.s()).apply_async(),
+        "SELECT extract(epoch FROM c.started_at - (SELECT max(m.finished_at)"
+        "  FROM pgqueue_finished_jobs AS m WHERE m.id <> c.id))::float8"
+        " FROM pgqueue_finished_jobs AS c WHERE c.task_name = 'bench_tasks.count'",
     )
     results.add(
         "workflow_overhead",

@@ -383,14 +383,17 @@ class Unit:
 
 
 # Per kind of workflow: how many, how many SUCCEEDED in every step, how many whose last step
-# returned what it must, how many whose last step left exactly one execution record; and each
-# dependent step's delay, in seconds, from its (last) parent's outcome to its own first start
-# (a chord's callback; each chain step but the head). The first start is the first attempt's:
-# one lost to a kill or a cut is in the history.
+# returned what it must, how many whose last step left exactly one execution record; then per
+# dependent step (a chord's callback; each chain step but the head): the delay in seconds from
+# its (last) parent's outcome to the step's first start (the first attempt's: one lost to a
+# kill or a cut is in the history); and, for the steps that ran once (a retry or a rescue sets
+# run_at again), whether the very transaction that wrote the parent's outcome released it (its
+# run_at, set to now() on release, equals that parent's finished_at, now() of the transaction
+# that ended it) and how long it then waited in the queue behind jobs ready before it.
 WORKFLOW_FIGURES = """
 WITH step AS (
     SELECT w.workflow_id, w.kind, w.expected, s.ord, cardinality(w.steps) AS size, j.status,
-        j.result, j.finished_at,
+        j.result, j.run_at, j.finished_at, j.history IS NULL AS one_attempt,
         COALESCE((j.history -> 0 ->> 'started_at')::timestamptz, j.started_at) AS first_start,
         (SELECT count(*) FROM chaos_effects AS e WHERE e.job_id = j.id) AS effects
     FROM chaos_workflows AS w
@@ -399,25 +402,46 @@ WITH step AS (
 ), flow AS (
     SELECT workflow_id, kind, bool_and(status = 'succeeded') AS succeeded,
         bool_or(ord = size AND result = expected) AS right_value,
-        bool_or(ord = size AND effects = 1) AS once,
-        CASE WHEN kind = 'chord' THEN ARRAY[extract(epoch FROM
-            max(first_start) FILTER (WHERE ord = size)
-            - max(finished_at) FILTER (WHERE ord < size))]
-        END AS chord_delay
+        bool_or(ord = size AND effects = 1) AS once
     FROM step GROUP BY workflow_id, kind
-), link AS (
-    SELECT a.kind, extract(epoch FROM b.first_start - a.finished_at) AS delay
+), dependent AS (
+    -- A chain step and its parent (the step before it).
+    SELECT b.kind, CASE WHEN b.one_attempt THEN b.run_at = a.finished_at END AS same_transaction,
+        b.first_start - a.finished_at AS delay,
+        CASE WHEN b.one_attempt THEN b.first_start - b.run_at END AS queued
     FROM step AS a JOIN step AS b ON b.workflow_id = a.workflow_id AND b.ord = a.ord + 1
     WHERE a.kind = 'chain'
+    UNION ALL
+    -- A chord's callback and its members: the one whose outcome released it, the last one.
+    SELECT 'chord', CASE WHEN c.one_attempt THEN c.run_at = ANY(array_agg(m.finished_at)) END,
+        c.first_start - max(m.finished_at),
+        CASE WHEN c.one_attempt THEN c.first_start - c.run_at END
+    FROM step AS c JOIN step AS m ON m.workflow_id = c.workflow_id AND m.ord < c.ord
+    WHERE c.kind = 'chord' AND c.ord = c.size
+    GROUP BY c.workflow_id, c.run_at, c.first_start, c.one_attempt
+), timing AS (
+    SELECT kind, count(*) FILTER (WHERE same_transaction) AS same_transaction,
+        count(same_transaction) AS single,
+        array_agg(extract(epoch FROM delay)) FILTER (WHERE delay IS NOT NULL) AS delays,
+        array_agg(extract(epoch FROM queued)) FILTER (WHERE queued IS NOT NULL) AS queued
+    FROM dependent GROUP BY kind
 )
-SELECT kind, count(*), count(*) FILTER (WHERE succeeded),
-    count(*) FILTER (WHERE right_value), count(*) FILTER (WHERE once),
-    CASE WHEN kind = 'chord'
-        THEN array_agg(chord_delay[1]) FILTER (WHERE chord_delay[1] IS NOT NULL)
-        ELSE (SELECT array_agg(delay) FILTER (WHERE delay IS NOT NULL) FROM link)
-    END
-FROM flow GROUP BY kind ORDER BY kind
+SELECT f.kind, count(*), count(*) FILTER (WHERE f.succeeded),
+    count(*) FILTER (WHERE f.right_value), count(*) FILTER (WHERE f.once),
+    min(t.same_transaction), min(t.single), min(t.delays), min(t.queued)
+FROM flow AS f LEFT JOIN timing AS t ON t.kind = f.kind
+GROUP BY f.kind ORDER BY f.kind
 """
+
+
+def spread(ordered: list[float]) -> str:
+    """p50, p99 and max of sorted durations in seconds, in ms."""
+    if not ordered:
+        return "n/a"
+    return (
+        f"p50 {percentile(ordered, 50) * 1000:.1f} ms, p99 {percentile(ordered, 99) * 1000:.1f} "
+        f"ms, max {ordered[-1] * 1000:.1f} ms"
+    )
 
 
 def percentile(ordered: list[float], p: float) -> float:
@@ -959,13 +983,16 @@ class ChaosRun:
         delays from a parent's outcome to its dependent's first start."""
         rows = self.conn.execute(WORKFLOW_FIGURES).fetchall()
         figures: dict[str, Any] = {"failures": []}
-        for kind, total, succeeded, right, once, delays in rows:
+        for kind, total, succeeded, right, once, same, single, delays, queued in rows:
             figures[kind] = {
                 "total": int(total),
                 "succeeded": int(succeeded),
                 "right": int(right),
                 "once": int(once),
+                "same_transaction": int(same or 0),
+                "single": int(single or 0),
                 "delays": sorted(float(d) for d in delays or []),
+                "queued": sorted(float(d) for d in queued or []),
             }
             if succeeded < total:
                 figures["failures"].append(f"{total - succeeded} {kind}(s) did not succeed")
@@ -974,6 +1001,12 @@ class ChaosRun:
             if once < total:
                 figures["failures"].append(
                     f"{total - once} {kind}(s) whose last step did not take effect exactly once"
+                )
+            late = figures[kind]["single"] - figures[kind]["same_transaction"]
+            if late:
+                figures["failures"].append(
+                    f"{late} {kind} step(s) not released in the transaction of their parent's "
+                    "outcome"
                 )
         return figures
 
@@ -991,17 +1024,20 @@ class ChaosRun:
                 f"right value: {got['right']}"
             )
         labels = {
-            "chord": "a chord's last member's outcome -> its callback's start",
-            "chain": "a chain step's outcome -> the next step's start",
+            "chord": ("callbacks", "a chord's last member's outcome -> its callback's start"),
+            "chain": ("chain steps", "a chain step's outcome -> the next step's start"),
         }
-        for kind, label in labels.items():
-            delays = flows.get(kind, {}).get("delays", [])
-            if delays:
-                print(
-                    f"  {label}: p50 {percentile(delays, 50) * 1000:.1f} ms, "
-                    f"p99 {percentile(delays, 99) * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms "
-                    f"({len(delays)} measured; kills and cuts included)"
-                )
+        for kind, (what, label) in labels.items():
+            got = flows.get(kind, {})
+            delays, queued = got.get("delays", []), got.get("queued", [])
+            if not delays:
+                continue
+            print(f"  {label}: {spread(delays)} ({len(delays)} measured; kills and cuts included)")
+            print(
+                f"    {what} that ran once: {got['single']}; released in the transaction that "
+                f"wrote their parent's outcome: {got['same_transaction']}; then queued behind "
+                f"jobs ready before them: {spread(queued)}"
+            )
 
     def _duplicates(self, table: str, task_names: list[str]) -> tuple[int, int]:
         """(records beyond the first per job, succeeded jobs of the tasks with no record)."""
