@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from pgqueue.workflows import Workflow
 
 # The options a signature takes, in `.set()`, `apply_async()` and `app.signature()`.
-OPTIONS = frozenset({"queue", "priority", "countdown", "eta", "expires", "headers"})
+OPTIONS = frozenset(
+    {"queue", "priority", "countdown", "eta", "expires", "headers", "concurrency_key"}
+)
 
 
 class WorkflowError(ConfigurationError):
@@ -195,7 +197,9 @@ class _ExternalTask:
     queue: str
     priority: int = 0
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
-    limits: None = None  # what the workers declare is theirs: the step is written unlimited
+    # What the workers declare is theirs: the step is marked limited if the fleet's limits
+    # table names the task (see INSERT_WORKFLOW).
+    limits: None = None
     uniqueness: None = None
 
 
@@ -462,12 +466,12 @@ def _add_step(plan: Plan, signature: Signature, *, waits: bool, role: str) -> in
             "enqueued with: register it there, or use app.signature(name, ..., external=True)"
         )
     task = signature.task
-    if task is not None and (task.limits is not None or task.uniqueness is not None):
-        # A step is written by the workflow's own statement, which neither marks a job limited
-        # nor takes a unique key: refused rather than run outside its limits or key.
+    if task is not None and task.uniqueness is not None:
+        # A duplicate would be some other job, outside this workflow: its dependents would
+        # wait on a job that is not theirs. Refused rather than written without its key.
         raise WorkflowError(
-            f"{role} {signature.task_name}: a task with fleet-wide limits or unique jobs cannot "
-            "be a workflow step yet; enqueue it on its own (a step may enqueue it)"
+            f"{role} {signature.task_name}: a task with unique jobs cannot be a workflow step; "
+            "enqueue it on its own (a step may enqueue it)"
         )
     try:
         request = signature.request(waits)

@@ -988,7 +988,7 @@ def _insert_unique(on_conflict: str, *, period: bool = False) -> str:
     return f"""
 INSERT INTO pgqueue_jobs AS j (
     {"id, " if period else ""}queue, task_name, args, kwargs, priority, run_at, max_attempts,
-    expires_at, headers, unique_key)
+    expires_at, headers, unique_key, limited, concurrency_key)
 SELECT
     {"period.job_id, " if period else ""}%(queue)s, %(task_name)s, r.args, r.kwargs, %(priority)s,
     COALESCE(
@@ -999,7 +999,8 @@ SELECT
     COALESCE(
         CAST(%(expires_at)s AS timestamptz),
         now() + CAST(%(expires_in)s AS float8) * interval '1 second'),
-    CAST(%(headers)s AS jsonb), r.unique_key
+    CAST(%(headers)s AS jsonb), r.unique_key, CAST(%(limited)s AS boolean),
+    CAST(%(concurrency_key)s AS text)
 FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(unique_key text, args jsonb, kwargs jsonb)
 {"JOIN period ON period.unique_key = r.unique_key" if period else ""}
 {_UNIQUE_CONFLICT} {on_conflict}
@@ -1012,14 +1013,16 @@ RETURNING {JOB_COLUMNS}, (xmax = 0) AS created,
 INSERT_UNIQUE_JOBS = _insert_unique("DO NOTHING")
 
 # Keyed jobs that replace the queued job holding their key (`on_conflict="replace"`): its task,
-# arguments, due time, priority, expiry and headers become the new ones; it keeps its id, its
-# attempts and its place among the jobs. A running holder is left alone and not returned.
+# arguments, due time, priority, expiry, headers and limits become the new ones; it keeps its
+# id, its attempts and its place among the jobs. A running holder is left alone and not
+# returned.
 INSERT_OR_REPLACE_UNIQUE_JOBS = _insert_unique(
     """DO UPDATE SET
     queue = EXCLUDED.queue, task_name = EXCLUDED.task_name, args = EXCLUDED.args,
     kwargs = EXCLUDED.kwargs, priority = EXCLUDED.priority, run_at = EXCLUDED.run_at,
     max_attempts = EXCLUDED.max_attempts, expires_at = EXCLUDED.expires_at,
-    headers = EXCLUDED.headers
+    headers = EXCLUDED.headers, limited = EXCLUDED.limited,
+    concurrency_key = EXCLUDED.concurrency_key
 WHERE j.status = 'queued' AND j.cancel_requested_at IS NULL"""
 )
 
@@ -1282,11 +1285,11 @@ WITH workflow AS (
         id bigint, queue text, task_name text, args jsonb, kwargs jsonb, priority int,
         max_attempts int, waiting_for int, delay float8, eta timestamptz,
         expires_at timestamptz, expires_in float8, headers jsonb, takes_result boolean,
-        role text)
+        role text, limited boolean, concurrency_key text)
 ), job AS (
     INSERT INTO pgqueue_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, max_attempts,
-        expires_at, headers, workflow_id, waiting_for)
+        expires_at, headers, workflow_id, waiting_for, limited, concurrency_key)
     SELECT s.id, s.queue, s.task_name, s.args, s.kwargs,
         CAST(CASE WHEN s.waiting_for > 0 THEN 'waiting' ELSE 'queued' END
              AS pgqueue_job_status),
@@ -1295,7 +1298,12 @@ WITH workflow AS (
              ELSE GREATEST(COALESCE(s.eta, now()), now() + s.delay * interval '1 second') END,
         s.max_attempts,
         COALESCE(s.expires_at, now() + s.expires_in * interval '1 second'),
-        s.headers, %(workflow_id)s, NULLIF(s.waiting_for, 0)
+        s.headers, %(workflow_id)s, NULLIF(s.waiting_for, 0),
+        -- Limited if the enqueuing app's task has limits, or if the fleet declared some for
+        -- it (a step named by an app that does not register the task).
+        CASE WHEN s.limited OR EXISTS (SELECT FROM pgqueue_limits AS l WHERE l.name = s.task_name)
+             THEN true END,
+        s.concurrency_key
     FROM step AS s
     ORDER BY s.id
     RETURNING id, queue, run_at, priority, status, created_at

@@ -74,14 +74,6 @@ def timeout_seconds(timeout: float | timedelta | None) -> float | None:
     return float(timeout) if timeout is not None else None
 
 
-# Unique keys and fleet-wide limits on one task are not supported together yet: a keyed job is
-# written by the unique statements, which do not mark it limited.
-_UNIQUE_AND_LIMITS = (
-    "task {task} has fleet-wide limits (rate_limit, concurrency_limit, key_concurrency_limit), "
-    "which unique jobs do not support yet: drop unique=/unique_key= or the limits"
-)
-
-
 class Task(Generic[P, R]):
     """A registered task: the function plus its queue, priority, retry policy and timeout."""
 
@@ -123,8 +115,6 @@ class Task(Generic[P, R]):
         self.uniqueness: TaskUniqueness | None = task_uniqueness(
             self.name, self.run, unique, unique_for, on_conflict
         )
-        if self.uniqueness is not None and self.limits is not None:
-            raise ConfigurationError(_UNIQUE_AND_LIMITS.format(task=self.name))
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__wrapped__ = fn
@@ -249,8 +239,8 @@ class Task(Generic[P, R]):
         workflow (`job.workflow_id`, see pgqueue.workflows), written in one transaction.
         """
         if link is not None or link_error is not None:
-            _refuse_in_workflow(unique_key, unique_for, on_conflict, concurrency_key)
-            options = _options(countdown, eta, priority, queue, expires, headers)
+            _refuse_in_workflow(unique_key, unique_for, on_conflict)
+            options = _options(countdown, eta, priority, queue, expires, headers, concurrency_key)
             flow = self.signature(args or (), kwargs, **options).apply_async(
                 connection=connection, link=link, link_error=link_error
             )
@@ -452,8 +442,8 @@ class Task(Generic[P, R]):
         """Async twin of `apply_async()`; `connection=` takes a psycopg AsyncConnection or a
         SQLAlchemy AsyncConnection/AsyncSession."""
         if link is not None or link_error is not None:
-            _refuse_in_workflow(unique_key, unique_for, on_conflict, concurrency_key)
-            options = _options(countdown, eta, priority, queue, expires, headers)
+            _refuse_in_workflow(unique_key, unique_for, on_conflict)
+            options = _options(countdown, eta, priority, queue, expires, headers, concurrency_key)
             flow = await self.signature(args or (), kwargs, **options).aapply_async(
                 connection=connection, link=link, link_error=link_error
             )
@@ -515,8 +505,6 @@ class Task(Generic[P, R]):
             and on_conflict is None
         ):
             return
-        if self.limits is not None:
-            raise ConfigurationError(_UNIQUE_AND_LIMITS.format(task=self.name))
         request.unique = options_for(
             self.uniqueness, args or (), kwargs or {}, unique_key, unique_for, on_conflict
         )
@@ -566,6 +554,7 @@ def _options(
     queue: str | None,
     expires: float | timedelta | datetime | None,
     headers: Mapping[str, Any] | None,
+    concurrency_key: str | None,
 ) -> dict[str, Any]:
     """apply_async's options that were given, as a signature takes them."""
     given = {
@@ -575,17 +564,18 @@ def _options(
         "queue": queue,
         "expires": expires,
         "headers": headers,
+        "concurrency_key": concurrency_key,
     }
     return {name: value for name, value in given.items() if value is not None}
 
 
 def _refuse_in_workflow(*options: Any) -> None:
-    """Unique keys and concurrency keys are not taken by workflows yet: refused, not dropped."""
+    """A workflow's steps take no unique key (a duplicate would be a job outside the
+    workflow): refused, not dropped."""
     if any(option is not None for option in options):
         raise ConfigurationError(
-            "link=/link_error= (a workflow) cannot be combined with unique_key=, unique_for=, "
-            "on_conflict= or concurrency_key= yet: enqueue the job without them, or without "
-            "callbacks"
+            "link=/link_error= (a workflow) cannot be combined with unique_key=, unique_for= "
+            "or on_conflict=: enqueue the job without them, or without callbacks"
         )
 
 

@@ -321,6 +321,8 @@ def _enqueue_steps(
         "expires_at": template.expires_at,
         "expires_in": template.expires_in,
         "headers": template.headers_json,
+        "limited": True if template.limited else None,
+        "concurrency_key": template.concurrency_key,
     }
     if period is not None:
         options["period"] = period

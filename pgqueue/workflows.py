@@ -348,6 +348,8 @@ def _steps_document(plan: Plan, ids: Sequence[int]) -> str:
             "expires_in": r.expires_in,
             "takes_result": step.takes_result,
             "role": step.role,
+            "limited": r.limited or None,
+            "concurrency_key": r.concurrency_key,
         }
         encoded = json.dumps(
             {k: v.isoformat() if isinstance(v, datetime) else v for k, v in fields.items()}

@@ -102,6 +102,10 @@ def _running_for(started_at: datetime | None, now: datetime | None) -> str:
     return f"running for {duration((now - started_at).total_seconds())}"
 
 
+def _workflow_text(workflow_id: int) -> str:
+    return f"{workflow_id} (pgqueue workflows show {workflow_id})"
+
+
 def _show_text(detail: Any) -> str:
     at = detail.at
     worker = detail.worker
@@ -113,6 +117,16 @@ def _show_text(detail: Any) -> str:
         f"  kwargs             {json.dumps(detail.kwargs)}",
         *([f"  headers            {json.dumps(detail.headers)}"] if detail.headers else []),
         *([f"  unique key         {detail.unique_key}"] if detail.unique_key is not None else []),
+        *(
+            [f"  concurrency key    {detail.concurrency_key}"]
+            if detail.concurrency_key is not None
+            else []
+        ),
+        *(
+            [f"  workflow           {_workflow_text(detail.workflow_id)}"]
+            if detail.workflow_id
+            else []
+        ),
         f"  attempts           {detail.attempts} of {detail.max_attempts}",
         f"  enqueued           {when(detail.created_at)} ({ago(detail.created_at, at)})",
         f"  run at             {when(detail.run_at)} ({ago(detail.run_at, at)})",

@@ -72,7 +72,7 @@ SINCE_FINISHED = "finished_at >= now() - %(since)s::float8 * interval '1 second'
 _DETAIL_COLUMNS = """id, queue, task_name, args, kwargs, status::text AS status, priority,
     run_at, attempts, max_attempts, worker_id, result, error, created_at, started_at,
     finished_at, periodic_name, periodic_fire_at, expires_at, cancel_requested_at, history,
-    headers, unique_key, progress, progress_at"""
+    headers, unique_key, progress, progress_at, concurrency_key, workflow_id"""
 JOB_DETAIL = f"""
 SELECT {_DETAIL_COLUMNS}, lease, now() AS at FROM pgqueue_jobs WHERE id = %(id)s
 UNION ALL
@@ -187,6 +187,8 @@ class JobDetail:
     unique_key: str | None = None  # its unique key (`unique_key=`, `@app.task(unique=...)`)
     progress: Any = None  # what the task last published (`set_progress`), or None
     progress_at: datetime | None = None  # when that progress was written
+    concurrency_key: str | None = None  # its key under a per-key limit (`concurrency_key=`)
+    workflow_id: int | None = None  # the workflow it is a step of (`pgqueue workflows show`)
 
 
 def parse_statuses(text: str) -> tuple[str, ...]:
@@ -388,4 +390,6 @@ def job_detail(conn: Conn, job_id: int) -> JobDetail:
         unique_key=row["unique_key"],
         progress=row["progress"],
         progress_at=row["progress_at"],
+        concurrency_key=row["concurrency_key"],
+        workflow_id=row["workflow_id"],
     )

@@ -299,6 +299,70 @@ def test_every_enqueue_path_marks_a_limited_job(
     ]
 
 
+def test_workflow_steps_of_a_limited_task_are_limited(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task(key_concurrency_limit=1)
+    def keyed(*values: Any) -> None: ...
+
+    @app.task
+    def plain(*values: Any) -> None: ...
+
+    # A chain's head, a chord's member and callback, a link and a link_error callback; a step
+    # named by an app that does not register the task is limited if the fleet declared limits.
+    pgqueue.chain(keyed.s().set(concurrency_key="a"), plain.s(), keyed.s()).apply_async()
+    pgqueue.chord([keyed.si().set(concurrency_key="b"), plain.si()], keyed.s()).apply_async()
+    keyed.apply_async(concurrency_key="c", link=plain.s(), link_error=keyed.s())
+    with psycopg.connect(dsn) as sync_conn:
+        sync_limits(sync_conn, app.tasks.values())
+    other = pgqueue.App(dsn)
+    other.signature(keyed.name, external=True).apply_async(
+        link=other.signature(plain.name, external=True)
+    )
+    other.close()
+    assert _marks(conn) == [
+        (True, "a"),
+        (None, None),
+        (True, None),
+        (True, "b"),
+        (None, None),
+        (True, None),
+        (True, "c"),
+        (None, None),
+        (True, None),
+        (True, None),
+        (None, None),
+    ]
+    with pytest.raises(ConfigurationError, match="declares no per-key limit"):
+        pgqueue.chain(plain.s().set(concurrency_key="x"), plain.s()).apply_async()
+
+
+def test_a_limited_chord_member_waits_for_its_place_and_its_callback_still_runs(
+    app: pgqueue.App, conn: psycopg.Connection[Any], start_worker: StartWorker
+) -> None:
+    gate = Gate()
+
+    @app.task(concurrency_limit=1)
+    def export(n: int) -> int:
+        gate.hold()
+        return n
+
+    @app.task(concurrency_limit=1)
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    flow = pgqueue.chord([export.si(n) for n in range(4)], total.s()).apply_async()
+    for _ in range(2):
+        start_worker(app, concurrency=4)
+    wait_until(lambda: gate.now == 1, what="one member running")
+    ids = [job.id for job in flow.jobs]
+    assert _statuses(conn, ids) == {"running": 1, "queued": 3, "waiting": 1}
+    gate.open.set()
+    assert flow.wait(timeout=30) == 6
+    assert gate.most == 1
+    assert _most_at_once(_intervals(conn, ids[:4])) == 1
+
+
 def test_a_periodic_job_of_a_limited_task_is_limited(
     app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
 ) -> None:
@@ -330,9 +394,10 @@ def test_drain_runs_limited_jobs(app: pgqueue.App, conn: psycopg.Connection[Any]
 
 
 def test_a_retried_job_keeps_its_key_and_its_limit(
-    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any]
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pgqueue import admin
+    from pgqueue.cli import main
     from pgqueue.testing import drain
 
     @app.task(key_concurrency_limit=1, max_attempts=1)
@@ -348,6 +413,8 @@ def test_a_retried_job_keeps_its_key_and_its_limit(
     ).fetchone() == ("failed", "customer:7")
     admin.retry(conn, [job.id])
     assert _marks(conn) == [(True, "customer:7")]
+    assert main(["jobs", "show", str(job.id), "--dsn", dsn]) == 0
+    assert "  concurrency key    customer:7" in capsys.readouterr().out.splitlines()
 
 
 def test_pgqueue_limits_lists_each_limit_and_what_it_holds(

@@ -688,16 +688,34 @@ def test_jobs_show_prints_the_key(
     assert '"unique_key": "invoice:42"' in capsys.readouterr().out
 
 
-def test_unique_keys_and_fleet_wide_limits_on_one_task_are_refused_before_writing() -> None:
-    app = pgqueue.App("postgresql://unused.invalid/none")
-
-    with pytest.raises(ConfigurationError, match="unique jobs do not support yet"):
-
-        @app.task(unique=True, rate_limit="5/s")
-        def both(x: int) -> None: ...
+def test_a_unique_job_of_a_limited_task_is_limited_and_keeps_its_concurrency_key(
+    app: pgqueue.App, conn: Conn
+) -> None:
+    @app.task(unique=True, rate_limit="5/s", key_concurrency_limit=1)
+    def sync(customer: int) -> None: ...
 
     @app.task(rate_limit="5/s")
     def limited(x: int) -> None: ...
 
-    with pytest.raises(ConfigurationError, match="unique jobs do not support yet"):
-        limited.apply_async((1,), unique_key="k")  # refused before any connection is made
+    def marks() -> list[tuple[Any, ...]]:
+        return conn.execute(
+            "SELECT unique_key IS NOT NULL, limited, concurrency_key FROM pgqueue_jobs ORDER BY id"
+        ).fetchall()
+
+    first = sync.apply_async((7,), concurrency_key="customer:7")
+    again = sync.apply_async((7,), concurrency_key="customer:7")
+    assert (again.id, again.created) == (first.id, False)
+    limited.apply_async((1,), unique_key="k", unique_for=60)
+    sync.delay_many([(8,), (9,), (8,)], concurrency_key="batch")
+    replaced = limited.apply_async((2,), unique_key="r", on_conflict="replace")
+    limited.apply_async((3,), unique_key="r", on_conflict="replace")
+    assert marks() == [
+        (True, True, "customer:7"),
+        (True, True, None),
+        (True, True, "batch"),
+        (True, True, "batch"),
+        (True, True, None),
+    ]
+    assert conn.execute(
+        "SELECT args FROM pgqueue_jobs WHERE id = %s", (replaced.id,)
+    ).fetchone() == ([3],)

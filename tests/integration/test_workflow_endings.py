@@ -144,6 +144,14 @@ def test_workflows_show_draws_the_tree_and_prints_json(
     assert leaf["job_id"] == flow.jobs[0].id and leaf["status"] == "cancelled"
     assert main(["workflows", "show", "999999", "--dsn", dsn]) == 1
     assert "no workflow with id 999999" in capsys.readouterr().err
+    # Each step's own page names its workflow.
+    step = flow.jobs[-1].id
+    assert main(["jobs", "show", str(step), "--dsn", dsn]) == 0
+    assert f"  workflow           {flow.id} (pgqueue workflows show {flow.id})" in (
+        capsys.readouterr().out.splitlines()
+    )
+    assert main(["jobs", "show", str(step), "--dsn", dsn, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["workflow_id"] == flow.id
 
 
 def test_retention_prunes_a_workflow_once_all_its_jobs_are_pruned(
