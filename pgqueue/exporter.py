@@ -38,7 +38,7 @@ DEFAULT_MIN_INTERVAL = 5.0
 # A read that takes longer is cut short (and the scrape answers pgqueue_up 0): below
 # Prometheus' default scrape timeout of 10 s.
 STATEMENT_TIMEOUT_MS = 5000
-QUEUE_STATUSES = ("ready", "scheduled", "running")
+QUEUE_STATUSES = ("ready", "scheduled", "running", "waiting")
 # What keeps the exporter running with pgqueue_up 0: the database away, refusing, or not
 # (yet) migrated.
 READ_TROUBLE = (psycopg.Error, OSError, PgQueueError)
@@ -219,7 +219,8 @@ class FleetCollector(Collector):
 def _queue_metrics(statuses: tuple[queues.QueueStatus, ...]) -> Iterator[Metric]:
     jobs = GaugeMetricFamily(
         "pgqueue_queue_jobs",
-        "Jobs in each queue by status: ready (due now), scheduled (due later), running.",
+        "Jobs in each queue by status: ready (due now), scheduled (due later), running, "
+        "waiting (workflow steps whose parents have not all ended).",
         labels=["queue", "status"],
     )
     oldest = GaugeMetricFamily(

@@ -32,6 +32,7 @@ def cmd_queues(args: argparse.Namespace) -> int:
                         "ready",
                         "scheduled",
                         "running",
+                        "waiting",
                         "oldest_ready_age",
                         "workers",
                     )
@@ -53,6 +54,7 @@ def cmd_queues(args: argparse.Namespace) -> int:
             q.ready,
             q.scheduled,
             q.running,
+            q.waiting,
             duration(q.oldest_ready_age),
         )
         for q in report.queues
@@ -66,9 +68,10 @@ def cmd_queues(args: argparse.Namespace) -> int:
         "ready",
         "scheduled",
         "running",
+        "waiting",
         "oldest ready",
     )
-    print(format_table(rows, headers, right=range(4, 9)))
+    print(format_table(rows, headers, right=range(4, 10)))
     return 0
 
 
@@ -78,9 +81,9 @@ def register(sub: Any, parents: Parents) -> None:
         parents=[parents.common, parents.app, parents.output],
         help="list queues; pause and resume them fleet-wide",
         description="Without an action: every queue (with jobs, paused, or served by a live "
-        "worker), paused or not, with its live workers and its ready, scheduled and running "
-        "jobs. `pgqueue queues pause NAME` stops every worker starting jobs of NAME until "
-        "`pgqueue queues resume NAME`.",
+        "worker), paused or not, with its live workers and its ready, scheduled, running and "
+        "waiting (workflow steps) jobs. `pgqueue queues pause NAME` stops every worker "
+        "starting jobs of NAME until `pgqueue queues resume NAME`.",
     )
     queues.set_defaults(func=cmd_queues)
     qsub = queues.add_subparsers(dest="action", required=False, metavar="ACTION")

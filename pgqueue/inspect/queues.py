@@ -1,8 +1,9 @@
-"""Each queue at a glance: how many jobs are ready, scheduled and running, the age of the oldest
+"""Each queue at a glance: how many jobs are ready, scheduled, running and waiting (workflow
+steps whose parents have not all ended), the age of the oldest
 ready one, whether it is paused, how many live workers serve it, and what ended in it lately
 (counts, throughput, pickup-wait percentiles).
 
-Depths come from the hot table (`pgqueue_jobs`: queued and running jobs only); what ended
+Depths come from the hot table (`pgqueue_jobs`: waiting, queued and running jobs only); what ended
 lately comes from the ten-second rows of `pgqueue_stats` that the workers write, never from
 `pgqueue_finished_jobs`, so the cost does not grow with the jobs kept after they end.
 
@@ -33,13 +34,14 @@ RATE_WINDOW = 300
 # The outcomes that end a job (a retried attempt does not).
 ENDED = ("succeeded", "failed", "cancelled")
 
-# Ready, scheduled and running jobs per queue and the age of the oldest ready job, in one pass
-# over the hot table (queued and running jobs only), whatever the number of finished jobs.
+# Ready, scheduled, running and waiting jobs per queue and the age of the oldest ready job, in
+# one pass over the hot table (unfinished jobs only), whatever the number of finished jobs.
 QUEUE_DEPTHS = """
 SELECT queue,
        count(*) FILTER (WHERE status = 'queued' AND run_at <= now()) AS ready,
        count(*) FILTER (WHERE status = 'queued' AND run_at > now()) AS scheduled,
        count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'waiting') AS waiting,
        extract(epoch FROM now() - min(run_at) FILTER (
            WHERE status = 'queued' AND run_at <= now()))::float8 AS oldest_ready_age
 FROM pgqueue_jobs
@@ -109,6 +111,7 @@ class QueueStatus:
     ready: int  # queued and due now
     scheduled: int  # queued, due later (countdown, eta, retry backoff)
     running: int
+    waiting: int  # workflow steps whose parents have not all ended
     oldest_ready_age: float | None  # seconds the oldest ready job has been due
     paused: bool
     paused_at: datetime | None
@@ -172,6 +175,7 @@ def queue_status(conn: Conn) -> QueuesReport:
                 ready=int(depth.get("ready", 0)),
                 scheduled=int(depth.get("scheduled", 0)),
                 running=int(depth.get("running", 0)),
+                waiting=int(depth.get("waiting", 0)),
                 oldest_ready_age=depth.get("oldest_ready_age"),
                 paused=setting.get("paused_at") is not None,
                 paused_at=setting.get("paused_at"),

@@ -31,20 +31,21 @@ def by_name(conn: psycopg.Connection[Any]) -> dict[str, queues.QueueStatus]:
     return {q.name: q for q in queues.queue_status(conn).queues}
 
 
-def test_depths_split_ready_scheduled_and_running(conn: psycopg.Connection[Any]) -> None:
+def test_depths_split_ready_scheduled_running_and_waiting(conn: psycopg.Connection[Any]) -> None:
     add_job(conn, queue="mail", run_in=-90)  # due 90 s ago: the oldest ready
     add_job(conn, queue="mail", run_in=-5)
     add_job(conn, queue="mail", run_in=3600)  # a countdown: scheduled
     add_job(conn, queue="mail", status="running", started_ago=1, attempts=1)
     add_job(conn, queue="other", run_in=60)
+    add_job(conn, queue="other", status="waiting", run_in=-120)  # a workflow step: not ready
 
     found = by_name(conn)
 
     mail = found["mail"]
-    assert (mail.ready, mail.scheduled, mail.running) == (2, 1, 1)
+    assert (mail.ready, mail.scheduled, mail.running, mail.waiting) == (2, 1, 1, 0)
     assert mail.oldest_ready_age is not None and 90 <= mail.oldest_ready_age < 120
     other = found["other"]
-    assert (other.ready, other.scheduled, other.running) == (0, 1, 0)
+    assert (other.ready, other.scheduled, other.running, other.waiting) == (0, 1, 0, 1)
     assert other.oldest_ready_age is None
 
 
