@@ -18,6 +18,7 @@ from pgqueue import _logging
 from pgqueue._loading import load_app
 from pgqueue._version import __version__
 from pgqueue.cli import (
+    dashboard,
     doctor,
     exporter,
     jobs,
@@ -42,7 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pgqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (worker, status, periodic, jobs, workflows, queues, limits, doctor, exporter):
+    for group in (
+        worker,
+        status,
+        periodic,
+        jobs,
+        workflows,
+        queues,
+        limits,
+        doctor,
+        exporter,
+        dashboard,
+    ):
         group.register(sub, parents)
     return parser
 

@@ -12,6 +12,7 @@ the planner sees exactly the query it must answer.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +60,9 @@ FILTERS: Mapping[str, str] = {
     # `failed` or `cancelled` alone is covered by the partial index of unsuccessful jobs.
     "status": "status IN ({statuses})",
     "before": "id < %(before)s",
+    # Text anywhere in the arguments (a LIKE pattern made by `_contains`). No index helps:
+    # the page stops at its size, so a common text is found fast, a rare one reads far.
+    "text": "(args::text || ' ' || kwargs::text) ILIKE %(text)s",
 }
 # `since`: the job entered its current status within the last `since` seconds: enqueued
 # (queued), started (running) or finished (finished jobs; the index on finished_at).
@@ -66,6 +70,11 @@ SINCE_QUEUED_AND_RUNNING = """
 CASE WHEN status = 'running' THEN started_at ELSE created_at END
     >= now() - %(since)s::float8 * interval '1 second'"""
 SINCE_FINISHED = "finished_at >= now() - %(since)s::float8 * interval '1 second'"
+# `until`: ... more than `until` seconds ago (with `since`, a time range).
+UNTIL_QUEUED_AND_RUNNING = """
+CASE WHEN status = 'running' THEN started_at ELSE created_at END
+    < now() - %(until)s::float8 * interval '1 second'"""
+UNTIL_FINISHED = "finished_at < now() - %(until)s::float8 * interval '1 second'"
 
 # One job in full from whichever table holds it (one statement, one snapshot: a job moving
 # between the tables is seen once).
@@ -216,6 +225,8 @@ def list_statement(
     task: str | None = None,
     statuses: Collection[str] = (),
     since: float | None = None,
+    until: float | None = None,
+    text: str | None = None,
     before: int | None = None,
     limit: int = 50,
 ) -> tuple[str, dict[str, Any]]:
@@ -227,19 +238,31 @@ def list_statement(
         raise ConfigurationError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
     if since is not None and not since > 0:
         raise ConfigurationError(f"since must be more than 0 seconds, got {since}")
+    if until is not None and not until >= 0:
+        raise ConfigurationError(f"until must be 0 seconds or more, got {until}")
     params: dict[str, Any] = {
         "queue": queue,
         "task": task,
         "before": before,
         "since": since,
+        "until": until,
+        "text": _contains(text) if text else None,
         "limit": limit,
     }
-    common = [FILTERS[name] for name in ("queue", "task", "before") if params[name] is not None]
+    common = [
+        FILTERS[name] for name in ("queue", "task", "before", "text") if params[name] is not None
+    ]
     wanted = set(statuses)
     parts: dict[str, str] = {}
-    for table, template, table_statuses, since_filter in (
-        ("active", LIST_QUEUED_AND_RUNNING, ACTIVE, SINCE_QUEUED_AND_RUNNING),
-        ("finished", LIST_FINISHED, FINISHED, SINCE_FINISHED),
+    for table, template, table_statuses, since_filter, until_filter in (
+        (
+            "active",
+            LIST_QUEUED_AND_RUNNING,
+            ACTIVE,
+            SINCE_QUEUED_AND_RUNNING,
+            UNTIL_QUEUED_AND_RUNNING,
+        ),
+        ("finished", LIST_FINISHED, FINISHED, SINCE_FINISHED, UNTIL_FINISHED),
     ):
         chosen = wanted & set(table_statuses) if wanted else set()
         if wanted and not chosen:
@@ -249,6 +272,8 @@ def list_statement(
             filters.append(_status_filter(chosen))
         if since is not None:
             filters.append(since_filter)
+        if until is not None:
+            filters.append(until_filter)
         parts[table] = template.format(filters=" AND ".join(filters) or "true").strip()
     if len(parts) == 2:
         sql = LIST_BOTH.format(active=parts["active"], finished=parts["finished"])
@@ -264,13 +289,23 @@ def list_jobs(
     task: str | None = None,
     statuses: Collection[str] = (),
     since: float | None = None,
+    until: float | None = None,
+    text: str | None = None,
     before: int | None = None,
     limit: int = 50,
 ) -> JobPage:
     """A page of jobs, newest first: those of `queue`, of `task`, with one of `statuses`,
-    that entered their current status within `since` seconds, with an id below `before`."""
+    that entered their current status within `since` seconds and more than `until` seconds
+    ago, whose arguments contain `text` (case-insensitive), with an id below `before`."""
     sql, params = list_statement(
-        queue=queue, task=task, statuses=statuses, since=since, before=before, limit=limit
+        queue=queue,
+        task=task,
+        statuses=statuses,
+        since=since,
+        until=until,
+        text=text,
+        before=before,
+        limit=limit,
     )
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         # Not prepared: each filter's values (a status, a rare task) may want another plan.
@@ -279,6 +314,15 @@ def list_jobs(
     jobs = tuple(JobSummary(**row) for row in rows)
     next_before = jobs[-1].id if len(jobs) == limit else None
     return JobPage(at=at_row["at"] if at_row else None, jobs=jobs, next_before=next_before)
+
+
+def _contains(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, its own wildcards taken literally. The
+    arguments are searched as JSON text, so a quote or a backslash is looked for as JSON
+    writes it."""
+    encoded = json.dumps(text, ensure_ascii=False)[1:-1]
+    escaped = encoded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _workers(conn: Conn, ids: set[int]) -> dict[int, WorkerRef]:

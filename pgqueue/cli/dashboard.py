@@ -1,0 +1,108 @@
+"""`pgqueue dashboard`: serve the web dashboard (pgqueue.dashboard) with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from typing import Any
+
+from pgqueue.cli._common import Parents, app_or_dsn, tcp_port
+from pgqueue.errors import ConfigurationError
+
+logger = logging.getLogger("pgqueue.dashboard")
+
+LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine only (a name or an address; no DNS lookup)."""
+    if host.lower() in LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from pgqueue.dashboard import Auth, create_app
+    except ImportError:
+        raise ConfigurationError(
+            "the dashboard needs Starlette, Jinja2 and uvicorn: pip install 'pgqueue[dashboard]'"
+        ) from None
+    auth = Auth.from_env()
+    if auth is None and not is_loopback(args.host):
+        raise ConfigurationError(
+            f"the dashboard serves {args.host} only with authentication: set "
+            "PGQUEUE_DASHBOARD_TOKEN (or PGQUEUE_DASHBOARD_USER and PGQUEUE_DASHBOARD_PASSWORD, "
+            "or their _FILE forms), or keep the default --host 127.0.0.1"
+        )
+    app = app_or_dsn(args)
+    app._connect_kwargs()  # a malformed DSN is a usage error now, not a 503 per page
+    asgi = create_app(app, auth=auth, read_only=args.read_only)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    logger.info(
+        "dashboard on http://%s:%d%s/ (%s%s)",
+        shown,
+        args.port,
+        args.root_path,
+        "login required" if auth else "no login: this machine only",
+        ", read-only" if args.read_only else "",
+    )
+    uvicorn.run(
+        asgi,
+        host=args.host,
+        port=args.port,
+        root_path=args.root_path,
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        log_level="warning",
+        server_header=False,
+    )
+    return 0
+
+
+def register(sub: Any, parents: Parents) -> None:
+    dashboard = sub.add_parser(
+        "dashboard",
+        parents=[parents.common, parents.app],
+        help="serve the web dashboard",
+        description="Serve the web dashboard: live charts, queues (pause, resume), jobs "
+        "(filter, retry, cancel, delete), workers and schedules (enable, disable, run now). "
+        "It listens on 127.0.0.1 unless authentication is configured: PGQUEUE_DASHBOARD_TOKEN, "
+        "or PGQUEUE_DASHBOARD_USER and PGQUEUE_DASHBOARD_PASSWORD (each also as NAME_FILE). "
+        "Sessions are signed with PGQUEUE_DASHBOARD_SECRET (random per process if unset). "
+        "--app lets it run schedules now (the app's tasks make their jobs). Needs the "
+        "pgqueue[dashboard] extra.",
+    )
+    dashboard.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address to listen on (default: 127.0.0.1; any other needs authentication)",
+    )
+    dashboard.add_argument(
+        "--port", type=tcp_port, default=8808, metavar="PORT", help="port (default: 8808)"
+    )
+    dashboard.add_argument(
+        "--read-only",
+        action="store_true",
+        help="show no action, and refuse them on the server too",
+    )
+    dashboard.add_argument(
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="the path a reverse proxy serves it under, e.g. /pgqueue (default: none)",
+    )
+    dashboard.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        metavar="IPS",
+        help="proxies whose X-Forwarded-Proto/For are trusted (default: 127.0.0.1)",
+    )
+    dashboard.set_defaults(func=cmd_dashboard)

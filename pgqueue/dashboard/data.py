@@ -1,0 +1,175 @@
+"""What the overview charts: the last hour, minute by minute.
+
+- Jobs ended per minute by outcome, and pickup-wait and attempt-duration percentiles per
+  minute, from the ten-second rows of `pgqueue_stats` that the workers write (a range of its
+  primary key: the cost does not grow with the jobs kept).
+- Queue depth over time cannot be read back from the tables, so the dashboard samples it
+  (`DepthSampler`: one count over the hot table every 10 s, by one thread per dashboard
+  process, however many browsers are open) and keeps the last hour in memory. The chart fills
+  from the moment the dashboard starts.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from pgqueue import rollup
+from pgqueue.app import App
+from pgqueue.inspect.queues import QUEUE_DEPTHS
+
+logger = logging.getLogger("pgqueue.dashboard")
+
+HOUR = 3600
+SAMPLE_INTERVAL = 10.0  # seconds between two depth samples
+
+# Jobs ended (and attempts retried) per minute and outcome over the last hour.
+ENDED_PER_MINUTE = """
+SELECT date_trunc('minute', bucket) AS minute, outcome, sum(count)::bigint AS n
+FROM pgqueue_stats
+WHERE bucket >= date_trunc('minute', now()) - interval '59 minutes'
+GROUP BY 1, 2
+"""
+
+# The pickup-wait and attempt-duration histograms of each minute of the last hour, added up
+# over queues and outcomes, bucket by bucket.
+HISTOGRAMS_PER_MINUTE = """
+SELECT m.minute, m.kind, array_agg(m.n ORDER BY m.i) AS counts
+FROM (
+    SELECT date_trunc('minute', s.bucket) AS minute, h.kind, h.i, sum(h.n)::bigint AS n
+    FROM pgqueue_stats AS s
+    CROSS JOIN LATERAL (
+        SELECT 'wait' AS kind, w.i, w.n FROM unnest(s.wait_buckets) WITH ORDINALITY AS w(n, i)
+        UNION ALL
+        SELECT 'duration', d.i, d.n
+        FROM unnest(s.duration_buckets) WITH ORDINALITY AS d(n, i)
+    ) AS h
+    WHERE s.bucket >= date_trunc('minute', now()) - interval '59 minutes'
+    GROUP BY 1, 2, 3
+) AS m
+GROUP BY 1, 2
+"""
+
+
+@dataclass(frozen=True)
+class Minute:
+    at: datetime
+    ended: dict[str, int]  # outcome -> count
+    wait: dict[str, float | None]  # "p50", "p95", "p99" -> seconds
+    duration: dict[str, float | None]
+
+
+def last_hour(conn: psycopg.Connection[Any], now: datetime) -> list[Minute]:
+    """The 60 minutes up to `now` (the database's clock), oldest first, every minute present
+    (zeros where nothing ended)."""
+    ended: dict[datetime, dict[str, int]] = collections.defaultdict(dict)
+    for minute, outcome, n in conn.execute(ENDED_PER_MINUTE).fetchall():
+        if outcome in rollup.OUTCOMES:
+            ended[minute][outcome] = int(n)
+    histograms: dict[tuple[datetime, str], list[int]] = {}
+    for minute, kind, counts in conn.execute(HISTOGRAMS_PER_MINUTE).fetchall():
+        histograms[(minute, kind)] = [int(c) for c in counts]
+    last = now.replace(second=0, microsecond=0)
+    minutes = []
+    for back in range(59, -1, -1):
+        at = last - timedelta(minutes=back)
+        minutes.append(
+            Minute(
+                at=at,
+                ended={o: ended.get(at, {}).get(o, 0) for o in rollup.OUTCOMES},
+                wait=_percentiles(histograms.get((at, "wait"))),
+                duration=_percentiles(histograms.get((at, "duration"))),
+            )
+        )
+    return minutes
+
+
+def _percentiles(counts: list[int] | None) -> dict[str, float | None]:
+    counts = counts or rollup.empty_histogram()
+    return {
+        "p50": rollup.quantile(0.5, counts),
+        "p95": rollup.quantile(0.95, counts),
+        "p99": rollup.quantile(0.99, counts),
+    }
+
+
+@dataclass(frozen=True)
+class DepthSample:
+    at: datetime  # the database's clock
+    ready: int
+    scheduled: int
+    running: int
+    waiting: int
+
+
+@dataclass
+class DepthSampler:
+    """Samples the fleet's queue depth (all queues together) every `interval` seconds on a
+    daemon thread with its own connection, keeping the last hour. Started by the first reader;
+    a failed sample is skipped (and logged once per outage), never fatal."""
+
+    app: App
+    interval: float = SAMPLE_INTERVAL
+    samples: collections.deque[DepthSample] = field(
+        default_factory=lambda: collections.deque(maxlen=int(HOUR / SAMPLE_INTERVAL) + 1)
+    )
+    _started: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def history(self) -> list[DepthSample]:
+        self.start()
+        with self._lock:
+            return list(self.samples)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._run, name="pgqueue-dashboard-depth", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        failing = False
+        while not self._stop.is_set():
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = self.app.connect(autocommit=True, keepalives=True)
+                sample = self.sample(conn)
+                with self._lock:
+                    self.samples.append(sample)
+                failing = False
+            except Exception as exc:  # a sampler never dies: the next tick tries again
+                if not failing:
+                    logger.warning("queue depth sample failed: %s", " ".join(str(exc).split()))
+                failing = True
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+                    conn = None
+            self._stop.wait(self.interval)
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    @staticmethod
+    def sample(conn: psycopg.Connection[Any]) -> DepthSample:
+        totals = {"ready": 0, "scheduled": 0, "running": 0, "waiting": 0}
+        with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+            at_row = cur.execute("SELECT now() AS at").fetchone()
+            for row in cur.execute(QUEUE_DEPTHS).fetchall():
+                for key in totals:
+                    totals[key] += int(row[key])
+        assert at_row is not None
+        return DepthSample(at=at_row["at"], **totals)
