@@ -532,8 +532,10 @@ async def job_action(dash: Dashboard, request: Request) -> Response:
     if action not in JOB_ACTIONS:
         return dash.failure(request, 404, f"no job action {action!r}")
     done, skipped = await dash.read(_act_on_jobs, action, [job_id])
-    fallback = "/jobs" if action == "delete" and done else f"/jobs/{job_id}"
-    return back_to(request, fallback, done=action, n=done, skipped=skipped)
+    if action == "delete" and done:
+        request.state.form["next"] = ""  # its page is gone: back to the list
+        return back_to(request, "/jobs", done=action, n=done, skipped=skipped)
+    return back_to(request, f"/jobs/{job_id}", done=action, n=done, skipped=skipped)
 
 
 async def workers_page(dash: Dashboard, request: Request) -> Response:
