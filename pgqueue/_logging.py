@@ -42,10 +42,12 @@ FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 class _Formatter(logging.Formatter):
-    """The standard format, with the date and time formatted once per second, not per line."""
+    """The standard format, with the date and time formatted once per second, not per line;
+    with a tag, after the logger's name: `pgqueue.worker[web1-2]: ...`."""
 
-    def __init__(self) -> None:
-        super().__init__(FORMAT)
+    def __init__(self, tag: str | None = None) -> None:
+        tagged = "%(name)s[" + tag.replace("%", "%%") + "]" if tag else "%(name)s"
+        super().__init__(FORMAT.replace("%(name)s", tagged))
         self._second = -1
         self._second_text = ""
 
@@ -63,7 +65,12 @@ LOG_FORMATS = ("text", "json")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line, for log collectors; never raises on what a message holds."""
+    """One JSON object a line, for log collectors; never raises on what a message holds.
+    With a tag, each object has it as `worker`."""
+
+    def __init__(self, tag: str | None = None) -> None:
+        super().__init__()
+        self.tag = tag
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -72,6 +79,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.tag:
+            entry["worker"] = self.tag
         for field in JOB_FIELDS:
             value = record.__dict__.get(field)
             if value is not None:
@@ -82,6 +91,10 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         # default=str: whatever a task put in a message or field still makes a line.
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def _formatter(log_format: str, tag: str | None) -> logging.Formatter:
+    return JsonFormatter(tag) if log_format == "json" else _Formatter(tag)
 
 
 def _iso_time(created: float) -> str:
@@ -109,14 +122,15 @@ def _pieces(lines: list[str]) -> Iterator[str]:
 class BatchingStreamHandler(logging.Handler):
     """A handler that writes formatted lines to `stream` in batches."""
 
-    def __init__(self, stream: IO[str], log_format: str = "text") -> None:
+    def __init__(self, stream: IO[str], log_format: str = "text", tag: str | None = None) -> None:
         super().__init__()
         self.stream = stream
         self.log_format = log_format
+        self.tag = tag
         self._fd: int | None = None
         with contextlib.suppress(Exception):  # a StringIO has none
             self._fd = stream.fileno()
-        self.setFormatter(JsonFormatter() if log_format == "json" else _Formatter())
+        self.setFormatter(_formatter(log_format, tag))
         self._lines: list[str] = []
         self._stop_flushing = threading.Event()
         self._flusher = threading.Thread(
@@ -200,6 +214,15 @@ def configure(level: int, stream: IO[str], log_format: str = "text") -> None:
     root.addHandler(BatchingStreamHandler(stream, log_format))
 
 
+def tag_lines(tag: str) -> None:
+    """Mark every line pgqueue's handlers write with `tag`: for the workers of
+    `pgqueue worker --processes N`, whose lines go to one stream, their worker's name."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BatchingStreamHandler):
+            handler.tag = tag
+            handler.setFormatter(_formatter(handler.log_format, tag))
+
+
 def revive_closed_handlers() -> None:
     """Put fresh handlers in place of pgqueue's own that a host framework's logging setup
     closed while they stayed attached (`django.setup()` closes every existing handler): what
@@ -207,6 +230,6 @@ def revive_closed_handlers() -> None:
     root = logging.getLogger()
     for index, handler in enumerate(list(root.handlers)):
         if isinstance(handler, BatchingStreamHandler) and handler._stop_flushing.is_set():
-            fresh = BatchingStreamHandler(handler.stream, handler.log_format)
+            fresh = BatchingStreamHandler(handler.stream, handler.log_format, handler.tag)
             fresh.setLevel(handler.level)
             root.handlers[index] = fresh

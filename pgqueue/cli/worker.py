@@ -8,9 +8,11 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from pgqueue import _logging
 from pgqueue.cli._common import Parents, app_or_dsn, load_app, tcp_port
 from pgqueue.config import WorkerSettings, parse_duration, parse_queues
 from pgqueue.errors import ConfigurationError
+from pgqueue.presence import default_name
 from pgqueue.supervisor import MAX_PROCESSES, SUPERVISOR_FD_ENV, Supervisor, watch_supervisor
 
 if TYPE_CHECKING:
@@ -20,9 +22,11 @@ if TYPE_CHECKING:
 def cmd_worker(args: argparse.Namespace) -> int:
     if args.processes != 1:
         return _supervise(args)
-    worker = _worker(args)
     supervisor_fd = os.environ.pop(SUPERVISOR_FD_ENV, None)
-    if supervisor_fd is not None:  # a child of `--processes N`: stop if the supervisor dies
+    if supervisor_fd is not None:  # a child of `--processes N`, writing to a shared stream
+        _logging.tag_lines(args.name or default_name())
+    worker = _worker(args)
+    if supervisor_fd is not None:  # stop if the supervisor dies
         watch_supervisor(int(supervisor_fd), lambda: worker.stopping)
     server = None
     if args.metrics_port is not None:

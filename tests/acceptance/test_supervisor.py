@@ -96,6 +96,8 @@ def test_children_register_under_their_own_names_and_all_run_jobs(
     supervisor = supervise(spawn_worker, "--concurrency", "1")
     children = wait_for_children(db, supervisor, {"w-1", "w-2"})
     assert len(set(children.values())) == 2
+    for name in children:  # their lines share one stream: each says whose it is
+        supervisor.wait_for_log(f"pgqueue.worker[{name}]: worker {name} (id")
 
     # One slot each: two blocking jobs can only both start if both children claim.
     jobs = [enqueue(db, apps.block, "both") for _ in range(2)]

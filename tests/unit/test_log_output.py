@@ -208,3 +208,16 @@ def test_each_write_holds_whole_lines_within_one_atomic_pipe_write() -> None:
         assert len(text.encode()) <= ATOMIC_WRITE or text.count("\n") == 1
     written = "".join(writes).splitlines()
     assert [line.partition(": ")[2] for line in written] == lines
+
+
+def test_a_tag_names_the_worker_on_every_line_in_both_formats() -> None:
+    text, as_json = RecordingStream(), RecordingStream()
+    handlers = [
+        BatchingStreamHandler(text, tag="web1-2%s"),
+        BatchingStreamHandler(as_json, log_format="json", tag="web1-2%s"),
+    ]
+    for handler in handlers:
+        _logger(handler).info("job %d succeeded", 5)
+        handler.close()
+    assert text.getvalue().rstrip().endswith("[web1-2%s]: job 5 succeeded")
+    assert json.loads(as_json.getvalue())["worker"] == "web1-2%s"
