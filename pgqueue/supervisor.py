@@ -50,6 +50,9 @@ STABLE_RUN = 60.0
 EARLY_EXIT = 10.0
 EARLY_EXITS_TO_GIVE_UP = 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How a child ends that stopped as asked: 0; or, when the signal came before it had set up its
+# handlers (it held no job yet), killed by it, or 130 from the interrupted start.
+STOPPED_AS_ASKED = {0, -signal.SIGTERM, -signal.SIGINT, 130}
 
 
 def describe_exit(code: int) -> str:
@@ -87,7 +90,7 @@ class Supervisor:
 
     @property
     def stopping(self) -> bool:
-        return self.stop_signals > 0 or self.failure is not None
+        return self.stop_signals > 0
 
     def run(self) -> int:
         # The children inherit the read end; the write end stays here, open until the end.
@@ -120,7 +123,7 @@ class Supervisor:
             raise PgQueueError(self.failure)
         codes = [code for child in self.children for code in child.exit_codes]
         logger.info("all worker processes stopped (%s)", ", ".join(map(describe_exit, codes)))
-        return 0 if all(code == 0 for code in codes) else 1
+        return 0 if all(code in STOPPED_AS_ASKED for code in codes) else 1
 
     def _loop_once(self, wake_read: int) -> bool:
         """Reap, restart what is due, wait for a signal or the next restart; False once done."""
@@ -164,7 +167,7 @@ class Supervisor:
         child.process = None
         if self.stopping:
             child.exit_codes.append(code)
-            log = logger.info if code == 0 else logger.warning
+            log = logger.info if code in STOPPED_AS_ASKED else logger.warning
             log("worker process %d (pid %d) exited: %s", child.number, pid, describe_exit(code))
             return
         ran = time.monotonic() - child.started_at
@@ -192,6 +195,7 @@ class Supervisor:
             "workers' output above"
         )
         logger.error("%s; stopping the other worker processes", self.failure)
+        self.stop_signals = 1  # a signal now is the second one the children get
         self._stop_children(signal.SIGTERM)
 
     def _forward(self, signum: signal.Signals) -> None:
