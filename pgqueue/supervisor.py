@@ -133,6 +133,10 @@ class Supervisor:
         for child in self.children:
             if child.restart_at is not None and child.restart_at <= now:
                 self._start(child)
+                assert child.process is not None
+                logger.info(
+                    "worker process %d started again: pid %d", child.number, child.process.pid
+                )
         due = [c.restart_at for c in self.children if c.restart_at is not None]
         if not due and all(c.process is None for c in self.children):
             return False

@@ -171,6 +171,7 @@ def test_a_killed_child_is_started_again_and_jobs_keep_running(
     after = wait_until(replaced, timeout=90, interval=0.1, what="a new w-1 to register")
     assert after["w-2"] == children["w-2"]
     assert parent_of(after["w-1"]) == supervisor.pid
+    assert supervisor.log_lines(f"worker process 1 started again: pid {after['w-1']}")
 
     jobs = [enqueue(db, apps.record, n) for n in range(20)]
     for job in jobs:
