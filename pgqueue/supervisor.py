@@ -104,12 +104,11 @@ class Supervisor:
         watched = (*STOP_SIGNALS, signal.SIGCHLD)
         previous = {signum: signal.signal(signum, _ignore) for signum in watched}
         try:
-            for child in self.children:
-                self._start(child)
+            pids = [self._start(child) for child in self.children]
             logger.info(
                 "supervising %d worker processes: pids %s",
-                len(self.children),
-                ", ".join(str(c.process.pid) for c in self.children if c.process is not None),
+                len(pids),
+                ", ".join(map(str, pids)),
             )
             while self._loop_once(wake_read):
                 pass
@@ -132,11 +131,8 @@ class Supervisor:
         now = time.monotonic()
         for child in self.children:
             if child.restart_at is not None and child.restart_at <= now:
-                self._start(child)
-                assert child.process is not None
-                logger.info(
-                    "worker process %d started again: pid %d", child.number, child.process.pid
-                )
+                pid = self._start(child)
+                logger.info("worker process %d started again: pid %d", child.number, pid)
         due = [c.restart_at for c in self.children if c.restart_at is not None]
         if not due and all(c.process is None for c in self.children):
             return False
@@ -147,7 +143,8 @@ class Supervisor:
                 self._forward(signal.Signals(signum))
         return True
 
-    def _start(self, child: _Child) -> None:
+    def _start(self, child: _Child) -> int:
+        """Start the child's process; its pid."""
         env = dict(os.environ, **{SUPERVISOR_FD_ENV: str(self._pipe_read)})
         child.process = subprocess.Popen(
             [sys.executable, "-m", "pgqueue", *child.command],
@@ -160,6 +157,7 @@ class Supervisor:
         )
         child.started_at = time.monotonic()
         child.restart_at = None
+        return child.process.pid
 
     def _reap(self, child: _Child) -> None:
         if child.process is None:
