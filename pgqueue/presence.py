@@ -26,6 +26,11 @@ from pgqueue._version import __version__
 logger = logging.getLogger("pgqueue.worker")
 
 
+def default_name() -> str:
+    """A worker's name when none is given: `host:pid`, distinct on each machine."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class Presence:
     """Registration, lock and heartbeat of one worker process."""
 
@@ -40,7 +45,7 @@ class Presence:
         self.pool = pool
         self.hostname = socket.gethostname()
         self.on_new_registration = on_new_registration
-        self.name = name or f"{self.hostname}:{os.getpid()}"
+        self.name = name or default_name()
         self.queues = list(queues)
         self.concurrency = concurrency
         self.worker_id: int | None = None

@@ -207,6 +207,11 @@ class Worker:
         self.preflight()
         return asyncio.run(self.run_async())
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked for (a signal, or `request_stop()`)."""
+        return self._stop_count > 0
+
     def request_stop(self) -> None:
         """First call: warm shutdown. Second call: stop at once."""
         self._stop_count += 1

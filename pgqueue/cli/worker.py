@@ -6,34 +6,28 @@ import argparse
 import atexit
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pgqueue import _logging
 from pgqueue.cli._common import Parents, app_or_dsn, load_app, tcp_port
 from pgqueue.config import WorkerSettings, parse_duration, parse_queues
+from pgqueue.errors import ConfigurationError
+from pgqueue.presence import default_name
+from pgqueue.supervisor import MAX_PROCESSES, SUPERVISOR_FD_ENV, Supervisor, watch_supervisor
+
+if TYPE_CHECKING:
+    from pgqueue.worker import Worker
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pgqueue.worker import Worker
-
-    app = load_app(args.app)
-    if args.dsn:
-        app.set_dsn(args.dsn)
-    if args.listen_dsn:
-        app.set_listen_dsn(args.listen_dsn)
-    settings = WorkerSettings(
-        queues=parse_queues(args.queues),
-        concurrency=args.concurrency,
-        shutdown_timeout=args.shutdown_timeout,
-        poll_interval=args.poll_interval,
-        progress_interval=args.progress_interval,
-        heartbeat_timeout=args.heartbeat_timeout,
-        name=args.name,
-        run_scheduler=not args.no_scheduler,
-        pool=args.pool,
-        app_path=args.app or os.environ.get("PGQUEUE_APP"),
-        retention=parse_duration(args.retention),
-    )
-    worker = Worker(app, settings)
+    if args.processes != 1:
+        return _supervise(args)
+    supervisor_fd = os.environ.pop(SUPERVISOR_FD_ENV, None)
+    if supervisor_fd is not None:  # a child of `--processes N`, writing to a shared stream
+        _logging.tag_lines(args.name or default_name())
+    worker = _worker(args)
+    if supervisor_fd is not None:  # stop if the supervisor dies
+        watch_supervisor(int(supervisor_fd), lambda: worker.stopping)
     server = None
     if args.metrics_port is not None:
         from pgqueue import metrics  # needs the `metrics` extra: a one-line error without it
@@ -60,6 +54,76 @@ def cmd_worker(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def _worker(args: argparse.Namespace) -> Worker:
+    """The Worker the options describe; loading the app and checking the options on the way."""
+    from pgqueue.worker import Worker
+
+    app = load_app(args.app)
+    if args.dsn:
+        app.set_dsn(args.dsn)
+    if args.listen_dsn:
+        app.set_listen_dsn(args.listen_dsn)
+    settings = WorkerSettings(
+        queues=parse_queues(args.queues),
+        concurrency=args.concurrency,
+        shutdown_timeout=args.shutdown_timeout,
+        poll_interval=args.poll_interval,
+        progress_interval=args.progress_interval,
+        heartbeat_timeout=args.heartbeat_timeout,
+        name=args.name,
+        run_scheduler=not args.no_scheduler,
+        pool=args.pool,
+        app_path=args.app or os.environ.get("PGQUEUE_APP"),
+        retention=parse_duration(args.retention),
+    )
+    return Worker(app, settings)
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """`--processes N`: N children running this command without --processes."""
+    count = args.processes
+    if not 1 <= count <= MAX_PROCESSES:
+        raise ConfigurationError(f"--processes must be 1 to {MAX_PROCESSES}, got {count}")
+    port = args.metrics_port
+    if port and port + count - 1 > 65535:
+        raise ConfigurationError(
+            f"--metrics-port {port} with --processes {count} needs ports up to "
+            f"{port + count - 1}, past 65535: choose a lower port"
+        )
+    if port is not None:
+        from pgqueue import metrics  # noqa: F401  # the extra is there, or one line now
+    # What a single worker refuses at its start (a bad --app, DSN, option, an unreachable or
+    # unmigrated database) is refused here, once, with its own line, rather than by N children
+    # that the supervisor would then have to give up on. The check's connections are closed
+    # before any child starts: the supervisor holds none while it runs.
+    _worker(args).preflight()
+    commands = [_child_argv(args, number) for number in range(1, count + 1)]
+    return Supervisor(commands).run()
+
+
+def _child_argv(args: argparse.Namespace, number: int) -> list[str]:
+    """The worker command of child `number`: every option as parsed, without --processes; the
+    name gets `-number`, the metrics port `number - 1` more. Rebuilt from the parsed options
+    rather than copied from sys.argv, so that abbreviations and `--opt=value` need no care."""
+    argv = ["worker"]
+    for action in args.worker_parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest == "processes":
+            continue
+        if value is None or value is False:  # not given, or a flag not set
+            continue
+        option = next(o for o in action.option_strings if o.startswith("--"))
+        if action.nargs == 0:  # a flag: --no-scheduler
+            argv.append(option)
+            continue
+        if action.dest == "name":
+            value = f"{value}-{number}"
+        elif action.dest == "metrics_port" and value:  # port 0 stays "any free port"
+            value += number - 1
+        argv.append(f"{option}={value}")
+    return argv
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -119,7 +183,8 @@ def register(sub: Any, parents: Parents) -> None:
         parents=[parents.common, parents.app],
         help="run a worker process",
         description="Claim and run jobs until SIGTERM/SIGINT (warm shutdown; a second signal "
-        "stops at once, and interrupted jobs go back to the queue).",
+        "stops at once, and interrupted jobs go back to the queue). With --processes N, "
+        "supervise N such worker processes, to use N cores.",
     )
     worker.add_argument(
         "--listen-dsn",
@@ -172,6 +237,16 @@ def register(sub: Any, parents: Parents) -> None:
         "--name", help="worker name in logs and pgqueue_workers (default: host:pid)"
     )
     worker.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes under one supervisor, to use N cores: each is a whole "
+        "worker with these options (--name X becomes X-1..X-N, --metrics-port P becomes "
+        "P..P+N-1), holding its own connections; signals go to all of them, and one that "
+        "dies is started again (default: 1, this process is the worker); see docs/guide.md",
+    )
+    worker.add_argument(
         "--pool",
         choices=["thread", "process"],
         default="thread",
@@ -205,7 +280,8 @@ def register(sub: Any, parents: Parents) -> None:
         help="address the metrics endpoint listens on (default: 0.0.0.0, every interface, so "
         "that Prometheus on another host or container can scrape it; 127.0.0.1 keeps it local)",
     )
-    worker.set_defaults(func=cmd_worker)
+    # The parser itself: a supervisor rebuilds its children's command line from its options.
+    worker.set_defaults(func=cmd_worker, worker_parser=worker)
 
     migrate = sub.add_parser(
         "migrate",

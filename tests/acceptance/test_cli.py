@@ -193,5 +193,12 @@ def test_help_and_version_exit_zero(command: list[str]) -> None:
 
 def test_worker_help_lists_its_options() -> None:
     result = pgqueue("worker", "--help")
-    for option in ("--app", "--dsn", "--queues", "--concurrency", "--shutdown-timeout"):
+    for option in (
+        "--app",
+        "--dsn",
+        "--queues",
+        "--concurrency",
+        "--shutdown-timeout",
+        "--processes",
+    ):
         assert option in result.stdout

@@ -13,7 +13,7 @@ from typing import IO
 
 import pytest
 
-from pgqueue._logging import BatchingStreamHandler
+from pgqueue._logging import ATOMIC_WRITE, BatchingStreamHandler
 
 
 class RecordingStream(io.StringIO):
@@ -183,3 +183,41 @@ def test_an_unknown_log_level_from_the_environment_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "log level 'loud'" in err
+
+
+def test_each_write_holds_whole_lines_within_one_atomic_pipe_write() -> None:
+    writes: list[str] = []
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return super().write(text)
+
+    stream = Stream()
+    handler = BatchingStreamHandler(stream)
+    handler._stop_flushing.set()  # one flush, at close, writes every line
+    logger = _logger(handler)
+    lines = [f"job {n} succeeded {'é' * (n % 50)}" for n in range(500)]
+    for line in lines:
+        logger.info("%s", line)
+    handler.close()
+
+    assert len(writes) > 1
+    for text in writes:
+        assert text.endswith("\n")
+        assert len(text.encode()) <= ATOMIC_WRITE or text.count("\n") == 1
+    written = "".join(writes).splitlines()
+    assert [line.partition(": ")[2] for line in written] == lines
+
+
+def test_a_tag_names_the_worker_on_every_line_in_both_formats() -> None:
+    text, as_json = RecordingStream(), RecordingStream()
+    handlers = [
+        BatchingStreamHandler(text, tag="web1-2%s"),
+        BatchingStreamHandler(as_json, log_format="json", tag="web1-2%s"),
+    ]
+    for handler in handlers:
+        _logger(handler).info("job %d succeeded", 5)
+        handler.close()
+    assert text.getvalue().rstrip().endswith("[web1-2%s]: job 5 succeeded")
+    assert json.loads(as_json.getvalue())["worker"] == "web1-2%s"
