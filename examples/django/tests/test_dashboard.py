@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -17,6 +20,7 @@ import pytest
 from django.core.asgi import get_asgi_application
 from django.core.exceptions import ImproperlyConfigured
 from orders.models import Order
+from shop_testing import PROJECT
 
 from pgqueue.contrib.django import dashboard_asgi
 from pgqueue.dashboard import Auth
@@ -200,3 +204,16 @@ def test_without_credentials_it_refuses_to_start_and_says_what_to_set(
         dashboard_asgi(get_asgi_application())
     with pytest.raises(ImproperlyConfigured, match="a URL path"):
         dashboard_asgi(get_asgi_application(), path="pgqueue", auth=None)
+
+
+def test_the_django_app_imports_the_dashboard_only_when_it_is_served() -> None:
+    probe = (
+        "import sys, django; django.setup(); import pgqueue.contrib.django; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'starlette', 'jinja2', 'uvicorn'}))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "djshop.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
