@@ -33,10 +33,11 @@ TOKEN = "shop-dashboard-token-for-tests"
 class Browser:
     """A client of an ASGI application for sync tests, keeping its cookies between requests."""
 
-    def __init__(self, application: Any) -> None:
+    def __init__(self, application: Any, root_path: str = "") -> None:
         self.loop = asyncio.new_event_loop()
         self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://shop.test"
+            transport=httpx.ASGITransport(app=application, root_path=root_path),
+            base_url="http://shop.test",
         )
 
     def get(self, path: str) -> httpx.Response:
@@ -160,6 +161,23 @@ def test_djangos_own_urls_still_answer(browser: Browser) -> None:
     assert shown.json() == {"id": order.id, "item": "kettle", "status": "placed"}
     assert browser.get("/pgqueue-not-the-dashboard").status_code == 404  # Django's 404
     assert "Content-Security-Policy" not in browser.get(f"/orders/{order.id}").headers
+
+
+def test_behind_a_proxy_that_serves_the_shop_under_a_prefix(application: Any) -> None:
+    # As `uvicorn --root-path /shop` passes on a request for /shop/...: the root path in
+    # front of the path, both for the dashboard's links and for Django's URLs.
+    order = Order.objects.create(item="cup", quantity=4)
+    visitor = Browser(application, root_path="/shop")
+    try:
+        login = visitor.get("/shop/pgqueue/login")
+        assert login.status_code == 200
+        assert 'action="/shop/pgqueue/login"' in login.text
+        assert visitor.get("/shop/pgqueue/").headers["location"] == (
+            "/shop/pgqueue/login?next=/shop/pgqueue/"
+        )
+        assert visitor.get(f"/shop/orders/{order.id}").json()["item"] == "cup"
+    finally:
+        visitor.close()
 
 
 def test_the_mount_point_without_its_slash_redirects_to_it(browser: Browser) -> None:
