@@ -42,9 +42,10 @@ class Extra:
     """One extra and the example that shows it: a row of EXTRAS.
 
     `imports` are the top-level modules the extra brings (its framework). Its virtualenv must
-    import each of them, and none of the other rows' modules: a test that passes there does
-    not lean on another framework. The example's directory holds the pytest.ini its tests run
-    with (`-c`, so the repository's own pytest settings stay out) and their tests/.
+    import each of them, and none of the modules other rows bring as their own (all their
+    `imports` but the `shared` ones): a test that passes there does not lean on another
+    framework. The example's directory holds the pytest.ini its tests run with (`-c`, so the
+    repository's own pytest settings stay out) and their tests/.
     """
 
     name: str  # as in `pip install 'pgqueue[name]'`
@@ -52,9 +53,18 @@ class Extra:
     imports: tuple[str, ...]
     test_tools: tuple[str, ...] = ("pytest>=8",)  # installed beside it, for the tests alone
     python: tuple[int, int] = (3, 10)  # the oldest Python the extra runs on
-    # A framework no other row's virtualenv may import. False for a library that frameworks
-    # themselves may bring (FastAPI's dependencies bring the OpenTelemetry API, for one).
-    exclusive: bool = True
+    # Modules of `imports` that other rows' virtualenvs may import too, because their own
+    # frameworks bring them (FastAPI brings Starlette, Flask brings Jinja2, and FastAPI's
+    # dependencies the OpenTelemetry API). The others are this extra's alone.
+    shared: tuple[str, ...] = ()
+    # The other extras its example needs, installed with it: their rows' imports then belong
+    # to this virtualenv too.
+    with_extras: tuple[str, ...] = ()
+
+    @property
+    def requirement(self) -> str:
+        """What goes between the brackets of `pgqueue[...]`."""
+        return ",".join((self.name, *self.with_extras))
 
 
 EXTRAS = [
@@ -70,15 +80,24 @@ EXTRAS = [
         "examples/opentelemetry",
         imports=("opentelemetry",),
         test_tools=("pytest>=8", "opentelemetry-sdk>=1.20"),  # the in-memory span exporter
-        exclusive=False,
+        shared=("opentelemetry",),
     ),
-    # Django 6 needs Python 3.12 or newer.
+    # The dashboard mounted in a Starlette site; uvicorn is the one module no other row brings.
+    Extra(
+        "dashboard",
+        "examples/dashboard",
+        imports=("jinja2", "starlette", "uvicorn"),
+        test_tools=("pytest>=8", "httpx>=0.27"),  # the ASGI test client
+        shared=("jinja2", "starlette"),
+    ),
+    # Django 6 needs Python 3.12 or newer. Its example serves the dashboard from asgi.py.
     Extra(
         "django",
         "examples/django",
         imports=("django",),
-        test_tools=("pytest>=8", "pytest-django>=4.9"),
+        test_tools=("pytest>=8", "pytest-django>=4.9", "httpx>=0.27"),
         python=(3, 12),
+        with_extras=("dashboard",),
     ),
 ]
 
@@ -202,7 +221,7 @@ def _prepared_venv(extra: Extra) -> Path:
     python = interpreter(extra)
     environment = digest(
         (ROOT / "pyproject.toml").read_bytes(),
-        json.dumps([extra.name, extra.test_tools, python, python_version(python)]).encode(),
+        json.dumps([extra.requirement, extra.test_tools, python, python_version(python)]).encode(),
     )
     sources = sources_digest()
     stamp_path = venv / "pgqueue-extras.json"
@@ -212,13 +231,22 @@ def _prepared_venv(extra: Extra) -> Path:
         shutil.rmtree(venv, ignore_errors=True)
         run([python, "-m", "venv", str(venv)], f"making {venv}", 300)
         # Not editable: pip builds the wheel a user would download, and installs it.
-        run([*pip, f"{ROOT}[{extra.name}]", *extra.test_tools], "pip install", PIP_TIMEOUT)
+        run([*pip, f"{ROOT}[{extra.requirement}]", *extra.test_tools], "pip install", PIP_TIMEOUT)
     elif stamp.get("pgqueue") != sources:
         run([*pip, "--no-deps", "--force-reinstall", str(ROOT)], "pip install pgqueue", PIP_TIMEOUT)
     else:
         return venv
     stamp_path.write_text(json.dumps({"environment": environment, "pgqueue": sources}))
     return venv
+
+
+def expected_imports(extra: Extra) -> tuple[list[str], list[str]]:
+    """What the extra's virtualenv must import (its rows' imports, those of `with_extras`
+    included), and the modules the probe looks for: those, and every row's own."""
+    installed = [row for row in EXTRAS if row.name in (extra.name, *extra.with_extras)]
+    expected = {name for row in installed for name in row.imports}
+    owned = {name for row in EXTRAS for name in row.imports if name not in row.shared}
+    return sorted(expected), sorted(expected | owned)
 
 
 def example_env(venv: Path, server_dsn: str) -> dict[str, str]:
@@ -241,17 +269,15 @@ def test_example_passes_in_a_fresh_virtualenv_with_only_its_extra(
     python = str(venv / "bin" / "python")
     env = example_env(venv, server_dsn)
 
-    frameworks = sorted(
-        {name for row in EXTRAS if row.exclusive or row is extra for name in row.imports}
-    )
+    expected, frameworks = expected_imports(extra)
     probe = json.loads(
         run([python, "-c", _PROBE, *frameworks], "importing pgqueue", 120, cwd=example, env=env)
     )
     # The wheel's pgqueue, migrations included, not the source tree beside the example.
     assert Path(probe["pgqueue"]).is_relative_to(venv), probe
     assert Path(probe["migrations"]).is_relative_to(venv), probe
-    assert probe["importable"] == sorted(extra.imports), (
-        f"the {extra.name} virtualenv should import {sorted(extra.imports)} of {frameworks}, "
+    assert probe["importable"] == expected, (
+        f"the {extra.name} virtualenv should import {expected} of {frameworks}, "
         f"and imports {probe['importable']}"
     )
 

@@ -15,8 +15,9 @@
 `manage.py migrate` creates pgqueue's tables (the contrib app's migrations run pgqueue's own
 alembic revisions); `manage.py pgqueue_worker` runs a worker, and `manage.py pgqueue ...` every
 other `pgqueue` command. `TASKS = {"default": {"BACKEND": "pgqueue.contrib.django.PgQueueBackend"}}`
-runs Django's own `@task` functions on pgqueue. Needs the `pgqueue[django]` extra; the engine
-never imports this package. See docs/django.md.
+runs Django's own `@task` functions on pgqueue. `dashboard_asgi(get_asgi_application())` serves
+pgqueue's dashboard under /pgqueue/ beside the project (with the `pgqueue[dashboard]` extra).
+Needs the `pgqueue[django]` extra; the engine never imports this package. See docs/django.md.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ if django.VERSION < (6, 0):
     )
 
 from ._app import DjangoApp, dsn_for
+from ._dashboard import dashboard_asgi
 
 if TYPE_CHECKING:
     from .backend import PgQueueBackend
 
-__all__ = ["DjangoApp", "PgQueueBackend", "app", "dsn_for", "periodic", "task"]
+__all__ = ["DjangoApp", "PgQueueBackend", "app", "dashboard_asgi", "dsn_for", "periodic", "task"]
 
 # The project's App: tasks register on it, `pgqueue_worker` runs it.
 app = DjangoApp()
