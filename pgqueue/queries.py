@@ -46,12 +46,12 @@ def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,
         periodic_fire_at, expires_at, cancel_requested_at, history, headers, unique_key,
-        progress, progress_at, concurrency_key, workflow_id, queued_key)
+        progress, progress_at, concurrency_key, queued_key, workflow_id)
     SELECT e.id, e.queue, e.task_name, e.args, e.kwargs, ({status})::pgqueue_job_status,
         e.priority, e.run_at, e.attempts, e.max_attempts, e.worker_id, {result}, {error},
         e.created_at, e.started_at, now(), e.periodic_name, e.periodic_fire_at, e.expires_at,
         e.cancel_requested_at, e.history, e.headers, e.unique_key, e.progress, e.progress_at,
-        e.concurrency_key, e.workflow_id, e.queued_key
+        e.concurrency_key, e.queued_key, e.workflow_id
     FROM {ended} AS e
     RETURNING id, task_name, status, attempts, max_attempts, worker_id"""
 

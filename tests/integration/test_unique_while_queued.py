@@ -17,7 +17,7 @@ from pgqueue import admin, migrate, queries
 from pgqueue.cli import main
 from pgqueue.complete import Completer, write_outcomes_sync
 from pgqueue.errors import ConfigurationError
-from pgqueue.outcome import ClaimedJob, RetryLater, Succeeded, simple_error
+from pgqueue.outcome import ClaimedJob, Outcome, RetryLater, Succeeded, simple_error
 from tests.integration.test_completer_errors import _complete, _Records, _until, records
 from tests.integration.test_hostile_outcomes import _claim
 from tests.integration.test_schema import schema_diff
@@ -218,7 +218,7 @@ def test_a_retry_that_meets_a_key_taken_while_it_was_written_is_written_again(
     keyed = refresh.apply_async((1,), unique_key="k", unique_states=QUEUED)
     plain = refresh.apply_async((2,))
     claimed = _claim_all(conn, 2)
-    outcomes = [
+    outcomes: list[Outcome] = [
         RetryLater(claimed[keyed.id], simple_error("ValueError", "again"), delay=3600),
         Succeeded(claimed[plain.id], '"done"'),
     ]
@@ -273,7 +273,7 @@ def test_bad_states_are_refused_before_anything_is_written(app: pgqueue.App, con
     with pytest.raises(ConfigurationError, match="unique_for=seconds"):
         noop.apply_async(unique_key="k", unique_states=("queued", "succeeded"))
     with pytest.raises(ConfigurationError, match="takes a tuple of states"):
-        noop.apply_async(unique_key="k", unique_states="queued")  # type: ignore[arg-type]
+        noop.apply_async(unique_key="k", unique_states="queued")
     for states in ((), ("queued", "waiting"), ("Queued",)):
         with pytest.raises(ConfigurationError, match=r'or \("queued",\)'):
             noop.apply_async(unique_key="k", unique_states=states)
