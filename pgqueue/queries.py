@@ -36,12 +36,11 @@ def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
     to pgqueue_finished_jobs, ending them with `status`, `error` and `result` (SQL
     expressions over the alias `e`). Every statement that ends a job uses it. The job keeps
     the worker that ran its last attempt, and the history of the earlier ones (copied, not
-    built: ending a job costs no JSON work), its headers, its unique key (which no longer
-    holds anything once the job has left pgqueue_jobs; nor does its `queued_key`), the last
-    progress its last attempt
-    published, its concurrency key, and its workflow (the deletion of a row with one fires
-    the trigger that resolves the step's dependents once this statement has written its
-    outcome, in the same transaction: see the workflows migration)."""
+    built: ending a job costs no JSON work), its headers, its unique key or `queued_key`
+    (which no longer holds anything once the job has left pgqueue_jobs), the last progress
+    its last attempt published, its concurrency key, and its workflow (the deletion of a row
+    with one fires the trigger that resolves the step's dependents once this statement has
+    written its outcome, in the same transaction: see the workflows migration)."""
     return f"""INSERT INTO pgqueue_finished_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,
@@ -1088,6 +1087,7 @@ INSERT_OR_REPLACE_QUEUED_UNIQUE_JOBS = _insert_unique(_REPLACE, queued=True)
 # and the period names a job that was never written: the holder is returned by
 # FIND_UNIQUE_HOLDERS, and such a period is released by RELEASE_PERIODS when it is next met.
 def _insert_unique_for_period(*, queued: bool) -> str:
+    """The statement above, for keys held while queued only with `queued`."""
     return f"""
 WITH period AS (
     INSERT INTO pgqueue_unique_periods AS p (unique_key, job_id, until)

@@ -143,6 +143,24 @@ def test_delay_many_makes_one_waiting_job_per_key(app: pgqueue.App, conn: Conn) 
         plain.delay_many([(1,)], unique_states=QUEUED)
 
 
+def test_async_twins_hold_the_key_while_queued(app: pgqueue.App, conn: Conn) -> None:
+    @app.task(unique=("n",))
+    def fetch(n: int) -> None: ...
+
+    async def enqueue() -> tuple[pgqueue.Job, pgqueue.Job, list[int]]:
+        first = await fetch.aapply_async((1,), unique_states=QUEUED)
+        again = await fetch.aapply_async((1,), unique_states=QUEUED)
+        many = await fetch.adelay_many([(1,), (2,)], unique_states=QUEUED)
+        return first, again, many
+
+    first, again, many = asyncio.run(enqueue())
+    assert first.created and again.id == first.id and many[0] == first.id
+    assert conn.execute(
+        "SELECT count(*) FROM pgqueue_jobs WHERE queued_key IS NOT NULL"
+    ).fetchone() == (2,)
+    assert fetch.delay(1).created  # the same key held while queued or running is another
+
+
 def _retry(conn: Conn, jobs: list[ClaimedJob]) -> None:
     error = simple_error("ValueError", "again")
     applied = write_outcomes_sync(conn, [RetryLater(job, error) for job in jobs])
