@@ -191,6 +191,7 @@ class App:
         unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        unique_states: Sequence[str] | None = None,
         rate_limit: str | None = None,
         concurrency_limit: int | None = None,
         key_concurrency_limit: int | None = None,
@@ -215,6 +216,7 @@ class App:
         unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        unique_states: Sequence[str] | None = None,
         rate_limit: str | None = None,
         concurrency_limit: int | None = None,
         key_concurrency_limit: int | None = None,
@@ -234,7 +236,9 @@ class App:
         that returns the key. While a job holding the key is queued or running, an enqueue
         returns it instead of inserting (`job.created` False); `on_conflict="replace"` gives
         the queued one the new arguments instead (debounce); `unique_for=` (seconds) also
-        holds the key for that long after the enqueue of the job that took it.
+        holds the key for that long after the enqueue of the job that took it;
+        `unique_states=("queued",)` has only a queued job hold the key (one job waits per key,
+        while another may run).
         Limits hold across every worker at once (docs/workflows.md): `rate_limit="100/m"`
         (N per `s`, `m` or `h`: no window of that length holds more starts),
         `concurrency_limit=N` (at most N of its jobs run at once), `key_concurrency_limit=N`
@@ -272,6 +276,7 @@ class App:
                 unique=unique,
                 unique_for=unique_for,
                 on_conflict=on_conflict,
+                unique_states=unique_states,
                 limits=limits,
             )
             if shared.shared_task_named(task.name) is not None:

@@ -2,11 +2,12 @@
 
 Outcomes wait in memory until written, and none is dropped for an error. When the database
 cannot take writes for now (a lost connection, a restart, a standby after a failover, a
-conflict, a resource run out), the same outcomes are written again after a backoff, on a new
-connection. Any other error refuses what was sent: the batch is written again one outcome at a
-time, and an outcome refused on its own (or one that cannot be encoded) is replaced by a FAILED
-`OutcomeNotStored` that says why. Should even that be refused, the fault is not the outcome's:
-it is kept, behind the others, and written again after a backoff.
+conflict, a resource run out, a retry meeting a key that an enqueue took meanwhile), the
+same outcomes are written again after a backoff, on a new connection. Any other error refuses
+what was sent: the batch is written again one outcome at a time, and an outcome refused on its
+own (or one that cannot be encoded) is replaced by a FAILED `OutcomeNotStored` that says why.
+Should even that be refused, the fault is not the outcome's: it is kept, behind the others,
+and written again after a backoff.
 
 An outcome whose job is no longer `running` under the same lease (it was rescued from this
 worker and claimed again, or this very outcome was written already and the reply lost) is
@@ -57,6 +58,7 @@ def _one_line(exc: BaseException) -> str:
 # InternalError.)
 _RETRY_CLASSES = ("08", "40", "53", "58")
 _RETRY_STATES = frozenset({"57P01", "57P02", "57P03", "55P03", "25006"})
+UNIQUE_VIOLATION = "23505"
 
 
 def _cannot_write_now(exc: Exception, conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -69,6 +71,11 @@ def _cannot_write_now(exc: Exception, conn: psycopg.AsyncConnection[Any]) -> boo
     state = exc.sqlstate
     if state is None:  # raised by psycopg itself: a lost connection, or data it cannot send
         return isinstance(exc, psycopg.OperationalError)
+    if state == UNIQUE_VIOLATION and exc.diag.constraint_name == queries.QUEUED_KEY_INDEX:
+        # A retry put its job back under a key held while queued just as an enqueue of that
+        # key committed (queries._queued_key_back): a conflict, not a refusal. Written
+        # again, the retry sees that job and runs without the key.
+        return True
     return state[:2] in _RETRY_CLASSES or state in _RETRY_STATES
 
 

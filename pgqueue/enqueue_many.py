@@ -42,6 +42,8 @@ class BulkRequest:
     rows: list[tuple[str, str]]
     # Each job's unique key, for a task declared with unique=; None otherwise.
     keys: list[str] | None = None
+    # Whether those keys are held while queued only (`unique_states=("queued",)`).
+    queued_only: bool = False
 
 
 def build_bulk_request(
@@ -56,9 +58,11 @@ def build_bulk_request(
     headers: Mapping[str, Any] | None = None,
     key_of: Callable[[Sequence[Any], Mapping[str, Any]], str] | None = None,
     concurrency_key: str | None = None,
+    queued_only: bool = False,
 ) -> BulkRequest:
     """Each call is a tuple/list of positional arguments or a dict of keyword arguments;
-    `key_of` makes each job's unique key from them (a task declared with unique=)."""
+    `key_of` makes each job's unique key from them (a task declared with unique=), held while
+    queued only with `queued_only`."""
     template = build_request(
         task,
         (),
@@ -91,7 +95,7 @@ def build_bulk_request(
             assert keys is not None
             is_kwargs = isinstance(call, Mapping)
             keys.append(key_of((), call) if is_kwargs else key_of(call, {}))  # type: ignore[arg-type]
-    return BulkRequest(template, rows, keys)
+    return BulkRequest(template, rows, keys, queued_only)
 
 
 COPY_CHUNK_ROWS = 2000

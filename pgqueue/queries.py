@@ -24,8 +24,11 @@ from pgqueue._names import (
 JOB_COLUMNS = (
     "id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts, "
     "worker_id, result, error, created_at, started_at, finished_at, expires_at, "
-    "cancel_requested_at, headers, unique_key, progress, progress_at, workflow_id"
+    "cancel_requested_at, headers, COALESCE(unique_key, queued_key) AS unique_key, progress, "
+    "progress_at, workflow_id"
 )
+# A job's key is in `unique_key` or, for a job unique only while queued, in `queued_key`
+# (migration 0013); a row read through JOB_COLUMNS shows it as `unique_key` either way.
 
 
 def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
@@ -33,21 +36,21 @@ def _archive(ended: str, status: str, error: str, result: str = "NULL") -> str:
     to pgqueue_finished_jobs, ending them with `status`, `error` and `result` (SQL
     expressions over the alias `e`). Every statement that ends a job uses it. The job keeps
     the worker that ran its last attempt, and the history of the earlier ones (copied, not
-    built: ending a job costs no JSON work), its headers, its unique key (which no longer
-    holds anything once the job has left pgqueue_jobs), the last progress its last attempt
-    published, its concurrency key, and its workflow (the deletion of a row with one fires
-    the trigger that resolves the step's dependents once this statement has written its
-    outcome, in the same transaction: see the workflows migration)."""
+    built: ending a job costs no JSON work), its headers, its unique key or `queued_key`
+    (which no longer holds anything once the job has left pgqueue_jobs), the last progress
+    its last attempt published, its concurrency key, and its workflow (the deletion of a row
+    with one fires the trigger that resolves the step's dependents once this statement has
+    written its outcome, in the same transaction: see the workflows migration)."""
     return f"""INSERT INTO pgqueue_finished_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
         worker_id, result, error, created_at, started_at, finished_at, periodic_name,
         periodic_fire_at, expires_at, cancel_requested_at, history, headers, unique_key,
-        progress, progress_at, concurrency_key, workflow_id)
+        progress, progress_at, concurrency_key, queued_key, workflow_id)
     SELECT e.id, e.queue, e.task_name, e.args, e.kwargs, ({status})::pgqueue_job_status,
         e.priority, e.run_at, e.attempts, e.max_attempts, e.worker_id, {result}, {error},
         e.created_at, e.started_at, now(), e.periodic_name, e.periodic_fire_at, e.expires_at,
         e.cancel_requested_at, e.history, e.headers, e.unique_key, e.progress, e.progress_at,
-        e.concurrency_key, e.workflow_id
+        e.concurrency_key, e.queued_key, e.workflow_id
     FROM {ended} AS e
     RETURNING id, task_name, status, attempts, max_attempts, worker_id"""
 
@@ -77,6 +80,29 @@ def _lost_message(alias: str) -> str:
         "format('worker lost while running attempt %%s of %%s', "
         f"{alias}.attempts, {alias}.max_attempts)"
     )
+
+
+# The partial unique index of keys held while queued only (migration 0013).
+QUEUED_KEY_INDEX = "pgqueue_jobs_queued_key_idx"
+
+
+def _queued_key_back(alias: str, returning: str) -> str:
+    """The `queued_key` of the job `alias` (running) as it goes back to queued, in a statement
+    that sends back the jobs whose ids the array `returning` holds: it keeps its key unless a
+    queued job holds it, or a job of lower id going back in the same statement has it too.
+    Otherwise it runs again without one (the same rule as an operator's retry): a job that
+    returns must never fail on, nor replace, the job waiting under its key, and one job's key
+    must never cost the other jobs of a batch their outcome. A key taken by an enqueue that
+    commits while this statement runs is met by the index and fails the statement, which its
+    caller writes again (see complete.py): it then sees that job, and gives the key up."""
+    a = alias
+    return f"""CASE WHEN {a}.queued_key IS NULL OR EXISTS (
+            SELECT FROM pgqueue_jobs AS q
+            WHERE q.queued_key = {a}.queued_key AND q.status = 'queued')
+        OR EXISTS (
+            SELECT FROM pgqueue_jobs AS q
+            WHERE q.id = ANY({returning}) AND q.id < {a}.id AND q.queued_key = {a}.queued_key)
+        THEN NULL ELSE {a}.queued_key END"""
 
 
 def _enqueued(alias: str = "") -> str:
@@ -259,6 +285,7 @@ WITH picked AS (
 # found by `id = ANY(ARRAY(...))`, a primary-key lookup per outcome; the status is compared as
 # text so that the planner cannot pick the partial index of running jobs instead and walk every
 # running job of the fleet (and its dead entries) for each batch, as it did on stale statistics.
+_RETRIED = "ARRAY(SELECT id FROM outcome WHERE status = 'queued')"
 COMPLETE_JOBS = f"""
 WITH outcome AS (
     SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
@@ -274,7 +301,8 @@ WITH outcome AS (
         lease = NULL,
         progress = NULL,
         progress_at = NULL,
-        run_at = COALESCE(o.eta, now() + o.delay * interval '1 second')
+        run_at = COALESCE(o.eta, now() + o.delay * interval '1 second'),
+        queued_key = {_queued_key_back("j", _RETRIED)}
     FROM outcome AS o
     WHERE j.id = ANY(ARRAY(SELECT id FROM outcome WHERE status = 'queued'))
       AND o.status = 'queued' AND j.id = o.id AND j.lease = o.lease
@@ -332,7 +360,7 @@ RELEASE_UNSTARTED = f"""
 WITH released AS (
     UPDATE pgqueue_jobs AS j
     SET status = 'queued', attempts = j.attempts - 1, worker_id = NULL, started_at = NULL,
-        lease = NULL
+        lease = NULL, queued_key = {_queued_key_back("j", "%(ids)s::bigint[]")}
     FROM unnest(%(ids)s::bigint[], %(leases)s::bigint[]) AS c(id, lease)
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = c.id AND j.status = 'running'
       AND j.lease = c.lease
@@ -395,23 +423,29 @@ def _rescue(lost: str, running: str, past: str) -> str:
     """A statement that puts running jobs of lost workers back in the queue (the lost attempt
     appended to their history), or ends them FAILED when no attempts remain, and returns
     them. `lost` is a WITH clause (or nothing) that the condition `running` on a running job
-    `j` may use; `past` a CTE recording the workers' rescued jobs, which it finds in `taken`
-    (worker_id, jobs)."""
+    (its alias spelled `{j}`) may use; `past` a CTE recording the workers' rescued jobs, which
+    it finds in `taken` (worker_id, jobs)."""
     lost_error = _error("WorkerLost", _lost_message("j"))
+    # The keyed jobs this statement puts back (read only when one of them has a queued key).
+    returning = f"""ARRAY(
+            SELECT s.id FROM pgqueue_jobs AS s
+            WHERE s.status = 'running' AND s.attempts < s.max_attempts
+              AND s.queued_key IS NOT NULL AND {running.format(j="s")})"""
     return f"""{lost}
 requeued AS (
     UPDATE pgqueue_jobs AS j
     SET status = 'queued', worker_id = NULL, lease = NULL, progress = NULL, progress_at = NULL,
         error = {lost_error},
-        history = {_with_attempt("j", "'lost'", lost_error)}
-    WHERE j.status = 'running' AND j.attempts < j.max_attempts AND {running}
+        history = {_with_attempt("j", "'lost'", lost_error)},
+        queued_key = {_queued_key_back("j", returning)}
+    WHERE j.status = 'running' AND j.attempts < j.max_attempts AND {running.format(j="j")}
     -- RETURNING shows the row as updated, without its worker: the lost worker's id is read
     -- from the history entry this very statement appended.
     RETURNING j.id, j.task_name, j.status::text AS status, j.attempts, j.max_attempts, j.queue,
               j.run_at, j.priority, (j.history -> -1 ->> 'worker_id')::int AS worker_id
 ), ended AS (
     DELETE FROM pgqueue_jobs AS j
-    WHERE j.status = 'running' AND j.attempts >= j.max_attempts AND {running}
+    WHERE j.status = 'running' AND j.attempts >= j.max_attempts AND {running.format(j="j")}
     RETURNING j.*
 ), archived AS (
     {_archive("ended", "'failed'", _error("WorkerLost", _lost_message("e")))}
@@ -462,7 +496,7 @@ RESCUE_LOST_JOBS = _rescue(
     DELETE FROM pgqueue_workers AS w USING lost WHERE w.id = lost.id
     RETURNING w.*
 ),""",
-    "j.worker_id = ANY(ARRAY(SELECT id FROM removed))",
+    "{j}.worker_id = ANY(ARRAY(SELECT id FROM removed))",
     # The lost workers are kept among the past workers, with the jobs taken back from them.
     _to_past_workers(
         "removed", "lost", "COALESCE((SELECT t.jobs FROM taken AS t WHERE t.worker_id = w.id), 0)"
@@ -474,7 +508,7 @@ RESCUE_LOST_JOBS = _rescue(
 # so workers run it every ORPHAN_CHECK_INTERVAL seconds rather than each pass.
 RESCUE_ORPHANED_JOBS = _rescue(
     "WITH",
-    "NOT EXISTS (SELECT 1 FROM pgqueue_workers AS w WHERE w.id = j.worker_id)",
+    "NOT EXISTS (SELECT 1 FROM pgqueue_workers AS w WHERE w.id = {j}.worker_id)",
     # A worker that stopped without its jobs' outcomes written is among the past workers:
     # count them there.
     """UPDATE pgqueue_past_workers AS w SET rescued = w.rescued + t.jobs
@@ -830,9 +864,10 @@ def _retry_finished(picked: str) -> str:
     deadline; their final attempt (error, worker, times) is appended to their history. Workers
     are told where they sort (one notification per queue and priority).
 
-    A job with a unique key takes it back if no queued or running job holds it (the first of
-    the batch by id, when several share it); otherwise it runs again without one, so that an
-    operator's retry never fails on, nor replaces, the job that holds the key now."""
+    A job with a unique key takes it back if no job that would hold it now does (a queued or
+    running one for `unique_key`, a queued one for `queued_key`), and it is the first of the
+    batch by id to have it; otherwise it runs again without one, so that an operator's retry
+    never fails on, nor replaces, the job that holds the key now."""
     return f"""
 WITH moved AS (
     DELETE FROM pgqueue_finished_jobs AS f
@@ -842,22 +877,26 @@ WITH moved AS (
       AND (f.error ->> 'type') IS DISTINCT FROM 'DependencyFailed'
     RETURNING f.*
 ), keyed AS (
-    SELECT m.id, row_number() OVER (PARTITION BY m.unique_key ORDER BY m.id) = 1
+    -- A job has one key or the other, never both.
+    SELECT m.id, row_number() OVER (PARTITION BY m.unique_key, m.queued_key ORDER BY m.id) = 1
         AND NOT EXISTS (
             SELECT FROM pgqueue_jobs AS j
-            WHERE j.unique_key = m.unique_key AND j.status IN ('queued', 'running')
+            WHERE j.unique_key = m.unique_key AND j.status IN ('queued', 'running'))
+        AND NOT EXISTS (
+            SELECT FROM pgqueue_jobs AS j WHERE j.queued_key = m.queued_key AND j.status = 'queued'
         ) AS keeps_key
     FROM moved AS m
-    WHERE m.unique_key IS NOT NULL
+    WHERE m.unique_key IS NOT NULL OR m.queued_key IS NOT NULL
 ), requeued AS (
     INSERT INTO pgqueue_jobs (
         id, queue, task_name, args, kwargs, status, priority, run_at, attempts, max_attempts,
-        created_at, periodic_name, periodic_fire_at, history, headers, unique_key,
+        created_at, periodic_name, periodic_fire_at, history, headers, unique_key, queued_key,
         concurrency_key, limited, workflow_id)
     SELECT m.id, m.queue, m.task_name, m.args, m.kwargs, 'queued', m.priority, now(), 0,
         m.max_attempts, m.created_at, m.periodic_name, m.periodic_fire_at,
         {_with_attempt("m", "m.status::text", "m.error", "m.finished_at")}, m.headers,
         CASE WHEN (SELECT k.keeps_key FROM keyed AS k WHERE k.id = m.id) THEN m.unique_key END,
+        CASE WHEN (SELECT k.keeps_key FROM keyed AS k WHERE k.id = m.id) THEN m.queued_key END,
         m.concurrency_key,
         -- A job of a task with limits now is limited again, whatever it was when it ended.
         (SELECT true FROM pgqueue_limits AS l WHERE l.name = m.task_name),
@@ -970,25 +1009,30 @@ FROM resumed AS r
 
 # -- unique jobs -----------------------------------------------------------------------------
 
-# What an insert of a keyed job meets when a queued or running job holds its key: the partial
-# unique index pgqueue_jobs_unique_key_idx (the predicate names it).
+# What an insert of a keyed job meets when a job holds its key: the partial unique index
+# pgqueue_jobs_unique_key_idx over queued and running jobs, or, for a job unique only while
+# queued, pgqueue_jobs_queued_key_idx over queued jobs (the predicate names the index).
 _UNIQUE_CONFLICT = (
     "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('queued', 'running')"
 )
+_QUEUED_UNIQUE_CONFLICT = (
+    "ON CONFLICT (queued_key) WHERE queued_key IS NOT NULL AND status = 'queued'"
+)
 
 
-def _insert_unique(on_conflict: str, *, period: bool = False) -> str:
+def _insert_unique(on_conflict: str, *, period: bool = False, queued: bool = False) -> str:
     """An INSERT of keyed jobs that share their options (the parameters of INSERT_JOB) and
     differ in key, args and kwargs (`rows`, a JSON array of objects, one key each), with
-    `on_conflict` for a key that a queued or running job holds. Each job written (inserted,
-    or replaced: `created` tells) comes back whole, and workers are told where it sorts. Rows
-    come sorted by key, so that enqueuers of overlapping keys wait for each other in one
-    order and cannot deadlock. With `period`, only the keys that the CTE `period` returns are
-    inserted, under the ids it drew."""
+    `on_conflict` for a key that a queued or running job holds (with `queued`: a queued job,
+    the key being written to `queued_key`). Each job written (inserted, or replaced: `created`
+    tells) comes back whole, and workers are told where it sorts. Rows come sorted by key, so
+    that enqueuers of overlapping keys wait for each other in one order and cannot deadlock.
+    With `period`, only the keys that the CTE `period` returns are inserted, under the ids it
+    drew."""
     return f"""
 INSERT INTO pgqueue_jobs AS j (
     {"id, " if period else ""}queue, task_name, args, kwargs, priority, run_at, max_attempts,
-    expires_at, headers, unique_key, limited, concurrency_key)
+    expires_at, headers, {"queued_key" if queued else "unique_key"}, limited, concurrency_key)
 SELECT
     {"period.job_id, " if period else ""}%(queue)s, %(task_name)s, r.args, r.kwargs, %(priority)s,
     COALESCE(
@@ -1003,7 +1047,7 @@ SELECT
     CAST(%(concurrency_key)s AS text)
 FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(unique_key text, args jsonb, kwargs jsonb)
 {"JOIN period ON period.unique_key = r.unique_key" if period else ""}
-{_UNIQUE_CONFLICT} {on_conflict}
+{_QUEUED_UNIQUE_CONFLICT if queued else _UNIQUE_CONFLICT} {on_conflict}
 RETURNING {JOB_COLUMNS}, (xmax = 0) AS created,
     pg_notify('{NOTIFY_ENQUEUED}', {_enqueued()})::text AS notified
 """
@@ -1011,20 +1055,28 @@ RETURNING {JOB_COLUMNS}, (xmax = 0) AS created,
 
 # Keyed jobs; a key already held returns nothing (FIND_UNIQUE_HOLDERS then reads the holder).
 INSERT_UNIQUE_JOBS = _insert_unique("DO NOTHING")
+# The same for keys held while queued only (`unique_states=("queued",)`): a job of the key
+# that runs holds nothing.
+INSERT_QUEUED_UNIQUE_JOBS = _insert_unique("DO NOTHING", queued=True)
 
-# Keyed jobs that replace the queued job holding their key (`on_conflict="replace"`): its task,
-# arguments, due time, priority, expiry, headers and limits become the new ones; it keeps its
-# id, its attempts and its place among the jobs. A running holder is left alone and not
-# returned.
-INSERT_OR_REPLACE_UNIQUE_JOBS = _insert_unique(
-    """DO UPDATE SET
+_REPLACE = """DO UPDATE SET
     queue = EXCLUDED.queue, task_name = EXCLUDED.task_name, args = EXCLUDED.args,
     kwargs = EXCLUDED.kwargs, priority = EXCLUDED.priority, run_at = EXCLUDED.run_at,
     max_attempts = EXCLUDED.max_attempts, expires_at = EXCLUDED.expires_at,
     headers = EXCLUDED.headers, limited = EXCLUDED.limited,
     concurrency_key = EXCLUDED.concurrency_key
 WHERE j.status = 'queued' AND j.cancel_requested_at IS NULL"""
-)
+
+# Keyed jobs that replace the queued job holding their key (`on_conflict="replace"`): its task,
+# arguments, due time, priority, expiry, headers and limits become the new ones; it keeps its
+# id, its attempts and its place among the jobs. A running holder is left alone and not
+# returned.
+INSERT_OR_REPLACE_UNIQUE_JOBS = _insert_unique(_REPLACE)
+# The same for keys held while queued only: only a queued job holds the key, so a job of the
+# key that runs meanwhile is no holder, and a new job is inserted (if a claim takes the
+# holder while this statement waits on it, the insert is tried again and goes in).
+INSERT_OR_REPLACE_QUEUED_UNIQUE_JOBS = _insert_unique(_REPLACE, queued=True)
+
 
 # Keyed jobs with a period (`unique_for=`), in one statement: each key's period is taken (a
 # new row, or a row whose period ran out) for a job id drawn here, and only the keys taken are
@@ -1034,7 +1086,9 @@ WHERE j.status = 'queued' AND j.cancel_requested_at IS NULL"""
 # When a queued or running job holds the key although its period ran out, the insert meets it
 # and the period names a job that was never written: the holder is returned by
 # FIND_UNIQUE_HOLDERS, and such a period is released by RELEASE_PERIODS when it is next met.
-INSERT_UNIQUE_JOBS_FOR_PERIOD = f"""
+def _insert_unique_for_period(*, queued: bool) -> str:
+    """The statement above, for keys held while queued only with `queued`."""
+    return f"""
 WITH period AS (
     INSERT INTO pgqueue_unique_periods AS p (unique_key, job_id, until)
     SELECT r.unique_key, nextval(pg_get_serial_sequence('pgqueue_jobs', 'id')),
@@ -1044,7 +1098,13 @@ WITH period AS (
     WHERE p.until <= now()
     RETURNING p.unique_key, p.job_id
 )
-{_insert_unique("DO NOTHING", period=True)}"""
+{_insert_unique("DO NOTHING", period=True, queued=queued)}"""
+
+
+INSERT_UNIQUE_JOBS_FOR_PERIOD = _insert_unique_for_period(queued=False)
+# The same for keys held while queued only; the period of a key is one, whatever the states
+# its enqueues name.
+INSERT_QUEUED_UNIQUE_JOBS_FOR_PERIOD = _insert_unique_for_period(queued=True)
 
 # The periods of these keys that have not run out, and the jobs they name.
 HELD_PERIODS = """
@@ -1065,6 +1125,12 @@ RETURNING p.unique_key
 FIND_UNIQUE_HOLDERS = f"""
 SELECT {JOB_COLUMNS}, false AS created FROM pgqueue_jobs
 WHERE unique_key = ANY(CAST(%(keys)s AS text[])) AND status IN ('queued', 'running')
+"""
+
+# The queued jobs that hold these keys held while queued only.
+FIND_QUEUED_UNIQUE_HOLDERS = f"""
+SELECT {JOB_COLUMNS}, false AS created FROM pgqueue_jobs
+WHERE queued_key = ANY(CAST(%(keys)s AS text[])) AND status = 'queued'
 """
 
 # Jobs by id, wherever they are (the jobs holding a period).

@@ -84,6 +84,9 @@ jobs = sa.Table(
     # The job's unique key (`unique_key=`, `@app.task(unique=...)`), NULL for most jobs; at
     # most one queued or running job holds a key (the index below), and it moves with the job.
     sa.Column("unique_key", sa.Text, nullable=True),
+    # The key of a job unique only while queued (`unique_states=("queued",)`), instead of
+    # `unique_key`: at most one queued job holds it (the index below), jobs of it may run.
+    sa.Column("queued_key", sa.Text, nullable=True),
     # What the running task last published about itself (`set_progress`: a small JSON value)
     # and when it was written (database clock); NULL for most jobs. Written only under the
     # claim's lease; kept when the job ends, cleared by a retry or a rescue.
@@ -138,6 +141,14 @@ jobs = sa.Table(
         "unique_key",
         unique=True,
         postgresql_where=sa.text("unique_key IS NOT NULL AND status IN ('queued', 'running')"),
+    ),
+    # Unique while queued: the same for keys that only queued jobs hold (a claim takes the
+    # job out of it).
+    sa.Index(
+        "pgqueue_jobs_queued_key_idx",
+        "queued_key",
+        unique=True,
+        postgresql_where=sa.text("queued_key IS NOT NULL AND status = 'queued'"),
     ),
     # The limited claim: queued jobs of limited tasks, by task, in claim order.
     sa.Index(

@@ -22,7 +22,7 @@ import functools
 import inspect
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar, overload
 
@@ -100,6 +100,7 @@ class SharedTask(Generic[P, R]):
         unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        unique_states: Sequence[str] | None = None,
     ) -> None:
         self.fn = fn
         self.name: str = checked_task_name(fn, name)
@@ -111,8 +112,9 @@ class SharedTask(Generic[P, R]):
         self.bind = bool(bind)
         # Checked here, as @app.task checks them (the function as a worker calls it).
         run: Callable[..., Any] = functools.partial(fn, None) if self.bind else fn  # type: ignore[arg-type]
-        task_uniqueness(self.name, run, unique, unique_for, on_conflict)
+        task_uniqueness(self.name, run, unique, unique_for, on_conflict, unique_states)
         self.unique, self.unique_for, self.on_conflict = unique, unique_for, on_conflict
+        self.unique_states = unique_states
         self.is_async: bool = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
@@ -136,6 +138,7 @@ class SharedTask(Generic[P, R]):
             unique=self.unique,
             unique_for=self.unique_for,
             on_conflict=self.on_conflict,
+            unique_states=self.unique_states,
         )
 
     def for_app(self, app: App) -> Task[P, R]:
@@ -267,6 +270,7 @@ def shared_task(
     unique: UniqueSpec = None,
     unique_for: float | timedelta | None = None,
     on_conflict: str | None = None,
+    unique_states: Sequence[str] | None = None,
 ) -> Callable[[F], SharedTask[Any, Any]]: ...
 
 
@@ -288,6 +292,7 @@ def shared_task(
     unique: UniqueSpec = None,
     unique_for: float | timedelta | None = None,
     on_conflict: str | None = None,
+    unique_states: Sequence[str] | None = None,
 ) -> SharedTask[Any, Any] | Callable[[F], SharedTask[Any, Any]]:
     """Declare a task without an App; bare or with `@app.task`'s options, checked here.
 
@@ -324,6 +329,7 @@ def shared_task(
             unique=unique,
             unique_for=unique_for,
             on_conflict=on_conflict,
+            unique_states=unique_states,
         )
         _declare(shared)
         return shared

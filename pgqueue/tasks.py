@@ -39,6 +39,7 @@ from pgqueue.unique import (
     aenqueue_unique,
     enqueue_unique,
     options_for,
+    states_for,
     task_uniqueness,
 )
 
@@ -92,6 +93,7 @@ class Task(Generic[P, R]):
         unique: UniqueSpec = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        unique_states: Sequence[str] | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.app = app
@@ -111,9 +113,10 @@ class Task(Generic[P, R]):
         self.run: Callable[..., Any] = (
             functools.partial(fn, self) if self.bind else fn  # type: ignore[arg-type]
         )
-        # How its jobs are unique (`unique=`, `unique_for=`, `on_conflict=`), None for most.
+        # How its jobs are unique (`unique=`, `unique_for=`, `on_conflict=`,
+        # `unique_states=`), None for most.
         self.uniqueness: TaskUniqueness | None = task_uniqueness(
-            self.name, self.run, unique, unique_for, on_conflict
+            self.name, self.run, unique, unique_for, on_conflict, unique_states
         )
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
@@ -209,6 +212,7 @@ class Task(Generic[P, R]):
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        unique_states: Sequence[str] | None = None,
         concurrency_key: str | None = None,
         link: Canvas | Sequence[Canvas] | None = None,
         link_error: Canvas | Sequence[Canvas] | None = None,
@@ -230,8 +234,10 @@ class Task(Generic[P, R]):
         or running, this enqueue inserts nothing and returns that job (`job.created` is
         False), or with `on_conflict="replace"` gives it these arguments and options while it
         is still queued (`job.replaced`). `unique_for` (seconds or timedelta) also holds the
-        key for that long after the job that took it was enqueued, whatever its state. A task
-        declared with `unique=` makes the key from the arguments; these override it.
+        key for that long after the job that took it was enqueued, whatever its state.
+        `unique_states=("queued",)`: only a queued job holds the key, so one job waits per key
+        while another may run. A task declared with `unique=` makes the key from the
+        arguments; these override it.
 
         `link`: signature(s) enqueued when the job succeeds, given its result (first
         argument); `link_error`: signature(s) enqueued once if it fails for good or is
@@ -239,7 +245,7 @@ class Task(Generic[P, R]):
         workflow (`job.workflow_id`, see pgqueue.workflows), written in one transaction.
         """
         if link is not None or link_error is not None:
-            _refuse_in_workflow(unique_key, unique_for, on_conflict)
+            _refuse_in_workflow(unique_key, unique_for, on_conflict, unique_states)
             options = _options(countdown, eta, priority, queue, expires, headers, concurrency_key)
             flow = self.signature(args or (), kwargs, **options).apply_async(
                 connection=connection, link=link, link_error=link_error
@@ -248,7 +254,7 @@ class Task(Generic[P, R]):
         request = self._request(
             args, kwargs, countdown, eta, priority, queue, expires, headers, concurrency_key
         )
-        self._make_unique(request, args, kwargs, unique_key, unique_for, on_conflict)
+        self._make_unique(request, args, kwargs, unique_key, unique_for, on_conflict, unique_states)
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return self.app._eager(self, request, False)  # type: ignore[no-any-return]
         if connection is None:
@@ -277,7 +283,9 @@ class Task(Generic[P, R]):
             conn, owned = self.app._shared_connection(), True
         else:
             conn, owned = connection, False
-        by_key = enqueue_unique(conn, request, rows, options.period, options.replace, owned=owned)
+        by_key = enqueue_unique(
+            conn, request, rows, options.period, options.replace, options.queued_only, owned=owned
+        )
         written = by_key[options.key]
         return Job(self.app, written.row, created=written.created, replaced=written.replaced)
 
@@ -298,6 +306,7 @@ class Task(Generic[P, R]):
         connection: Any = None,
         headers: Mapping[str, Any] | None = None,
         concurrency_key: str | None = None,
+        unique_states: Sequence[str] | None = None,
     ) -> list[int]:
         """Enqueue one job per call with a single COPY; returns the new job ids, in order.
 
@@ -310,6 +319,7 @@ class Task(Generic[P, R]):
         For a task declared with `unique=`, each job's key is made from its call: a key that a
         queued or running job holds (or that an earlier call of the batch made) inserts
         nothing, and its place in the list holds the id of the job that has the key.
+        `unique_states` overrides the task's (see `apply_async`).
 
         >>> send_receipt.delay_many([(order_id,) for order_id in order_ids])
         """
@@ -326,6 +336,7 @@ class Task(Generic[P, R]):
             headers=headers,
             key_of=self.uniqueness.builder.key if self.uniqueness is not None else None,
             concurrency_key=concurrency_key,
+            queued_only=self._queued_only(unique_states),
         )
         if connection is None:
             connection = self.app._caller_transaction()
@@ -334,7 +345,9 @@ class Task(Generic[P, R]):
             return self._copy(request, connection)
         count, in_transaction = len(request.rows), connection is not None
         with around_enqueue(hooks, request.template, count, in_transaction) as (enqueueing, t):
-            ids = self._copy(BulkRequest(t, request.rows, request.keys), connection)
+            ids = self._copy(
+                BulkRequest(t, request.rows, request.keys, request.queued_only), connection
+            )
             enqueueing.job_ids.extend(ids)
         return ids
 
@@ -355,7 +368,9 @@ class Task(Generic[P, R]):
             conn, owned = self.app._shared_connection(), True
         else:
             conn, owned = connection, False
-        written = enqueue_unique(conn, request.template, rows, period, replace, owned=owned)
+        written = enqueue_unique(
+            conn, request.template, rows, period, replace, request.queued_only, owned=owned
+        )
         return [written[key].row["id"] for key in request.keys]
 
     # -- async --------------------------------------------------------------------------
@@ -372,6 +387,7 @@ class Task(Generic[P, R]):
         connection: Any = None,
         headers: Mapping[str, Any] | None = None,
         concurrency_key: str | None = None,
+        unique_states: Sequence[str] | None = None,
     ) -> list[int]:
         """Async twin of `delay_many()`."""
         from pgqueue.enqueue_many import BulkRequest, build_bulk_request
@@ -387,13 +403,16 @@ class Task(Generic[P, R]):
             headers=headers,
             key_of=self.uniqueness.builder.key if self.uniqueness is not None else None,
             concurrency_key=concurrency_key,
+            queued_only=self._queued_only(unique_states),
         )
         hooks = self.app._hooks.enqueue_hooks
         if not (hooks and request.rows):
             return await self._acopy(request, connection)
         count, in_transaction = len(request.rows), connection is not None
         with around_enqueue(hooks, request.template, count, in_transaction) as (enqueueing, t):
-            ids = await self._acopy(BulkRequest(t, request.rows, request.keys), connection)
+            ids = await self._acopy(
+                BulkRequest(t, request.rows, request.keys, request.queued_only), connection
+            )
             enqueueing.job_ids.extend(ids)
         return ids
 
@@ -409,7 +428,7 @@ class Task(Generic[P, R]):
             else:
                 conn, owned = connection, False
             written = await aenqueue_unique(
-                conn, request.template, rows, period, replace, owned=owned
+                conn, request.template, rows, period, replace, request.queued_only, owned=owned
             )
             return [written[key].row["id"] for key in request.keys]
         if connection is not None:
@@ -435,6 +454,7 @@ class Task(Generic[P, R]):
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
         on_conflict: str | None = None,
+        unique_states: Sequence[str] | None = None,
         concurrency_key: str | None = None,
         link: Canvas | Sequence[Canvas] | None = None,
         link_error: Canvas | Sequence[Canvas] | None = None,
@@ -442,7 +462,7 @@ class Task(Generic[P, R]):
         """Async twin of `apply_async()`; `connection=` takes a psycopg AsyncConnection or a
         SQLAlchemy AsyncConnection/AsyncSession."""
         if link is not None or link_error is not None:
-            _refuse_in_workflow(unique_key, unique_for, on_conflict)
+            _refuse_in_workflow(unique_key, unique_for, on_conflict, unique_states)
             options = _options(countdown, eta, priority, queue, expires, headers, concurrency_key)
             flow = await self.signature(args or (), kwargs, **options).aapply_async(
                 connection=connection, link=link, link_error=link_error
@@ -451,7 +471,7 @@ class Task(Generic[P, R]):
         request = self._request(
             args, kwargs, countdown, eta, priority, queue, expires, headers, concurrency_key
         )
-        self._make_unique(request, args, kwargs, unique_key, unique_for, on_conflict)
+        self._make_unique(request, args, kwargs, unique_key, unique_for, on_conflict, unique_states)
         if self.app._eager is not None:  # pgqueue.testing.eager(): run here, now, no database
             return await self.app._eager(self, request, True)  # type: ignore[no-any-return]
         hooks = self.app._hooks.enqueue_hooks
@@ -477,7 +497,7 @@ class Task(Generic[P, R]):
         else:
             conn, owned = connection, False
         by_key = await aenqueue_unique(
-            conn, request, rows, options.period, options.replace, owned=owned
+            conn, request, rows, options.period, options.replace, options.queued_only, owned=owned
         )
         written = by_key[options.key]
         return Job(self.app, written.row, created=written.created, replaced=written.replaced)
@@ -495,6 +515,7 @@ class Task(Generic[P, R]):
         unique_key: str | None,
         unique_for: float | timedelta | None,
         on_conflict: str | None,
+        unique_states: Sequence[str] | None,
     ) -> None:
         """Give `request` its unique key and how it is unique, from these options and the
         task's `unique=` (apply_async and its async twin); nothing for most jobs."""
@@ -503,11 +524,28 @@ class Task(Generic[P, R]):
             and self.uniqueness is None
             and unique_for is None
             and on_conflict is None
+            and unique_states is None
         ):
             return
         request.unique = options_for(
-            self.uniqueness, args or (), kwargs or {}, unique_key, unique_for, on_conflict
+            self.uniqueness,
+            args or (),
+            kwargs or {},
+            unique_key,
+            unique_for,
+            on_conflict,
+            unique_states,
         )
+
+    def _queued_only(self, unique_states: Sequence[str] | None) -> bool:
+        """Whether a bulk enqueue's keys are held while queued only (`delay_many`'s
+        `unique_states=` over the task's); checked before anything is written."""
+        if unique_states is not None and self.uniqueness is None:
+            raise ConfigurationError(
+                f"delay_many(unique_states=...) applies to tasks with unique jobs: declare "
+                f"{self.name} with @app.task(unique=...)"
+            )
+        return states_for(self.uniqueness, unique_states)
 
     def _request(
         self,
@@ -574,8 +612,8 @@ def _refuse_in_workflow(*options: Any) -> None:
     workflow): refused, not dropped."""
     if any(option is not None for option in options):
         raise ConfigurationError(
-            "link=/link_error= (a workflow) cannot be combined with unique_key=, unique_for= "
-            "or on_conflict=: enqueue the job without them, or without callbacks"
+            "link=/link_error= (a workflow) cannot be combined with unique_key=, unique_for=, "
+            "on_conflict= or unique_states=: enqueue the job without them, or without callbacks"
         )
 
 

@@ -9,6 +9,11 @@ With `unique_for=`, the key is held for a period from the enqueue of the job tha
 whatever becomes of that job; the period is a row of pgqueue_unique_periods, which outlives
 the job's move between tables and whose lock lines up the enqueuers of one key.
 
+With `unique_states=("queued",)`, only a queued job holds the key (in `queued_key`, under the
+partial unique index pgqueue_jobs_queued_key_idx): at most one job waits per key, while jobs
+of the key may run. A job that goes back to queued keeps such a key only if no queued job
+holds it (queries._queued_key_back).
+
 The enqueue itself is written once, as a generator of statements (`_enqueue_steps`) that the
 sync and async drivers run on whatever connection the caller gave.
 """
@@ -45,6 +50,10 @@ ON_CONFLICT = ("keep", "replace")
 # What `@app.task(unique=...)` takes: True, argument names, or a function returning the key.
 UniqueSpec = bool | Sequence[str] | Callable[..., str] | None
 MAX_PERIOD = 100 * 366 * 86400.0
+# What `unique_states=` takes, as sets: the states in which a job holds its key. The default
+# first; the other keeps at most one job waiting per key, while jobs of it run.
+STATES = (frozenset({"queued", "running"}), frozenset({"queued"}))
+FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled"})
 # An enqueue retries when the job that made it step aside ended before it could be read;
 # more rounds than this means something else is wrong.
 MAX_ROUNDS = 20
@@ -53,11 +62,13 @@ MAX_ROUNDS = 20
 @dataclass(frozen=True, slots=True)
 class UniqueOptions:
     """How one enqueue is unique: its key, its period in seconds (None: only while a job
-    holding the key is queued or running), and whether it replaces a queued holder."""
+    holding the key is queued or running), whether it replaces a queued holder, and whether
+    only a queued job holds the key (`unique_states=("queued",)`)."""
 
     key: str
     period: float | None = None
     replace: bool = False
+    queued_only: bool = False
 
 
 def check_key(key: Any) -> str:
@@ -97,6 +108,38 @@ def check_period(unique_for: Any) -> float | None:
             f"unique_for is at most {MAX_PERIOD:.0f} seconds (100 years), got {seconds}"
         )
     return float(seconds)
+
+
+def check_states(unique_states: Any) -> bool:
+    """`unique_states=`: the states in which a job holds its key, ("queued", "running") (the
+    default) or ("queued",), in any order; True for queued only."""
+    if isinstance(unique_states, str) or not isinstance(unique_states, (Sequence, frozenset, set)):
+        raise ConfigurationError(
+            'unique_states takes a tuple of states: ("queued", "running") (the default) or '
+            f'("queued",), got {unique_states!r}'
+        )
+    if not all(isinstance(state, str) for state in unique_states):
+        raise ConfigurationError(f"unique_states names states by string, got {unique_states!r}")
+    states = frozenset(unique_states)
+    if states in STATES:
+        return states == STATES[1]
+    if states & FINISHED_STATES:
+        raise ConfigurationError(
+            f"unique_states={tuple(unique_states)!r}: a job that has ended holds no key; to keep "
+            "the key for a while after the enqueue, whatever became of the job, pass "
+            "unique_for=seconds"
+        )
+    if states == {"running"}:
+        raise ConfigurationError(
+            'unique_states=("running",) is not supported: for at most one running job per key, '
+            "declare the task with key_concurrency_limit=1 and enqueue with concurrency_key=... "
+            '(see "Limits across the fleet" in docs/workflows.md)'
+        )
+    raise ConfigurationError(
+        'unique_states takes ("queued", "running") (the default: a queued or running job holds '
+        'the key) or ("queued",) (only a queued job does: one job waits per key, while another '
+        f"may run), got {unique_states!r}"
+    )
 
 
 def check_on_conflict(on_conflict: Any, period: float | None) -> bool:
@@ -217,22 +260,31 @@ class TaskUniqueness:
     builder: KeyBuilder
     period: float | None
     replace: bool
+    queued_only: bool = False
 
 
 def task_uniqueness(
-    task_name: str, fn: Callable[..., Any], unique: Any, unique_for: Any, on_conflict: Any
+    task_name: str,
+    fn: Callable[..., Any],
+    unique: Any,
+    unique_for: Any,
+    on_conflict: Any,
+    unique_states: Any = None,
 ) -> TaskUniqueness | None:
-    """`@app.task(unique=, unique_for=, on_conflict=)`, checked; None for a task without."""
+    """`@app.task(unique=, unique_for=, on_conflict=, unique_states=)`, checked; None for a
+    task without."""
     if unique is None or unique is False:
-        if unique_for is not None or on_conflict is not None:
+        if unique_for is not None or on_conflict is not None or unique_states is not None:
             raise ConfigurationError(
-                f"task {task_name}: unique_for and on_conflict need unique= to say how the key "
-                "is made (unique=True: from every argument), or pass unique_key= at enqueue"
+                f"task {task_name}: unique_for, on_conflict and unique_states need unique= to "
+                "say how the key is made (unique=True: from every argument), or pass "
+                "unique_key= at enqueue"
             )
         return None
     period = check_period(unique_for)
     replace = check_on_conflict("keep" if on_conflict is None else on_conflict, period)
-    return TaskUniqueness(KeyBuilder(task_name, fn, unique), period, replace)
+    queued_only = check_states(unique_states) if unique_states is not None else False
+    return TaskUniqueness(KeyBuilder(task_name, fn, unique), period, replace, queued_only)
 
 
 def options_for(
@@ -242,13 +294,14 @@ def options_for(
     unique_key: Any,
     unique_for: Any,
     on_conflict: Any,
+    unique_states: Any = None,
 ) -> UniqueOptions | None:
     """The unique options of one enqueue: what the call gave, else what the task declared."""
     if unique_key is None and declared is None:
-        if unique_for is not None or on_conflict is not None:
+        if unique_for is not None or on_conflict is not None or unique_states is not None:
             raise ConfigurationError(
-                "unique_for and on_conflict apply to unique jobs: pass unique_key= too, or "
-                "declare the task with @app.task(unique=...)"
+                "unique_for, on_conflict and unique_states apply to unique jobs: pass "
+                "unique_key= too, or declare the task with @app.task(unique=...)"
             )
         return None
     if unique_key is not None:
@@ -265,7 +318,15 @@ def options_for(
             check_on_conflict("replace", period)
     else:
         replace = check_on_conflict(on_conflict, period)
-    return UniqueOptions(key, period, replace)
+    return UniqueOptions(key, period, replace, states_for(declared, unique_states))
+
+
+def states_for(declared: TaskUniqueness | None, unique_states: Any) -> bool:
+    """Whether an enqueue's key is held while queued only: what the call gave, else what the
+    task declared."""
+    if unique_states is not None:
+        return check_states(unique_states)
+    return declared.queued_only if declared is not None else False
 
 
 # -- the enqueue ---------------------------------------------------------------------------
@@ -303,10 +364,11 @@ def _enqueue_steps(
     rows: Mapping[str, tuple[str, str]],
     period: float | None,
     replace: bool,
+    queued_only: bool,
 ) -> Generator[Statement, list[dict[str, Any]], dict[str, Written]]:
     """The statements that enqueue one job per key of `rows` (key -> (args JSON, kwargs
-    JSON)) with the options of `template`; each is sent the rows it returned. Returns the job
-    each key ends with.
+    JSON)) with the options of `template` (keys held while queued only with `queued_only`);
+    each is sent the rows it returned. Returns the job each key ends with.
 
     Each statement stands on its own (a transaction around them adds nothing but lock time),
     so they may run in autocommit: the insert decides, and the reads after it find the job
@@ -326,11 +388,20 @@ def _enqueue_steps(
     }
     if period is not None:
         options["period"] = period
-        statement = queries.INSERT_UNIQUE_JOBS_FOR_PERIOD
+        statement = (
+            queries.INSERT_QUEUED_UNIQUE_JOBS_FOR_PERIOD
+            if queued_only
+            else queries.INSERT_UNIQUE_JOBS_FOR_PERIOD
+        )
     elif replace:
-        statement = queries.INSERT_OR_REPLACE_UNIQUE_JOBS
+        statement = (
+            queries.INSERT_OR_REPLACE_QUEUED_UNIQUE_JOBS
+            if queued_only
+            else queries.INSERT_OR_REPLACE_UNIQUE_JOBS
+        )
     else:
-        statement = queries.INSERT_UNIQUE_JOBS
+        statement = queries.INSERT_QUEUED_UNIQUE_JOBS if queued_only else queries.INSERT_UNIQUE_JOBS
+    holders = queries.FIND_QUEUED_UNIQUE_HOLDERS if queued_only else queries.FIND_UNIQUE_HOLDERS
     written: dict[str, Written] = {}
     pending = dict(rows)
     for _ in range(MAX_ROUNDS):
@@ -342,15 +413,15 @@ def _enqueue_steps(
             del pending[key]
         if not pending:
             return written
-        holders = yield queries.FIND_UNIQUE_HOLDERS, {"keys": sorted(pending)}
-        for row in holders:
+        found = yield holders, {"keys": sorted(pending)}
+        for row in found:
             written[row["unique_key"]] = Written(_job_row(row), created=False)
             del pending[row["unique_key"]]
         if pending and period is not None:
             periods = yield queries.HELD_PERIODS, {"keys": sorted(pending)}
             held = {p["unique_key"]: p["job_id"] for p in periods}
-            found = yield queries.FETCH_JOBS, {"ids": sorted(set(held.values()))}
-            by_id = {row["id"]: row for row in found}
+            jobs = yield queries.FETCH_JOBS, {"ids": sorted(set(held.values()))}
+            by_id = {row["id"]: row for row in jobs}
             gone = {}
             for key, job_id in held.items():
                 if job_id in by_id:
@@ -395,13 +466,14 @@ def enqueue_unique(
     rows: Mapping[str, tuple[str, str]],
     period: float | None,
     replace: bool,
+    queued_only: bool,
     *,
     owned: bool = False,
 ) -> dict[str, Written]:
     """Enqueue keyed jobs on a sync psycopg or SQLAlchemy connection, in its current
     transaction (`owned`: pgqueue's own autocommit connection, where each statement commits
     on its own)."""
-    steps = _enqueue_steps(template, rows, period, replace)
+    steps = _enqueue_steps(template, rows, period, replace, queued_only)
     kind = PSYCOPG if owned else connection_kind(connection, is_async=False)
     if kind == PSYCOPG:
 
@@ -432,11 +504,12 @@ async def aenqueue_unique(
     rows: Mapping[str, tuple[str, str]],
     period: float | None,
     replace: bool,
+    queued_only: bool,
     *,
     owned: bool = False,
 ) -> dict[str, Written]:
     """Async twin of `enqueue_unique`."""
-    steps = _enqueue_steps(template, rows, period, replace)
+    steps = _enqueue_steps(template, rows, period, replace, queued_only)
     kind = PSYCOPG if owned else connection_kind(connection, is_async=True)
     if kind == PSYCOPG:
 

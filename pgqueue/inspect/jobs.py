@@ -81,7 +81,8 @@ UNTIL_FINISHED = "finished_at < now() - %(until)s::float8 * interval '1 second'"
 _DETAIL_COLUMNS = """id, queue, task_name, args, kwargs, status::text AS status, priority,
     run_at, attempts, max_attempts, worker_id, result, error, created_at, started_at,
     finished_at, periodic_name, periodic_fire_at, expires_at, cancel_requested_at, history,
-    headers, unique_key, progress, progress_at, concurrency_key, workflow_id"""
+    headers, COALESCE(unique_key, queued_key) AS unique_key, progress, progress_at,
+    concurrency_key, workflow_id"""
 JOB_DETAIL = f"""
 SELECT {_DETAIL_COLUMNS}, lease, now() AS at FROM pgqueue_jobs WHERE id = %(id)s
 UNION ALL
