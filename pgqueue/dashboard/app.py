@@ -303,12 +303,21 @@ def set_session(response: Response, request: Request, value: str) -> None:
     )
 
 
+def _inside(target: str, base: str) -> bool:
+    """Whether `target` is a path under `base` as a browser reads it too: browsers drop tabs
+    and newlines from a URL ('/\\t/evil' is '//evil', another site) and read a backslash as a
+    slash, so neither may appear."""
+    if any(c < " " or c in "\\\x7f" for c in target):
+        return False
+    return target.startswith(base + "/") and not target.startswith("//")
+
+
 def back_to(request: Request, fallback: str, **done: Any) -> RedirectResponse:
     """303 to the form's `next` (a path of this dashboard only), else `fallback`, telling the
     page what was done."""
     base = base_path(request)
     target = str(request.state.form.get("next") or "")
-    if not target.startswith(base + "/") or target.startswith("//") or "\\" in target:
+    if not _inside(target, base):
         target = base + fallback
     parts = urllib.parse.urlsplit(target)
     query = [
