@@ -624,7 +624,8 @@ def create_app(
         Route("/jobs/{job_id:int}/{action}", action(job_action), methods=["POST"]),
         Route("/workers", page(workers_page), methods=["GET"]),
         Route("/schedules", page(schedules_page), methods=["GET"]),
-        Route("/schedules/{name}/{action}", action(schedule_action), methods=["POST"]),
+        # A schedule's name may hold a slash (the default name of "*/5 * * * *" does).
+        Route("/schedules/{name:path}/{action}", action(schedule_action), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
