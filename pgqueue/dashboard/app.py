@@ -62,6 +62,9 @@ TIME_CHOICES = (
     ("86400", "24 hours ago"),
     ("604800", "7 days ago"),
 )
+# The farthest back a time bound reaches: further, the database's timestamps overflow (a
+# crafted query would read as database trouble).
+MAX_SECONDS_AGO = 100 * 365 * 86400
 JOB_ACTIONS = ("retry", "cancel", "delete")
 SCHEDULE_ACTIONS = ("enable", "disable", "run")
 QUEUE_ACTIONS = ("pause", "resume")
@@ -179,14 +182,20 @@ DONE_TEXT = {
 }
 
 
+def is_number(value: str) -> bool:
+    """Whether `value` is a whole number written in ASCII digits: str.isdigit() alone also
+    takes superscripts such as '²', which int() refuses."""
+    return value.isascii() and value.isdigit()
+
+
 def _done_message(query: Mapping[str, str]) -> str | None:
     action = query.get("done")
     if action not in DONE_TEXT:
         return None
     n = query.get("n", "0")
-    text = DONE_TEXT[action].format(n=int(n) if n.isdigit() else 0)
+    text = DONE_TEXT[action].format(n=int(n) if is_number(n) else 0)
     skipped = query.get("skipped", "0")
-    if skipped.isdigit() and int(skipped):
+    if is_number(skipped) and int(skipped):
         text += f"; {int(skipped)} could not be (not found, or in the wrong state)"
     return text
 
@@ -456,12 +465,14 @@ def _filters(query: Mapping[str, str], statuses: list[str]) -> dict[str, Any]:
         value = query.get(name, "")
         if not value:
             return None
-        if not value.isdigit():
-            raise ConfigurationError(f"{name} must be a number of seconds")
+        if not is_number(value) or int(value) > MAX_SECONDS_AGO:
+            raise ConfigurationError(
+                f"{name} must be a number of seconds, at most {MAX_SECONDS_AGO} (100 years)"
+            )
         return float(value)
 
     before = query.get("before", "")
-    if before and not before.isdigit():
+    if before and not is_number(before):
         raise ConfigurationError("before must be a job id")
     return {
         "queue": query.get("queue") or None,
@@ -526,7 +537,7 @@ async def jobs_action(dash: Dashboard, request: Request) -> Response:
     if action not in JOB_ACTIONS:
         return dash.failure(request, 400, "choose retry, cancel or delete")
     raw = form.get("ids") or []
-    if any(not str(i).isdigit() for i in raw):
+    if any(not is_number(str(i)) for i in raw):
         return dash.failure(request, 400, "job ids are numbers")
     ids = [int(i) for i in raw]
     if not ids:
