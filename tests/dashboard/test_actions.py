@@ -231,3 +231,13 @@ def test_run_now_needs_the_app_that_registers_the_task(
     # Enable and disable need no task.
     response = client.post(f"/schedules/{nightly}/disable", data={"csrf": page_token(client)})
     assert notice(response.text) == "schedule disabled"
+
+
+def test_job_ids_in_other_digits_are_refused(
+    client: TestClient, conn: psycopg.Connection[Any], jobs: Jobs
+) -> None:
+    response = client.post(
+        "/jobs", data={"csrf": page_token(client), "action": "retry", "ids": ["²"]}
+    )
+    assert response.status_code == 400
+    assert "job ids are numbers" in response.text
