@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 import pgqueue
-from tests.conftest import WorkerThread
+from tests.conftest import WorkerThread, wait_until
 from tests.dashboard.conftest import LIVE_PAGES, PAGES, Jobs, TestClient, write_schedules
 
 
@@ -124,3 +124,34 @@ def test_unknown_job_is_a_404_page(client: TestClient) -> None:
     response = client.get("/jobs/987654321")
     assert response.status_code == 404
     assert "987654321" in response.text and "<html" in response.text
+
+
+def test_the_overview_charts_fill_as_a_worker_runs_jobs(
+    app: pgqueue.App, client: TestClient, start_worker: Callable[..., WorkerThread]
+) -> None:
+    @app.task(max_attempts=1)
+    def flaky(n: int) -> int:
+        if n % 3 == 0:
+            raise RuntimeError(f"flaky {n}")
+        return n
+
+    flaky.delay_many([(n,) for n in range(9)])
+    start_worker(app, concurrency=2)
+
+    def charted() -> str | None:
+        html = client.get("/", params={"fragment": "live"}).text
+        charts = {
+            name: html.split(f'data-testid="chart-{name}"')[1].split("</figure>")[0]
+            for name in ("ended", "wait", "duration", "depth")
+        }
+        filled = (
+            'class="bar series-succeeded"' in charts["ended"]
+            and 'class="bar series-failed"' in charts["ended"]
+            and "series-p95" in charts["wait"].split("</figcaption>")[1]
+            and "series-p95" in charts["duration"].split("</figcaption>")[1]
+            and "series-ready" in charts["depth"].split("</figcaption>")[1]
+        )
+        return html if filled else None
+
+    html = wait_until(charted, timeout=30, interval=0.5, what="the overview's charts to fill")
+    assert "flaky 0" in html  # a recent failure
