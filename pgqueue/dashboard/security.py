@@ -117,6 +117,8 @@ class Auth:
 
 
 def _same(given: str, expected: str) -> bool:
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500
+    # for whoever sends one in a form or a cookie).
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
@@ -158,7 +160,7 @@ class Signer:
         if not cookie or "." not in cookie:
             return None
         body, _, signature = cookie.rpartition(".")
-        if not hmac.compare_digest(signature, self._sign(body.encode())):
+        if not _same(signature, self._sign(body.encode())):
             return None
         try:
             session = json.loads(base64.urlsafe_b64decode(body.encode()))
@@ -178,7 +180,7 @@ class Signer:
     def csrf_ok(self, session: Mapping[str, Any] | None, token: str | None) -> bool:
         if session is None or not token:
             return False
-        return hmac.compare_digest(token, self.csrf_token(session))
+        return _same(token, self.csrf_token(session))
 
     def _sign(self, body: bytes) -> str:
         digest = hmac.new(self._session_key, body, hashlib.sha256).digest()
