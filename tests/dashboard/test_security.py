@@ -125,6 +125,21 @@ def test_a_csrf_token_in_another_body_encoding_is_refused(
     assert database_state(conn) == before
 
 
+def test_a_non_ascii_csrf_token_is_refused_not_an_error(
+    client: TestClient, conn: psycopg.Connection[Any], jobs: Jobs
+) -> None:
+    page_token(client)
+    before = database_state(conn)
+    for body in ("csrf=%C3%A9", "csrf=%FF%FE", "csrf=\u2603"):
+        response = client.post(
+            "/queues/reports/pause",
+            content=body.encode(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code == 403, body
+    assert database_state(conn) == before
+
+
 def test_a_get_changes_nothing(
     client: TestClient, conn: psycopg.Connection[Any], jobs: Jobs, scheduled: str
 ) -> None:
@@ -357,6 +372,17 @@ def test_a_bad_cookie_counts_as_logged_out(guarded: TestClient, cookie: str) -> 
     response = guarded.get("/", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"].startswith("/login")
+
+
+def test_a_non_ascii_cookie_counts_as_logged_out(guarded: TestClient) -> None:
+    for cookie in (b"abc.\xe9", "\u2603".encode() + b"." + "\u2603".encode()):
+        response = guarded.get(
+            "/",
+            headers=[(b"cookie", SESSION_COOKIE.encode() + b"=" + cookie)],
+            follow_redirects=False,
+        )
+        assert response.status_code == 303, cookie
+        assert response.headers["location"].startswith("/login")
 
 
 def test_a_signed_cookie_of_the_same_secret_logs_in(guarded: TestClient) -> None:
