@@ -154,10 +154,38 @@ def test_the_default_dashboard_serves_the_overview_on_loopback(
         assert PASSWORD not in response.text
         jobs_page = httpx.get(f"http://127.0.0.1:{port}/jobs?status=failed")
         assert f'href="/jobs/{jobs.failed}"' in jobs_page.text
+        for local in (f"localhost:{port}", "localhost", f"127.0.0.1:{port}"):
+            assert httpx.get(f"http://127.0.0.1:{port}/", headers={"host": local}).is_success
         stop(process)
     text = log.read_text()
     assert f"dashboard on http://127.0.0.1:{port}/" in text
     assert PASSWORD not in text
+
+
+def test_without_a_login_only_requests_for_localhost_are_answered(
+    dsn: str, jobs: Jobs, tmp_path: Path
+) -> None:
+    """A page under another name that resolves to 127.0.0.1 (DNS rebinding) reads nothing
+    and does nothing; with a login, any name is served (the login guards it)."""
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    with serving(["--port", str(port)], dashboard_env(dsn), log) as process:
+        answer(process, f"http://127.0.0.1:{port}/", log)
+        for name in (f"evil.example:{port}", "evil.example", "127.0.0.1.evil.example", ""):
+            for path in ("/", "/jobs", "/static/dashboard.js", "/queues/reports/pause"):
+                response = httpx.get(f"http://127.0.0.1:{port}{path}", headers={"host": name})
+                assert response.status_code == 421, (name, path)
+                assert "PGQUEUE_DASHBOARD_TOKEN" in response.text
+                assert "content-security-policy" in response.headers
+        stop(process)
+    env = dashboard_env(dsn, PGQUEUE_DASHBOARD_TOKEN=TOKEN)
+    with serving(["--port", str(port)], env, log) as process:
+        answer(process, f"http://127.0.0.1:{port}/login", log)
+        response = httpx.get(
+            f"http://127.0.0.1:{port}/login", headers={"host": "dashboard.example"}
+        )
+        assert response.status_code == 200
+        stop(process)
 
 
 def test_root_path_and_read_only(
