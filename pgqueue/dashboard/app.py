@@ -79,7 +79,7 @@ class Dashboard:
         self.app = app
         self.auth = auth
         self.read_only = read_only
-        self.signer = Signer(secret)
+        self.signer = Signer(secret, auth)
         self.pool = ConnectionPool(app)
         self.sampler = DepthSampler(app)
         self.database = describe_dsn(app.dsn)

@@ -141,10 +141,16 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
 
 
 class Signer:
-    """Signed, expiring sessions and the CSRF tokens derived from them."""
+    """Signed, expiring sessions and the CSRF tokens derived from them.
 
-    def __init__(self, secret: str | None = None) -> None:
+    The credentials of `auth` are part of the keys: changing the token or the password ends
+    every session opened with the old ones (a leaked token is revoked by replacing it), even
+    when the signing secret stays the same."""
+
+    def __init__(self, secret: str | None = None, auth: Auth | None = None) -> None:
         key = (secret or os.environ.get(ENV_SECRET) or secrets.token_hex(32)).encode()
+        if auth is not None:
+            key += json.dumps([auth.token, auth.username, auth.password]).encode()
         self._session_key = hashlib.sha256(b"pgqueue-dashboard-session:" + key).digest()
         self._csrf_key = hashlib.sha256(b"pgqueue-dashboard-csrf:" + key).digest()
 
