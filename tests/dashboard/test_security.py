@@ -30,6 +30,7 @@ from tests.dashboard.conftest import (
 TOKEN = "a-token-of-twenty-chars"
 USER, PASSWORD = "ada", "correct horse battery"
 SECRET = "the-secret-that-signs-sessions"
+AUTH = Auth(token=TOKEN, username=USER, password=PASSWORD)
 
 
 @pytest.fixture
@@ -265,8 +266,7 @@ def test_the_session_cookie_is_secure_over_https(app: pgqueue.App, make_client: 
 @pytest.fixture
 def guarded(app: pgqueue.App, make_client: MakeClient) -> TestClient:
     """A dashboard that asks for the token or the user's password."""
-    auth = Auth(token=TOKEN, username=USER, password=PASSWORD)
-    return make_client(app, auth=auth, secret=SECRET)
+    return make_client(app, auth=AUTH, secret=SECRET)
 
 
 def log_in(client: TestClient, next_path: str = "", **credentials: str) -> Any:
@@ -344,8 +344,8 @@ def test_a_logout_needs_its_csrf_token(guarded: TestClient) -> None:
     assert guarded.get("/", follow_redirects=False).status_code == 200
 
 
-def _cookie(session: dict[str, Any], secret: str) -> str:
-    return Signer(secret).dumps(session)
+def _cookie(session: dict[str, Any], secret: str, auth: Auth = AUTH) -> str:
+    return Signer(secret, auth).dumps(session)
 
 
 @pytest.mark.parametrize(
@@ -390,6 +390,24 @@ def test_a_signed_cookie_of_the_same_secret_logs_in(guarded: TestClient) -> None
     cookie = _cookie({"u": "token", "n": "nonce", "e": int(time.time()) + 60}, SECRET)
     guarded.cookies.set(SESSION_COOKIE, cookie)
     assert guarded.get("/", follow_redirects=False).status_code == 200
+
+
+def test_a_new_token_ends_the_sessions_of_the_old_one(
+    app: pgqueue.App, make_client: MakeClient
+) -> None:
+    """The same signing secret (several processes share it), another token: a session
+    opened with the leaked token is not one any more."""
+    before = make_client(app, auth=Auth(token=TOKEN), secret=SECRET)
+    log_in(before, token=TOKEN)
+    assert before.get("/", follow_redirects=False).status_code == 200
+    restarted = make_client(app, auth=Auth(token=TOKEN), secret=SECRET)
+    rotated = make_client(app, auth=Auth(token="a-brand-new-token-here"), secret=SECRET)
+    for client in (restarted, rotated):
+        client.cookies.set(SESSION_COOKIE, before.cookies[SESSION_COOKIE])
+    assert restarted.get("/", follow_redirects=False).status_code == 200
+    response = rotated.get("/", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/login")
 
 
 @pytest.mark.parametrize(
