@@ -10,7 +10,14 @@ import pytest
 
 import pgqueue
 from tests.conftest import WorkerThread, wait_until
-from tests.dashboard.conftest import LIVE_PAGES, PAGES, Jobs, TestClient, write_schedules
+from tests.dashboard.conftest import (
+    LIVE_PAGES,
+    PAGES,
+    Jobs,
+    TestClient,
+    csrf_of,
+    write_schedules,
+)
 
 
 def test_overview_shows_queues_cards_charts_and_recent_failures(
@@ -155,3 +162,35 @@ def test_the_overview_charts_fill_as_a_worker_runs_jobs(
 
     html = wait_until(charted, timeout=30, interval=0.5, what="the overview's charts to fill")
     assert "flaky 0" in html  # a recent failure
+
+
+def test_job_page_shows_its_workflow_and_its_schedule_of_origin(
+    app: pgqueue.App, client: TestClient, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task
+    def first(n: int) -> int:
+        return n + 1
+
+    @app.task
+    def second(n: int) -> int:
+        return n * 2
+
+    @app.periodic(every=3600, name="hourly-first")
+    @app.task
+    def ticking() -> None: ...
+
+    workflow = pgqueue.chain(first.s(1), second.s()).apply_async()
+    waiting = workflow.jobs[-1].id
+    html = client.get(f"/jobs/{waiting}").text
+    assert f'data-testid="workflow">{workflow.id} ' in html
+    assert 'data-testid="status">waiting<' in html
+    assert f'action="/jobs/{waiting}/cancel"' in html
+    write_schedules(app, conn)
+    token = csrf_of(client.get("/schedules").text)
+    client.post("/schedules/hourly-first/run", data={"csrf": token})
+    row = conn.execute(
+        "SELECT last_job_id FROM pgqueue_periodic WHERE name = 'hourly-first'"
+    ).fetchone()
+    assert row is not None
+    html = client.get(f"/jobs/{row[0]}").text
+    assert '<a href="/schedules">hourly-first</a> (every 3600' in html
