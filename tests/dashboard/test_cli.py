@@ -201,6 +201,13 @@ def test_root_path_and_read_only(
         assert f'href="/pgqueue/jobs/{jobs.failed}"' in response.text
         assert 'src="/pgqueue/static/dashboard.js"' in response.text
         assert 'method="post"' not in response.text
+        overview = httpx.get(f"http://127.0.0.1:{port}/").text
+        assert 'data-refresh="/pgqueue/?fragment=live"' in overview
+        assert 'href="/pgqueue/queues"' in overview
+        # Through a TLS proxy on this machine (trusted by default): a Secure cookie.
+        proxied = httpx.get(f"http://127.0.0.1:{port}/", headers={"x-forwarded-proto": "https"})
+        cookie = [part.strip().lower() for part in proxied.headers["set-cookie"].split(";")]
+        assert "secure" in cookie and "path=/pgqueue/" in cookie
         css = httpx.get(f"http://127.0.0.1:{port}/static/dashboard.css")
         assert css.status_code == 200
         stop(process)
