@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 
 from tests.conftest import wait_until
-from tests.dashboard.conftest import PAGES, Jobs, TestClient
+from tests.dashboard.conftest import PAGES, Jobs, MakeClient, TestClient
 
 DASHBOARD_BACKENDS = """
 SELECT pid FROM pg_stat_activity
@@ -41,3 +41,13 @@ def test_connections_ended_by_the_server_are_replaced_without_an_error(
         response = client.get(path)
         assert response.status_code == 200, (path, response.text)
     assert not set(ended) & set(backends(conn))
+
+
+def test_a_database_without_the_schema_says_to_migrate(
+    empty_dsn: str, make_client: MakeClient
+) -> None:
+    client = make_client(empty_dsn)
+    for path in PAGES:
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert "pgqueue migrate" in response.text, response.text
