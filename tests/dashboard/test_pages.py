@@ -76,8 +76,9 @@ def test_workers_page_shows_a_running_worker(
     assert f'data-worker="{worker.worker.presence.name}"' in html
     assert "only-this" in html
     worker.stop()
-    html = client.get("/workers").text
-    assert "Left lately" in html and "stopped" in html
+    past = client.get("/workers").text.split("<h2>Left lately</h2>")[1]
+    assert f'<tr class="stopped"><td>{worker.worker.presence.name}</td>' in past
+    assert "No worker is running" in client.get("/workers").text
 
 
 def test_schedules_page_lists_a_declared_schedule(
