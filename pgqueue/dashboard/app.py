@@ -280,6 +280,10 @@ async def _checked(
         return dash.failure(request, 404, str(exc))
     except ConfigurationError as exc:
         return dash.failure(request, 400, str(exc))
+    except psycopg.DataError as exc:
+        # A value the database refuses (a NUL in a filter, a time out of range): the
+        # request's fault, not the database's.
+        return dash.failure(request, 400, " ".join(str(exc).split()))
     except DB_TROUBLE as exc:
         return dash.failure(request, 503, " ".join(str(exc).split()) or type(exc).__name__)
 
