@@ -241,3 +241,9 @@ def test_job_ids_in_other_digits_are_refused(
     )
     assert response.status_code == 400
     assert "job ids are numbers" in response.text
+
+
+def test_a_nul_in_a_schedule_name_is_a_400(client: TestClient) -> None:
+    response = client.post("/schedules/a%00b/disable", data={"csrf": page_token(client)})
+    assert response.status_code == 400
+    assert "NUL" in response.text

@@ -204,3 +204,16 @@ def test_a_notice_with_odd_counts_still_renders(client: TestClient) -> None:
     for query in ("done=retry&n=²", "done=retry&skipped=٣", "done=nonsense&n=5", "done=run&n=-1"):
         response = client.get(f"/?{query}")
         assert response.status_code == 200, query
+
+
+@pytest.mark.parametrize("name", ["queue", "task"])
+def test_a_nul_in_a_filter_is_a_400(client: TestClient, name: str) -> None:
+    """PostgreSQL refuses NUL in text: the request's fault, not database trouble (503)."""
+    response = client.get("/jobs", params={name: "a\x00b"})
+    assert response.status_code == 400
+    assert "NUL" in response.text
+
+
+def test_a_nul_in_the_text_searched_finds_nothing(client: TestClient, jobs: Jobs) -> None:
+    """The text is looked for as JSON writes it (\\u0000), which PostgreSQL takes."""
+    assert listed(client, q="a\x00b") == []
