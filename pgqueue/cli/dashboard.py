@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import urllib.parse
 from typing import Any
 
 from pgqueue.cli._common import Parents, app_or_dsn, tcp_port
@@ -23,6 +24,45 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class LocalHostsOnly:
+    """An ASGI wrapper that answers 421 to a request whose Host header names another machine.
+
+    Without a login the dashboard trusts whoever reaches 127.0.0.1, and any web page can reach
+    it under its own name: DNS rebinding points that name at 127.0.0.1, and the browser then
+    sends the page's requests, and hands it the answers, as same-origin ones. The Host header
+    still carries the page's name."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not is_loopback(_host_name(scope)):
+            await _refuse(send)
+            return
+        await self.inner(scope, receive, send)
+
+
+def _host_name(scope: Any) -> str:
+    host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+    try:
+        return urllib.parse.urlsplit(f"//{host}").hostname or ""
+    except ValueError:
+        return ""
+
+
+async def _refuse(send: Any) -> None:
+    from pgqueue.dashboard.security import SECURITY_HEADERS
+
+    body = (
+        b"421: this dashboard has no login, so it answers requests for localhost only; set "
+        b"PGQUEUE_DASHBOARD_TOKEN to reach it under another name\n"
+    )
+    headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+    headers.append((b"content-type", b"text/plain; charset=utf-8"))
+    await send({"type": "http.response.start", "status": 421, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -44,6 +84,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     app = app_or_dsn(args)
     app._connect_kwargs()  # a malformed DSN is a usage error now, not a 503 per page
     asgi = create_app(app, auth=auth, read_only=args.read_only)
+    if auth is None:
+        asgi = LocalHostsOnly(asgi)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     logger.info(
         "dashboard on http://%s:%d%s/ (%s%s)",
@@ -74,7 +116,9 @@ def register(sub: Any, parents: Parents) -> None:
         description="Serve the web dashboard: live charts, queues (pause, resume), jobs "
         "(filter, retry, cancel, delete), workers and schedules (enable, disable, run now). "
         "It listens on 127.0.0.1 unless authentication is configured: PGQUEUE_DASHBOARD_TOKEN, "
-        "or PGQUEUE_DASHBOARD_USER and PGQUEUE_DASHBOARD_PASSWORD (each also as NAME_FILE). "
+        "or PGQUEUE_DASHBOARD_USER and PGQUEUE_DASHBOARD_PASSWORD (each also as NAME_FILE); "
+        "without it, it answers requests addressed to localhost only (not to another name "
+        "that resolves to this machine, as a web page would make one). "
         "Sessions are signed with PGQUEUE_DASHBOARD_SECRET (random per process if unset). "
         "--app lets it run schedules now (the app's tasks make their jobs). Needs the "
         "pgqueue[dashboard] extra.",

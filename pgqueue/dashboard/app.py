@@ -62,6 +62,9 @@ TIME_CHOICES = (
     ("86400", "24 hours ago"),
     ("604800", "7 days ago"),
 )
+# The farthest back a time bound reaches: further, the database's timestamps overflow (a
+# crafted query would read as database trouble).
+MAX_SECONDS_AGO = 100 * 365 * 86400
 JOB_ACTIONS = ("retry", "cancel", "delete")
 SCHEDULE_ACTIONS = ("enable", "disable", "run")
 QUEUE_ACTIONS = ("pause", "resume")
@@ -76,7 +79,7 @@ class Dashboard:
         self.app = app
         self.auth = auth
         self.read_only = read_only
-        self.signer = Signer(secret)
+        self.signer = Signer(secret, auth)
         self.pool = ConnectionPool(app)
         self.sampler = DepthSampler(app)
         self.database = describe_dsn(app.dsn)
@@ -179,14 +182,20 @@ DONE_TEXT = {
 }
 
 
+def is_number(value: str) -> bool:
+    """Whether `value` is a whole number written in ASCII digits: str.isdigit() alone also
+    takes superscripts such as '²', which int() refuses."""
+    return value.isascii() and value.isdigit()
+
+
 def _done_message(query: Mapping[str, str]) -> str | None:
     action = query.get("done")
     if action not in DONE_TEXT:
         return None
     n = query.get("n", "0")
-    text = DONE_TEXT[action].format(n=int(n) if n.isdigit() else 0)
+    text = DONE_TEXT[action].format(n=int(n) if is_number(n) else 0)
     skipped = query.get("skipped", "0")
-    if skipped.isdigit() and int(skipped):
+    if is_number(skipped) and int(skipped):
         text += f"; {int(skipped)} could not be (not found, or in the wrong state)"
     return text
 
@@ -271,6 +280,10 @@ async def _checked(
         return dash.failure(request, 404, str(exc))
     except ConfigurationError as exc:
         return dash.failure(request, 400, str(exc))
+    except psycopg.DataError as exc:
+        # A value the database refuses (a NUL in a filter, a time out of range): the
+        # request's fault, not the database's.
+        return dash.failure(request, 400, " ".join(str(exc).split()))
     except DB_TROUBLE as exc:
         return dash.failure(request, 503, " ".join(str(exc).split()) or type(exc).__name__)
 
@@ -303,12 +316,21 @@ def set_session(response: Response, request: Request, value: str) -> None:
     )
 
 
+def _inside(target: str, base: str) -> bool:
+    """Whether `target` is a path under `base` as a browser reads it too: browsers drop tabs
+    and newlines from a URL ('/\\t/evil' is '//evil', another site) and read a backslash as a
+    slash, so neither may appear."""
+    if any(c < " " or c in "\\\x7f" for c in target):
+        return False
+    return target.startswith(base + "/") and not target.startswith("//")
+
+
 def back_to(request: Request, fallback: str, **done: Any) -> RedirectResponse:
     """303 to the form's `next` (a path of this dashboard only), else `fallback`, telling the
     page what was done."""
     base = base_path(request)
     target = str(request.state.form.get("next") or "")
-    if not target.startswith(base + "/") or target.startswith("//") or "\\" in target:
+    if not _inside(target, base):
         target = base + fallback
     parts = urllib.parse.urlsplit(target)
     query = [
@@ -447,12 +469,14 @@ def _filters(query: Mapping[str, str], statuses: list[str]) -> dict[str, Any]:
         value = query.get(name, "")
         if not value:
             return None
-        if not value.isdigit():
-            raise ConfigurationError(f"{name} must be a number of seconds")
+        if not is_number(value) or int(value) > MAX_SECONDS_AGO:
+            raise ConfigurationError(
+                f"{name} must be a number of seconds, at most {MAX_SECONDS_AGO} (100 years)"
+            )
         return float(value)
 
     before = query.get("before", "")
-    if before and not before.isdigit():
+    if before and not is_number(before):
         raise ConfigurationError("before must be a job id")
     return {
         "queue": query.get("queue") or None,
@@ -517,7 +541,7 @@ async def jobs_action(dash: Dashboard, request: Request) -> Response:
     if action not in JOB_ACTIONS:
         return dash.failure(request, 400, "choose retry, cancel or delete")
     raw = form.get("ids") or []
-    if any(not str(i).isdigit() for i in raw):
+    if any(not is_number(str(i)) for i in raw):
         return dash.failure(request, 400, "job ids are numbers")
     ids = [int(i) for i in raw]
     if not ids:
@@ -617,7 +641,8 @@ def create_app(
         Route("/jobs/{job_id:int}/{action}", action(job_action), methods=["POST"]),
         Route("/workers", page(workers_page), methods=["GET"]),
         Route("/schedules", page(schedules_page), methods=["GET"]),
-        Route("/schedules/{name}/{action}", action(schedule_action), methods=["POST"]),
+        # A schedule's name may hold a slash (the default name of "*/5 * * * *" does).
+        Route("/schedules/{name:path}/{action}", action(schedule_action), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import select
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,14 @@ from pgqueue.errors import DatabaseUnavailable
 APPLICATION_NAME = "pgqueue-dashboard"
 STATEMENT_TIMEOUT_MS = 5000
 BORROW_TIMEOUT = 10.0  # seconds a request waits for a free connection
+
+
+def _hung_up(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server spoke on an idle connection. Nothing is awaited on one (no query,
+    no LISTEN), so it is the server ending it (a restart, pg_terminate_backend, an idle
+    timeout): found without a round trip, instead of by the next request's 503."""
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return bool(readable)
 
 
 class ConnectionPool:
@@ -61,7 +70,7 @@ class ConnectionPool:
                 conn = self._idle.get_nowait()
             except queue.Empty:
                 return self._new()
-            if conn.closed or conn.broken:
+            if conn.closed or conn.broken or _hung_up(conn):
                 self._discard(conn)
                 continue
             return conn

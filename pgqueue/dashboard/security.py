@@ -117,6 +117,8 @@ class Auth:
 
 
 def _same(given: str, expected: str) -> bool:
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500
+    # for whoever sends one in a form or a cookie).
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
@@ -139,10 +141,16 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
 
 
 class Signer:
-    """Signed, expiring sessions and the CSRF tokens derived from them."""
+    """Signed, expiring sessions and the CSRF tokens derived from them.
 
-    def __init__(self, secret: str | None = None) -> None:
+    The credentials of `auth` are part of the keys: changing the token or the password ends
+    every session opened with the old ones (a leaked token is revoked by replacing it), even
+    when the signing secret stays the same."""
+
+    def __init__(self, secret: str | None = None, auth: Auth | None = None) -> None:
         key = (secret or os.environ.get(ENV_SECRET) or secrets.token_hex(32)).encode()
+        if auth is not None:
+            key += json.dumps([auth.token, auth.username, auth.password]).encode()
         self._session_key = hashlib.sha256(b"pgqueue-dashboard-session:" + key).digest()
         self._csrf_key = hashlib.sha256(b"pgqueue-dashboard-csrf:" + key).digest()
 
@@ -158,7 +166,7 @@ class Signer:
         if not cookie or "." not in cookie:
             return None
         body, _, signature = cookie.rpartition(".")
-        if not hmac.compare_digest(signature, self._sign(body.encode())):
+        if not _same(signature, self._sign(body.encode())):
             return None
         try:
             session = json.loads(base64.urlsafe_b64decode(body.encode()))
@@ -178,7 +186,7 @@ class Signer:
     def csrf_ok(self, session: Mapping[str, Any] | None, token: str | None) -> bool:
         if session is None or not token:
             return False
-        return hmac.compare_digest(token, self.csrf_token(session))
+        return _same(token, self.csrf_token(session))
 
     def _sign(self, body: bytes) -> str:
         digest = hmac.new(self._session_key, body, hashlib.sha256).digest()
