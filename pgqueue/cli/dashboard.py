@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
+import signal
+import threading
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 from pgqueue.cli._common import Parents, app_or_dsn, tcp_port
@@ -65,6 +69,30 @@ async def _refuse(send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _quiet_server_class() -> Any:
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """uvicorn's server, which after a graceful stop on SIGTERM or SIGINT returns instead of
+        raising the signal again: `pgqueue dashboard` then exits 0, as the worker does."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {
+                sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return QuietServer
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -83,9 +111,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         )
     app = app_or_dsn(args)
     app._connect_kwargs()  # a malformed DSN is a usage error now, not a 503 per page
-    asgi = create_app(app, auth=auth, read_only=args.read_only)
-    if auth is None:
-        asgi = LocalHostsOnly(asgi)
+    dashboard = create_app(app, auth=auth, read_only=args.read_only)
+    asgi: Any = dashboard if auth is not None else LocalHostsOnly(dashboard)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     logger.info(
         "dashboard on http://%s:%d%s/ (%s%s)",
@@ -95,7 +122,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         "login required" if auth else "no login: this machine only",
         ", read-only" if args.read_only else "",
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         asgi,
         host=args.host,
         port=args.port,
@@ -105,6 +132,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         log_level="warning",
         server_header=False,
     )
+    _quiet_server_class()(config).run()
+    logger.info("dashboard stopped")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -41,6 +42,7 @@ from pgqueue.dashboard.security import (
     SESSION_COOKIE,
     SESSION_SECONDS,
     Auth,
+    LoginThrottle,
     Signer,
 )
 from pgqueue.errors import ConfigurationError, JobNotFound, PgQueueError
@@ -49,6 +51,8 @@ from pgqueue.inspect import queues as inspect_queues
 from pgqueue.inspect import workers as inspect_workers
 from pgqueue.revisions import check_schema
 from pgqueue.schedule import Schedule
+
+logger = logging.getLogger("pgqueue.dashboard")
 
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 50
@@ -79,6 +83,7 @@ class Dashboard:
         self.app = app
         self.auth = auth
         self.read_only = read_only
+        self.throttle = LoginThrottle()
         self.signer = Signer(secret, auth)
         self.pool = ConnectionPool(app)
         self.sampler = DepthSampler(app)
@@ -360,16 +365,28 @@ async def login_submit(dash: Dashboard, request: Request) -> Response:
     form = request.state.form
     if dash.auth is None:
         return RedirectResponse(base_path(request) + "/", status_code=303)
+    client = request.client.host if request.client else "unknown"
+    if dash.throttle.blocked(client):
+        logger.warning("dashboard login refused for %s: too many failed attempts", client)
+        return dash.render(
+            request,
+            "login.html",
+            {"next": form.get("next", ""), "error": "too many failed logins: wait a few minutes"},
+            status=429,
+        )
     user = dash.auth.check(
         str(form.get("username", "")), str(form.get("password", "")), str(form.get("token", ""))
     )
     if user is None:
+        dash.throttle.failed(client)
+        logger.warning("dashboard login failed from %s", client)
         return dash.render(
             request,
             "login.html",
             {"next": form.get("next", ""), "error": "wrong credentials"},
             status=401,
         )
+    logger.info("dashboard login: %s from %s", user, client)
     # A new session (a new nonce, so a new CSRF token) at each login.
     request.state.session = dash.signer.new_session(user)
     response = back_to(request, "/")
@@ -608,7 +625,7 @@ def create_app(
     auth: Auth | None = None,
     read_only: bool = False,
     secret: str | None = None,
-) -> ASGIApp:
+) -> DashboardApp:
     """The dashboard as an ASGI application, for `pgqueue dashboard` or to mount in yours
     (`api.mount("/pgqueue", create_app(queue, auth=...))`).
 
@@ -656,4 +673,18 @@ def create_app(
 
     starlette = Starlette(routes=routes, lifespan=lifespan)
     starlette.state.dashboard = dash
-    return SecurityHeaders(starlette)
+    return DashboardApp(starlette, dash)
+
+
+class DashboardApp(SecurityHeaders):
+    """What `create_app` returns: the ASGI application, and `close()` for an application that
+    mounts it (a mount does not pass lifespan events on): call it at your shutdown to stop the
+    depth sampler and close the dashboard's connections."""
+
+    def __init__(self, inner: ASGIApp, dashboard: Dashboard) -> None:
+        super().__init__(inner)
+        self.dashboard = dashboard
+
+    def close(self) -> None:
+        self.dashboard.sampler.stop()
+        self.dashboard.pool.close()

@@ -24,6 +24,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -117,9 +118,42 @@ class Auth:
 
 
 def _same(given: str, expected: str) -> bool:
-    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500
-    # for whoever sends one in a form or a cookie).
-    return hmac.compare_digest(given.encode(), expected.encode())
+    # Digests of both, compared: compare_digest answers at once when the lengths differ, which
+    # would tell a secret's length; and it refuses str with non-ASCII characters (a
+    # TypeError, so a 500 for whoever sends one in a form or a cookie).
+    return hmac.compare_digest(
+        hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest()
+    )
+
+
+class LoginThrottle:
+    """At most `attempts` failed logins per client address in `window` seconds; further ones
+    are refused (429) until the window has passed. In memory, per dashboard process: enough to
+    turn guessing a password into years of work, not a substitute for a strong secret."""
+
+    def __init__(self, attempts: int = 10, window: float = 300.0) -> None:
+        self.attempts = attempts
+        self.window = window
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def blocked(self, client: str) -> bool:
+        with self._lock:
+            recent = self._recent(client)
+            return len(recent) >= self.attempts
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            self._recent(client).append(time.monotonic())
+            if len(self._failures) > 10_000:  # many addresses: forget the ones gone quiet
+                for key in [k for k, v in self._failures.items() if not v]:
+                    del self._failures[key]
+
+    def _recent(self, client: str) -> list[float]:
+        horizon = time.monotonic() - self.window
+        recent = [t for t in self._failures.get(client, []) if t > horizon]
+        self._failures[client] = recent
+        return recent
 
 
 def _secret(env: Mapping[str, str], name: str) -> str | None:

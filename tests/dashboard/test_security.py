@@ -502,3 +502,26 @@ def test_auth_from_env_refuses_an_empty_file(tmp_path: Any) -> None:
     empty.write_text("\n")
     with pytest.raises(ConfigurationError, match="is empty"):
         Auth.from_env({"PGQUEUE_DASHBOARD_PASSWORD_FILE": str(empty)})
+
+
+def test_failed_logins_are_throttled_per_client_and_logged(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from starlette.testclient import TestClient
+
+    from pgqueue.dashboard import Auth, create_app
+
+    dashboard = create_app(dsn, auth=Auth(token="a-token-of-sixteen-chars"))
+    dashboard.dashboard.throttle.attempts = 3
+    with TestClient(dashboard) as client:
+        page = client.get("/login")
+        csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+        for _ in range(3):
+            wrong = client.post("/login", data={"csrf": csrf, "token": "nope"})
+            assert wrong.status_code == 401
+        # Even the right token is refused now, from this client, until the window passes.
+        blocked = client.post("/login", data={"csrf": csrf, "token": "a-token-of-sixteen-chars"})
+        assert blocked.status_code == 429
+        assert "too many failed logins" in blocked.text
+    assert any("dashboard login failed from" in r.getMessage() for r in caplog.records)
+    dashboard.close()
