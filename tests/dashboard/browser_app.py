@@ -2,7 +2,7 @@
 is started with `--app tests.dashboard.browser_app:app` so that it may run schedules now.
 
 The tasks look like an application's (they also fill the screenshots of the docs):
-`send_email` and `resize_image` succeed, `charge_card` always fails (after retries),
+`send_email` and `resize_image` succeed, `charge_card` always fails (after a retry),
 `sync_inventory` fails its first run and succeeds when retried, `export_csv` has a queue of
 its own for the pause test, `echo` and `reject` carry hostile text into results, errors and
 tracebacks. The DSN comes from PGQUEUE_DSN, set per process by the tests.
@@ -47,7 +47,12 @@ def resize_image(path: str, width: int) -> dict[str, Any]:
 
 
 @app.task(
-    queue="payments", name="charge_card", max_attempts=2, retry_backoff=0.1, retry_jitter=False
+    queue="payments",
+    name="charge_card",
+    max_attempts=2,
+    retry_backoff=0.1,
+    retry_jitter=False,
+    autoretry_for=(PaymentDeclined,),
 )
 def charge_card(order_id: int, amount: str) -> None:
     _check_order(order_id)

@@ -23,6 +23,7 @@ import pytest
 pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from pgqueue import admin
 from tests.acceptance.helpers import WorkerProcess, job_row, wait_for_status
 from tests.conftest import wait_until, with_dbname
 from tests.dashboard import browser_app
@@ -383,6 +384,22 @@ def test_hostile_arguments_stay_text_on_every_page(
     )
     page.locator("#probe").click()
     assert page.title() != "pwned"
+    # Done with them: the screenshots show the application's own jobs.
+    admin.delete(db, [*echoed, rejected])
+
+
+def test_selected_jobs_are_deleted_together(page: Page, db: psycopg.Connection[Any]) -> None:
+    ids = [enqueue(db, browser_app.echo, f"batch-7731 item {n}") for n in range(3)]
+    wait_ended(db, ids)
+    page.goto("/jobs?q=batch-7731")
+    expect(page.locator("table.jobs tbody tr")).to_have_count(3)
+    page.get_by_label("all on this page").check()
+    page.get_by_label("action on the selected jobs").select_option("delete")
+    page.get_by_role("button", name="Apply to selected").click()
+    expect(page.get_by_role("status")).to_have_text("3 job(s) deleted")
+    expect(page.get_by_text("No job matches.")).to_be_visible()
+    found = db.execute("SELECT count(*) FROM pgqueue_all_jobs WHERE id = ANY(%s)", (ids,))
+    assert found.fetchone() == (0,)
 
 
 def test_a_post_without_its_csrf_token_is_refused(
