@@ -3,9 +3,10 @@ is started with `--app tests.dashboard.browser_app:app` so that it may run sched
 
 The tasks look like an application's (they also fill the screenshots of the docs):
 `send_email` and `resize_image` succeed, `charge_card` always fails (after a retry),
-`sync_inventory` fails its first run and succeeds when retried, `export_csv` has a queue of
-its own for the pause test, `echo` and `reject` carry hostile text into results, errors and
-tracebacks. The DSN comes from PGQUEUE_DSN, set per process by the tests.
+`sync_inventory` fails its first run and succeeds when retried, `import_catalog` runs long,
+`export_csv` has a queue of its own for the pause test, `echo` and `reject` carry hostile
+text into results, errors and tracebacks. The DSN comes from PGQUEUE_DSN, set per process by
+the tests.
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ def sync_inventory(store: str) -> str:
     if row is None or row[0] < 2:
         raise ConnectionError(f"inventory service of {store} timed out")
     return f"{store}: inventory in sync"
+
+
+@app.task(name="import_catalog")
+def import_catalog(supplier: str, seconds: float) -> str:
+    """A long job: what the workers page shows running in the screenshots."""
+    time.sleep(seconds)  # the job's work
+    return f"{supplier}: catalog imported"
 
 
 @app.task(queue="exports", name="export_csv")

@@ -487,7 +487,9 @@ def test_screenshots_of_every_page(
     failed = enqueue(db, browser_app.charge_card, 1042, "€129.00")
     for n in range(4):  # later jobs, for the scheduled count and the depth chart
         enqueue(db, browser_app.send_email, f"reminder{n}@example.com", "reminder", countdown=3600)
+    running = enqueue(db, browser_app.import_catalog, "acme-supplies", 120.0)
     wait_for_status(db, failed, "failed")
+    wait_for_status(db, running, "running")
     paths = {
         "overview": "/",
         "queues": "/queues",
