@@ -97,11 +97,12 @@ class PageWatch:
     of an action's button (which is accepted, as a person would)."""
 
     def __init__(self, page: Any) -> None:
+        self.page = page
         self.problems: list[str] = []
         self.confirms: list[str] = []
         self._allowed: list[str] = []
         page.on("console", self._console)
-        page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
+        page.on("pageerror", lambda error: self.problems.append(f"uncaught on {page.url}: {error}"))
         page.on("dialog", self._dialog)
 
     def allow(self, text: str) -> None:
@@ -110,14 +111,15 @@ class PageWatch:
 
     def _console(self, message: Any) -> None:
         if message.type == "error" and not any(a in message.text for a in self._allowed):
-            self.problems.append(f"console: {message.text}")
+            where = message.location.get("url") or self.page.url
+            self.problems.append(f"console error from {where}: {message.text}")
 
     def _dialog(self, dialog: Any) -> None:
         if dialog.type == "confirm":
             self.confirms.append(dialog.message)
             dialog.accept()
         else:
-            self.problems.append(f"{dialog.type} dialog: {dialog.message}")
+            self.problems.append(f"{dialog.type} dialog on {self.page.url}: {dialog.message}")
             with contextlib.suppress(Exception):
                 dialog.dismiss()
 
