@@ -17,6 +17,7 @@ HEIGHT = 160
 LEFT = 44  # room for the y axis labels
 BOTTOM = 18  # room for the x axis labels
 TOP = 8
+SECONDS_SHOWN_UNDER = 600  # x axes spanning less than this many seconds label the seconds
 
 
 def _number(value: float, unit: str) -> str:
@@ -43,12 +44,15 @@ def _frame(x_labels: Sequence[datetime], top: float, unit: str, title: str) -> l
     ]
     if x_labels:
         n = len(x_labels)
+        # Minutes alone would read "10:05 10:05 10:05" on a span of a few minutes.
+        short = (x_labels[-1] - x_labels[0]).total_seconds() < SECONDS_SHOWN_UNDER
+        shape = "%H:%M:%S" if short else "%H:%M"
         for index in sorted({0, n // 2, n - 1}):
             x = _x(index, n)
             anchor = "start" if index == 0 else "end" if index == n - 1 else "middle"
             parts.append(
                 f'<text class="label" x="{x:.1f}" y="{HEIGHT - 4}" text-anchor="{anchor}">'
-                f"{escape(x_labels[index].strftime('%H:%M'))}</text>"
+                f"{escape(x_labels[index].strftime(shape))}</text>"
             )
     return parts
 
