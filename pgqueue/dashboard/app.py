@@ -449,11 +449,10 @@ async def overview(dash: Dashboard, request: Request) -> Response:
             title="queue depth, all queues (sampled every 10 s)",
         ),
     }
-    last = minutes[-2] if len(minutes) > 1 else None  # the last complete minute
     return dash.render(
         request,
         "overview.html",
-        {**data, "charts": figures, "last": last, "page": "overview"},
+        {**data, "charts": figures, "page": "overview"},
     )
 
 
