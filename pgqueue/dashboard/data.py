@@ -30,30 +30,22 @@ logger = logging.getLogger("pgqueue.dashboard")
 HOUR = 3600
 SAMPLE_INTERVAL = 10.0  # seconds between two depth samples
 
-# Jobs ended (and attempts retried) per minute and outcome over the last hour.
-ENDED_PER_MINUTE = """
-SELECT date_trunc('minute', bucket) AS minute, outcome, sum(count)::bigint AS n
+
+def _bucket_sums(column: str) -> str:
+    """`column`'s histograms added up bucket by bucket, as one array: a sum per array element
+    (no unnest, so each stats row is read once, not once per bucket)."""
+    sums = ", ".join(f"sum({column}[{i}])" for i in range(1, len(rollup.BOUNDS) + 2))
+    return f"ARRAY[{sums}]::bigint[]"
+
+
+# Per minute of the last hour and outcome: the attempts that ended so, and their pickup-wait
+# and attempt-duration histograms, in one pass over the hour's ten-second rows (a range of the
+# primary key, which begins with the bucket).
+LAST_HOUR = f"""
+SELECT date_trunc('minute', bucket) AS minute, outcome, sum(count)::bigint AS n,
+       {_bucket_sums("wait_buckets")} AS wait, {_bucket_sums("duration_buckets")} AS duration
 FROM pgqueue_stats
 WHERE bucket >= date_trunc('minute', now()) - interval '59 minutes'
-GROUP BY 1, 2
-"""
-
-# The pickup-wait and attempt-duration histograms of each minute of the last hour, added up
-# over queues and outcomes, bucket by bucket.
-HISTOGRAMS_PER_MINUTE = """
-SELECT m.minute, m.kind, array_agg(m.n ORDER BY m.i) AS counts
-FROM (
-    SELECT date_trunc('minute', s.bucket) AS minute, h.kind, h.i, sum(h.n)::bigint AS n
-    FROM pgqueue_stats AS s
-    CROSS JOIN LATERAL (
-        SELECT 'wait' AS kind, w.i, w.n FROM unnest(s.wait_buckets) WITH ORDINALITY AS w(n, i)
-        UNION ALL
-        SELECT 'duration', d.i, d.n
-        FROM unnest(s.duration_buckets) WITH ORDINALITY AS d(n, i)
-    ) AS h
-    WHERE s.bucket >= date_trunc('minute', now()) - interval '59 minutes'
-    GROUP BY 1, 2, 3
-) AS m
 GROUP BY 1, 2
 """
 
@@ -70,12 +62,15 @@ def last_hour(conn: psycopg.Connection[Any], now: datetime) -> list[Minute]:
     """The 60 minutes up to `now` (the database's clock), oldest first, every minute present
     (zeros where nothing ended)."""
     ended: dict[datetime, dict[str, int]] = collections.defaultdict(dict)
-    for minute, outcome, n in conn.execute(ENDED_PER_MINUTE).fetchall():
+    histograms: dict[tuple[datetime, str], list[int]] = {}
+    for minute, outcome, n, wait, took in conn.execute(LAST_HOUR).fetchall():
         if outcome in rollup.OUTCOMES:
             ended[minute][outcome] = int(n)
-    histograms: dict[tuple[datetime, str], list[int]] = {}
-    for minute, kind, counts in conn.execute(HISTOGRAMS_PER_MINUTE).fetchall():
-        histograms[(minute, kind)] = [int(c) for c in counts]
+        # A minute's percentiles are of all its attempts, whatever their queue or outcome.
+        for kind, counts in (("wait", wait), ("duration", took)):
+            total = histograms.setdefault((minute, kind), rollup.empty_histogram())
+            for i, c in enumerate(counts):
+                total[i] += int(c or 0)
     last = now.replace(second=0, microsecond=0)
     minutes = []
     for back in range(59, -1, -1):
