@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from pgqueue import rollup
 from pgqueue.app import App
@@ -38,15 +39,19 @@ def _bucket_sums(column: str) -> str:
     return f"ARRAY[{sums}]::bigint[]"
 
 
-# Per minute of the last hour and outcome: the attempts that ended so, and their pickup-wait
-# and attempt-duration histograms, in one pass over the hour's ten-second rows (a range of the
-# primary key, which begins with the bucket).
+def _ended(outcome: str) -> str:
+    return f"sum(count) FILTER (WHERE outcome = '{outcome}')::bigint AS {outcome}"
+
+
+# Per minute of the last hour: the attempts that ended in each outcome, and the pickup-wait
+# and attempt-duration histograms of all of them, in one pass over the hour's ten-second rows
+# (a range of the primary key, which begins with the bucket).
 LAST_HOUR = f"""
-SELECT date_trunc('minute', bucket) AS minute, outcome, sum(count)::bigint AS n,
+SELECT date_trunc('minute', bucket) AS minute, {", ".join(map(_ended, rollup.OUTCOMES))},
        {_bucket_sums("wait_buckets")} AS wait, {_bucket_sums("duration_buckets")} AS duration
 FROM pgqueue_stats
 WHERE bucket >= date_trunc('minute', now()) - interval '59 minutes'
-GROUP BY 1, 2
+GROUP BY 1
 """
 
 
@@ -61,33 +66,26 @@ class Minute:
 def last_hour(conn: psycopg.Connection[Any], now: datetime) -> list[Minute]:
     """The 60 minutes up to `now` (the database's clock), oldest first, every minute present
     (zeros where nothing ended)."""
-    ended: dict[datetime, dict[str, int]] = collections.defaultdict(dict)
-    histograms: dict[tuple[datetime, str], list[int]] = {}
-    for minute, outcome, n, wait, took in conn.execute(LAST_HOUR).fetchall():
-        if outcome in rollup.OUTCOMES:
-            ended[minute][outcome] = int(n)
-        # A minute's percentiles are of all its attempts, whatever their queue or outcome.
-        for kind, counts in (("wait", wait), ("duration", took)):
-            total = histograms.setdefault((minute, kind), rollup.empty_histogram())
-            for i, c in enumerate(counts):
-                total[i] += int(c or 0)
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = {row["minute"]: row for row in cur.execute(LAST_HOUR).fetchall()}
     last = now.replace(second=0, microsecond=0)
     minutes = []
     for back in range(59, -1, -1):
         at = last - timedelta(minutes=back)
+        row = rows.get(at)
         minutes.append(
             Minute(
                 at=at,
-                ended={o: ended.get(at, {}).get(o, 0) for o in rollup.OUTCOMES},
-                wait=_percentiles(histograms.get((at, "wait"))),
-                duration=_percentiles(histograms.get((at, "duration"))),
+                ended={o: int(row[o] or 0) if row else 0 for o in rollup.OUTCOMES},
+                wait=_percentiles(row["wait"] if row else None),
+                duration=_percentiles(row["duration"] if row else None),
             )
         )
     return minutes
 
 
-def _percentiles(counts: list[int] | None) -> dict[str, float | None]:
-    counts = counts or rollup.empty_histogram()
+def _percentiles(sums: list[int | None] | None) -> dict[str, float | None]:
+    counts = [c or 0 for c in sums] if sums else rollup.empty_histogram()
     return {
         "p50": rollup.quantile(0.5, counts),
         "p95": rollup.quantile(0.95, counts),
