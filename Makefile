@@ -72,6 +72,14 @@ chaos: $(STAMP)
 bench-ops: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/ops_cost.py $(OPS_ARGS)
 
+# The dashboard's speed (docs/benchmarks.md): every page and live update of a real `pgqueue
+# dashboard` on 1,000,000 finished and 100,000 queued jobs, and a draining worker's throughput
+# with and without ten open overviews, in alternating pairs. DASHBOARD_ARGS="--quick" for a
+# small smoke run.
+.PHONY: bench-dashboard
+bench-dashboard: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/dashboard.py $(DASHBOARD_ARGS)
+
 .PHONY: bloat
 bloat: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bloat.py $(BLOAT_ARGS)

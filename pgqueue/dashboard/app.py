@@ -8,10 +8,13 @@ action is a POST carrying the session's CSRF token, refused when the dashboard i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
@@ -34,7 +37,7 @@ from pgqueue.app import App
 from pgqueue.cli._show import ago, duration, error_line
 from pgqueue.config import hide_password
 from pgqueue.dashboard import charts
-from pgqueue.dashboard.data import DepthSampler, last_hour
+from pgqueue.dashboard.data import DepthSampler, Minute, last_hour
 from pgqueue.dashboard.db import ConnectionPool
 from pgqueue.dashboard.security import (
     MAX_FORM_BYTES,
@@ -57,6 +60,8 @@ logger = logging.getLogger("pgqueue.dashboard")
 HERE = Path(__file__).resolve().parent
 PAGE_SIZE = 50
 LIVE_SECONDS = 5  # how often a page's live part is fetched again
+# How long every open page shares one read of the overview's and the queues' numbers.
+SHARED_SECONDS = 2.0
 # The time range choices of the jobs page, in seconds ago ("" = no bound).
 TIME_CHOICES = (
     ("", "any time"),
@@ -90,6 +95,10 @@ class Dashboard:
         self.database = describe_dsn(app.dsn)
         self.host = socket.gethostname()
         self._schema_checked = False
+        self._shared: dict[Callable[..., Any], tuple[float, int, Any]] = {}
+        self._shared_locks: dict[Callable[..., Any], threading.Lock] = {}
+        self._shared_lock = threading.Lock()
+        self._generation = 0  # one more at each action: what was shared before is forgotten
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(HERE / "templates")),
             autoescape=True,
@@ -105,15 +114,42 @@ class Dashboard:
 
     async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """`fn(conn, *args, **kwargs)` on a pooled connection, on a worker thread."""
+        return await run_in_threadpool(self._read, fn, *args, **kwargs)
 
-        def call() -> Any:
-            with self.pool.connection() as conn:
-                if not self._schema_checked:
-                    check_schema(conn)
-                    self._schema_checked = True
-                return fn(conn, *args, **kwargs)
+    def _read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with self.pool.connection() as conn:
+            if not self._schema_checked:
+                check_schema(conn)
+                self._schema_checked = True
+            return fn(conn, *args, **kwargs)
 
-        return await run_in_threadpool(call)
+    async def shared(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        """`fn(conn)` read at most once every SHARED_SECONDS for every page open at once:
+        each refreshes its live part every LIVE_SECONDS, and ten of them must cost the
+        database what one does. One read at a time; the others wait for it and share it.
+        An action forgets every shared read (its page must show what it did)."""
+        return await run_in_threadpool(self._shared_read, fn)
+
+    def _shared_read(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        with self._shared_lock:
+            lock = self._shared_locks.setdefault(fn, threading.Lock())
+        with lock:
+            kept = self._shared.get(fn)
+            if (
+                kept is not None
+                and kept[1] == self._generation
+                and time.monotonic() - kept[0] < SHARED_SECONDS
+            ):
+                return kept[2]
+            generation, started = self._generation, time.monotonic()
+            value = self._read(fn)
+            if generation == self._generation:  # no action while it was read
+                self._shared[fn] = (started, generation, value)
+            return value
+
+    def forget_shared(self) -> None:
+        self._generation += 1
+        self._shared.clear()
 
     # -- rendering ------------------------------------------------------------------------
 
@@ -246,7 +282,11 @@ def guarded(
         session = dash.signer.loads(request.cookies.get(SESSION_COOKIE))
         fresh = session is None
         request.state.session = session if session is not None else dash.signer.new_session(None)
-        response = await _checked(dash, handler, request, action, fresh)
+        try:
+            response = await _checked(dash, handler, request, action, fresh)
+        finally:
+            if action:
+                dash.forget_shared()
         if fresh:
             set_session(response, request, dash.signer.dumps(request.state.session))
         return response
@@ -403,19 +443,22 @@ async def logout(dash: Dashboard, request: Request) -> Response:
 # -- pages -----------------------------------------------------------------------------------
 
 
-def _overview(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    report = inspect_queues.queue_status(conn)
-    failures = inspect_jobs.list_jobs(conn, statuses=("failed",), limit=10)
+def _queues_and_failures(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     return {
-        "report": report,
-        "minutes": last_hour(conn, report.at),
-        "failures": failures,
+        "report": inspect_queues.queue_status(conn),
+        "failures": inspect_jobs.list_jobs(conn, statuses=("failed",), limit=10),
     }
 
 
+def _last_hour(conn: psycopg.Connection[Any]) -> list[Minute]:
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return last_hour(conn, row[0])
+
+
 async def overview(dash: Dashboard, request: Request) -> Response:
-    data = await dash.read(_overview)
-    minutes = data["minutes"]
+    # Two reads on two connections at once: the page waits for the longer, not for both.
+    data, minutes = await asyncio.gather(dash.shared(_queues_and_failures), dash.shared(_last_hour))
     at = [m.at for m in minutes]
     depth = dash.sampler.history()
     depth_at = [s.at for s in depth]
@@ -452,12 +495,12 @@ async def overview(dash: Dashboard, request: Request) -> Response:
     return dash.render(
         request,
         "overview.html",
-        {**data, "charts": figures, "page": "overview"},
+        {**data, "minutes": minutes, "charts": figures, "page": "overview"},
     )
 
 
 async def queues_page(dash: Dashboard, request: Request) -> Response:
-    report = await dash.read(inspect_queues.queue_status)
+    report = await dash.shared(inspect_queues.queue_status)
     return dash.render(request, "queues.html", {"report": report, "page": "queues"})
 
 

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from pgqueue import rollup
 from pgqueue.app import App
@@ -30,31 +31,27 @@ logger = logging.getLogger("pgqueue.dashboard")
 HOUR = 3600
 SAMPLE_INTERVAL = 10.0  # seconds between two depth samples
 
-# Jobs ended (and attempts retried) per minute and outcome over the last hour.
-ENDED_PER_MINUTE = """
-SELECT date_trunc('minute', bucket) AS minute, outcome, sum(count)::bigint AS n
+
+def _bucket_sums(column: str) -> str:
+    """`column`'s histograms added up bucket by bucket, as one array: a sum per array element
+    (no unnest, so each stats row is read once, not once per bucket)."""
+    sums = ", ".join(f"sum({column}[{i}])" for i in range(1, len(rollup.BOUNDS) + 2))
+    return f"ARRAY[{sums}]::bigint[]"
+
+
+def _ended(outcome: str) -> str:
+    return f"sum(count) FILTER (WHERE outcome = '{outcome}')::bigint AS {outcome}"
+
+
+# Per minute of the last hour: the attempts that ended in each outcome, and the pickup-wait
+# and attempt-duration histograms of all of them, in one pass over the hour's ten-second rows
+# (a range of the primary key, which begins with the bucket).
+LAST_HOUR = f"""
+SELECT date_trunc('minute', bucket) AS minute, {", ".join(map(_ended, rollup.OUTCOMES))},
+       {_bucket_sums("wait_buckets")} AS wait, {_bucket_sums("duration_buckets")} AS duration
 FROM pgqueue_stats
 WHERE bucket >= date_trunc('minute', now()) - interval '59 minutes'
-GROUP BY 1, 2
-"""
-
-# The pickup-wait and attempt-duration histograms of each minute of the last hour, added up
-# over queues and outcomes, bucket by bucket.
-HISTOGRAMS_PER_MINUTE = """
-SELECT m.minute, m.kind, array_agg(m.n ORDER BY m.i) AS counts
-FROM (
-    SELECT date_trunc('minute', s.bucket) AS minute, h.kind, h.i, sum(h.n)::bigint AS n
-    FROM pgqueue_stats AS s
-    CROSS JOIN LATERAL (
-        SELECT 'wait' AS kind, w.i, w.n FROM unnest(s.wait_buckets) WITH ORDINALITY AS w(n, i)
-        UNION ALL
-        SELECT 'duration', d.i, d.n
-        FROM unnest(s.duration_buckets) WITH ORDINALITY AS d(n, i)
-    ) AS h
-    WHERE s.bucket >= date_trunc('minute', now()) - interval '59 minutes'
-    GROUP BY 1, 2, 3
-) AS m
-GROUP BY 1, 2
+GROUP BY 1
 """
 
 
@@ -69,30 +66,26 @@ class Minute:
 def last_hour(conn: psycopg.Connection[Any], now: datetime) -> list[Minute]:
     """The 60 minutes up to `now` (the database's clock), oldest first, every minute present
     (zeros where nothing ended)."""
-    ended: dict[datetime, dict[str, int]] = collections.defaultdict(dict)
-    for minute, outcome, n in conn.execute(ENDED_PER_MINUTE).fetchall():
-        if outcome in rollup.OUTCOMES:
-            ended[minute][outcome] = int(n)
-    histograms: dict[tuple[datetime, str], list[int]] = {}
-    for minute, kind, counts in conn.execute(HISTOGRAMS_PER_MINUTE).fetchall():
-        histograms[(minute, kind)] = [int(c) for c in counts]
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = {row["minute"]: row for row in cur.execute(LAST_HOUR).fetchall()}
     last = now.replace(second=0, microsecond=0)
     minutes = []
     for back in range(59, -1, -1):
         at = last - timedelta(minutes=back)
+        row = rows.get(at)
         minutes.append(
             Minute(
                 at=at,
-                ended={o: ended.get(at, {}).get(o, 0) for o in rollup.OUTCOMES},
-                wait=_percentiles(histograms.get((at, "wait"))),
-                duration=_percentiles(histograms.get((at, "duration"))),
+                ended={o: int(row[o] or 0) if row else 0 for o in rollup.OUTCOMES},
+                wait=_percentiles(row["wait"] if row else None),
+                duration=_percentiles(row["duration"] if row else None),
             )
         )
     return minutes
 
 
-def _percentiles(counts: list[int] | None) -> dict[str, float | None]:
-    counts = counts or rollup.empty_histogram()
+def _percentiles(sums: list[int | None] | None) -> dict[str, float | None]:
+    counts = [c or 0 for c in sums] if sums else rollup.empty_histogram()
     return {
         "p50": rollup.quantile(0.5, counts),
         "p95": rollup.quantile(0.95, counts),

@@ -61,7 +61,8 @@ FILTERS: Mapping[str, str] = {
     "status": "status IN ({statuses})",
     "before": "id < %(before)s",
     # Text anywhere in the arguments (a LIKE pattern made by `_contains`). No index helps:
-    # the page stops at its size, so a common text is found fast, a rare one reads far.
+    # the page stops at its size, so a common text is found fast, a rare one reads far
+    # (list_jobs keeps the planner on an index walk in id order).
     "text": "(args::text || ' ' || kwargs::text) ILIKE %(text)s",
 }
 # `since`: the job entered its current status within the last `since` seconds: enqueued
@@ -88,6 +89,13 @@ SELECT {_DETAIL_COLUMNS}, lease, now() AS at FROM pgqueue_jobs WHERE id = %(id)s
 UNION ALL
 SELECT {_DETAIL_COLUMNS}, NULL, now() FROM pgqueue_finished_jobs WHERE id = %(id)s
 """
+
+# Sorting off until the end of the transaction (or SORT_RESTORE), and what it was before.
+SORT_OFF = """
+SELECT p.previous, set_config('enable_sort', 'off', true)
+FROM (SELECT current_setting('enable_sort') AS previous OFFSET 0) AS p
+"""
+SORT_RESTORE = "SELECT set_config('enable_sort', %(previous)s, true)"
 
 # Worker names by id, live or gone (stopped, lost): a worker leaves one table for the other in
 # one statement, so an id is in one of them, or in neither once pruned.
@@ -309,8 +317,16 @@ def list_jobs(
         limit=limit,
     )
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        # The planner cannot tell how many arguments hold a text and guesses a handful: it
+        # would read every candidate row (the whole hot table, say) and sort them. An index
+        # walk in id order stops at the page's size instead. Not with `until`: a range of the
+        # past is read best through the index on finished_at.
+        walk = bool(text) and until is None
+        previous = cur.execute(SORT_OFF).fetchone() if walk else None
         # Not prepared: each filter's values (a status, a rare task) may want another plan.
         rows = cur.execute(sql, params, prepare=False).fetchall()
+        if previous is not None:  # the caller's transaction may go on: as it was
+            cur.execute(SORT_RESTORE, previous)
         at_row = cur.execute("SELECT now() AS at").fetchone()
     jobs = tuple(JobSummary(**row) for row in rows)
     next_before = jobs[-1].id if len(jobs) == limit else None

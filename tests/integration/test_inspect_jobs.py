@@ -161,6 +161,23 @@ def test_finished_jobs_are_listed_through_an_index(
     assert "Seq Scan" not in plan, plan
 
 
+def test_a_text_search_walks_newest_first_and_leaves_the_callers_settings(conn: Conn) -> None:
+    old = add_finished_job(conn, "t.a", finished_ago=60)
+    add_finished_job(conn, "t.a", finished_ago=30)
+    new = add_job(conn, "t.a")
+    for table, job_id in (("pgqueue_finished_jobs", old), ("pgqueue_jobs", new)):
+        conn.execute(
+            f"UPDATE {table} SET args = %s WHERE id = %s",
+            (Jsonb(["order 7", "chargeback"]), job_id),
+        )
+    with conn.transaction():
+        found = jobs.list_jobs(conn, text="ChargeBack", limit=1)
+        assert ids(found) == [new]
+        assert ids(jobs.list_jobs(conn, text="chargeback", before=found.next_before)) == [old]
+        # Sorting is turned off for the search only, not for what the caller does next.
+        assert conn.execute("SHOW enable_sort").fetchone() == ("on",)
+
+
 # -- one job in full ---------------------------------------------------------------------
 
 
