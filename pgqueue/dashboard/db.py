@@ -28,7 +28,12 @@ def _hung_up(conn: psycopg.Connection[Any]) -> bool:
     """Whether the server spoke on an idle connection. Nothing is awaited on one (no query,
     no LISTEN), so it is the server ending it (a restart, pg_terminate_backend, an idle
     timeout): found without a round trip, instead of by the next request's 503."""
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    fd = conn.fileno()
+    if hasattr(select, "poll"):  # select() cannot watch a descriptor numbered 1024 or more
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
     return bool(readable)
 
 
