@@ -337,7 +337,7 @@ async def read_form(request: Request) -> dict[str, Any]:
     """An urlencoded form: single values as str, repeated ones (`ids`) as lists. Anything
     else (another encoding, a body over MAX_FORM_BYTES) reads as an empty form, which no
     CSRF check passes."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
         return {}
     body = b""
