@@ -72,6 +72,12 @@ chaos: $(STAMP)
 bench-ops: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/ops_cost.py $(OPS_ARGS)
 
+# One worker process against `--processes N` (default 2), sync no-op and CPU-bound jobs, in
+# alternating pairs (docs/benchmarks.md). PROCESSES_ARGS="--pairs 1" for one pair each.
+.PHONY: bench-processes
+bench-processes: $(STAMP)
+	$(BIN)/python benchmarks/processes.py $(PROCESSES_ARGS)
+
 # The dashboard's speed (docs/benchmarks.md): every page and live update of a real `pgqueue
 # dashboard` on 1,000,000 finished and 100,000 queued jobs, and a draining worker's throughput
 # with and without ten open overviews, in alternating pairs. DASHBOARD_ARGS="--quick" for a
