@@ -123,6 +123,17 @@ def _error(type_: str, message: str) -> str:
     return f"jsonb_build_object('type', '{type_}', 'message', {message}, 'traceback', NULL)"
 
 
+# A new job's due time and expiry from an enqueue's options (the parameters `eta`,
+# `countdown`, `expires_at` and `expires_in`), on the database's clock.
+_DUE_AT = """COALESCE(
+        CAST(%(eta)s AS timestamptz),
+        now() + CAST(%(countdown)s AS float8) * interval '1 second',
+        now())"""
+_EXPIRES_AT = """COALESCE(
+        CAST(%(expires_at)s AS timestamptz),
+        now() + CAST(%(expires_in)s AS float8) * interval '1 second')"""
+
+
 # Insert one job and wake idle workers of its queue, in the caller's transaction (the NOTIFY is
 # delivered only on commit). The payload says where the job sorts, so that a worker reads from
 # there even when it claimed newer jobs before this commit, and when it is due, so that a worker
@@ -138,14 +149,9 @@ INSERT INTO pgqueue_jobs (
 VALUES (
     %(queue)s, %(task_name)s, CAST(%(args)s AS jsonb), CAST(%(kwargs)s AS jsonb),
     %(priority)s,
-    COALESCE(
-        CAST(%(eta)s AS timestamptz),
-        now() + CAST(%(countdown)s AS float8) * interval '1 second',
-        now()),
+    {_DUE_AT},
     %(max_attempts)s,
-    COALESCE(
-        CAST(%(expires_at)s AS timestamptz),
-        now() + CAST(%(expires_in)s AS float8) * interval '1 second'),
+    {_EXPIRES_AT},
     CAST(%(headers)s AS jsonb), CAST(%(limited)s AS boolean), CAST(%(concurrency_key)s AS text)
 )
 RETURNING id, run_at, created_at, expires_at,
@@ -1035,14 +1041,9 @@ INSERT INTO pgqueue_jobs AS j (
     expires_at, headers, {"queued_key" if queued else "unique_key"}, limited, concurrency_key)
 SELECT
     {"period.job_id, " if period else ""}%(queue)s, %(task_name)s, r.args, r.kwargs, %(priority)s,
-    COALESCE(
-        CAST(%(eta)s AS timestamptz),
-        now() + CAST(%(countdown)s AS float8) * interval '1 second',
-        now()),
+    {_DUE_AT},
     %(max_attempts)s,
-    COALESCE(
-        CAST(%(expires_at)s AS timestamptz),
-        now() + CAST(%(expires_in)s AS float8) * interval '1 second'),
+    {_EXPIRES_AT},
     CAST(%(headers)s AS jsonb), r.unique_key, CAST(%(limited)s AS boolean),
     CAST(%(concurrency_key)s AS text)
 FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(unique_key text, args jsonb, kwargs jsonb)
