@@ -504,10 +504,15 @@ class App:
 
     async def aclose(self) -> None:
         """Close the shared async connection of the running event loop (and this thread's)."""
-        conn = self._async_conns.pop(asyncio.get_running_loop(), None)
+        conn = self._take_loop_connection()
         if conn is not None:
             await conn.close()
         self.close()
+
+    def _take_loop_connection(self) -> psycopg.AsyncConnection[Any] | None:
+        """The running event loop's shared async connection, which it no longer uses (the
+        next statement opens another); the caller closes it."""
+        return self._async_conns.pop(asyncio.get_running_loop(), None)
 
     # -- jobs -----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from pgqueue import queries
-from pgqueue._connection import ReconnectingConnection
+from pgqueue._connection import ConnectionLane, ReconnectingConnection
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.outcome import (
     MAX_MESSAGE,
@@ -125,7 +125,9 @@ class _NotStored(Failed):
 class Completer:
     """Collects outcomes and flushes them in batches of up to `batch_size`."""
 
-    def __init__(self, connection: ReconnectingConnection, batch_size: int = 100) -> None:
+    def __init__(
+        self, connection: ReconnectingConnection | ConnectionLane, batch_size: int = 100
+    ) -> None:
         self._connection = connection
         self._batch_size = batch_size
         self._pending: list[Outcome] = []
@@ -162,8 +164,8 @@ class Completer:
             batch = self._pending[: 1 if singly else self._batch_size]
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                conn = await self._connection.get()
-                applied = await write_outcomes(conn, batch)
+                async with self._connection.use() as conn:
+                    applied = await write_outcomes(conn, batch)
             except Exception as exc:
                 if conn is None or _cannot_write_now(exc, conn):
                     logger.warning(

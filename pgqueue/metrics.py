@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 # What `connection` of pgqueue_connection_losses_total may be; each is served from the start
 # (at 0), so that the first loss shows in rate() and increase().
-CONNECTIONS = ("notifier", "claimer", "completer", "maintenance")
+CONNECTIONS = ("notifier", "shared")
 
 
 def _buckets(bounds: tuple[float, ...], histogram: Histogram) -> list[tuple[str, float]]:

@@ -2,14 +2,17 @@
 
 The same session carries the worker's presence (its session advisory lock, see `worker.py`), so
 it runs on a thread of its own: a busy event loop or a CPU-bound task cannot starve the
-heartbeat and get a healthy worker declared lost.
+heartbeat and get a healthy worker declared lost. Between two waits for notifications it also
+runs the periodic scheduler's passes, which then need no connection of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,8 +28,9 @@ class Notifier(threading.Thread):
 
     `on_connect(conn)` runs on every (re)connection before LISTEN, `on_ready()` once listening
     (notifications may have been missed while away), `on_tick(conn)` every `tick_interval`
-    seconds, and `on_notify(channel, payload)` for each notification. A lost connection is
-    logged, reported to `on_lost()` (if it had been listening) and made again with backoff.
+    seconds, `on_due(conn)` at once and then whenever the seconds it returns have passed, and
+    `on_notify(channel, payload)` for each notification. A lost connection is logged, reported
+    to `on_lost()` (if it had been listening) and made again with backoff.
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class Notifier(threading.Thread):
         tick_interval: float,
         on_ready: Callable[[], None] = lambda: None,
         on_lost: Callable[[], None] = lambda: None,
+        on_due: Callable[[Conn], float] | None = None,
     ) -> None:
         super().__init__(name="pgqueue-notifier", daemon=True)
         self._connect = connect
@@ -48,6 +53,7 @@ class Notifier(threading.Thread):
         self._on_tick = on_tick
         self._on_ready = on_ready
         self._on_lost = on_lost
+        self._on_due = on_due
         self._tick_interval = tick_interval
         self._stop_event = threading.Event()
         self.connected = threading.Event()
@@ -70,11 +76,19 @@ class Notifier(threading.Thread):
                 listening = True
                 self._on_ready()
                 backoff = 0.1
+                next_tick = time.monotonic() + self._tick_interval
+                next_due = time.monotonic() if self._on_due is not None else math.inf
                 while not self._stop_event.is_set():
-                    for notify in conn.notifies(timeout=self._tick_interval):
+                    wait = min(next_tick, next_due) - time.monotonic()
+                    for notify in conn.notifies(timeout=max(wait, 0.0)):
                         self._on_notify(notify.channel, notify.payload)
-                    if not self._stop_event.is_set():
+                    if self._stop_event.is_set():
+                        break
+                    if time.monotonic() >= next_tick:
                         self._on_tick(conn)
+                        next_tick = time.monotonic() + self._tick_interval
+                    if self._on_due is not None and time.monotonic() >= next_due:
+                        next_due = time.monotonic() + self._on_due(conn)
             except Exception as exc:
                 self.connected.clear()
                 self.failure = exc

@@ -184,8 +184,8 @@ class Observations:
             self._complain()
 
     def connection_lost(self, connection: str) -> None:
-        """A working connection (`notifier`, `claimer`, `completer`, `maintenance`) broke and
-        will be made again."""
+        """A working connection broke and will be made again: `notifier` (listening and
+        presence) or `shared` (claims, outcomes, progress and maintenance)."""
         try:
             with self._lock:
                 self._connection_losses[connection] = self._connection_losses.get(connection, 0) + 1

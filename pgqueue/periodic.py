@@ -1,9 +1,10 @@
 """Periodic schedules stored in PostgreSQL: cron/interval -> one job per (schedule, fire time).
 
 Declared schedules are synchronised into `pgqueue_periodic` when a worker or scheduler starts.
-Every worker runs a scheduler thread by default; however many run, each tick makes exactly one
-job, because jobs carry (periodic_name, periodic_fire_at) under a unique index. Time is the
-database's clock, so schedulers on hosts with skewed clocks agree.
+Every worker runs the scheduler by default, on its listening connection between two waits for
+notifications (`SchedulerPasses`); `pgqueue scheduler` runs it alone. However many run, each
+tick makes exactly one job, because jobs carry (periodic_name, periodic_fire_at) under a unique
+index. Time is the database's clock, so schedulers on hosts with skewed clocks agree.
 """
 
 from __future__ import annotations
@@ -341,56 +342,90 @@ def report_unfired_schedules(conn: Conn, app: App, reported: set[str]) -> list[s
 # -- the scheduler loop ------------------------------------------------------------------
 
 
-class Scheduler(threading.Thread):
-    """Syncs the app's schedules once, then fires due ticks until stopped.
+class SchedulerPasses:
+    """The scheduler's work, one pass at a time, on a connection its caller holds: in a
+    worker, the listening connection between two waits for notifications (so the scheduler
+    costs the worker no connection of its own); alone, `Scheduler`'s.
 
-    Runs beside every worker by default, or alone as `pgqueue scheduler`. Reconnects with
-    backoff when the database goes away.
+    A pass syncs the app's schedules the first time, fires the due ticks, now and then warns
+    of schedules no scheduler seems to fire, and says how long until the next is due.
     """
 
     def __init__(self, app: App, max_sleep: float = 1.0) -> None:
-        super().__init__(name="pgqueue-scheduler", daemon=True)
         self.app = app
         self.max_sleep = max_sleep
-        self._stop_event = threading.Event()
         self.synced = threading.Event()
+        self._reported: set[str] = set()
+        self._next_unfired_check = time.monotonic()
+        self._backoff = 0.5
 
-    def stop(self) -> None:
-        self._stop_event.set()
+    def run_pass(self, conn: Conn) -> float:
+        """One pass; returns the seconds until the next one is due. Raises what the database
+        raises."""
+        if not self.synced.is_set():
+            sync_schedules(conn, self.app.schedules.values(), db_now(conn), self.app.tasks)
+            conn.commit()
+            self.synced.set()
+        fire_due(conn, self.app)
+        self._backoff = 0.5  # after a whole pass: a failing one keeps backing off
+        if time.monotonic() >= self._next_unfired_check:
+            report_unfired_schedules(conn, self.app, self._reported)
+            self._next_unfired_check = time.monotonic() + UNFIRED_CHECK_INTERVAL
+        return self._sleep_for(conn)
 
-    def run(self) -> None:
-        backoff = 0.5
-        reported: set[str] = set()
-        next_unfired_check = time.monotonic()
-        while not self._stop_event.is_set():
-            try:
-                with self.app.connect() as conn:
-                    if not self.synced.is_set():
-                        sync_schedules(
-                            conn, self.app.schedules.values(), db_now(conn), self.app.tasks
-                        )
-                        conn.commit()
-                        self.synced.set()
-                    while not self._stop_event.is_set():
-                        fire_due(conn, self.app)
-                        backoff = 0.5  # after a whole pass: a failing one keeps backing off
-                        if time.monotonic() >= next_unfired_check:
-                            report_unfired_schedules(conn, self.app, reported)
-                            next_unfired_check = time.monotonic() + UNFIRED_CHECK_INTERVAL
-                        self._stop_event.wait(self._sleep_for(conn))
-            except Exception as exc:
-                if self._stop_event.is_set():
-                    break
-                logger.warning(
-                    "scheduler: %s; retrying in %.1fs",
-                    " ".join(str(exc).split()) or type(exc).__name__,
-                    backoff,
-                )
-                self._stop_event.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+    def run_pass_on_shared(self, conn: Conn) -> float:
+        """`run_pass` on a connection that serves more than the scheduler: a failed pass is
+        logged and tried again after a backoff; only a connection that broke is raised, for
+        its owner to make again."""
+        try:
+            return self.run_pass(conn)
+        except Exception as exc:
+            if conn.closed or conn.broken:
+                raise
+            return self.failed(exc)
+
+    def failed(self, exc: BaseException) -> float:
+        """Log a failed pass; returns how long to wait before the next (doubling, to 10 s)."""
+        delay = self._backoff
+        logger.warning(
+            "scheduler: %s; retrying in %.1fs",
+            " ".join(str(exc).split()) or type(exc).__name__,
+            delay,
+        )
+        self._backoff = min(self._backoff * 2, 10.0)
+        return delay
 
     def _sleep_for(self, conn: Conn) -> float:
         with conn.transaction():
             row = conn.execute(queries.NEXT_DUE_IN, {"task_names": list(self.app.tasks)}).fetchone()
         due_in = row[0] if row and row[0] is not None else self.max_sleep
         return max(0.01, min(self.max_sleep, due_in))
+
+
+class Scheduler(threading.Thread):
+    """`pgqueue scheduler`: the scheduler's passes on a connection of its own, until stopped.
+    Reconnects with backoff when the database goes away."""
+
+    def __init__(self, app: App, max_sleep: float = 1.0) -> None:
+        super().__init__(name="pgqueue-scheduler", daemon=True)
+        self.app = app
+        self.passes = SchedulerPasses(app, max_sleep)
+        self.synced = self.passes.synced
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                with self.app.connect() as conn:
+                    while not self._stop_event.is_set():
+                        self._stop_event.wait(self.passes.run_pass(conn))
+            except Exception as exc:
+                if self._stop_event.is_set():
+                    break
+                self._stop_event.wait(self.passes.failed(exc))
+
+    def _sleep_for(self, conn: Conn) -> float:
+        return self.passes._sleep_for(conn)

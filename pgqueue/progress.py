@@ -29,7 +29,7 @@ from pgqueue import _json, queries
 from pgqueue.errors import ProgressTooLarge
 
 if TYPE_CHECKING:
-    from pgqueue._connection import ReconnectingConnection
+    from pgqueue._connection import ConnectionLane, ReconnectingConnection
 
 logger = logging.getLogger("pgqueue.worker")
 
@@ -92,7 +92,7 @@ class ProgressWriter:
 
     def __init__(
         self,
-        connection: ReconnectingConnection,
+        connection: ReconnectingConnection | ConnectionLane,
         loop: asyncio.AbstractEventLoop,
         interval: float = DEFAULT_PROGRESS_INTERVAL,
     ) -> None:
@@ -170,11 +170,11 @@ class ProgressWriter:
 
     async def _write(self, pending: dict[int, tuple[int, str]], keep_on_failure: bool) -> None:
         try:
-            conn = await self._connection.get()
-            cur = await conn.execute(
-                queries.WRITE_PROGRESS, {"progress": progress_document(pending)}
-            )
-            written = {row[0] for row in await cur.fetchall()}
+            async with self._connection.use() as conn:
+                cur = await conn.execute(
+                    queries.WRITE_PROGRESS, {"progress": progress_document(pending)}
+                )
+                written = {row[0] for row in await cur.fetchall()}
         except Exception as exc:
             # Progress is help for whoever watches: never worth holding up a job. The values
             # are tried again at the next write, unless newer ones came meanwhile.

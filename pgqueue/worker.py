@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 
 from pgqueue import queries, signals
-from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
+from pgqueue._connection import HOT_PATH_SETTINGS, ConnectionLane, ReconnectingConnection
 from pgqueue._names import NOTIFY_CANCEL, NOTIFY_ENQUEUED
 from pgqueue.app import App
 from pgqueue.claim import Claim, ClaimSignal, Position, claim_jobs, rewind
@@ -65,7 +65,7 @@ from pgqueue.outcome import (
     error_info,
     simple_error,
 )
-from pgqueue.periodic import Scheduler
+from pgqueue.periodic import SchedulerPasses
 from pgqueue.presence import Presence
 from pgqueue.process_pool import ProcessPool
 from pgqueue.progress import ProgressWriter
@@ -107,6 +107,10 @@ MAX_POSITIONS_PER_QUEUE = 16
 # long; a pass that hits the limit is followed by another at the next maintenance pass (every
 # second), so pruning keeps up with thousands of jobs a second.
 PRUNE_BATCH = 1000
+# A worker with no job running for this long closes the connections its tasks opened (those
+# their enqueues made, and those transactional tasks keep for the next): at rest it holds two,
+# the listening one and the shared one.
+REST_AFTER = 10.0
 PRUNE_BATCHES_PER_PASS = 10
 
 
@@ -172,6 +176,10 @@ class Worker:
         self._limited_names = limited_task_names(app.tasks.values())
         self._limited_due = 0.0
         self._limited_wake: asyncio.TimerHandle | None = None
+        # When a job last ran here (monotonic), and whether the tasks' connections were closed
+        # since (see REST_AFTER).
+        self._busy_at = time.monotonic()
+        self._at_rest = True
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -246,6 +254,10 @@ class Worker:
             pool=settings.pool,
         )
         signal_ = self._signal
+        # The periodic scheduler runs its passes on the listening connection.
+        self.scheduler: SchedulerPasses | None = None
+        if settings.run_scheduler:
+            self.scheduler = SchedulerPasses(self.app)
 
         self.notifier = Notifier(
             # A hung session would keep `connected` set while its heartbeat stops, and the
@@ -258,6 +270,7 @@ class Worker:
             tick_interval=settings.heartbeat_interval,
             on_ready=signal_.wake_threadsafe,
             on_lost=lambda: self.observations.connection_lost("notifier"),
+            on_due=self.scheduler.run_pass_on_shared if self.scheduler is not None else None,
         )
         self.notifier.start()
         registered = await asyncio.to_thread(self.notifier.connected.wait, REGISTER_TIMEOUT)
@@ -297,20 +310,17 @@ class Worker:
         # Behind a transaction pooler a SET would stay on a server connection that other
         # clients use next, and be missing from the one this connection gets: none then.
         hot_path_settings = None if self.app.transaction_pooling else HOT_PATH_SETTINGS
-        self.completer = Completer(
-            ReconnectingConnection(
-                self.app,
-                hot_path_settings,
-                on_lost=lambda: observations.connection_lost("completer"),
-            ),
-            settings.completion_batch_size,
+        # The worker's one connection besides the listening one: the claimer, the completer,
+        # the progress writer and the maintenance loop take turns on it. Each turn is short
+        # (one statement, or one short transaction), and a claim and a batch of outcomes never
+        # wait for more than one turn of another loop.
+        self._connection = ReconnectingConnection(
+            self.app, hot_path_settings, on_lost=lambda: observations.connection_lost("shared")
         )
-        self._claim_conn = ReconnectingConnection(
-            self.app, hot_path_settings, on_lost=lambda: observations.connection_lost("claimer")
-        )
-        # Its connection is made at the first progress a task publishes: none for most apps.
+        self._claim_conn = self._connection.lane(None)
+        self.completer = Completer(self._connection.lane(None), settings.completion_batch_size)
         self.progress_writer = ProgressWriter(
-            ReconnectingConnection(self.app, hot_path_settings), loop, settings.progress_interval
+            self._connection.lane(None), loop, settings.progress_interval
         )
         self.executor.progress = self.progress_writer
         if self.process_pool is not None:
@@ -318,10 +328,6 @@ class Worker:
         # The limits the app's tasks declare, written before the first claim.
         await asyncio.to_thread(self._sync_limits)
         self._maintenance_done = asyncio.Event()
-        self.scheduler: Scheduler | None = None
-        if settings.run_scheduler:
-            self.scheduler = Scheduler(self.app)
-            self.scheduler.start()
         completer_task = asyncio.create_task(self.completer.run(), name="pgqueue-completer")
         progress_task = asyncio.create_task(self.progress_writer.run(), name="pgqueue-progress")
         rescuer_task = asyncio.create_task(self._maintenance_loop(), name="pgqueue-maintenance")
@@ -340,8 +346,6 @@ class Worker:
             rescuer_task.cancel()
             if self.process_pool is not None:
                 await self.process_pool.close()
-            if self.scheduler is not None:
-                self.scheduler.stop()
             await self.progress_writer.close(progress_task)
             flushed = await self.completer.drain(FINAL_FLUSH_TIMEOUT)
             if not flushed:
@@ -356,7 +360,7 @@ class Worker:
             await self._write_last_stats()
             self.presence.stopping = True  # before the row goes, or a heartbeat re-registers
             await self._unregister()
-            await self._claim_conn.close()
+            await self._connection.close()
             self.notifier.stop()
             await asyncio.to_thread(self.notifier.join, settings.heartbeat_interval + 1)
             self.thread_pool.shutdown(wait=False, cancel_futures=True)
@@ -517,19 +521,19 @@ class Worker:
             ):
                 self._claim_in_flight = True
                 try:
-                    conn = await self._claim_conn.get()
-                    positions, full_read = self._claim_positions(self._signal.take_rewinds())
-                    began = time.monotonic()
-                    limit = min(free, self._claim_limit)
-                    queues = self._queue_order()
-                    limited = await self._claim_limited(conn, queues, limit, worker_id)
-                    claim = limited
-                    if limited.taken < limit:
-                        claim = await claim_jobs(
-                            conn, queues, limit - limited.taken, worker_id, positions
-                        )
-                        if limited.taken:
-                            claim = _joined(limited, claim)
+                    async with self._claim_conn.use() as conn:
+                        positions, full_read = self._claim_positions(self._signal.take_rewinds())
+                        began = time.monotonic()
+                        limit = min(free, self._claim_limit)
+                        queues = self._queue_order()
+                        limited = await self._claim_limited(conn, queues, limit, worker_id)
+                        claim = limited
+                        if limited.taken < limit:
+                            claim = await claim_jobs(
+                                conn, queues, limit - limited.taken, worker_id, positions
+                            )
+                            if limited.taken:
+                                claim = _joined(limited, claim)
                     # Timed only when due to the interval: a queue that never had a job has no
                     # position either, and its cheap reads must not shorten the spacing.
                     if full_read:
@@ -590,6 +594,7 @@ class Worker:
             # maintenance) and came back to it. The earlier attempt's lease is gone; left
             # running, it would run beside the new one, untracked and uncounted.
             self._abandon(earlier)
+        self._at_rest = False
         self.cancel_events[job.id] = CancelFlag()
         self._claims[job.id] = job
         self._claimed_under[job.id] = worker_id
@@ -707,8 +712,8 @@ class Worker:
             return
         params = {"ids": [j.id for j in jobs], "leases": [j.lease for j in jobs]}
         try:
-            conn = await self._claim_conn.get()
-            await conn.execute(queries.RELEASE_UNSTARTED, params)
+            async with self._claim_conn.use() as conn:
+                await conn.execute(queries.RELEASE_UNSTARTED, params)
             logger.info("gave %d claimed, unstarted job(s) back to the queue", len(jobs))
         except DATABASE_TROUBLE as exc:
             logger.warning(
@@ -757,6 +762,7 @@ class Worker:
             if signals.live:  # after the submit: a receiver's time never delays the outcome
                 signals.attempt_ended(self.app, outcome, duration)
         finally:
+            self._busy_at = time.monotonic()
             self.observations.running_changed(job.queue, -1)
             # Whatever happened above, the slot is given back: this attempt's, not that of a
             # newer claim of the same job (after its lease was lost, the job may be claimed
@@ -924,10 +930,7 @@ class Worker:
     async def _maintenance_loop(self) -> None:
         """Rescues, expiries, missed cancel requests and pruning every `rescue_interval`, and
         the outcome rollup written at least every STATS_FLUSH_INTERVAL; until stopped."""
-        observations = self.observations
-        conn = ReconnectingConnection(
-            self.app, on_lost=lambda: observations.connection_lost("maintenance")
-        )
+        conn = self._connection.lane(None)
         began = time.monotonic()
         next_pass = began
         next_stats_prune = began
@@ -948,6 +951,7 @@ class Worker:
                     )
                     next_pass = time.monotonic() + self.settings.rescue_interval
                 await self._write_stats(conn)
+                await self._rest()
                 if time.monotonic() >= next_stats_prune:
                     await self._prune_stats(conn)
                     next_stats_prune = time.monotonic() + STATS_PRUNE_INTERVAL
@@ -958,23 +962,26 @@ class Worker:
             await conn.close()
 
     async def _maintenance_pass(
-        self, conn: ReconnectingConnection, next_orphan_check: float, next_stray_check: float
+        self, conn: ConnectionLane, next_orphan_check: float, next_stray_check: float
     ) -> tuple[float, float]:
         """One pass of rescues, expiries and missed cancel requests; returns when the orphan
         and stray checks are due next."""
         orphan_check = time.monotonic() >= next_orphan_check
         try:
-            rescued = await rescue_lost_jobs(
-                await conn.get(),
-                lock_grace=self.settings.lock_grace,
-                heartbeat_timeout=self.settings.heartbeat_timeout,
-            )
-            if orphan_check:
-                rescued += await rescue_orphaned_jobs(await conn.get())
-                next_orphan_check = time.monotonic() + ORPHAN_CHECK_INTERVAL
-            expired = await expire_queued_jobs(await conn.get())
-            worker_id = self.presence.worker_id
-            asked = await cancel_requests_for(await conn.get(), worker_id or 0)
+            # One turn on the shared connection, in one transaction: what the rescue reads
+            # of pg_locks needs the planner's usual settings.
+            async with conn.use(usual_planning=True) as db:
+                rescued = await rescue_lost_jobs(
+                    db,
+                    lock_grace=self.settings.lock_grace,
+                    heartbeat_timeout=self.settings.heartbeat_timeout,
+                )
+                if orphan_check:
+                    rescued += await rescue_orphaned_jobs(db)
+                    next_orphan_check = time.monotonic() + ORPHAN_CHECK_INTERVAL
+                expired = await expire_queued_jobs(db)
+                worker_id = self.presence.worker_id
+                asked = await cancel_requests_for(db, worker_id or 0)
         except DATABASE_TROUBLE as exc:
             logger.warning("maintenance pass failed: %s", _one_line(exc))
             await conn.reset()
@@ -1013,19 +1020,39 @@ class Worker:
             signals.rescued(rescued)
         return next_orphan_check, next_stray_check
 
-    async def _write_stats(self, conn: ReconnectingConnection) -> None:
+    async def _rest(self) -> None:
+        """Once no job has run for REST_AFTER seconds, close the connections the tasks
+        opened (a task that needs one again opens it anew)."""
+        if self._at_rest or self.free_slots() < self.settings.concurrency or self.running:
+            return
+        if time.monotonic() - self._busy_at < REST_AFTER:
+            return
+        self._at_rest = True
+        try:
+            # Every thread's first, before this coroutine yields: until then no job can start.
+            self.app.close()
+            loop_conn = self.app._take_loop_connection()
+            if loop_conn is not None:
+                await loop_conn.close()
+            await self.executor.transactional.aclose()
+        except Exception as exc:  # a connection that fails to close is gone all the same
+            logger.debug("closing the tasks' idle connections: %s", _one_line(exc))
+
+    async def _write_stats(self, conn: ConnectionLane) -> None:
         """Write the outcome rollup; a failure keeps the counts for the next write."""
         try:
-            await self.observations.flush(await conn.get())
+            async with conn.use(usual_planning=True) as db:
+                await self.observations.flush(db)
         except DATABASE_TROUBLE as exc:
             logger.warning("could not write the outcome rollup: %s", _one_line(exc))
             await conn.reset()
         except Exception:  # bookkeeping must never stop the worker
             logger.exception("could not write the outcome rollup")
 
-    async def _prune_stats(self, conn: ReconnectingConnection) -> None:
+    async def _prune_stats(self, conn: ConnectionLane) -> None:
         try:
-            await (await conn.get()).execute(queries.PRUNE_STATS)
+            async with conn.use(usual_planning=True) as db:
+                await db.execute(queries.PRUNE_STATS)
         except DATABASE_TROUBLE as exc:
             logger.warning("could not prune the outcome rollup: %s", _one_line(exc))
             await conn.reset()
@@ -1037,8 +1064,8 @@ class Worker:
             if not self.observations.unwritten:
                 return
             try:
-                conn = await self._claim_conn.get()
-                await asyncio.wait_for(self.observations.flush(conn), FINAL_FLUSH_TIMEOUT)
+                async with self._claim_conn.use(usual_planning=True) as conn:
+                    await asyncio.wait_for(self.observations.flush(conn), FINAL_FLUSH_TIMEOUT)
             except (*DATABASE_TROUBLE, asyncio.TimeoutError) as exc:
                 if last_try:
                     logger.warning(
@@ -1049,7 +1076,7 @@ class Worker:
                 # The claim connection may have been lost while idle: once more on a new one.
                 await self._claim_conn.reset()
 
-    async def _give_back_strays(self, conn: ReconnectingConnection) -> None:
+    async def _give_back_strays(self, conn: ConnectionLane) -> None:
         """Give back jobs the database says this worker holds but it does not run: their
         claim committed, but its reply was lost with the connection. Only jobs claimed more
         than STRAY_AGE seconds ago count, so a claim whose reply is on its way is never one."""
@@ -1060,17 +1087,19 @@ class Worker:
         if worker_id is None or self._claim_in_flight:
             return
         try:
-            held = await jobs_held_by(await conn.get(), worker_id, STRAY_AGE)
+            async with conn.use(usual_planning=True) as db:
+                held = await jobs_held_by(db, worker_id, STRAY_AGE)
             if self._claim_in_flight:
                 return
             known = set(self.running) | self.completer.pending_ids()
             strays = [(job_id, lease) for job_id, lease in held if job_id not in known]
             if not strays:
                 return
-            await (await conn.get()).execute(
-                queries.RELEASE_UNSTARTED,
-                {"ids": [j for j, _ in strays], "leases": [lease for _, lease in strays]},
-            )
+            async with conn.use() as db:
+                await db.execute(
+                    queries.RELEASE_UNSTARTED,
+                    {"ids": [j for j, _ in strays], "leases": [lease for _, lease in strays]},
+                )
         except DATABASE_TROUBLE as exc:
             logger.warning("checking for stray claims failed: %s", _one_line(exc))
             await conn.reset()
@@ -1081,19 +1110,22 @@ class Worker:
             ", ".join(str(j) for j, _ in strays),
         )
 
-    async def _prune(self, conn: ReconnectingConnection) -> bool:
+    async def _prune(self, conn: ConnectionLane) -> bool:
         """One bounded pruning pass (finished jobs unless retention is 0, and past workers);
         True if it stopped at its limit with more to delete."""
         deleted = 0
         try:
-            await prune_past_workers(await conn.get())
-            if self.settings.retention:
-                deleted = await prune_finished_jobs(
-                    await conn.get(),
-                    self.settings.retention,
-                    batch=PRUNE_BATCH,
-                    max_batches=PRUNE_BATCHES_PER_PASS,
-                )
+            async with conn.use(usual_planning=True) as db:
+                await prune_past_workers(db)
+            # A turn per batch: claims and outcomes wait for one batch at most.
+            for _ in range(PRUNE_BATCHES_PER_PASS if self.settings.retention else 0):
+                async with conn.use(usual_planning=True) as db:
+                    batch = await prune_finished_jobs(
+                        db, self.settings.retention, batch=PRUNE_BATCH, max_batches=1
+                    )
+                deleted += batch
+                if batch < PRUNE_BATCH:
+                    break
         except DATABASE_TROUBLE as exc:
             logger.warning("pruning failed: %s", _one_line(exc))
             await conn.reset()
@@ -1108,7 +1140,9 @@ class Worker:
         if self.presence.worker_id is None:
             return
         try:
-            conn = await self._claim_conn.get()
-            await conn.execute(queries.UNREGISTER_WORKER, {"worker_id": self.presence.worker_id})
+            async with self._claim_conn.use() as conn:
+                await conn.execute(
+                    queries.UNREGISTER_WORKER, {"worker_id": self.presence.worker_id}
+                )
         except DATABASE_TROUBLE as exc:
             logger.warning("could not unregister the worker: %s", _one_line(exc))

@@ -305,7 +305,8 @@ def test_a_claim_whose_reply_is_slow_is_not_given_back_as_a_stray(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Its jobs are running in the database and not yet in the worker: the stray check must
-    not give them back, or they would run here while queued there."""
+    not give them back, or they would run here while queued there. (The check takes its turn
+    on the connection the claim holds, so it runs only once the reply is in.)"""
     # Every maintenance pass checks for strays, and counts any job it does not run.
     monkeypatch.setattr(worker_module, "STRAY_AGE", 0.0)
     monkeypatch.setattr(worker_module, "STRAY_CHECK_INTERVAL", 0.0)
@@ -330,18 +331,20 @@ def test_a_claim_whose_reply_is_slow_is_not_given_back_as_a_stray(
         worker = start_worker(app, concurrency=1, rescue_interval=0.05)
         job = enqueuer.delay()
         assert proxy.holding.wait(15), "the claim's reply was not held"
-        # Two maintenance passes, each seen to end a job that expired: the stray check of the
-        # first ran between them.
+        doomed = expiring.apply_async(expires=0.001)
+        assert job.refresh().status is pgqueue.JobStatus.RUNNING
+        proxy.release()
+        assert job.wait(timeout=15) == "ran once"
+        # Two maintenance passes since the reply came, each seen to end a job that expired:
+        # the stray check of the first ran between them.
         for _ in range(2):
-            doomed = expiring.apply_async(expires=0.001)
             wait_until(
                 lambda doomed=doomed: doomed.refresh().status is pgqueue.JobStatus.CANCELLED,
                 what="a maintenance pass",
             )
-        assert job.refresh().status is pgqueue.JobStatus.RUNNING
-        proxy.release()
-        assert job.wait(timeout=15) == "ran once"
+            doomed = expiring.apply_async(expires=0.001)
         assert job.refresh().attempts == 1
+        assert job.refresh().status is pgqueue.JobStatus.SUCCEEDED
         worker.stop()
     finally:
         proxy.release()

@@ -491,7 +491,6 @@ def test_progress_lost_with_the_connection_is_written_again(
     app: pgqueue.App,
     start_worker: StartWorker,
     conn: psycopg.Connection[Any],
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     next_step, finish = threading.Event(), threading.Event()
 
@@ -504,16 +503,17 @@ def test_progress_lost_with_the_connection_is_written_again(
         job.set_progress("two")
         finish.wait(30)
 
-    caplog.set_level(logging.WARNING, logger="pgqueue.worker")
     worker = start_worker(app, progress_interval=INTERVAL)
     job = two_steps.delay()
     assert job.wait_progress(timeout=15) == "one"
-    writer_conn = worker.worker.progress_writer._connection._conn
-    assert writer_conn is not None
-    conn.execute("SELECT pg_terminate_backend(%s)", (writer_conn.pgconn.backend_pid,))
+    # The writer shares the worker's second connection with the claimer and the maintenance
+    # loop: whichever uses it first after the loss makes it again, and a write that met the
+    # loss is made again on the new one.
+    shared = worker.worker._connection._conn
+    assert shared is not None
+    conn.execute("SELECT pg_terminate_backend(%s)", (shared.pgconn.backend_pid,))
     next_step.set()
     assert job.wait_progress(timeout=15) == "two"
-    assert any("could not write the progress of 1 job(s)" in r.getMessage() for r in caplog.records)
     finish.set()
     job.wait(timeout=15)
 

@@ -75,7 +75,7 @@ def test_a_scrape_shows_the_jobs_the_worker_ran(
         )
         == 0
     )
-    assert value(before, "pgqueue_connection_losses_total", connection="claimer") == 0
+    assert value(before, "pgqueue_connection_losses_total", connection="shared") == 0
 
     for _ in range(4):
         send.delay()

@@ -82,9 +82,10 @@ def test_lost_connections_are_counted_by_connection(
         " WHERE datname = current_database() AND pid <> pg_backend_pid() AND pid <> %s",
         (app._shared_connection().info.backend_pid,),
     )
-    # The claimer and the completer learn of it when they next use their connection.
+    # The loops sharing the second connection learn of it when they next use it: one loss,
+    # however many of them meet it.
     noop.delay().wait(timeout=30)
-    wanted = {"notifier", "claimer", "completer", "maintenance"}
+    wanted = {"notifier", "shared"}
     wait_until(
         lambda: set(worker.observations.snapshot().connection_losses) == wanted,
         what=f"a loss counted on each of {wanted}",
