@@ -78,6 +78,13 @@ bench-ops: $(BENCH_STAMP)
 bench-processes: $(STAMP)
 	$(BIN)/python benchmarks/processes.py $(PROCESSES_ARGS)
 
+# A fleet (docs/benchmarks.md): 50 worker processes drain 100,000 jobs from a PostgreSQL with
+# max_connections = 100, through Debian's pgbouncer; connections, idle CPU, the thundering herd.
+# Needs a server in PGQUEUE_DSN. FLEET_ARGS="--workers 8 --jobs 5000" for a small run.
+.PHONY: bench-fleet
+bench-fleet: $(STAMP)
+	$(BIN)/python benchmarks/fleet.py $(FLEET_ARGS)
+
 # The dashboard's speed (docs/benchmarks.md): every page and live update of a real `pgqueue
 # dashboard` on 1,000,000 finished and 100,000 queued jobs, and a draining worker's throughput
 # with and without ten open overviews, in alternating pairs. DASHBOARD_ARGS="--quick" for a

@@ -243,6 +243,14 @@ _EPOCH_RANGE = (-62135596800.0 + 86400, 253370764800.0)
 
 MAX_TIMERS = 10_000
 
+# How many of the live workers serving a queue an enqueue's notification wakes: every enqueue
+# costs this many claims, however large the fleet (a fleet of 50 idle workers sent 50 claims
+# per enqueue, 49 of them finding nothing). More than one, so that one busy worker does not
+# leave the job to the poll. A worker whose claim after a wake-up comes back full announces
+# the queue again (`reannounce`), so a burst wakes more of the fleet as it needs them.
+WAKE_FANOUT = 2
+_SPREAD = 2654435761  # Knuth's multiplicative hash: neighbouring due times spread apart
+
 
 class ClaimSignal:
     """Tells the claimer when to look for work, and where (`take_rewinds`).
@@ -255,6 +263,10 @@ class ClaimSignal:
     def __init__(self, queues: Sequence[str], poll_interval: float) -> None:
         self.queues = frozenset(queues)
         self.poll_interval = poll_interval
+        # Per queue, this worker's place among the live workers serving it and their number,
+        # refreshed by each heartbeat (from the notifier's thread: the dict is replaced whole).
+        self._fleet: dict[str, tuple[int, int]] = {}
+        self.notifications_skipped = 0  # left to other workers (see wakes_me)
         self._event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         # Due times (ms since the epoch) with a wake-up timer set, each with where its jobs
@@ -274,9 +286,32 @@ class ClaimSignal:
         """Called from the notifier's thread for each enqueue notification."""
         self._loop.call_soon_threadsafe(self._on_notify, payload)
 
+    def set_fleet(self, fleet: dict[str, tuple[int, int]]) -> None:
+        """Per queue: (this worker's place, how many live workers serve the queue)."""
+        self._fleet = fleet
+
+    def wakes_me(self, note: Enqueued) -> bool:
+        """Whether this notification is this worker's to act on: WAKE_FANOUT of the live
+        workers serving its queue are, chosen from the notification's due time, so that all
+        workers choose the same ones and each enqueue picks others. The rest leave it to them;
+        should the chosen be busy, their next claim or the poll takes the job."""
+        if note.run_at is None:
+            return True  # nothing to choose by: everyone looks
+        place, fleet = self._fleet.get(note.queue, (0, 0))
+        if fleet <= WAKE_FANOUT:
+            return True
+        start = (int(note.run_at * 1_000_000) * _SPREAD) % fleet
+        return (place - start) % fleet < WAKE_FANOUT
+
     def _on_notify(self, payload: str) -> None:
         note = parse_enqueued(payload)
         if note.queue not in self.queues:
+            return
+        if not self.wakes_me(note):
+            self.notifications_skipped += 1
+            if not note.later and note.priority is not None and note.run_at is not None:
+                # Not this worker's to wake for, but its next claim reads from there.
+                _keep_earliest(self._rewinds, (note.queue, note.priority), note.run_at)
             return
         if note.later and note.run_at is not None and note.run_at > time.time():
             key = int(note.run_at * 1000)

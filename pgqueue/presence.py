@@ -41,8 +41,12 @@ class Presence:
         concurrency: int,
         on_new_registration: Callable[[int, int, frozenset[int]], None] = lambda *_: None,
         pool: str = "thread",
+        on_fleet: Callable[[dict[str, tuple[int, int]]], None] = lambda _: None,
     ) -> None:
         self.pool = pool
+        # After each heartbeat: per queue, this worker's place among the live workers that
+        # serve it, and how many they are (see queries.HEARTBEAT_FLEET).
+        self.on_fleet = on_fleet
         self.hostname = socket.gethostname()
         self.on_new_registration = on_new_registration
         self.name = name or default_name()
@@ -71,7 +75,8 @@ class Presence:
         if self.worker_id is None or self.stopping:
             return
         sent = time.monotonic()
-        row = conn.execute(queries.HEARTBEAT, {"worker_id": self.worker_id}).fetchone()
+        rows = conn.execute(queries.HEARTBEAT_FLEET, {"worker_id": self.worker_id}).fetchall()
+        row = rows[0] if rows else None
         if row is None and not self.stopping:
             logger.warning(
                 "worker %s (id %d) was declared lost by the fleet (its jobs were rescued); "
@@ -83,6 +88,7 @@ class Presence:
             self._register(conn)
         elif row is not None:
             self.confirmed_at = sent
+            self.on_fleet({name: (place, fleet) for name, place, fleet in rows})
 
     def _resume(self, conn: psycopg.Connection[Any]) -> bool:
         assert self.worker_id is not None

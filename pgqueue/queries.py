@@ -401,6 +401,23 @@ RETURNING lease
 # declared lost and must register again.
 HEARTBEAT = "UPDATE pgqueue_workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURNING id"
 
+# The heartbeat a running worker sends every second, which also tells it, for each of its
+# queues, its place among the live workers that serve the queue and how many they are: an
+# enqueue's notification wakes only a few of them (claim.WAKE_FANOUT), chosen from the
+# notification itself, the same few on every worker. No row: as HEARTBEAT.
+HEARTBEAT_FLEET = """
+WITH me AS (
+    UPDATE pgqueue_workers SET heartbeat_at = now() WHERE id = %(worker_id)s
+    RETURNING id, queues
+)
+SELECT q.name, count(*) FILTER (WHERE w.id < me.id)::int AS place, count(*)::int AS fleet
+FROM me CROSS JOIN unnest(me.queues) AS q(name)
+JOIN pgqueue_workers AS w
+  ON w.queues @> ARRAY[q.name]
+ AND (w.id = me.id OR w.heartbeat_at > now() - interval '5 seconds')
+GROUP BY q.name
+"""
+
 
 def _to_past_workers(removed: str, ended_how: str, rescued: str) -> str:
     """An INSERT that keeps the rows of CTE `removed` (deleted from pgqueue_workers, RETURNING

@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import random
 import signal
 import threading
 import time
@@ -252,6 +253,7 @@ class Worker:
             settings.concurrency,
             on_new_registration=self._on_new_registration_threadsafe,
             pool=settings.pool,
+            on_fleet=self._signal.set_fleet,
         )
         signal_ = self._signal
         # The periodic scheduler runs its passes on the listening connection.
@@ -508,6 +510,7 @@ class Worker:
         backoff = 0.1
         want_claim = True
         self._last_claim_full = False
+        idle = True  # the last claim found nothing (or none was made yet)
         while not self._stopping.is_set():
             free = self.free_slots()
             worker_id = self.presence.worker_id
@@ -580,10 +583,29 @@ class Worker:
                         self._start(job, worker_id)
                 finally:
                     self._claim_in_flight = False
+                if idle and self._last_claim_full:
+                    # Woken for a queue with more jobs than one claim takes: wake others.
+                    await self._reannounce(claim)
+                idle = claim.taken == 0
                 if claim.taken:
                     continue
             await self._signal.wait()
             want_claim = True
+
+    async def _reannounce(self, claim: Claim) -> None:
+        """Announce again where the claim got to, so that the notification wakes workers
+        other than those the first one did (claim.WAKE_FANOUT): the due time is moved back by
+        a few microseconds, which changes who is chosen and nothing else."""
+        for queue, reached in claim.last.items():
+            priority, run_at, _ = reached[max(reached)]
+            salt = random.randint(1, 999) / 1_000_000
+            payload = f"{queue}@{run_at.timestamp() - salt:.6f}@{priority}"
+            try:
+                async with self._claim_conn.use() as conn:
+                    await conn.execute(queries.NOTIFY_ENQUEUED_PAYLOAD, {"payload": payload})
+            except DATABASE_TROUBLE as exc:  # a hint only: the poll finds the jobs anyway
+                logger.debug("could not announce queue %s again: %s", queue, _one_line(exc))
+            return
 
     def _start(self, job: ClaimedJob, worker_id: int) -> None:
         """Record a claimed job and start running it."""

@@ -13,6 +13,7 @@ import pgqueue
 from pgqueue.claim import (
     ABOVE_ALL_PRIORITIES,
     BELOW_ALL_PRIORITIES,
+    WAKE_FANOUT,
     ClaimSignal,
     Enqueued,
     Position,
@@ -198,3 +199,61 @@ def test_a_bulk_enqueue_announces_where_its_jobs_sort() -> None:
     template.countdown = 5.0
     later = parse_enqueued(_payload(BulkRequest(template, [("[]", "{}")]), now))
     assert later == Enqueued("reports.q-1", now.timestamp() + 5, -2, True)
+
+
+def test_a_notification_wakes_only_a_few_workers_of_a_large_fleet() -> None:
+    """Every worker of a fleet of 50 reads the same notification and the same few act on it,
+    a different few for each enqueue: the thundering herd is bounded by WAKE_FANOUT."""
+
+    async def run() -> tuple[list[int], set[int]]:
+        fleet = 50
+        signals = [ClaimSignal(["q"], poll_interval=60) for _ in range(fleet)]
+        for place, signal in enumerate(signals):
+            signal.set_fleet({"q": (place, fleet)})
+        woken_counts, chosen = [], set()
+        for n in range(200):
+            note = parse_enqueued(f"q@{1_700_000_000 + n * 0.000137:.6f}@0")
+            woken = [place for place, s in enumerate(signals) if s.wakes_me(note)]
+            woken_counts.append(len(woken))
+            chosen.update(woken)
+        return woken_counts, chosen
+
+    woken_counts, chosen = asyncio.run(run())
+    assert set(woken_counts) == {WAKE_FANOUT}
+    assert len(chosen) == 50  # every worker gets its share
+
+
+def test_a_small_fleet_and_an_unknown_fleet_wake_every_worker() -> None:
+    async def run() -> tuple[bool, bool, bool]:
+        signal = ClaimSignal(["q"], poll_interval=60)
+        note = parse_enqueued("q@1700000000.5@0")
+        unknown = signal.wakes_me(note)
+        signal.set_fleet({"q": (1, WAKE_FANOUT)})
+        small = signal.wakes_me(note)
+        bare = signal.wakes_me(parse_enqueued("q"))  # nothing to choose by
+        return unknown, small, bare
+
+    assert asyncio.run(run()) == (True, True, True)
+
+
+def test_a_notification_left_to_other_workers_still_moves_the_position_back() -> None:
+    async def run() -> tuple[bool, dict[tuple[str, int], datetime]]:
+        signal = ClaimSignal(["q"], poll_interval=60)
+        note = parse_enqueued("q@1000.5@0")
+        fleet = 50
+        place = next(p for p in range(fleet) if not _with_place(p, fleet).wakes_me(note))
+        signal.set_fleet({"q": (place, fleet)})
+        signal._on_notify("q@1000.5@0")
+        return signal._event.is_set(), signal.take_rewinds()
+
+    woken, rewinds = asyncio.run(run())
+    assert not woken
+    assert rewinds == {
+        ("q", 0): datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=1000.5)
+    }
+
+
+def _with_place(place: int, fleet: int) -> ClaimSignal:
+    signal = ClaimSignal(["q"], poll_interval=60)
+    signal.set_fleet({"q": (place, fleet)})
+    return signal
