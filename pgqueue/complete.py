@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ import psycopg
 
 from pgqueue import queries
 from pgqueue._connection import ConnectionLane, ReconnectingConnection
+from pgqueue.claim import Claim, Position, claim_params, read_claim
 from pgqueue.errors import DatabaseUnavailable
 from pgqueue.outcome import (
     MAX_MESSAGE,
@@ -115,6 +117,28 @@ async def write_outcomes(conn: psycopg.AsyncConnection[Any], outcomes: list[Outc
     return {row[0] for row in await cur.fetchall()}
 
 
+async def write_outcomes_and_claim(
+    conn: psycopg.AsyncConnection[Any],
+    outcomes: list[Outcome],
+    queues: Sequence[str],
+    limit: int,
+    worker_id: int,
+    after: Mapping[str, Collection[Position]] | None = None,
+) -> tuple[Claim, set[int]]:
+    """Write a batch of outcomes and claim the next jobs in one round trip (a pipeline: the
+    two statements commit together, or neither does); each fenced as on its own. Returns the
+    claim, and the ids whose outcome applied."""
+    async with conn.pipeline():
+        written = await conn.execute(
+            queries.COMPLETE_JOBS, {"outcomes": outcomes_document(outcomes)}
+        )
+        async with conn.cursor() as cur:
+            await cur.execute(queries.CLAIM_JOBS, claim_params(queues, limit, worker_id, after))
+            rows = await cur.fetchall()
+        applied = {row[0] for row in await written.fetchall()}
+    return read_claim(rows), applied
+
+
 @dataclass(slots=True)
 class _NotStored(Failed):
     """The FAILED written in place of an outcome the database refused, with that outcome."""
@@ -131,6 +155,16 @@ class Completer:
         self._connection = connection
         self._batch_size = batch_size
         self._pending: list[Outcome] = []
+        # Outcomes the claimer took along with its claim (`take_riders`), on their way.
+        self._riding: list[Outcome] = []
+        # After a claim with riders failed: none ride until the completer has written what
+        # is pending on its own (and found any outcome the database refuses).
+        self._riders_welcome = True
+        self._singly = 0  # after a refused batch: how many outcomes to write one at a time
+        # Batches written along with a claim, and such round trips that failed: for tests
+        # and the curious.
+        self.rides = 0
+        self.failed_rides = 0
         self._has_work = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -143,28 +177,70 @@ class Completer:
 
     @property
     def backlog(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._riding)
 
     def pending_ids(self) -> set[int]:
         """Jobs whose outcome is waiting to be written (they are still running in the table)."""
-        return {outcome.job.id for outcome in self._pending}
+        return {outcome.job.id for outcome in (*self._pending, *self._riding)}
+
+    # -- outcomes that ride along with a claim --------------------------------------------
+
+    def take_riders(self) -> list[Outcome]:
+        """The pending outcomes (a batch at most) for the claimer to send in the same round
+        trip as its claim, during its turn on the shared connection; then `riders_written`
+        or `riders_failed`. None while the completer writes one at a time or after a
+        failure."""
+        if not self._pending or not self._riders_welcome or self._singly or self._riding:
+            return []
+        riders = self._pending[: self._batch_size]
+        del self._pending[: len(riders)]
+        self._riding = riders
+        return riders
+
+    def riders_written(self, applied: set[int]) -> None:
+        """They committed with the claim; `applied`: the ids still leased."""
+        riders, self._riding = self._riding, []
+        self.rides += 1
+        self._report_dropped(riders, applied)
+        self._check_idle()
+
+    def riders_failed(self) -> None:
+        """Their round trip failed (nothing of it committed): back to the head of the
+        queue, for the completer to write on its own and sort out what went wrong."""
+        riders, self._riding = self._riding, []
+        self.failed_rides += 1
+        self._pending[:0] = riders
+        self._riders_welcome = False
+        if riders:
+            self._idle.clear()
+            self._has_work.set()
+
+    def _check_idle(self) -> None:
+        if not self._pending and not self._riding:
+            self._idle.set()
 
     async def run(self) -> None:
         """Flush until closed and drained."""
         backoff = 0.1
-        singly = 0  # after a refused batch: how many outcomes to write one at a time
         while True:
             if not self._pending:
-                self._idle.set()
-                if self._closed:
+                self._check_idle()
+                if self._closed and not self._riding:
                     return
                 self._has_work.clear()
                 await self._has_work.wait()
                 continue
-            batch = self._pending[: 1 if singly else self._batch_size]
+            # One step of the loop first: a claimer woken by the same jobs' ends takes its
+            # turn first and these outcomes along with its claim, in one round trip.
+            await asyncio.sleep(0)
+            batch: list[Outcome] = []
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
                 async with self._connection.use() as conn:
+                    # Taken in the turn: the claimer may have taken some along meanwhile.
+                    batch = self._pending[: 1 if self._singly else self._batch_size]
+                    if not batch:
+                        continue
                     applied = await write_outcomes(conn, batch)
             except Exception as exc:
                 if conn is None or _cannot_write_now(exc, conn):
@@ -186,23 +262,29 @@ class Completer:
                         len(batch),
                         _one_line(exc),
                     )
-                    singly = len(batch)
+                    self._singly = len(batch)
                 elif await self._refused(batch[0], exc, backoff):
                     backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.1
             del self._pending[: len(batch)]
-            singly = max(singly - len(batch), 0)
-            for outcome in batch:
-                if outcome.job.id not in applied:
-                    logger.warning(
-                        "job %d %s attempt %d: lost its lease (rescued and claimed again "
-                        "elsewhere); outcome %s dropped",
-                        outcome.job.id,
-                        outcome.job.task_name,
-                        outcome.job.attempt,
-                        outcome.status,
-                    )
+            self._singly = max(self._singly - len(batch), 0)
+            self._riders_welcome = True
+            self._report_dropped(batch, applied)
+
+    @staticmethod
+    def _report_dropped(batch: list[Outcome], applied: set[int]) -> None:
+        """Log the outcomes of `batch` the database did not apply: their lease was gone."""
+        for outcome in batch:
+            if outcome.job.id not in applied:
+                logger.warning(
+                    "job %d %s attempt %d: lost its lease (rescued and claimed again "
+                    "elsewhere); outcome %s dropped",
+                    outcome.job.id,
+                    outcome.job.task_name,
+                    outcome.job.attempt,
+                    outcome.status,
+                )
 
     async def _refused(self, outcome: Outcome, exc: Exception, backoff: float) -> bool:
         """The database refused `outcome`, first in the pending list, written alone (or it
@@ -248,7 +330,8 @@ class Completer:
         return False
 
     async def drain(self, timeout: float | None = None) -> bool:
-        """Close for new work and wait until every outcome is written; False on timeout."""
+        """Close for new work and wait until every outcome is written (riders included);
+        False on timeout."""
         self._closed = True
         self._has_work.set()
         try:

@@ -37,7 +37,7 @@ from pgqueue._connection import HOT_PATH_SETTINGS, ConnectionLane, ReconnectingC
 from pgqueue._names import NOTIFY_CANCEL, NOTIFY_ENQUEUED
 from pgqueue.app import App
 from pgqueue.claim import Claim, ClaimSignal, Position, claim_jobs, rewind
-from pgqueue.complete import Completer
+from pgqueue.complete import Completer, write_outcomes_and_claim
 from pgqueue.config import WorkerSettings
 from pgqueue.context import CancelFlag
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable
@@ -128,6 +128,15 @@ def _joined(first: Claim, second: Claim) -> Claim:
         second.last,
         first.unreadable + second.unreadable,
     )
+
+
+def _connection_trouble(exc: BaseException, conn: psycopg.AsyncConnection[Any] | None) -> bool:
+    """Whether `exc` came from the connection or the server's state rather than from what
+    was sent (which the same statements on a healthy connection would meet again)."""
+    if conn is None or conn.broken or conn.closed or not isinstance(exc, psycopg.Error):
+        return True
+    state = exc.sqlstate
+    return state is None or state[:2] in ("08", "40", "53", "57", "58")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -523,6 +532,8 @@ class Worker:
                 and self._heartbeat_fresh()
             ):
                 self._claim_in_flight = True
+                riders: list[Outcome] = []
+                conn: psycopg.AsyncConnection[Any] | None = None
                 try:
                     async with self._claim_conn.use() as conn:
                         positions, full_read = self._claim_positions(self._signal.take_rewinds())
@@ -532,9 +543,18 @@ class Worker:
                         limited = await self._claim_limited(conn, queues, limit, worker_id)
                         claim = limited
                         if limited.taken < limit:
-                            claim = await claim_jobs(
-                                conn, queues, limit - limited.taken, worker_id, positions
-                            )
+                            # The outcomes waiting to be written go in the same round trip.
+                            riders = self.completer.take_riders()
+                            if riders:
+                                claim, applied = await write_outcomes_and_claim(
+                                    conn, riders, queues, limit - limited.taken, worker_id,
+                                    positions,
+                                )  # fmt: skip
+                                self.completer.riders_written(applied)
+                            else:
+                                claim = await claim_jobs(
+                                    conn, queues, limit - limited.taken, worker_id, positions
+                                )
                             if limited.taken:
                                 claim = _joined(limited, claim)
                     # Timed only when due to the interval: a queue that never had a job has no
@@ -543,6 +563,12 @@ class Worker:
                         self._full_claim_seconds = time.monotonic() - began
                 except DATABASE_TROUBLE as exc:
                     self._claim_in_flight = False
+                    if riders:
+                        # Nothing of the round trip committed: the completer writes those
+                        # outcomes on its own, and finds out whether one is at fault.
+                        self.completer.riders_failed()
+                        if not _connection_trouble(exc, conn):
+                            continue
                     logger.warning(
                         "could not claim jobs, retrying in %.1fs: %s", backoff, _one_line(exc)
                     )
@@ -552,6 +578,8 @@ class Worker:
                     continue
                 except BaseException:
                     self._claim_in_flight = False
+                    if riders:
+                        self.completer.riders_failed()
                     raise
                 try:
                     backoff = 0.1
