@@ -253,21 +253,37 @@ CLAIM_100 = (
 def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
     """The ceiling: a bare loop that claims 100 jobs with SKIP LOCKED (marks them running,
     one statement), then marks them done (a second), as a queue must, with nothing else to
-    do. Also measured, for the record: claiming and ending 100 jobs in one statement, which
-    no queue can do (a job must be seen running before it is done)."""
+    do. Also measured: one statement a batch that marks the last batch done and claims the
+    next (what the worker's outcomes riding with its claim do), and, for the record,
+    claiming and ending 100 jobs in one statement, which no queue can do (a job must be seen
+    running before it is done)."""
     claim = CLAIM_100.format(changes="attempts = j.attempts + 1, started_at = now()")
     claim_and_end = CLAIM_100.format(changes="finished_at = now()")
+    # One statement a batch: the last batch marked done and the next claimed, as the worker's
+    # outcomes ride with its claim (one round trip, one transaction).
+    end_and_claim = (
+        "WITH done AS (UPDATE pgqueue_jobs SET status = 'succeeded', finished_at = now()"
+        " WHERE id = ANY(%s)) " + claim
+    )
     rates = {}
-    for name in ("two_statements", "one_statement"):
+    for name in ("two_statements", "one_round_trip", "one_statement"):
         with psycopg.connect(dsn, autocommit=True) as conn:
             reset(conn)
             with psycopg.connect(dsn) as tx:
                 enqueue_noops(tx, n)
             start = time.perf_counter()
             done = 0
+            running: list[int] = []
             while True:
                 if name == "one_statement":
                     taken = conn.execute(claim_and_end, ("succeeded",)).rowcount
+                elif name == "one_round_trip":
+                    ended = len(running)
+                    running = [row[0] for row in conn.execute(end_and_claim, (running, "running"))]
+                    done += ended
+                    if not running and not ended:
+                        break
+                    continue
                 else:
                     ids = [row[0] for row in conn.execute(claim, ("running",))]
                     conn.execute(
@@ -284,6 +300,7 @@ def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
         "bare_sql_ceiling",
         jobs=n,
         jobs_per_s=rates["two_statements"],
+        one_round_trip_jobs_per_s=rates["one_round_trip"],
         one_statement_jobs_per_s=rates["one_statement"],
     )
     return rates["two_statements"]
