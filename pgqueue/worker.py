@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -67,9 +67,11 @@ from pgqueue.outcome import (
 )
 from pgqueue.periodic import Scheduler
 from pgqueue.presence import Presence
-from pgqueue.process_pool import ProcessPool
 from pgqueue.progress import ProgressWriter
 from pgqueue.revisions import check_schema
+
+if TYPE_CHECKING:
+    from pgqueue.process_pool import ProcessPool
 
 logger = logging.getLogger("pgqueue.worker")
 
@@ -272,6 +274,9 @@ class Worker:
         )
         self.process_pool: ProcessPool | None = None
         if settings.pool == "process":
+            # multiprocessing's import is paid by the workers that use it, not by every one.
+            from pgqueue.process_pool import ProcessPool
+
             assert settings.app_path is not None
             self.process_pool = ProcessPool(self.app, settings.app_path, settings.concurrency)
             self.process_pool.progress_interval = settings.progress_interval
