@@ -172,13 +172,9 @@ def run(server: str, pairs: int) -> dict[str, Any]:
             order = SIDES if pair % 2 == 0 else SIDES[::-1]
             for side in order:
                 runs[side].append(start_once(side, dsns[side], tmp))
-            shown = ", ".join(
-                f"{side} {runs[side][-1]['first_job_s']:.3f} s" for side in SIDES
-            )
+            shown = ", ".join(f"{side} {runs[side][-1]['first_job_s']:.3f} s" for side in SIDES)
             print(f"pair {pair + 1}: exec to first job: {shown}", flush=True)
-    medians = {
-        side: statistics.median(r["first_job_s"] for r in runs[side]) for side in SIDES
-    }
+    medians = {side: statistics.median(r["first_job_s"] for r in runs[side]) for side in SIDES}
     ready = [r["ready_line_s"] for r in runs["pgqueue"] if "ready_line_s" in r]
     result = {
         "definition": "exec to the first queued job's task start, one job queued beforehand",
@@ -192,6 +188,24 @@ def run(server: str, pairs: int) -> dict[str, Any]:
     return result
 
 
+def report(result: dict[str, Any]) -> None:
+    """Every run's figures, then the medians and their ratio."""
+    runs = result["runs"]
+    for side in SIDES:
+        shown = ", ".join(f"{r['first_job_s']:.3f}" for r in runs[side])
+        print(f"{side:<9} exec to first job, each run (s): {shown}")
+    ready = ", ".join(f"{r['ready_line_s']:.3f}" for r in runs["pgqueue"] if "ready_line_s" in r)
+    print(f"pgqueue   exec to its ready line, each run (s): {ready}")
+    medians = result["median_first_job_s"]
+    print(
+        f"median exec to first job: pgqueue {medians['pgqueue']:.3f} s, "
+        f"PgQueuer {medians['pgqueuer']:.3f} s, ratio {result['ratio_pgqueue_to_pgqueuer']:.2f} "
+        "(pgqueue / PgQueuer: 1 or less meets issue 17's start-up target)"
+    )
+    if result["pgqueue_median_ready_line_s"] is not None:
+        print(f"pgqueue's median exec to ready line: {result['pgqueue_median_ready_line_s']:.3f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=5, help="alternating pairs (5)")
@@ -199,15 +213,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=HERE / "results" / "startup.json")
     args = parser.parse_args()
     result = run(server_dsn(), 2 if args.quick else args.pairs)
-    medians = result["median_first_job_s"]
-    print(
-        f"median exec to first job: pgqueue {medians['pgqueue']:.3f} s, "
-        f"PgQueuer {medians['pgqueuer']:.3f} s, "
-        f"ratio {result['ratio_pgqueue_to_pgqueuer']:.2f} (pgqueue / PgQueuer; 1 or less meets "
-        "issue 17's target)"
-    )
-    if result["pgqueue_median_ready_line_s"] is not None:
-        print(f"pgqueue's median exec to its ready line: {result['pgqueue_median_ready_line_s']:.3f} s")
+    report(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     print(f"written to {args.output}")
