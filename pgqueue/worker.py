@@ -34,6 +34,7 @@ import psycopg
 from pgqueue import queries, signals
 from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue._names import NOTIFY_CANCEL, NOTIFY_ENQUEUED
+from pgqueue._pooling import probe_pooling
 from pgqueue.app import App
 from pgqueue.claim import Claim, ClaimSignal, Position, claim_jobs, rewind
 from pgqueue.complete import Completer
@@ -41,7 +42,6 @@ from pgqueue.config import WorkerSettings
 from pgqueue.context import CancelFlag
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable
 from pgqueue.execute import Executor
-from pgqueue.inspect import server
 from pgqueue.limits import claim_limited_jobs, limited_task_names, sync_limits
 from pgqueue.maintenance import (
     cancel_requests_for,
@@ -195,7 +195,7 @@ class Worker:
                 "give the worker a direct or session-pooled DSN for LISTEN and its lock with "
                 "--listen-dsn or PGQUEUE_LISTEN_DSN"
             )
-        probe = server.probe_pooling(lambda: app.connect_listen(autocommit=True), rounds=2)
+        probe = probe_pooling(lambda: app.connect_listen(autocommit=True), rounds=2)
         if probe.per_transaction:
             option = "--listen-dsn" if app.has_own_listen_dsn else "--dsn"
             raise ConfigurationError(

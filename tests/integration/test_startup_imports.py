@@ -53,9 +53,7 @@ NEVER = (
     "pgqueue.canvas",
     "pgqueue.workflows",
     "pgqueue.process_pool",
-    "pgqueue.inspect.queues",
-    "pgqueue.inspect.workers",
-    "pgqueue.inspect.jobs",
+    "pgqueue.inspect",  # the health checks: the pooling probe is in pgqueue._pooling
     "croniter",
     "multiprocessing",
 )
