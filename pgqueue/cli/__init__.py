@@ -78,8 +78,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _chosen_command(argv: Sequence[str]) -> str | None:
-    """The command `argv` runs when it is its first word (the top-level options, -h and
-    --version, take no value); None when that is not a known command."""
+    """The command `argv` runs, when its first word is one; None otherwise (`-h`, `--version`,
+    an unknown word: the parser of every command then prints the list or the error)."""
     if argv and argv[0] in COMMANDS:
         return argv[0]
     return None
