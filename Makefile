@@ -85,6 +85,13 @@ bench-processes: $(STAMP)
 bench-fleet: $(STAMP)
 	$(BIN)/python benchmarks/fleet.py $(FLEET_ARGS)
 
+# Worker start-up (docs/benchmarks.md): `pgqueue worker --app X` against PgQueuer's
+# out-of-the-box worker, exec to the first job, in alternating pairs (5); under a minute.
+# STARTUP_ARGS="--quick" for 2 pairs. The bench extra brings PgQueuer.
+.PHONY: bench-startup
+bench-startup: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/startup.py $(STARTUP_ARGS)
+
 # The dashboard's speed (docs/benchmarks.md): every page and live update of a real `pgqueue
 # dashboard` on 1,000,000 finished and 100,000 queued jobs, and a draining worker's throughput
 # with and without ten open overviews, in alternating pairs. DASHBOARD_ARGS="--quick" for a

@@ -658,10 +658,11 @@ def main() -> int:
     parser.add_argument("--output", default=str(HERE / "results" / "latest.json"))
     parser.add_argument(
         "--only",
-        choices=["drain", "enqueue", "latency", "cpu", "workflows", "peers"],
+        choices=["drain", "enqueue", "latency", "cpu", "workflows", "peers", "startup"],
         action="append",
         help="run only these workloads (repeatable); the ceiling runs with drain; peers "
-        "(the side-by-side run with PgQueuer, procrastinate and Celery) needs drain and enqueue",
+        "(the side-by-side run with PgQueuer, procrastinate and Celery) needs drain and enqueue; "
+        "startup is a worker's exec to first job against PgQueuer's (benchmarks/startup.py)",
     )
     parser.add_argument(
         "--latency-seconds",
@@ -686,7 +687,9 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
         print("machine:", json.dumps(results.machine), flush=True)
-        only = set(args.only or ("drain", "enqueue", "latency", "cpu", "workflows", "peers"))
+        only = set(
+            args.only or ("drain", "enqueue", "latency", "cpu", "workflows", "peers", "startup")
+        )
         if "drain" in only:
             ceiling = bare_sql_ceiling(dsn, n, results)
             for task, pool, concurrency in DRAINS:
@@ -716,6 +719,17 @@ def main() -> int:
             results.figures["side_by_side"] = side_by_side.run(
                 server, dsn, n, 3 if args.quick else 10, ours, HERE / "results" / "side_by_side.png"
             )
+    if "startup" in only:
+        import importlib.util
+
+        if importlib.util.find_spec("pgqueuer") is None:
+            print("startup: skipped, PgQueuer is not installed (the bench extra)", flush=True)
+        else:
+            import startup
+
+            figures = startup.run(server, 2 if args.quick else 5)
+            startup.report(figures)
+            results.figures["startup"] = figures
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(asdict(results), indent=2))
     print(f"written to {args.output}")

@@ -26,8 +26,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
-
 from pgqueue import _json
 from pgqueue.config import validate_priority, validate_queue_name
 from pgqueue.errors import ConfigurationError
@@ -60,6 +58,9 @@ def parse_timezone(tz: str) -> ZoneInfo:
 
 
 def check_cron(cron: str) -> str:
+    # croniter is imported by the apps that declare a cron schedule, not by every worker.
+    from croniter import CroniterError, croniter
+
     if not isinstance(cron, str) or not croniter.is_valid(cron):
         raise ConfigurationError(
             f"invalid cron expression {cron!r}: expected 5 fields "
@@ -225,6 +226,8 @@ class Schedule:
 
     def _cron_ticks(self, after: datetime, until: datetime, zone: ZoneInfo) -> list[datetime]:
         """All instants in (after, until], from wall-clock times mapped by the DST rules."""
+        from croniter import croniter
+
         assert self.cron is not None
         hour_is_wildcard = self.cron.split()[1] == "*"
         start_wall = after.astimezone(zone).replace(tzinfo=None) - _DST_MARGIN

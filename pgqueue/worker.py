@@ -28,13 +28,14 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from pgqueue import queries, signals
 from pgqueue._connection import HOT_PATH_SETTINGS, ConnectionLane, ReconnectingConnection
 from pgqueue._names import NOTIFY_CANCEL, NOTIFY_ENQUEUED
+from pgqueue._pooling import probe_pooling
 from pgqueue.app import App
 from pgqueue.claim import Claim, ClaimSignal, Position, claim_jobs, rewind
 from pgqueue.complete import Completer, write_outcomes_and_claim
@@ -42,7 +43,6 @@ from pgqueue.config import WorkerSettings
 from pgqueue.context import CancelFlag
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable
 from pgqueue.execute import Executor
-from pgqueue.inspect import server
 from pgqueue.limits import claim_limited_jobs, limited_task_names, sync_limits
 from pgqueue.maintenance import (
     cancel_requests_for,
@@ -68,9 +68,11 @@ from pgqueue.outcome import (
 )
 from pgqueue.periodic import SchedulerPasses
 from pgqueue.presence import Presence
-from pgqueue.process_pool import ProcessPool
 from pgqueue.progress import ProgressWriter
 from pgqueue.revisions import check_schema
+
+if TYPE_CHECKING:
+    from pgqueue.process_pool import ProcessPool
 
 logger = logging.getLogger("pgqueue.worker")
 
@@ -211,7 +213,7 @@ class Worker:
                 "give the worker a direct or session-pooled DSN for LISTEN and its lock with "
                 "--listen-dsn or PGQUEUE_LISTEN_DSN"
             )
-        probe = server.probe_pooling(lambda: app.connect_listen(autocommit=True), rounds=2)
+        probe = probe_pooling(lambda: app.connect_listen(autocommit=True), rounds=2)
         if probe.per_transaction:
             option = "--listen-dsn" if app.has_own_listen_dsn else "--dsn"
             raise ConfigurationError(
@@ -296,6 +298,9 @@ class Worker:
         )
         self.process_pool: ProcessPool | None = None
         if settings.pool == "process":
+            # multiprocessing's import is paid by the workers that use it, not by every one.
+            from pgqueue.process_pool import ProcessPool
+
             assert settings.app_path is not None
             self.process_pool = ProcessPool(self.app, settings.app_path, settings.concurrency)
             self.process_pool.progress_interval = settings.progress_interval

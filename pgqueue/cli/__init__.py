@@ -7,6 +7,7 @@ with one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -17,25 +18,52 @@ import psycopg
 from pgqueue import _logging
 from pgqueue._loading import load_app
 from pgqueue._version import __version__
-from pgqueue.cli import (
-    dashboard,
-    doctor,
-    exporter,
-    jobs,
-    limits,
-    periodic,
-    queues,
-    status,
-    worker,
-    workflows,
-)
 from pgqueue.cli._common import EXIT_ERROR, EXIT_USAGE, Parents
 from pgqueue.errors import ConfigurationError, PgQueueError
 
 __all__ = ["build_parser", "load_app", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The command modules, in the order `pgqueue --help` lists their commands.
+GROUPS = (
+    "worker",
+    "status",
+    "periodic",
+    "jobs",
+    "workflows",
+    "queues",
+    "limits",
+    "doctor",
+    "exporter",
+    "dashboard",
+)
+# Each command, and the module that registers and runs it (a test checks this against what
+# the modules register).
+COMMANDS = {
+    "worker": "worker",
+    "migrate": "worker",
+    "scheduler": "worker",
+    "status": "status",
+    "workers": "status",
+    "periodic": "periodic",
+    "jobs": "jobs",
+    "workflows": "workflows",
+    "queues": "queues",
+    "limits": "limits",
+    "doctor": "doctor",
+    "exporter": "exporter",
+    "dashboard": "dashboard",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `command`, only of the commands its module registers.
+
+    A command's module is imported only to register it: `pgqueue worker` then imports what
+    the worker needs, not the dashboard, the doctor and the inspection queries as well. Its
+    parser, help and errors are the same either way; the top-level help, which lists every
+    command, is only ever printed by a parser built without `command`.
+    """
     parents = Parents()
     parser = argparse.ArgumentParser(
         prog="pgqueue",
@@ -43,20 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pgqueue {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (
-        worker,
-        status,
-        periodic,
-        jobs,
-        workflows,
-        queues,
-        limits,
-        doctor,
-        exporter,
-        dashboard,
-    ):
-        group.register(sub, parents)
+    groups = GROUPS if command is None else (COMMANDS[command],)
+    for group in groups:
+        importlib.import_module(f"pgqueue.cli.{group}").register(sub, parents)
     return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The command `argv` runs, when its first word is one; None otherwise (`-h`, `--version`,
+    an unknown word: the parser of every command then prints the list or the error)."""
+    if argv and argv[0] in COMMANDS:
+        return argv[0]
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -64,8 +90,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_chosen_command(arguments))
+    args = parser.parse_args(arguments)
     log_format = getattr(args, "log_format", "text")
     if log_format not in _logging.LOG_FORMATS:  # from PGQUEUE_LOG_FORMAT: argparse lets it by
         print(
