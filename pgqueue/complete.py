@@ -242,7 +242,11 @@ class Completer:
                     if not batch:
                         continue
                     applied = await write_outcomes(conn, batch)
+                    del self._pending[: len(batch)]
             except Exception as exc:
+                # Until these are written, none ride with a claim: the pending list is this
+                # loop's to rearrange (see _refused).
+                self._riders_welcome = False
                 if conn is None or _cannot_write_now(exc, conn):
                     logger.warning(
                         "could not write %d job outcome(s), retrying in %.1fs: %s",
@@ -267,7 +271,6 @@ class Completer:
                     backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.1
-            del self._pending[: len(batch)]
             self._singly = max(self._singly - len(batch), 0)
             self._riders_welcome = True
             self._report_dropped(batch, applied)
