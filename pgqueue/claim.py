@@ -290,6 +290,10 @@ class ClaimSignal:
         """Per queue: (this worker's place, how many live workers serve the queue)."""
         self._fleet = fleet
 
+    def fleet_size(self) -> int:
+        """How many live workers serve this worker's busiest-served queue (1 until known)."""
+        return max((size for _, size in self._fleet.values()), default=1)
+
     def wakes_me(self, note: Enqueued) -> bool:
         """Whether this notification is this worker's to act on: WAKE_FANOUT of the live
         workers serving its queue are, chosen from the notification's due time, so that all

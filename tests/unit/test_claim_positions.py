@@ -22,7 +22,7 @@ from pgqueue.claim import (
     rewind,
 )
 from pgqueue.config import WorkerSettings
-from pgqueue.worker import FULL_CLAIM_INTERVAL, Worker
+from pgqueue.worker import FULL_CLAIM_INTERVAL, MAINTAINERS, Worker
 
 POSITION = (0, datetime(2026, 1, 1, tzinfo=timezone.utc), 42)
 
@@ -257,3 +257,19 @@ def _with_place(place: int, fleet: int) -> ClaimSignal:
     signal = ClaimSignal(["q"], poll_interval=60)
     signal.set_fleet({"q": (place, fleet)})
     return signal
+
+
+def test_a_large_fleet_shares_the_maintenance_passes() -> None:
+    """About MAINTAINERS passes per rescue interval across the fleet, whatever its size."""
+
+    async def run() -> tuple[float, list[float]]:
+        worker = _worker()
+        worker._signal = ClaimSignal(["q"], poll_interval=60)
+        small = worker._maintenance_spread()
+        worker._signal.set_fleet({"q": (3, 50)})
+        return small, [worker._maintenance_spread() for _ in range(200)]
+
+    small, spreads = asyncio.run(run())
+    assert small == 1.0
+    share = 50 / MAINTAINERS
+    assert all(share * 0.8 <= spread <= share * 1.2 for spread in spreads)
