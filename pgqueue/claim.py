@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -249,6 +250,10 @@ MAX_TIMERS = 10_000
 # leave the job to the poll. A worker whose claim after a wake-up comes back full announces
 # the queue again (`reannounce`), so a burst wakes more of the fleet as it needs them.
 WAKE_FANOUT = 2
+# In a fleet of more workers than this serving the same queues, each polls (and runs its
+# maintenance and scheduler passes) less often, so that the fleet does about this many per
+# interval: 50 idle workers polled 50 times a second between them.
+SHARERS = 4
 _SPREAD = 2654435761  # Knuth's multiplicative hash: neighbouring due times spread apart
 
 
@@ -348,8 +353,17 @@ class ClaimSignal:
     async def wait(self) -> None:
         """Return when it is time to claim: woken, a timer came due, or the poll tick."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._event.wait(), self.poll_interval)
+            await asyncio.wait_for(self._event.wait(), self.poll_interval * self.spread())
         self._event.clear()
+
+    def spread(self) -> float:
+        """How many poll intervals apart this worker's polls (and other fleet-wide chores)
+        are: 1 in a small fleet; in a larger one the workers share them, so that about
+        SHARERS of them poll each interval however many there are, at random phases."""
+        fleet = self.fleet_size()
+        if fleet <= SHARERS:
+            return 1.0
+        return fleet / SHARERS * random.uniform(0.8, 1.2)
 
 
 def _keep_earliest(

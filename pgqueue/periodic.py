@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -351,9 +351,14 @@ class SchedulerPasses:
     of schedules no scheduler seems to fire, and says how long until the next is due.
     """
 
-    def __init__(self, app: App, max_sleep: float = 1.0) -> None:
+    def __init__(
+        self, app: App, max_sleep: float = 1.0, spread: Callable[[], float] = lambda: 1.0
+    ) -> None:
         self.app = app
         self.max_sleep = max_sleep
+        # How many times max_sleep apart the passes are when no tick is due sooner: more
+        # than 1 in a large fleet, whose workers share the passes.
+        self.spread = spread
         self.synced = threading.Event()
         self._reported: set[str] = set()
         self._next_unfired_check = time.monotonic()
@@ -398,8 +403,9 @@ class SchedulerPasses:
     def _sleep_for(self, conn: Conn) -> float:
         with conn.transaction():
             row = conn.execute(queries.NEXT_DUE_IN, {"task_names": list(self.app.tasks)}).fetchone()
-        due_in = row[0] if row and row[0] is not None else self.max_sleep
-        return max(0.01, min(self.max_sleep, due_in))
+        longest = self.max_sleep * self.spread()
+        due_in = row[0] if row and row[0] is not None else longest
+        return max(0.01, min(longest, due_in))
 
 
 class Scheduler(threading.Thread):

@@ -110,10 +110,6 @@ MAX_POSITIONS_PER_QUEUE = 16
 # long; a pass that hits the limit is followed by another at the next maintenance pass (every
 # second), so pruning keeps up with thousands of jobs a second.
 PRUNE_BATCH = 1000
-# In a fleet of more workers than this (serving the same queues), each runs its maintenance
-# pass less often, so that the fleet runs about this many passes per rescue_interval: 50 idle
-# workers ran 50 rescue passes a second, each reading pg_locks.
-MAINTAINERS = 4
 # A worker with no job running for this long closes the connections its tasks opened (those
 # their enqueues made, and those transactional tasks keep for the next): at rest it holds two,
 # the listening one and the shared one.
@@ -274,7 +270,8 @@ class Worker:
         # The periodic scheduler runs its passes on the listening connection.
         self.scheduler: SchedulerPasses | None = None
         if settings.run_scheduler:
-            self.scheduler = SchedulerPasses(self.app)
+            # Between due ticks, a large fleet shares the scheduler's look at the schedules.
+            self.scheduler = SchedulerPasses(self.app, spread=signal_.spread)
 
         self.notifier = Notifier(
             # A hung session would keep `connected` set while its heartbeat stops, and the
@@ -1009,7 +1006,7 @@ class Worker:
                         conn, next_orphan_check, next_stray_check
                     )
                     next_pass = time.monotonic() + self.settings.rescue_interval * (
-                        self._maintenance_spread()
+                        self._signal.spread()
                     )
                 await self._write_stats(conn)
                 await self._rest()
@@ -1021,16 +1018,6 @@ class Worker:
                     await asyncio.wait_for(self._maintenance_done.wait(), max(pause, 0.0))
         finally:
             await conn.close()
-
-    def _maintenance_spread(self) -> float:
-        """How many rescue intervals apart this worker's maintenance passes are: 1 in a small
-        fleet; in a larger one the workers share the passes, so that about MAINTAINERS of them
-        run a pass each interval however many there are (at random phases, so that they do
-        not bunch). Any worker's pass rescues every lost worker's jobs."""
-        fleet = self._signal.fleet_size()
-        if fleet <= MAINTAINERS:
-            return 1.0
-        return fleet / MAINTAINERS * random.uniform(0.8, 1.2)
 
     async def _maintenance_pass(
         self, conn: ConnectionLane, next_orphan_check: float, next_stray_check: float

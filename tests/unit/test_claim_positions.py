@@ -13,6 +13,7 @@ import pgqueue
 from pgqueue.claim import (
     ABOVE_ALL_PRIORITIES,
     BELOW_ALL_PRIORITIES,
+    SHARERS,
     WAKE_FANOUT,
     ClaimSignal,
     Enqueued,
@@ -22,7 +23,7 @@ from pgqueue.claim import (
     rewind,
 )
 from pgqueue.config import WorkerSettings
-from pgqueue.worker import FULL_CLAIM_INTERVAL, MAINTAINERS, Worker
+from pgqueue.worker import FULL_CLAIM_INTERVAL, Worker
 
 POSITION = (0, datetime(2026, 1, 1, tzinfo=timezone.utc), 42)
 
@@ -259,17 +260,17 @@ def _with_place(place: int, fleet: int) -> ClaimSignal:
     return signal
 
 
-def test_a_large_fleet_shares_the_maintenance_passes() -> None:
-    """About MAINTAINERS passes per rescue interval across the fleet, whatever its size."""
+def test_a_large_fleet_shares_the_polls_and_passes() -> None:
+    """About SHARERS polls and maintenance passes per interval across the fleet, whatever
+    its size."""
 
     async def run() -> tuple[float, list[float]]:
-        worker = _worker()
-        worker._signal = ClaimSignal(["q"], poll_interval=60)
-        small = worker._maintenance_spread()
-        worker._signal.set_fleet({"q": (3, 50)})
-        return small, [worker._maintenance_spread() for _ in range(200)]
+        signal = ClaimSignal(["q"], poll_interval=60)
+        small = signal.spread()
+        signal.set_fleet({"q": (3, 50)})
+        return small, [signal.spread() for _ in range(200)]
 
     small, spreads = asyncio.run(run())
     assert small == 1.0
-    share = 50 / MAINTAINERS
+    share = 50 / SHARERS
     assert all(share * 0.8 <= spread <= share * 1.2 for spread in spreads)
