@@ -296,8 +296,9 @@ class ClaimSignal:
         self._fleet = fleet
 
     def fleet_size(self) -> int:
-        """How many live workers serve this worker's busiest-served queue (1 until known)."""
-        return max((size for _, size in self._fleet.values()), default=1)
+        """How many live workers serve the least-served of this worker's queues (1 until
+        known): a queue only this worker serves is polled by it alone."""
+        return min((size for _, size in self._fleet.values()), default=1)
 
     def wakes_me(self, note: Enqueued) -> bool:
         """Whether this notification is this worker's to act on: WAKE_FANOUT of the live

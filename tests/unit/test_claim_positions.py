@@ -274,3 +274,12 @@ def test_a_large_fleet_shares_the_polls_and_passes() -> None:
     assert small == 1.0
     share = 50 / SHARERS
     assert all(share * 0.8 <= spread <= share * 1.2 for spread in spreads)
+
+
+def test_a_queue_this_worker_serves_alone_keeps_its_poll() -> None:
+    async def run() -> float:
+        signal = ClaimSignal(["shared", "mine"], poll_interval=60)
+        signal.set_fleet({"shared": (3, 50), "mine": (0, 1)})
+        return signal.spread()
+
+    assert asyncio.run(run()) == 1.0
