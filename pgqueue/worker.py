@@ -19,7 +19,6 @@ the fleet's rescuer returns the jobs once this process's lock is gone.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import signal
@@ -34,6 +33,7 @@ import psycopg
 from pgqueue import queries, signals
 from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue._names import NOTIFY_CANCEL, NOTIFY_ENQUEUED
+from pgqueue._task_threads import TaskThreads
 from pgqueue.app import App
 from pgqueue.claim import Claim, ClaimSignal, Position, claim_jobs, rewind
 from pgqueue.complete import Completer
@@ -267,9 +267,7 @@ class Worker:
                 "could not register the worker: "
                 + (_one_line(self.notifier.failure) if self.notifier.failure else "timed out")
             )
-        self.thread_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=settings.concurrency, thread_name_prefix="pgqueue-task"
-        )
+        self.thread_pool = TaskThreads(settings.concurrency, name_prefix="pgqueue-task")
         self.process_pool: ProcessPool | None = None
         if settings.pool == "process":
             assert settings.app_path is not None
