@@ -158,16 +158,18 @@ def wal_lsn(conn: psycopg.Connection[Any]) -> int:
 
 class Worker:
     """`pgqueue worker --app bench_tasks:app --no-scheduler *args`, started and waited for
-    until ready; `scheduler=True` leaves out `--no-scheduler` (the worker as users start it).
-    `started_at` is the wall-clock time just before its exec."""
+    until ready; `scheduler=True` leaves out `--no-scheduler` (the worker as users start it),
+    `app` names another app. `started_at` is the wall-clock time just before its exec."""
 
-    def __init__(self, dsn: str, log: Path, *args: str, scheduler: bool = False) -> None:
+    def __init__(
+        self, dsn: str, log: Path, *args: str, scheduler: bool = False, app: str = "bench_tasks:app"
+    ) -> None:
         self.log = log.open("wb")
         env = {**os.environ, "PGQUEUE_DSN": dsn, "PYTHONUNBUFFERED": "1"}
         flags = [] if scheduler else ["--no-scheduler"]
         self.started_at = time.time()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pgqueue", "worker", "--app", "bench_tasks:app", *flags, *args],
+            [sys.executable, "-m", "pgqueue", "worker", "--app", app, *flags, *args],
             cwd=HERE,
             env=env,
             stdout=self.log,

@@ -5,7 +5,9 @@ queued no-op jobs (20,000) with ONE worker process, five ways, in an order that 
 round to round:
 
 - `default-sync`: `pgqueue worker --app bench_tasks:app`, no other flag, sync no-op task;
-- `default-async`: the same, async no-op task;
+- `default-async`: `pgqueue worker --app bench_async_tasks:app`, no other flag, async no-op
+  task; an app of async tasks only, since the default concurrency depends on the app's tasks
+  (pgqueue/config.py: 100 for such an app, 10 for bench_tasks, which has sync tasks too);
 - `pgqueuer`: PgQueuer 1.6 out of the box (peers.py's `default` preset: batch 10, psycopg);
 - `c10-sync`, `c10-async`: `pgqueue worker --app bench_tasks:app --concurrency 10`.
 
@@ -21,6 +23,7 @@ default-async/pgqueuer (3x) and c10-sync/c10-async (0.5), and writes them as JSO
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -37,17 +40,18 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import bench_async_tasks  # noqa: E402
 import bench_tasks  # noqa: E402
 import peers  # noqa: E402
-from bench import Worker, enqueue_noops, fresh_database, reset, scalar, server_dsn  # noqa: E402
+from bench import Worker, fresh_database, reset, scalar, server_dsn  # noqa: E402
 
-# name: (task, extra worker flags); None for PgQueuer.
-CONFIGURATIONS: dict[str, tuple[str, tuple[str, ...]] | None] = {
-    "default-sync": ("noop", ()),
-    "default-async": ("anoop", ()),
+# name: (app module, task, extra worker flags); None for PgQueuer.
+CONFIGURATIONS: dict[str, tuple[str, str, tuple[str, ...]] | None] = {
+    "default-sync": ("bench_tasks", "noop", ()),
+    "default-async": ("bench_async_tasks", "anoop", ()),
     "pgqueuer": None,
-    "c10-sync": ("noop", ("--concurrency", "10")),
-    "c10-async": ("anoop", ("--concurrency", "10")),
+    "c10-sync": ("bench_tasks", "noop", ("--concurrency", "10")),
+    "c10-async": ("bench_tasks", "anoop", ("--concurrency", "10")),
 }
 RATIOS = {  # name: (numerator, denominator, target)
     "default-sync/pgqueuer": ("default-sync", "pgqueuer", 2.0),
@@ -56,14 +60,17 @@ RATIOS = {  # name: (numerator, denominator, target)
 }
 
 
-def pgqueue_drain(dsn: str, task: str, flags: tuple[str, ...], jobs: int, log: Path) -> float:
-    """Jobs/s of one `pgqueue worker` emptying `jobs` queued jobs of `task`, from its exec to
-    the last finish."""
+def pgqueue_drain(
+    dsn: str, module: str, task: str, flags: tuple[str, ...], jobs: int, log: Path
+) -> float:
+    """Jobs/s of one `pgqueue worker --app <module>:app` emptying `jobs` queued jobs of its
+    `task`, from its exec to the last finish."""
+    tasks = importlib.import_module(module)
     with psycopg.connect(dsn, autocommit=True) as conn:
         reset(conn)
         with psycopg.connect(dsn) as tx:
-            enqueue_noops(tx, jobs, task)
-        worker = Worker(dsn, log, *flags, scheduler=True)
+            getattr(tasks, task).delay_many([()] * jobs, connection=tx)
+        worker = Worker(dsn, log, *flags, scheduler=True, app=f"{module}:app")
         try:
             deadline = time.monotonic() + 120 + jobs / 50
             while scalar(conn, "SELECT count(*) FROM pgqueue_finished_jobs") < jobs:
@@ -113,6 +120,7 @@ def main() -> int:
         }
         print("machine:", json.dumps(machine), flush=True)
         bench_tasks.app.set_dsn(dsn)
+        bench_async_tasks.app.set_dsn(dsn)
         for round_ in range(rounds):
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in order:
@@ -120,11 +128,13 @@ def main() -> int:
                 if configuration is None:
                     rate = peers.drain("pgqueuer", server, jobs, preset="default", from_start=True)
                 else:
-                    task, flags = configuration
-                    rate = pgqueue_drain(dsn, task, flags, jobs, logs / f"defaults-{name}.log")
+                    module, task, flags = configuration
+                    log = logs / f"defaults-{name}.log"
+                    rate = pgqueue_drain(dsn, module, task, flags, jobs, log)
                 figures[name].append(rate)
                 print(f"round {round_ + 1}: {name:14} {rate:8,.0f} jobs/s", flush=True)
         bench_tasks.app.close()
+        bench_async_tasks.app.close()
     medians = {name: statistics.median(rates) for name, rates in figures.items()}
     ratios: dict[str, Any] = {}
     for label, (top, bottom, target) in RATIOS.items():

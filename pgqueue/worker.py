@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -37,7 +38,7 @@ from pgqueue._task_threads import TaskThreads
 from pgqueue.app import App
 from pgqueue.claim import Claim, ClaimSignal, Position, claim_jobs, rewind
 from pgqueue.complete import Completer
-from pgqueue.config import WorkerSettings
+from pgqueue.config import WorkerSettings, default_concurrency
 from pgqueue.context import CancelFlag
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable
 from pgqueue.execute import Executor
@@ -135,7 +136,12 @@ class Worker:
     def __init__(self, app: App, settings: WorkerSettings | None = None) -> None:
         self.app = app
         app.set_as_current()  # shared tasks its jobs enqueue go through the worker's App
-        self.settings = settings or WorkerSettings()
+        settings = settings or WorkerSettings()
+        # Jobs run at once: as given, else chosen from the app's tasks (config.py says how).
+        self.concurrency: int = settings.concurrency or default_concurrency(
+            app.tasks.values(), settings.pool
+        )
+        self.settings = replace(settings, concurrency=self.concurrency)
         self.queues = self.settings.queues or app.queues()
         self.running: dict[int, asyncio.Task[None]] = {}
         # Per running job: set when its cancellation is requested (JobContext reads it).
@@ -157,7 +163,7 @@ class Worker:
         self._full_claim_seconds = 0.0  # how long the last claim with a full read took
         # A claim takes at most half the slots, so that the next claim's round trip overlaps
         # with running the jobs of the last one instead of waiting for them all to finish.
-        self._claim_limit = max(1, (self.settings.concurrency + 1) // 2)
+        self._claim_limit = max(1, (self.concurrency + 1) // 2)
         self.forced = False
         self.crashed = False
         self._stop_count = 0
@@ -241,7 +247,7 @@ class Worker:
         self.presence = Presence(
             settings.name,
             self.queues,
-            settings.concurrency,
+            self.concurrency,
             on_new_registration=self._on_new_registration_threadsafe,
             pool=settings.pool,
         )
@@ -267,11 +273,11 @@ class Worker:
                 "could not register the worker: "
                 + (_one_line(self.notifier.failure) if self.notifier.failure else "timed out")
             )
-        self.thread_pool = TaskThreads(settings.concurrency, name_prefix="pgqueue-task")
+        self.thread_pool = TaskThreads(self.concurrency, name_prefix="pgqueue-task")
         self.process_pool: ProcessPool | None = None
         if settings.pool == "process":
             assert settings.app_path is not None
-            self.process_pool = ProcessPool(self.app, settings.app_path, settings.concurrency)
+            self.process_pool = ProcessPool(self.app, settings.app_path, self.concurrency)
             self.process_pool.progress_interval = settings.progress_interval
             try:
                 await self.process_pool.start()
@@ -286,7 +292,7 @@ class Worker:
             self.presence.name,
             self.presence.worker_id,
             ",".join(self.queues),
-            settings.concurrency,
+            self.concurrency,
             settings.pool,
         )
         if signals.worker_ready.receivers:
@@ -496,7 +502,7 @@ class Worker:
 
     def free_slots(self) -> int:
         busy = len(self.running) + len(self._abandoned) + len(self.executor.overrunning_threads)
-        return self.settings.concurrency - busy
+        return self.concurrency - busy
 
     async def _claim_loop(self) -> None:
         backoff = 0.1
