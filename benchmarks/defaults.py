@@ -70,7 +70,8 @@ def pgqueue_drain(
         reset(conn)
         with psycopg.connect(dsn) as tx:
             getattr(tasks, task).delay_many([()] * jobs, connection=tx)
-        worker = Worker(dsn, log, *flags, scheduler=True, app=f"{module}:app")
+        quiet = "--log-level" in flags  # no ready line to wait for
+        worker = Worker(dsn, log, *flags, scheduler=True, app=f"{module}:app", wait_ready=not quiet)
         try:
             deadline = time.monotonic() + 120 + jobs / 50
             while scalar(conn, "SELECT count(*) FROM pgqueue_finished_jobs") < jobs:
@@ -95,11 +96,28 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, help="jobs per drain (20,000; quick 2,000)")
     parser.add_argument("--rounds", type=int, help="rounds (3; quick 1)")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--only", action="append", help="only these configurations (repeatable)")
     parser.add_argument(
-        "--only", action="append", choices=list(CONFIGURATIONS), help="(repeatable)"
+        "--sweep",
+        help="also sync and async at these concurrencies, comma-separated (e.g. 20,50,100): "
+        "the candidate defaults",
+    )
+    parser.add_argument(
+        "--log-cost",
+        action="store_true",
+        help="also both defaults with --log-level WARNING: what the per-job INFO lines cost",
     )
     parser.add_argument("--output", type=Path, default=HERE / "results" / "defaults.json")
     args = parser.parse_args()
+    for n in args.sweep.split(",") if args.sweep else ():
+        CONFIGURATIONS[f"sync-c{n}"] = ("bench_tasks", "noop", ("--concurrency", n))
+        CONFIGURATIONS[f"async-c{n}"] = ("bench_tasks", "anoop", ("--concurrency", n))
+    if args.log_cost:
+        for name in ("default-sync", "default-async"):
+            configuration = CONFIGURATIONS[name]
+            assert configuration is not None
+            module, task, flags = configuration
+            CONFIGURATIONS[f"{name}-warning"] = (module, task, (*flags, "--log-level", "WARNING"))
     jobs = args.jobs or (2_000 if args.quick else 20_000)
     rounds = args.rounds or (1 if args.quick else 3)
     names = [name for name in CONFIGURATIONS if not args.only or name in args.only]
@@ -132,7 +150,7 @@ def main() -> int:
                     log = logs / f"defaults-{name}.log"
                     rate = pgqueue_drain(dsn, module, task, flags, jobs, log)
                 figures[name].append(rate)
-                print(f"round {round_ + 1}: {name:14} {rate:8,.0f} jobs/s", flush=True)
+                print(f"round {round_ + 1}: {name:21} {rate:8,.0f} jobs/s", flush=True)
         bench_tasks.app.close()
         bench_async_tasks.app.close()
     medians = {name: statistics.median(rates) for name, rates in figures.items()}
@@ -145,7 +163,7 @@ def main() -> int:
     print(f"medians ({jobs:,} jobs, {rounds} round(s), from the worker's exec):")
     for name, median in medians.items():
         print(
-            f"  {name:14} {median:8,.0f} jobs/s   rounds: "
+            f"  {name:21} {median:8,.0f} jobs/s   rounds: "
             + ", ".join(f"{rate:,.0f}" for rate in figures[name])
         )
     for label, ratio in ratios.items():
