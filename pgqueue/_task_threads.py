@@ -20,6 +20,7 @@ import asyncio
 import collections
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,7 @@ class TaskThreads:
         self._submitted = 0
         self._settled = 0
         self._shut_down = False
+        _live.add(self)
 
     def submit(self, call: Callable[[], Any]) -> TaskCall:
         """Hand `call` to a thread; its result (or exception) comes to `.future`. Called on
@@ -98,6 +100,13 @@ class TaskThreads:
                     break
                 if handle is not None:
                     handle.call = None
+                    self._ended.append((handle, False, None))
+            try:
+                on_loop = asyncio.get_running_loop() is self._loop
+            except RuntimeError:
+                on_loop = False
+            if on_loop:
+                self._settle()  # their futures are cancelled, their callbacks run
         for _ in self._threads:
             self._calls.put(None)
         if wait:
@@ -151,3 +160,20 @@ class TaskThreads:
             callbacks, handle._callbacks = handle._callbacks, []
             for callback in callbacks:
                 callback(handle)
+
+
+# An idle thread waits on its queue, and the interpreter joins every non-daemon thread before
+# it exits: without a word at exit, a TaskThreads that was never shut down (its owner failed
+# on the way) would keep the process alive. This is what concurrent.futures' threads rely
+# on too: a hook that runs before those joins (running calls still finish).
+_live: weakref.WeakSet[TaskThreads] = weakref.WeakSet()
+
+
+def _shut_down_at_exit() -> None:
+    for threads in list(_live):
+        threads.shutdown()
+
+
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_shut_down_at_exit)

@@ -133,3 +133,19 @@ def test_a_result_after_the_loop_closed_is_dropped_quietly() -> None:
     asyncio.run(main())
     gate.set()
     threads.shutdown(wait=True)  # the thread ended without raising
+
+
+def test_a_process_whose_threads_were_never_shut_down_still_exits() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio\n"
+        "from pgqueue._task_threads import TaskThreads\n"
+        "threads = TaskThreads(2)\n"
+        "async def main():\n"
+        "    await threads.submit(lambda: 1).future\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)
+    assert done.returncode == 0
