@@ -44,6 +44,14 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
+# Issue 17's targets 1 and 2: `pgqueue worker` with no flags (sync and async no-op tasks), and
+# at --concurrency 10, against PgQueuer out of the box, 20,000 jobs, 3 alternating rounds,
+# timed from the worker's exec (docs/benchmarks.md, "Defaults"). DEFAULTS_ARGS="--quick" for a
+# 2,000-job smoke round.
+.PHONY: bench-defaults
+bench-defaults: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/defaults.py $(DEFAULTS_ARGS)
+
 # Fleet-wide limits, measured (docs/workflows.md): with 4 workers, a task limited to 50/s never
 # starts more than 50 jobs in any one-second window, and an unlimited task of the same queue
 # drains at 90% or more of its rate without the limited backlog; 3 runs, each on a fresh

@@ -157,20 +157,26 @@ def wal_lsn(conn: psycopg.Connection[Any]) -> int:
 
 
 class Worker:
-    def __init__(self, dsn: str, log: Path, *args: str) -> None:
+    """`pgqueue worker --app bench_tasks:app --no-scheduler *args`, started and waited for
+    until ready; `scheduler=True` leaves out `--no-scheduler` (the worker as users start it),
+    `app` names another app, `wait_ready=False` does not wait (a worker logging at WARNING
+    writes no ready line). `started_at` is the wall-clock time just before its exec."""
+
+    def __init__(
+        self,
+        dsn: str,
+        log: Path,
+        *args: str,
+        scheduler: bool = False,
+        app: str = "bench_tasks:app",
+        wait_ready: bool = True,
+    ) -> None:
         self.log = log.open("wb")
         env = {**os.environ, "PGQUEUE_DSN": dsn, "PYTHONUNBUFFERED": "1"}
+        flags = [] if scheduler else ["--no-scheduler"]
+        self.started_at = time.time()
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pgqueue",
-                "worker",
-                "--app",
-                "bench_tasks:app",
-                "--no-scheduler",
-                *args,
-            ],
+            [sys.executable, "-m", "pgqueue", "worker", "--app", app, *flags, *args],
             cwd=HERE,
             env=env,
             stdout=self.log,
@@ -179,7 +185,7 @@ class Worker:
         )
         self.log_path = log
         deadline = time.monotonic() + 60
-        while b" ready: " not in log.read_bytes():
+        while wait_ready and b" ready: " not in log.read_bytes():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not start:\n{log.read_text()}")
             time.sleep(0.05)  # polling the log for readiness

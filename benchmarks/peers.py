@@ -502,7 +502,13 @@ def _drain_seconds(run: _Run, n: int) -> float:
 
 
 def drain(
-    peer: str, server_dsn: str, n: int, *, preset: str = "fastest", analyze: bool = True
+    peer: str,
+    server_dsn: str,
+    n: int,
+    *,
+    preset: str = "fastest",
+    analyze: bool = True,
+    from_start: bool = False,
 ) -> float:
     """Jobs/s for ONE worker process emptying n queued no-op jobs, from the first job's start
     to the last one's finish (the database's own timestamps for PgQueuer and procrastinate;
@@ -513,16 +519,37 @@ def drain(
     autoanalyze would soon after such an insert in production: without statistics on a fresh
     database, procrastinate's fetch plan costs in proportion to the backlog (seen here: a
     5,000-job drain went from ~120/s to ~290/s as it emptied; ~320/s flat once analyzed;
-    20,000 jobs ~60/s). It favours the peers: pgqueue's own drain runs without it."""
+    20,000 jobs ~60/s). It favours the peers: pgqueue's own drain runs without it.
+
+    `from_start` times from just before the worker's exec instead (start-up included), to the
+    last finish on the database's clock (same machine); PgQueuer and procrastinate only."""
     with _run(peer, preset, server_dsn, "drain") as run:
         with _Producer(run) as producer:
             producer.noops(n)
         if analyze and run.dsn:
             with psycopg.connect(run.dsn, autocommit=True) as conn:
                 conn.execute("ANALYZE")
+        started_at = time.time()
         with _worker(run) as worker, _finished_check(run, n) as finished:
             _wait(worker, finished, timeout=120 + n / 50, what=f"{peer} drain")
-        return n / _drain_seconds(run, n)
+        seconds = _drain_seconds(run, n)
+        if from_start:
+            seconds = _last_finish(run) - started_at
+        return n / seconds
+
+
+def _last_finish(run: _Run) -> float:
+    """The epoch of the last job's finish, as the peer recorded it (the database's clock)."""
+    sql = {
+        "pgqueuer": "SELECT extract(epoch FROM max(created))::float8 FROM pgqueuer_log"
+        " WHERE status = 'successful'",
+        "procrastinate": "SELECT extract(epoch FROM max(at))::float8 FROM procrastinate_events"
+        " WHERE type = 'succeeded'",
+    }[run.peer]
+    with psycopg.connect(run.dsn) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row is not None and row[0] is not None
+    return float(row[0])
 
 
 def pickup_latency(

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from pgqueue.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from pgqueue.tasks import Task
 
 DEFAULT_QUEUE = "default"
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
@@ -120,12 +124,32 @@ def validate_priority(priority: int) -> int:
     return priority
 
 
+# How many jobs a worker runs at once when `concurrency` is not given (issue 17, measured in
+# docs/benchmarks.md "Defaults"). An async job is a coroutine on the worker's event loop, and
+# a slot costs next to nothing: an app whose tasks are all async gets ASYNC_CONCURRENCY,
+# unless some are transactional (each running transactional job holds a database connection)
+# or sync tasks go to a process pool. Any other app gets SYNC_CONCURRENCY, as a sync job runs
+# on a thread of its own, holding whatever the task's code holds there (Django, for one, keeps
+# a database connection per thread).
+SYNC_CONCURRENCY = 10
+ASYNC_CONCURRENCY = 100
+
+
+def default_concurrency(tasks: Iterable[Task[Any, Any]], pool: str = "thread") -> int:
+    """The concurrency of a worker of an app with these tasks when none is given."""
+    tasks = list(tasks)
+    if pool == "thread" and tasks and all(t.is_async and not t.transactional for t in tasks):
+        return ASYNC_CONCURRENCY
+    return SYNC_CONCURRENCY
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """How one `pgqueue worker` process runs; see `pgqueue worker --help` for each knob."""
 
     queues: tuple[str, ...] = ()
-    concurrency: int = 10
+    # None: chosen from the app's tasks when the worker starts (default_concurrency).
+    concurrency: int | None = None
     shutdown_timeout: float = 30.0
     poll_interval: float = 1.0
     heartbeat_interval: float = 1.0
@@ -156,7 +180,7 @@ class WorkerSettings:
     def __post_init__(self) -> None:
         for queue in self.queues:
             validate_queue_name(queue)
-        if self.concurrency < 1:
+        if self.concurrency is not None and self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {self.concurrency}")
         for name in (
             "shutdown_timeout",

@@ -11,7 +11,6 @@ writes outcomes to the database.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import functools
 from collections.abc import Callable, Coroutine
@@ -19,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from pgqueue import _json, transactional
+from pgqueue._task_threads import TaskCall, TaskThreads
 from pgqueue.context import CancelFlag, JobContext, _current
 from pgqueue.errors import Cancel, MaxRetriesExceeded, Retry
 from pgqueue.hooks import wrap_async, wrap_sync
@@ -229,7 +229,7 @@ class Executor:
     def __init__(
         self,
         app: App,
-        thread_pool: concurrent.futures.ThreadPoolExecutor,
+        thread_pool: TaskThreads,
         process_pool: ProcessPool | None = None,
         progress: ProgressSink | None = None,
     ) -> None:
@@ -242,7 +242,7 @@ class Executor:
         self.transactional = transactional.TransactionalConnections(app)
         # Threads of sync tasks that outlived their timeout: they still occupy a thread, so the
         # worker counts them against its free slots until they return.
-        self.overrunning_threads: set[concurrent.futures.Future[Any]] = set()
+        self.overrunning_threads: set[TaskCall] = set()
 
     async def run(
         self, job: ClaimedJob, cancel_event: CancelFlag | None = None
@@ -297,13 +297,13 @@ class Executor:
                 return await coro
             return await self._with_timeout(task, asyncio.ensure_future(_contained(coro)))
         call = sync_call(task, job, cancel_event, self.transactional, connection, self.progress)
-        future = self.thread_pool.submit(_contained_sync(call))
+        handed = self.thread_pool.submit(_contained_sync(call))
         try:
-            return await self._with_timeout(task, asyncio.wrap_future(future))
+            return await self._with_timeout(task, handed.future)
         except (TaskTimeout, asyncio.CancelledError):
-            if not future.done():
-                self.overrunning_threads.add(future)
-                future.add_done_callback(self.overrunning_threads.discard)
+            if not handed.finished:
+                self.overrunning_threads.add(handed)
+                handed.add_finished_callback(self.overrunning_threads.discard)
             raise
 
     @staticmethod

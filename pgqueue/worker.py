@@ -19,7 +19,6 @@ the fleet's rescuer returns the jobs once this process's lock is gone.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import random
@@ -27,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +36,11 @@ from pgqueue import queries, signals
 from pgqueue._connection import HOT_PATH_SETTINGS, ConnectionLane, ReconnectingConnection
 from pgqueue._names import NOTIFY_CANCEL, NOTIFY_ENQUEUED
 from pgqueue._pooling import probe_pooling
+from pgqueue._task_threads import TaskThreads
 from pgqueue.app import App
 from pgqueue.claim import Claim, ClaimSignal, Position, claim_jobs, rewind
 from pgqueue.complete import Completer, write_outcomes_and_claim
-from pgqueue.config import WorkerSettings
+from pgqueue.config import WorkerSettings, default_concurrency
 from pgqueue.context import CancelFlag
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable
 from pgqueue.execute import Executor
@@ -151,7 +152,12 @@ class Worker:
     def __init__(self, app: App, settings: WorkerSettings | None = None) -> None:
         self.app = app
         app.set_as_current()  # shared tasks its jobs enqueue go through the worker's App
-        self.settings = settings or WorkerSettings()
+        settings = settings or WorkerSettings()
+        # Jobs run at once: as given, else chosen from the app's tasks (config.py says how).
+        self.concurrency: int = settings.concurrency or default_concurrency(
+            app.tasks.values(), settings.pool
+        )
+        self.settings = replace(settings, concurrency=self.concurrency)
         self.queues = self.settings.queues or app.queues()
         self.running: dict[int, asyncio.Task[None]] = {}
         # Per running job: set when its cancellation is requested (JobContext reads it).
@@ -173,7 +179,7 @@ class Worker:
         self._full_claim_seconds = 0.0  # how long the last claim with a full read took
         # A claim takes at most half the slots, so that the next claim's round trip overlaps
         # with running the jobs of the last one instead of waiting for them all to finish.
-        self._claim_limit = max(1, (self.settings.concurrency + 1) // 2)
+        self._claim_limit = max(1, (self.concurrency + 1) // 2)
         self.forced = False
         self.crashed = False
         self._stop_count = 0
@@ -261,7 +267,7 @@ class Worker:
         self.presence = Presence(
             settings.name,
             self.queues,
-            settings.concurrency,
+            self.concurrency,
             on_new_registration=self._on_new_registration_threadsafe,
             pool=settings.pool,
             on_fleet=self._signal.set_fleet,
@@ -294,16 +300,14 @@ class Worker:
                 "could not register the worker: "
                 + (_one_line(self.notifier.failure) if self.notifier.failure else "timed out")
             )
-        self.thread_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=settings.concurrency, thread_name_prefix="pgqueue-task"
-        )
+        self.thread_pool = TaskThreads(self.concurrency, name_prefix="pgqueue-task")
         self.process_pool: ProcessPool | None = None
         if settings.pool == "process":
             # multiprocessing's import is paid by the workers that use it, not by every one.
             from pgqueue.process_pool import ProcessPool
 
             assert settings.app_path is not None
-            self.process_pool = ProcessPool(self.app, settings.app_path, settings.concurrency)
+            self.process_pool = ProcessPool(self.app, settings.app_path, self.concurrency)
             self.process_pool.progress_interval = settings.progress_interval
             try:
                 await self.process_pool.start()
@@ -318,7 +322,7 @@ class Worker:
             self.presence.name,
             self.presence.worker_id,
             ",".join(self.queues),
-            settings.concurrency,
+            self.concurrency,
             settings.pool,
         )
         if signals.worker_ready.receivers:
@@ -519,7 +523,7 @@ class Worker:
 
     def free_slots(self) -> int:
         busy = len(self.running) + len(self._abandoned) + len(self.executor.overrunning_threads)
-        return self.settings.concurrency - busy
+        return self.concurrency - busy
 
     async def _claim_loop(self) -> None:
         backoff = 0.1
@@ -1081,7 +1085,7 @@ class Worker:
     async def _rest(self) -> None:
         """Once no job has run for REST_AFTER seconds, close the connections the tasks
         opened (a task that needs one again opens it anew)."""
-        if self._at_rest or self.free_slots() < self.settings.concurrency or self.running:
+        if self._at_rest or self.free_slots() < self.concurrency or self.running:
             return
         if time.monotonic() - self._busy_at < REST_AFTER:
             return

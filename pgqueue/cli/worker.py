@@ -202,8 +202,9 @@ def register(sub: Any, parents: Parents) -> None:
         "--concurrency",
         "-c",
         type=int,
-        default=10,
-        help="jobs run at once: threads for sync tasks, slots for async ones (default: 10)",
+        default=None,
+        help="jobs run at once: threads for sync tasks, slots for async ones (default: 100 "
+        "when all the app's tasks are async and none transactional, else 10)",
     )
     worker.add_argument(
         "--shutdown-timeout",

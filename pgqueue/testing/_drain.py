@@ -10,7 +10,6 @@ commits, retries follow the task's policy, and jobs enqueued by jobs are run in 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pgqueue import _json, queries
+from pgqueue._task_threads import TaskThreads
 from pgqueue.claim import Claim, claim_params, read_claim
 from pgqueue.complete import write_outcomes_sync
 from pgqueue.enqueue import translate_error
@@ -260,9 +260,7 @@ def drain(
                 if task is not None and task.is_async:
                     if loop is None:
                         loop = asyncio.new_event_loop()
-                        executor = Executor(
-                            app, concurrent.futures.ThreadPoolExecutor(1), progress=state.progress
-                        )
+                        executor = Executor(app, TaskThreads(1), progress=state.progress)
                     assert executor is not None
                     outcome = loop.run_until_complete(executor.run(job))
                 else:
@@ -289,7 +287,7 @@ async def adrain(
     """Async twin of `drain()`, for async tests: async tasks run on the running event loop
     (sync tasks, and the claims and outcomes, block it while they run, as a test can afford)."""
     state = _Drain(app, queues, retry_now, max_wait, max_rounds)
-    executor = Executor(app, concurrent.futures.ThreadPoolExecutor(1), progress=state.progress)
+    executor = Executor(app, TaskThreads(1), progress=state.progress)
     try:
         while True:
             jobs = state.claim()

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 import pgqueue
-from pgqueue.config import WorkerSettings, hide_password, parse_queues, resolve_dsn
+from pgqueue.config import (
+    ASYNC_CONCURRENCY,
+    SYNC_CONCURRENCY,
+    WorkerSettings,
+    default_concurrency,
+    hide_password,
+    parse_queues,
+    resolve_dsn,
+)
 
 ARG = "postgresql://arg@host/a"
 PGQUEUE = "postgresql://pgqueue@host/p"
@@ -62,7 +70,7 @@ def test_app_does_not_touch_the_database_until_asked() -> None:
 
 def test_worker_settings_defaults_are_valid() -> None:
     settings = WorkerSettings()
-    assert settings.concurrency >= 1
+    assert settings.concurrency is None  # chosen from the app's tasks when the worker starts
     assert settings.heartbeat_timeout > 2 * settings.heartbeat_interval
 
 
@@ -187,3 +195,32 @@ def test_the_cli_given_a_bad_dsn_never_shows_its_password(
     assert "error" in shown
     for piece in _fragments(secret):
         assert piece not in shown, shown
+
+
+def test_default_concurrency_is_high_only_for_apps_of_plain_async_tasks() -> None:
+    app = pgqueue.App("postgresql://nobody@127.0.0.1:1/none")
+
+    @app.task
+    async def fetch() -> None: ...
+
+    assert default_concurrency(app.tasks.values()) == ASYNC_CONCURRENCY
+    # Sync tasks given to a process pool would get one child process per slot.
+    assert default_concurrency(app.tasks.values(), "process") == SYNC_CONCURRENCY
+
+    @app.task(transactional=True)
+    async def record() -> None: ...
+
+    # Each running transactional job holds a database connection.
+    assert default_concurrency(app.tasks.values()) == SYNC_CONCURRENCY
+
+    sync_app = pgqueue.App("postgresql://nobody@127.0.0.1:1/none")
+
+    @sync_app.task
+    def send() -> None: ...
+
+    @sync_app.task
+    async def notify() -> None: ...
+
+    # A sync job runs on a thread that holds what its code holds (a connection, say).
+    assert default_concurrency(sync_app.tasks.values()) == SYNC_CONCURRENCY
+    assert default_concurrency([]) == SYNC_CONCURRENCY
