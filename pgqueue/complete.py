@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,9 @@ def _one_line(exc: BaseException) -> str:
 _RETRY_CLASSES = ("08", "40", "53", "58")
 _RETRY_STATES = frozenset({"57P01", "57P02", "57P03", "55P03", "25006"})
 UNIQUE_VIOLATION = "23505"
+# How long outcomes wait for the claim that was to take them along before they are written on
+# their own (the claimer is held up: no heartbeat, a reconnect).
+RIDE_WAIT = 0.05
 
 
 def _cannot_write_now(exc: Exception, conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -165,6 +168,10 @@ class Completer:
         # and the curious.
         self.rides = 0
         self.failed_rides = 0
+        # Whether a claim is coming that will take the pending outcomes along (the worker
+        # says; never, for a completer on its own), and set when a claim took some.
+        self.claim_coming: Callable[[], bool] = lambda: False
+        self._taken = asyncio.Event()
         self._has_work = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -195,6 +202,7 @@ class Completer:
         riders = self._pending[: self._batch_size]
         del self._pending[: len(riders)]
         self._riding = riders
+        self._taken.set()
         return riders
 
     def riders_written(self, applied: set[int]) -> None:
@@ -230,9 +238,20 @@ class Completer:
                 self._has_work.clear()
                 await self._has_work.wait()
                 continue
-            # One step of the loop first: a claimer woken by the same jobs' ends takes its
-            # turn first and these outcomes along with its claim, in one round trip.
-            await asyncio.sleep(0)
+            if self._riders_welcome and not self._closed and self.claim_coming():
+                # A claim is on its way (the worker claims again as these jobs' slots free):
+                # it takes these outcomes along, in its round trip. Should none come within
+                # RIDE_WAIT (the claimer is held up), they are written on their own.
+                self._taken.clear()
+                try:
+                    await asyncio.wait_for(self._taken.wait(), RIDE_WAIT)
+                    continue
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                # One step of the loop first: a claimer woken by the same jobs' ends takes its
+                # turn first.
+                await asyncio.sleep(0)
             batch: list[Outcome] = []
             conn: psycopg.AsyncConnection[Any] | None = None
             try:

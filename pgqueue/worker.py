@@ -107,6 +107,8 @@ FULL_CLAIM_SHARE = 10
 # Positions kept per queue (one per priority claimed from); past this, the lowest priorities
 # are read from their start.
 MAX_POSITIONS_PER_QUEUE = 16
+# A claim takes up to this many jobs even when that is more than half the slots (see Worker).
+MIN_CLAIM_LIMIT = 10
 # A pruning pass deletes at most this many batches, so that rescues are never held up for
 # long; a pass that hits the limit is followed by another at the next maintenance pass (every
 # second), so pruning keeps up with thousands of jobs a second.
@@ -178,8 +180,12 @@ class Worker:
         self._full_claim_at: dict[str, float] = {}
         self._full_claim_seconds = 0.0  # how long the last claim with a full read took
         # A claim takes at most half the slots, so that the next claim's round trip overlaps
-        # with running the jobs of the last one instead of waiting for them all to finish.
-        self._claim_limit = max(1, (self.concurrency + 1) // 2)
+        # with running the jobs of the last one instead of waiting for them all to finish;
+        # but up to MIN_CLAIM_LIMIT (all the slots of a smaller worker), since each round trip
+        # carries a claim and the outcomes before it: at 10 slots, claims of 5 left a worker
+        # of short jobs waiting on round trips (4,700 jobs/s against 7,400 with claims of 10;
+        # at 100 slots, claims of 50 did better than 100).
+        self._claim_limit = max(min(self.concurrency, MIN_CLAIM_LIMIT), (self.concurrency + 1) // 2)
         self.forced = False
         self.crashed = False
         self._stop_count = 0
@@ -187,6 +193,7 @@ class Worker:
         # (or given back): its jobs are this worker's even though it does not run them yet.
         self._claim_in_flight = False
         self._claims_paused = False
+        self._last_claim_full = False  # the last claim took all it asked for
         # What this worker did, for pgqueue_stats and its Prometheus endpoint.
         self.observations = Observations()
         # The app's tasks with fleet-wide limits, claimed by their own claim (pgqueue.limits)
@@ -340,6 +347,8 @@ class Worker:
         )
         self._claim_conn = self._connection.lane(None)
         self.completer = Completer(self._connection.lane(None), settings.completion_batch_size)
+        # After a full claim, each job's end wakes the claimer, whose claim takes the outcomes.
+        self.completer.claim_coming = lambda: self._last_claim_full and self.free_slots() > 0
         self.progress_writer = ProgressWriter(
             self._connection.lane(None), loop, settings.progress_interval
         )
