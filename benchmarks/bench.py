@@ -267,9 +267,10 @@ def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
     claim_and_end = CLAIM_100.format(changes="finished_at = now()")
     # One statement a batch: the last batch marked done and the next claimed, as the worker's
     # outcomes ride with its claim (one round trip, one transaction).
+    assert claim.startswith("WITH ")
     end_and_claim = (
         "WITH done AS (UPDATE pgqueue_jobs SET status = 'succeeded', finished_at = now()"
-        " WHERE id = ANY(%s)) " + claim
+        " WHERE id = ANY(%s)), " + claim.removeprefix("WITH ")
     )
     rates = {}
     for name in ("two_statements", "one_round_trip", "one_statement"):

@@ -216,7 +216,9 @@ def register(sub: Any, parents: Parents) -> None:
         "--poll-interval",
         type=float,
         default=1.0,
-        help="seconds between polls when no NOTIFY arrives; a fallback only (default: 1)",
+        help="seconds between polls when no NOTIFY arrives; a fallback only (default: 1; "
+        "more than 4 workers serving a queue share their polls: each polls every fleet/4 "
+        "intervals)",
     )
     worker.add_argument(
         "--progress-interval",
