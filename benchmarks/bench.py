@@ -315,8 +315,20 @@ def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
 
 # The drain configurations measured: (task, pool, concurrency); the last is pgqueue's fastest,
 # the one compared with the peers.
-DRAINS = (("noop", "thread", 10), ("anoop", "thread", 50), ("anoop", "thread", 200))
+# (task, pool, concurrency, log level); the last is pgqueue's best configuration (issue 17:
+# async tasks, 200 slots, no per-job INFO line), the one compared with the ceiling and peers.
+DRAINS = (
+    ("noop", "thread", 10, "INFO"),
+    ("anoop", "thread", 50, "INFO"),
+    ("anoop", "thread", 200, "INFO"),
+    ("anoop", "thread", 200, "WARNING"),
+)
 FASTEST_DRAIN = DRAINS[-1]
+
+
+def drain_name(task: str, pool: str, concurrency: int, log_level: str) -> str:
+    suffix = "" if log_level == "INFO" else f"_{log_level.lower()}"
+    return f"drain_{task}_{pool}_c{concurrency}{suffix}"
 
 
 def drain(
@@ -328,6 +340,7 @@ def drain(
     ceiling: float,
     results: Results,
     logs: Path,
+    log_level: str = "INFO",
 ) -> None:
     """One worker process empties n queued no-op jobs (queued before it starts)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -338,17 +351,20 @@ def drain(
             enqueue_noops(tx, n, task)
         worker = Worker(
             dsn,
-            logs / f"drain-{task}-{pool}.log",
+            logs / f"drain-{task}-{pool}-{concurrency}-{log_level}.log",
             "--concurrency",
             str(concurrency),
             "--pool",
             pool,
+            "--log-level",
+            log_level,
+            wait_ready=log_level == "INFO",  # a WARNING worker writes no ready line
         )
         seconds = drain_seconds(conn, worker, n)
         after, wal_after = settled_stats(conn), wal_lsn(conn)
         rate = n / seconds
         results.add(
-            f"drain_{task}_{pool}_c{concurrency}",
+            drain_name(task, pool, concurrency, log_level),
             jobs=n,
             jobs_per_s=rate,
             vs_ceiling=rate / ceiling,
@@ -371,14 +387,14 @@ def fastest_against_ceiling(dsn: str, n: int, results: Results, logs: Path, roun
     """The fastest drain and the ceiling again, in alternating pairs, until there are
     `rounds` pairs; its figures become the medians. The machine's speed drifts from one
     minute to the next, and one pair's ratio moved by 20% between runs."""
-    task, pool, concurrency = FASTEST_DRAIN
-    name = f"drain_{task}_{pool}_c{concurrency}"
+    task, pool, concurrency, log_level = FASTEST_DRAIN
+    name = drain_name(*FASTEST_DRAIN)
     figure = results.figures[name]
     pairs = [(figure["jobs_per_s"], results.figures["bare_sql_ceiling"]["jobs_per_s"])]
     while len(pairs) < rounds:
         scratch = Results()
         ceiling = bare_sql_ceiling(dsn, n, scratch)
-        drain(dsn, n, concurrency, pool, task, ceiling, scratch, logs)
+        drain(dsn, n, concurrency, pool, task, ceiling, scratch, logs, log_level)
         pairs.append((scratch.figures[name]["jobs_per_s"], ceiling))
     figure["rounds"] = [
         {"jobs_per_s": rate, "ceiling_per_s": ceiling, "vs_ceiling": rate / ceiling}
@@ -699,8 +715,8 @@ def main() -> int:
         )
         if "drain" in only:
             ceiling = bare_sql_ceiling(dsn, n, results)
-            for task, pool, concurrency in DRAINS:
-                drain(dsn, n, concurrency, pool, task, ceiling, results, logs)
+            for task, pool, concurrency, log_level in DRAINS:
+                drain(dsn, n, concurrency, pool, task, ceiling, results, logs, log_level)
             if not args.quick:
                 fastest_against_ceiling(dsn, n, results, logs, rounds=3)
         if "enqueue" in only:
@@ -716,11 +732,12 @@ def main() -> int:
         if {"peers", "drain", "enqueue"} <= only:
             import side_by_side
 
-            task, pool, concurrency = FASTEST_DRAIN
+            task, pool, concurrency, log_level = FASTEST_DRAIN
             ours = {
-                "drain_per_s": results.figures[f"drain_{task}_{pool}_c{concurrency}"]["jobs_per_s"],
+                "drain_per_s": results.figures[drain_name(*FASTEST_DRAIN)]["jobs_per_s"],
                 "bulk_per_s": results.figures["enqueue_bulk"]["jobs_per_s"],
-                "settings": f"pgqueue worker --concurrency {concurrency} --pool {pool}, "
+                "settings": f"pgqueue worker --concurrency {concurrency} --pool {pool} "
+                f"--log-level {log_level}, "
                 f"{'async' if task.startswith('a') else 'sync'} task, delay_many",
             }
             results.figures["side_by_side"] = side_by_side.run(

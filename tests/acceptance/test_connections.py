@@ -10,6 +10,7 @@ enqueue wakes WAKE_FANOUT of the idle workers that serve its queue, not all of t
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import socket
 import urllib.request
@@ -86,7 +87,9 @@ def test_a_worker_holds_two_connections_at_rest_whatever_its_concurrency(
 
 def _free_ports(count: int) -> int:
     """A port P such that P..P+count-1 are free now."""
-    for base in range(20_000, 30_000, count):
+    # From a random start: two test runs side by side (CI runs two) must not pick the same.
+    start = random.randrange(20_000, 50_000)
+    for base in range(start, start + 10_000, count):
         try:
             with contextlib.ExitStack() as stack:
                 for port in range(base, base + count):
