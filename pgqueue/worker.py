@@ -1111,6 +1111,8 @@ class Worker:
 
     async def _write_stats(self, conn: ConnectionLane) -> None:
         """Write the outcome rollup; a failure keeps the counts for the next write."""
+        if not self.observations.unwritten:
+            return  # no turn on the shared connection for nothing
         try:
             async with conn.use(usual_planning=True) as db:
                 await self.observations.flush(db)
