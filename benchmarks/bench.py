@@ -112,6 +112,20 @@ def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
     return row[0]
 
 
+def machine(conn: psycopg.Connection[Any], **extra: Any) -> dict[str, Any]:
+    """What a run's figures were measured on, printed and returned for its JSON."""
+    described = {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "postgres": scalar(conn, "SHOW server_version"),
+        **extra,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_average": os.getloadavg(),
+    }
+    print("machine:", json.dumps(described), flush=True)
+    return described
+
+
 def table_stats(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Row counters of the hot table (queued and running jobs), and the finished table's size."""
     conn.execute("SELECT pg_stat_clear_snapshot()")

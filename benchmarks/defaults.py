@@ -26,8 +26,6 @@ import argparse
 import importlib
 import importlib.util
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -43,7 +41,7 @@ sys.path.insert(0, str(HERE))
 import bench_async_tasks  # noqa: E402
 import bench_tasks  # noqa: E402
 import peers  # noqa: E402
-from bench import Worker, fresh_database, reset, scalar, server_dsn  # noqa: E402
+from bench import Worker, fresh_database, machine, reset, scalar, server_dsn  # noqa: E402
 
 # name: (app module, task, extra worker flags); None for PgQueuer.
 CONFIGURATIONS: dict[str, tuple[str, str, tuple[str, ...]] | None] = {
@@ -129,14 +127,7 @@ def main() -> int:
     server = server_dsn()
     figures: dict[str, list[float]] = {name: [] for name in names}
     with fresh_database(server) as dsn, psycopg.connect(dsn) as conn:
-        machine = {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "postgres": scalar(conn, "SHOW server_version"),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "load_average_before": os.getloadavg(),
-        }
-        print("machine:", json.dumps(machine), flush=True)
+        described = machine(conn)
         bench_tasks.app.set_dsn(dsn)
         bench_async_tasks.app.set_dsn(dsn)
         for round_ in range(rounds):
@@ -174,7 +165,7 @@ def main() -> int:
     args.output.write_text(
         json.dumps(
             {
-                "machine": machine,
+                "machine": described,
                 "jobs": jobs,
                 "figures": figures,
                 "medians": medians,

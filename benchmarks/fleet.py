@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -44,44 +43,41 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import bench_tasks  # noqa: E402
-from bench import fresh_database, scalar, server_dsn  # noqa: E402
+from bench import fresh_database, machine, scalar, server_dsn  # noqa: E402
 
 from tests.servers import PgBouncer  # noqa: E402
 
 CLAIMS = re.compile(r"^pgqueue_claims_total (\S+)$", re.M)
 
 
-def _clock_ticks() -> dict[int, int]:
-    """CPU time (clock ticks) of every PostgreSQL process of the machine, by pid."""
-    ticks = {}
+def _processes() -> list[tuple[int, int, str, int]]:
+    """(pid, parent pid, name, CPU clock ticks so far) of every process alive now."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
         except OSError:
-            continue
+            continue  # it ended meanwhile
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        if name.startswith("postgres") or name.startswith("postmaster"):
-            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
-    return ticks
+        found.append((int(entry.name), int(fields[1]), name, int(fields[11]) + int(fields[12])))
+    return found
+
+
+def _clock_ticks() -> dict[int, int]:
+    """CPU time (clock ticks) of every PostgreSQL process of the machine, by pid."""
+    return {
+        pid: ticks
+        for pid, _, name, ticks in _processes()
+        if name.startswith(("postgres", "postmaster"))
+    }
 
 
 def _tree_ticks(root: int) -> int:
     """CPU time (clock ticks) of a process and its children (those alive now)."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(entry.name) == root or int(fields[1]) == root:
-            total += int(fields[11]) + int(fields[12])
-    return total
+    return sum(ticks for pid, parent, _, ticks in _processes() if root in (pid, parent))
 
 
 def _cpu_share(before: dict[int, int], after: dict[int, int], seconds: float) -> float:
@@ -129,15 +125,7 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     ports = range(args.metrics_port, args.metrics_port + args.workers)
     with fresh_database(server_dsn()) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
-        machine = {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "postgres": scalar(conn, "SHOW server_version"),
-            "max_connections": int(scalar(conn, "SHOW max_connections")),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "load_average": os.getloadavg(),
-        }
-        print("machine:", json.dumps(machine), flush=True)
+        described = machine(conn, max_connections=int(scalar(conn, "SHOW max_connections")))
         bouncer = PgBouncer(dsn, "transaction", pool_size=args.pool_size)
         log = (logs / "fleet.log").open("wb")
         supervisor: subprocess.Popen[bytes] | None = None
@@ -261,7 +249,7 @@ def main() -> int:
             bouncer.stop()
             bench_tasks.app.close()
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": machine, "figures": figures}, indent=2))
+    args.output.write_text(json.dumps({"machine": described, "figures": figures}, indent=2))
     print(f"written to {args.output}")
     return 1 if figures["succeeded"] != args.jobs or figures["left"] else 0
 

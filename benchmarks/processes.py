@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bench_tasks  # noqa: E402
-from bench import Worker, drain_seconds, fresh_database, reset, scalar, server_dsn  # noqa: E402
+from bench import Worker, drain_seconds, fresh_database, machine, reset, server_dsn  # noqa: E402
 
 
 def drain(dsn: str, task: str, jobs: int, burn: int, processes: int, logs: Path) -> float:
@@ -60,14 +57,7 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Any] = {}
     with fresh_database(server_dsn()) as dsn, psycopg.connect(dsn) as conn:
-        machine = {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "postgres": scalar(conn, "SHOW server_version"),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "load_average": os.getloadavg(),
-        }
-        print("machine:", json.dumps(machine), flush=True)
+        described = machine(conn)
         bench_tasks.app.set_dsn(dsn)
         for task, jobs in (("noop", args.noop_jobs), ("burn", args.burn_jobs)):
             ratios, alone, several = [], [], []
@@ -92,7 +82,7 @@ def main() -> int:
             print(f"{task}: median {statistics.median(ratios):.2f}x", flush=True)
         bench_tasks.app.close()
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"machine": machine, "figures": figures}, indent=2))
+    args.output.write_text(json.dumps({"machine": described, "figures": figures}, indent=2))
     print(f"written to {args.output}")
     return 0
 
