@@ -55,8 +55,7 @@ class ReconnectingConnection:
     one loop holds it, the others wait their turn, so that no statement of one lands inside
     another's transaction. `reset()` closes it after an error, between two turns, so that the
     next `use()` starts afresh (and calls `on_lost()` if it had been made); `close()` closes it
-    for good. `lane(on_lost)` is the same connection for one more loop, which reports its own
-    losses.
+    for good. `lane()` is the same connection for one more loop.
     """
 
     def __init__(
@@ -69,12 +68,9 @@ class ReconnectingConnection:
         self._lock = asyncio.Lock()
 
     def lane(self, on_lost: Callable[[], None] | None = None) -> ConnectionLane:
+        """The connection for one more loop (which reports its losses to `on_lost`, else to
+        the connection's own)."""
         return ConnectionLane(self, on_lost)
-
-    @property
-    def open(self) -> bool:
-        """Whether the connection is made (and not known to be broken)."""
-        return self._conn is not None and not self._conn.closed and not self._conn.broken
 
     @contextlib.asynccontextmanager
     async def use(self, *, usual_planning: bool = False) -> AsyncIterator[AsyncConn]:

@@ -345,12 +345,12 @@ class Worker:
         self._connection = ReconnectingConnection(
             self.app, hot_path_settings, on_lost=lambda: observations.connection_lost("shared")
         )
-        self._claim_conn = self._connection.lane(None)
-        self.completer = Completer(self._connection.lane(None), settings.completion_batch_size)
+        self._claim_conn = self._connection.lane()
+        self.completer = Completer(self._connection.lane(), settings.completion_batch_size)
         # After a full claim, each job's end wakes the claimer, whose claim takes the outcomes.
         self.completer.claim_coming = lambda: self._last_claim_full and self.free_slots() > 0
         self.progress_writer = ProgressWriter(
-            self._connection.lane(None), loop, settings.progress_interval
+            self._connection.lane(), loop, settings.progress_interval
         )
         self.executor.progress = self.progress_writer
         if self.process_pool is not None:
@@ -999,7 +999,7 @@ class Worker:
     async def _maintenance_loop(self) -> None:
         """Rescues, expiries, missed cancel requests and pruning every `rescue_interval`, and
         the outcome rollup written at least every STATS_FLUSH_INTERVAL; until stopped."""
-        conn = self._connection.lane(None)
+        conn = self._connection.lane()
         began = time.monotonic()
         next_pass = began
         next_stats_prune = began
