@@ -1131,7 +1131,7 @@ class Worker:
             await conn.reset()
 
     async def _write_last_stats(self) -> None:
-        """At exit: write what the maintenance loop has not (on the claim connection, idle
+        """At exit: write what the maintenance loop has not (on the shared connection, idle
         now)."""
         for last_try in (False, True):
             if not self.observations.unwritten:
@@ -1146,7 +1146,7 @@ class Worker:
                         self.observations.unwritten,
                         _one_line(exc),
                     )
-                # The claim connection may have been lost while idle: once more on a new one.
+                # The shared connection may have been lost while idle: once more on a new one.
                 await self._claim_conn.reset()
 
     async def _give_back_strays(self, conn: ConnectionLane) -> None:
