@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from pgqueue.app import App
 
 
-# For the connections that claim jobs and write outcomes: every statement they run has one
+# For the connection that claims jobs and writes outcomes: every statement it runs there has one
 # good plan, ordered or primary-key index scans of pgqueue_jobs, and these settings leave the
 # planner no other. The hot table's statistics are usually taken while it is nearly empty
 # (autovacuum analyses a drained queue); on them the planner took a 20,000-job backlog for a
