@@ -189,9 +189,6 @@ class Worker:
         self.forced = False
         self.crashed = False
         self._stop_count = 0
-        # Set while a claim statement is sent and until its jobs are recorded in `running`
-        # (or given back): its jobs are this worker's even though it does not run them yet.
-        self._claim_in_flight = False
         self._claims_paused = False
         self._last_claim_full = False  # the last claim took all it asked for
         # What this worker did, for pgqueue_stats and its Prometheus endpoint.
@@ -550,7 +547,6 @@ class Worker:
                 and worker_id
                 and self._heartbeat_fresh()
             ):
-                self._claim_in_flight = True
                 riders: list[Outcome] = []
                 conn: psycopg.AsyncConnection[Any] | None = None
                 try:
@@ -581,7 +577,6 @@ class Worker:
                     if full_read:
                         self._full_claim_seconds = time.monotonic() - began
                 except DATABASE_TROUBLE as exc:
-                    self._claim_in_flight = False
                     if riders:
                         # Nothing of the round trip committed: the completer writes those
                         # outcomes on its own, and finds out whether one is at fault.
@@ -596,40 +591,34 @@ class Worker:
                     backoff = min(backoff * 2, 1.0)
                     continue
                 except BaseException:
-                    self._claim_in_flight = False
                     if riders:
                         self.completer.riders_failed()
                     raise
-                try:
-                    backoff = 0.1
-                    self.observations.claimed(claim.taken)
-                    self._advance_positions(claim.last)
-                    for failed in claim.unreadable:
-                        self._log_outcome(failed, 0.0)
-                        self.observations.attempt_ended(
-                            failed.job.queue, failed.job.task_name, "failed", failed.job.wait, 0.0
-                        )
-                        self.completer.submit(failed)
-                        if signals.live:
-                            signals.attempt_ended(self.app, failed, 0.0)
-                    for job_id, task_name in claim.ended:
-                        logger.info(
-                            "job %d %s ended CANCELLED before it could run", job_id, task_name
-                        )
-                    if self._stopping.is_set():
-                        await self._release_unstarted(claim.jobs)
-                        break
-                    if self.presence.worker_id != worker_id:
-                        # The worker registered again while this claim was on its way; made
-                        # under an id that may be gone, its jobs are given back unstarted.
-                        await self._release_unstarted(claim.jobs)
-                        continue
-                    self._last_claim_full = claim.taken == limit
-                    want_claim = self._last_claim_full
-                    for job in claim.jobs:
-                        self._start(job, worker_id)
-                finally:
-                    self._claim_in_flight = False
+                backoff = 0.1
+                self.observations.claimed(claim.taken)
+                self._advance_positions(claim.last)
+                for failed in claim.unreadable:
+                    self._log_outcome(failed, 0.0)
+                    self.observations.attempt_ended(
+                        failed.job.queue, failed.job.task_name, "failed", failed.job.wait, 0.0
+                    )
+                    self.completer.submit(failed)
+                    if signals.live:
+                        signals.attempt_ended(self.app, failed, 0.0)
+                for job_id, task_name in claim.ended:
+                    logger.info("job %d %s ended CANCELLED before it could run", job_id, task_name)
+                if self._stopping.is_set():
+                    await self._release_unstarted(claim.jobs)
+                    break
+                if self.presence.worker_id != worker_id:
+                    # The worker registered again while this claim was on its way; made
+                    # under an id that may be gone, its jobs are given back unstarted.
+                    await self._release_unstarted(claim.jobs)
+                    continue
+                self._last_claim_full = claim.taken == limit
+                want_claim = self._last_claim_full
+                for job in claim.jobs:
+                    self._start(job, worker_id)
                 if idle and self._last_claim_full:
                     # Woken for a queue with more jobs than one claim takes: wake others.
                     await self._reannounce(claim)
@@ -1154,21 +1143,21 @@ class Worker:
         claim committed, but its reply was lost with the connection. Only jobs claimed more
         than STRAY_AGE seconds ago count, so a claim whose reply is on its way is never one."""
         worker_id = self.presence.worker_id
-        # A claim on its way may hold jobs the worker does not run yet, however long its reply
-        # takes: look again at the next check. (A claim sent after the read below cannot
-        # return a job the read saw running.)
-        if worker_id is None or self._claim_in_flight:
+        if worker_id is None:
             return
         try:
+            # In one turn on the shared connection, which a claim holds from its statement to
+            # its reply: no claim is under way meanwhile, and the jobs of every claim whose
+            # reply came are in `running` already (the claimer records them before it next
+            # yields). A held job the worker does not know was claimed by a claim whose reply
+            # was lost. (One the claimer is giving back at this moment may be given back
+            # twice: the second finds it queued, and does nothing.)
             async with conn.use(usual_planning=True) as db:
                 held = await jobs_held_by(db, worker_id, STRAY_AGE)
-            if self._claim_in_flight:
-                return
-            known = set(self.running) | self.completer.pending_ids()
-            strays = [(job_id, lease) for job_id, lease in held if job_id not in known]
-            if not strays:
-                return
-            async with conn.use() as db:
+                known = set(self.running) | self.completer.pending_ids()
+                strays = [(job_id, lease) for job_id, lease in held if job_id not in known]
+                if not strays:
+                    return
                 await db.execute(
                     queries.RELEASE_UNSTARTED,
                     {"ids": [j for j, _ in strays], "leases": [lease for _, lease in strays]},
