@@ -66,10 +66,15 @@ UNIQUE_VIOLATION = "23505"
 RIDE_WAIT = 0.05
 
 
-def _cannot_write_now(exc: Exception, conn: psycopg.AsyncConnection[Any]) -> bool:
-    """Whether `exc`, raised writing outcomes on `conn`, says the database cannot take writes
-    for now (retry the same outcomes later) rather than refusing these outcomes."""
-    if conn.broken or isinstance(exc, (psycopg.InterfaceError, DatabaseUnavailable)):
+def cannot_write_now(exc: BaseException, conn: psycopg.AsyncConnection[Any] | None) -> bool:
+    """Whether `exc`, raised writing outcomes on `conn` (None: before it was made), says the
+    database cannot take writes for now (retry the same outcomes later, on a new connection)
+    rather than refusing these outcomes."""
+    if (
+        conn is None
+        or conn.broken
+        or isinstance(exc, (psycopg.InterfaceError, DatabaseUnavailable))
+    ):
         return True
     if not isinstance(exc, psycopg.Error):
         return False  # nothing was sent: the document could not be built
@@ -266,7 +271,7 @@ class Completer:
                 # Until these are written, none ride with a claim: the pending list is this
                 # loop's to rearrange (see _refused).
                 self._riders_welcome = False
-                if conn is None or _cannot_write_now(exc, conn):
+                if cannot_write_now(exc, conn):
                     logger.warning(
                         "could not write %d job outcome(s), retrying in %.1fs: %s",
                         len(batch),

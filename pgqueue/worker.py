@@ -39,7 +39,7 @@ from pgqueue._pooling import probe_pooling
 from pgqueue._task_threads import TaskThreads
 from pgqueue.app import App
 from pgqueue.claim import Claim, ClaimSignal, Position, claim_jobs, rewind
-from pgqueue.complete import Completer, write_outcomes_and_claim
+from pgqueue.complete import Completer, cannot_write_now, write_outcomes_and_claim
 from pgqueue.config import WorkerSettings, default_concurrency
 from pgqueue.context import CancelFlag
 from pgqueue.errors import ConfigurationError, DatabaseUnavailable
@@ -133,15 +133,6 @@ def _joined(first: Claim, second: Claim) -> Claim:
         second.last,
         first.unreadable + second.unreadable,
     )
-
-
-def _connection_trouble(exc: BaseException, conn: psycopg.AsyncConnection[Any] | None) -> bool:
-    """Whether `exc` came from the connection or the server's state rather than from what
-    was sent (which the same statements on a healthy connection would meet again)."""
-    if conn is None or conn.broken or conn.closed or not isinstance(exc, psycopg.Error):
-        return True
-    state = exc.sqlstate
-    return state is None or state[:2] in ("08", "40", "53", "57", "58")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -579,9 +570,10 @@ class Worker:
                 except DATABASE_TROUBLE as exc:
                     if riders:
                         # Nothing of the round trip committed: the completer writes those
-                        # outcomes on its own, and finds out whether one is at fault.
+                        # outcomes on its own, and finds out whether one is at fault. Unless the
+                        # database refused what was sent, the claim backs off as any other.
                         self.completer.riders_failed()
-                        if not _connection_trouble(exc, conn):
+                        if isinstance(exc, psycopg.Error) and not cannot_write_now(exc, conn):
                             continue
                     logger.warning(
                         "could not claim jobs, retrying in %.1fs: %s", backoff, _one_line(exc)
