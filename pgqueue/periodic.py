@@ -432,6 +432,3 @@ class Scheduler(threading.Thread):
                 if self._stop_event.is_set():
                     break
                 self._stop_event.wait(self.passes.failed(exc))
-
-    def _sleep_for(self, conn: Conn) -> float:
-        return self.passes._sleep_for(conn)

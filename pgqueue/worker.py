@@ -624,16 +624,17 @@ class Worker:
         """Announce again where the claim got to, so that the notification wakes workers
         other than those the first one did (claim.WAKE_FANOUT): the due time is moved back by
         a few microseconds, which changes who is chosen and nothing else."""
-        for queue, reached in claim.last.items():
-            priority, run_at, _ = reached[max(reached)]
-            salt = random.randint(1, 999) / 1_000_000
-            payload = f"{queue}@{run_at.timestamp() - salt:.6f}@{priority}"
-            try:
-                async with self._claim_conn.use() as conn:
-                    await conn.execute(queries.NOTIFY_ENQUEUED_PAYLOAD, {"payload": payload})
-            except DATABASE_TROUBLE as exc:  # a hint only: the poll finds the jobs anyway
-                logger.debug("could not announce queue %s again: %s", queue, _one_line(exc))
-            return
+        if not claim.last:
+            return  # jobs of limited tasks only: they are claimed by task, not announced
+        queue, reached = next(iter(claim.last.items()))
+        priority, run_at, _ = reached[max(reached)]
+        salt = random.randint(1, 999) / 1_000_000
+        payload = f"{queue}@{run_at.timestamp() - salt:.6f}@{priority}"
+        try:
+            async with self._claim_conn.use() as conn:
+                await conn.execute(queries.NOTIFY_ENQUEUED_PAYLOAD, {"payload": payload})
+        except DATABASE_TROUBLE as exc:  # a hint only: the poll finds the jobs anyway
+            logger.debug("could not announce queue %s again: %s", queue, _one_line(exc))
 
     def _start(self, job: ClaimedJob, worker_id: int) -> None:
         """Record a claimed job and start running it."""
@@ -1075,7 +1076,7 @@ class Worker:
     async def _rest(self) -> None:
         """Once no job has run for REST_AFTER seconds, close the connections the tasks
         opened (a task that needs one again opens it anew)."""
-        if self._at_rest or self.free_slots() < self.concurrency or self.running:
+        if self._at_rest or self.free_slots() < self.concurrency:  # a job still runs
             return
         if time.monotonic() - self._busy_at < REST_AFTER:
             return

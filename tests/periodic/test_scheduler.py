@@ -347,7 +347,7 @@ def test_a_schedule_no_scheduler_knows_is_reported_once_and_never_spins_it(
         assert periodic.report_unfired_schedules(conn, app, reported) == ["orphan"]
         assert periodic.report_unfired_schedules(conn, app, reported) == []
         # Its overdue fire time is not this scheduler's business: no busy loop on it.
-        assert scheduler._sleep_for(conn) == 1.0
+        assert scheduler.passes._sleep_for(conn) == 1.0
     warnings = [m for m in caplog.messages if "orphan" in m]
     assert len(warnings) == 1 and "gone.from.every.app" in warnings[0]
 
