@@ -112,6 +112,18 @@ def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
     return row[0]
 
 
+def stop_group(process: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM a process started in a session of its own; after `grace` seconds, SIGKILL its
+    whole process group (a supervisor's children too)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+
+
 def machine(conn: psycopg.Connection[Any], **extra: Any) -> dict[str, Any]:
     """What a run's figures were measured on, printed and returned for its JSON."""
     described = {
@@ -715,15 +727,11 @@ def main() -> int:
     server = server_dsn()
     results = Results()
     with fresh_database(server) as dsn, psycopg.connect(dsn) as conn:
-        results.machine = {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "postgres": scalar(conn, "SHOW server_version"),
-            "fsync": scalar(conn, "SHOW fsync"),
-            "synchronous_commit": scalar(conn, "SHOW synchronous_commit"),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        }
-        print("machine:", json.dumps(results.machine), flush=True)
+        results.machine = machine(
+            conn,
+            fsync=scalar(conn, "SHOW fsync"),
+            synchronous_commit=scalar(conn, "SHOW synchronous_commit"),
+        )
         only = set(
             args.only or ("drain", "enqueue", "latency", "cpu", "workflows", "peers", "startup")
         )

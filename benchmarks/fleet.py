@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import bench_tasks  # noqa: E402
-from bench import fresh_database, machine, scalar, server_dsn  # noqa: E402
+from bench import fresh_database, machine, scalar, server_dsn, stop_group  # noqa: E402
 
 from tests.servers import PgBouncer  # noqa: E402
 
@@ -238,13 +237,8 @@ def main() -> int:
                 "claims_per_enqueue": per_enqueue,
             }
         finally:
-            if supervisor is not None and supervisor.poll() is None:
-                supervisor.send_signal(signal.SIGTERM)
-                try:
-                    supervisor.wait(120)
-                except subprocess.TimeoutExpired:
-                    os.killpg(supervisor.pid, signal.SIGKILL)
-                    supervisor.wait(30)
+            if supervisor is not None:
+                stop_group(supervisor, 120)
             log.close()
             bouncer.stop()
             bench_tasks.app.close()

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench import server_dsn  # noqa: E402
+from bench import server_dsn, stop_group  # noqa: E402
 
 from pgqueue import migrate  # noqa: E402
 
@@ -145,13 +144,7 @@ def start_once(side: str, dsn: str, tmp: Path) -> dict[str, float]:
                 raise RuntimeError(f"{side} worker ran no job within {TIMEOUT:.0f} s:\n{output}")
             time.sleep(0.01)  # polling for the task's record; the time is the task's own
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        stop_group(process, 30)
         reader.join(5)
     latency = float(samples.read_bytes().split()[0])
     figures = {"first_job_s": sent + latency - started}
