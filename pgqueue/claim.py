@@ -1,5 +1,6 @@
 """Claiming: wait for a NOTIFY, a freed slot, a due timer or the poll tick; then claim up to the
-number of free slots in one `SELECT ... FOR UPDATE SKIP LOCKED` statement.
+number of free slots (and the room the worker keeps ahead of them, see worker.AHEAD_SECONDS)
+in one `SELECT ... FOR UPDATE SKIP LOCKED` statement.
 
 A worker reads each queue on from where its claims got to in each priority (its positions), so
 that an old snapshot's dead index entries are not stepped over at every claim (see CLAIM_JOBS).

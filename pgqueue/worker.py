@@ -1,8 +1,9 @@
 """The worker: owns the thread pool, claimer, completer, notifier and rescuer; starts and stops.
 
-One asyncio loop claims jobs (never more than free slots), runs async tasks on the loop and
-sync tasks on a thread pool, and hands each Outcome to the batch completer. A notifier thread
-keeps the LISTEN session, which also holds the worker's presence lock and heartbeat.
+One asyncio loop claims jobs (for its free slots, and a few milliseconds of short jobs ahead of
+them: see AHEAD_SECONDS), runs async tasks on the loop and sync tasks on a thread pool, and
+hands each Outcome to the batch completer. A notifier thread keeps the LISTEN session, which
+also holds the worker's presence lock and heartbeat.
 
 A worker declared lost (its session was away longer than the lock grace) learns it when its
 heartbeat or reconnect finds its row gone; it registers again, and every attempt whose job was
@@ -19,6 +20,7 @@ the fleet's rescuer returns the jobs once this process's lock is gone.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -109,6 +111,20 @@ FULL_CLAIM_SHARE = 10
 MAX_POSITIONS_PER_QUEUE = 16
 # A claim takes up to this many jobs even when that is more than half the slots (see Worker).
 MIN_CLAIM_LIMIT = 10
+# Claiming ahead: a worker whose jobs end quickly claims more than its free slots and holds the
+# rest, so that the next claim's round trip overlaps the jobs it follows instead of coming
+# after them (each slot takes its next job as it frees, with no round trip between). It holds
+# at most AHEAD_SECONDS of work, by the mean time its recent jobs ran, and never more than
+# AHEAD_PER_SLOT jobs a slot: jobs of a second or more are never held. A job held longer than
+# AHEAD_HOLD (the jobs before it turned slow) is given back to the queue for another worker.
+AHEAD_SECONDS = 0.05
+AHEAD_PER_SLOT = 4
+AHEAD_HOLD = 0.5
+# While claiming ahead, one claim takes up to this many jobs: the slots of a small worker
+# free faster than claims of their number come back.
+AHEAD_CLAIM = 50
+# How much each job's run time weighs in the mean the worker keeps (an exponential average).
+DURATION_WEIGHT = 0.2
 # A pruning pass deletes at most this many batches, so that rescues are never held up for
 # long; a pass that hits the limit is followed by another at the next maintenance pass (every
 # second), so pruning keeps up with thousands of jobs a second.
@@ -159,7 +175,7 @@ class Worker:
         # interrupt them at shutdown. Any other CancelledError is the task's own failure.
         self._cancelling: set[int] = set()
         self._interrupting: set[int] = set()
-        # Per running job: its claim, and the worker id it was claimed under.
+        # Per running or held job: its claim, and the worker id it was claimed under.
         self._claims: dict[int, ClaimedJob] = {}
         self._claimed_under: dict[int, int] = {}
         # Attempts stopped because their lease is gone, by lease: they still hold a slot
@@ -182,6 +198,13 @@ class Worker:
         self._stop_count = 0
         self._claims_paused = False
         self._last_claim_full = False  # the last claim took all it asked for
+        # Jobs claimed ahead of the free slots, oldest first, with when each was claimed
+        # (monotonic); the mean time the last jobs ran (None: nothing known, nothing held);
+        # the timer that gives back jobs held too long.
+        self._ahead: collections.deque[tuple[ClaimedJob, float]] = collections.deque()
+        self._mean_run: float | None = None
+        self._hold_check: asyncio.TimerHandle | None = None
+        self._giving_back: set[asyncio.Task[None]] = set()
         # What this worker did, for pgqueue_stats and its Prometheus endpoint.
         self.observations = Observations()
         # The app's tasks with fleet-wide limits, claimed by their own claim (pgqueue.limits)
@@ -336,7 +359,7 @@ class Worker:
         self._claim_conn = self._connection.lane()
         self.completer = Completer(self._connection.lane(), settings.completion_batch_size)
         # After a full claim, each job's end wakes the claimer, whose claim takes the outcomes.
-        self.completer.claim_coming = lambda: self._last_claim_full and self.free_slots() > 0
+        self.completer.claim_coming = lambda: self._last_claim_full and self._claim_room() > 0
         self.progress_writer = ProgressWriter(
             self._connection.lane(), loop, settings.progress_interval
         )
@@ -353,6 +376,7 @@ class Worker:
             service.add_done_callback(self._on_service_done)
         try:
             await self._claim_loop()
+            await self._give_back_ahead()
             await self._finish_running_jobs()
         finally:
             if signals.worker_shutdown.receivers:
@@ -432,9 +456,15 @@ class Worker:
 
     def _abandon(self, job: ClaimedJob) -> None:
         """Stop an attempt whose lease is gone: cancel an async task or a pool process, set a
-        sync task's cancel flag; its slot is held until it ends, and nothing is written."""
+        sync task's cancel flag; its slot is held until it ends, and nothing is written. A job
+        held ahead is dropped."""
         task = self.running.pop(job.id, None)
         if task is None:
+            if self._drop_held(job.id) is not None:
+                logger.info(
+                    "job %d %s: its lease was lost before it started; dropped", job.id,
+                    job.task_name,
+                )  # fmt: skip
             return
         flag = self.cancel_events.pop(job.id, None)
         self._forget(job.id)
@@ -470,6 +500,18 @@ class Worker:
         """
         event = self.cancel_events.get(job_id)
         task = self.running.get(job_id)
+        if task is None and event is not None:
+            held = self._drop_held(job_id)
+            if held is not None:  # held ahead: it ends CANCELLED without running
+                cancelled = Cancelled(held, simple_error("Cancelled", "cancelled on request"))
+                self._log_outcome(cancelled, 0.0)
+                self.observations.attempt_ended(
+                    held.queue, held.task_name, "cancelled", held.wait, 0.0
+                )
+                self.completer.submit(cancelled)
+                if signals.live:
+                    signals.attempt_ended(self.app, cancelled, 0.0)
+                return
         if event is None or task is None or event.is_set():
             return
         event.set()
@@ -528,11 +570,11 @@ class Worker:
         self._last_claim_full = False
         idle = True  # the last claim found nothing (or none was made yet)
         while not self._stopping.is_set():
-            free = self.free_slots()
+            room = self._claim_room()
             worker_id = self.presence.worker_id
             # Without the presence lock, claimed jobs would be rescued from under us.
             if (
-                free > 0
+                room > 0
                 and want_claim
                 and self.notifier.connected.is_set()
                 and worker_id
@@ -544,7 +586,7 @@ class Worker:
                     async with self._claim_conn.use() as conn:
                         positions, full_read = self._claim_positions(self._signal.take_rewinds())
                         began = time.monotonic()
-                        limit = min(free, self._claim_limit)
+                        limit = min(room, self._claim_size())
                         queues = self._queue_order()
                         limited = await self._claim_limited(conn, queues, limit, worker_id)
                         claim = limited
@@ -610,7 +652,8 @@ class Worker:
                 self._last_claim_full = claim.taken == limit
                 want_claim = self._last_claim_full
                 for job in claim.jobs:
-                    self._start(job, worker_id)
+                    self._record(job, worker_id)
+                self._take_up(claim.jobs)
                 if idle and self._last_claim_full:
                     # Woken for a queue with more jobs than one claim takes: wake others.
                     await self._reannounce(claim)
@@ -636,8 +679,102 @@ class Worker:
         except DATABASE_TROUBLE as exc:  # a hint only: the poll finds the jobs anyway
             logger.debug("could not announce queue %s again: %s", queue, _one_line(exc))
 
-    def _start(self, job: ClaimedJob, worker_id: int) -> None:
-        """Record a claimed job and start running it."""
+    def _ahead_wanted(self) -> int:
+        """How many jobs to hold claimed beyond the free slots (see AHEAD_SECONDS)."""
+        mean = self._mean_run
+        if mean is None or self._stopping.is_set():
+            return 0
+        slots = self.concurrency
+        return min(slots * AHEAD_PER_SLOT, int(slots * AHEAD_SECONDS / max(mean, 1e-6)))
+
+    def _claim_size(self) -> int:
+        """The most jobs one claim takes: the claim limit, or AHEAD_CLAIM when claiming ahead
+        (more than half the slots, as a claim then fills the room ahead, not only slots)."""
+        if self._ahead_wanted():
+            return max(self._claim_limit, AHEAD_CLAIM)
+        return self._claim_limit
+
+    def _claim_room(self) -> int:
+        """How many jobs a claim may take now: the free slots and the room ahead of them; 0
+        while every slot is busy and at least half of what is wanted ahead is held."""
+        free = self.free_slots()
+        wanted = self._ahead_wanted()
+        held = len(self._ahead)
+        if free <= 0 and held > wanted // 2:
+            return 0
+        return max(0, max(free, 0) + wanted - held)
+
+    def _take_up(self, jobs: list[ClaimedJob]) -> None:
+        """Start claimed (and recorded) jobs in the free slots; hold the rest ahead."""
+        if jobs:
+            claimed_at = time.monotonic()
+            self._ahead.extend((job, claimed_at) for job in jobs)
+        self._start_ahead()
+        if self._ahead and self._hold_check is None:
+            self._hold_check = self._loop.call_later(AHEAD_HOLD, self._give_back_held)
+
+    def _start_ahead(self) -> None:
+        """Start held jobs, oldest first, while slots are free."""
+        ahead = self._ahead
+        free = self.free_slots()
+        while ahead and free > 0:
+            job, _ = ahead.popleft()
+            self._run(job)
+            free -= 1
+
+    def _give_back_held(self) -> None:
+        """Give back the jobs held ahead for AHEAD_HOLD or more: the jobs before them run
+        longer than the mean said. Nothing is held again until a job ends."""
+        self._hold_check = None
+        ahead = self._ahead
+        due = time.monotonic() - AHEAD_HOLD
+        stale = []
+        while ahead and ahead[0][1] <= due:
+            job, _ = ahead.popleft()
+            self._forget(job.id)
+            self.cancel_events.pop(job.id, None)
+            stale.append(job)
+        if stale:
+            self._mean_run = None
+            logger.info(
+                "giving back %d job(s) held ahead for %gs: the running jobs are slow",
+                len(stale),
+                AHEAD_HOLD,
+            )
+            task = asyncio.get_running_loop().create_task(self._release_unstarted(stale))
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
+        if ahead:
+            self._hold_check = self._loop.call_later(
+                ahead[0][1] + AHEAD_HOLD - time.monotonic(), self._give_back_held
+            )
+
+    def _drop_held(self, job_id: int) -> ClaimedJob | None:
+        """Take a job out of those held ahead, forgotten; None if it is not held."""
+        for index, (job, _) in enumerate(self._ahead):
+            if job.id == job_id:
+                del self._ahead[index]
+                self._forget(job_id)
+                self.cancel_events.pop(job_id, None)
+                return job
+        return None
+
+    async def _give_back_ahead(self) -> None:
+        """At shutdown: every job held ahead goes back to the queue, unstarted."""
+        if self._hold_check is not None:
+            self._hold_check.cancel()
+            self._hold_check = None
+        jobs = [job for job, _ in self._ahead]
+        self._ahead.clear()
+        for job in jobs:
+            self._forget(job.id)
+            self.cancel_events.pop(job.id, None)
+        await self._release_unstarted(jobs)
+        if self._giving_back:
+            await asyncio.gather(*self._giving_back, return_exceptions=True)
+
+    def _record(self, job: ClaimedJob, worker_id: int) -> None:
+        """Record a claimed job, before it starts or is held."""
         earlier = self._claims.get(job.id)
         if earlier is not None and job.id in self.running:
             # Claimed again while an attempt of it still runs here: the job was rescued from
@@ -645,10 +782,13 @@ class Worker:
             # maintenance) and came back to it. The earlier attempt's lease is gone; left
             # running, it would run beside the new one, untracked and uncounted.
             self._abandon(earlier)
-        self._at_rest = False
         self.cancel_events[job.id] = CancelFlag()
         self._claims[job.id] = job
         self._claimed_under[job.id] = worker_id
+
+    def _run(self, job: ClaimedJob) -> None:
+        """Start running a recorded job."""
+        self._at_rest = False
         self.running[job.id] = asyncio.create_task(self._run_job(job))
 
     def _heartbeat_fresh(self) -> bool:
@@ -798,6 +938,10 @@ class Worker:
                     signals.attempt_ended(self.app, LeaseLost(job), time.monotonic() - started)
                 return
             duration = time.monotonic() - started
+            mean = self._mean_run
+            self._mean_run = (
+                duration if mean is None else mean + DURATION_WEIGHT * (duration - mean)
+            )
             self.observations.attempt_ended(
                 job.queue, job.task_name, outcome.status, job.wait, duration
             )
@@ -827,7 +971,9 @@ class Worker:
             if job.task_name in self._limited_names:  # its place is free: claim again
                 self._limited_due = 0.0
                 self._signal.wake()
-        if self._last_claim_full:
+            if self._ahead and not self._stopping.is_set():
+                self._start_ahead()
+        if self._last_claim_full and self._claim_room() > 0:
             self._signal.wake()
 
     async def _attempt(self, job: ClaimedJob) -> Outcome | LeaseLost:
@@ -1148,6 +1294,7 @@ class Worker:
             async with conn.use(usual_planning=True) as db:
                 held = await jobs_held_by(db, worker_id, STRAY_AGE)
                 known = set(self.running) | self.completer.pending_ids()
+                known.update(job.id for job, _ in self._ahead)
                 strays = [(job_id, lease) for job_id, lease in held if job_id not in known]
                 if not strays:
                     return

@@ -123,8 +123,16 @@ def test_worker_frozen_past_its_heartbeat_timeout_is_fenced_off_then_rejoins(
         frozen.send(signal.SIGCONT)
     resumed_at = time.monotonic()
 
-    # The frozen attempt now sees the flag and returns; fencing must refuse its outcome.
-    frozen.wait_for_log(f"{head} 1: lost its lease")
+    # The frozen attempt now sees the flag and returns; its outcome must not be written. Either
+    # fencing refuses it, or the worker, registering again first, learns that the lease is gone
+    # and writes nothing for it (which of the two threads runs first after SIGCONT is chance).
+    refused = f"{head} 1: lost its lease"
+    known_lost = f"{head} 1/3: asked to stop (cancel flag set); its lease was lost"
+    wait_until(
+        lambda: refused in frozen.log() or known_lost in frozen.log(),
+        timeout=30,
+        what="the frozen attempt's outcome refused",
+    )
     refused_after = time.monotonic() - resumed_at
     frozen.wait_for_log("was declared lost by the fleet (its jobs were rescued); registering again")
     rejoined_after = time.monotonic() - resumed_at
