@@ -1016,6 +1016,8 @@ class Worker:
 
     @staticmethod
     def _log_outcome(outcome: Outcome | LeaseLost, duration: float) -> None:
+        if isinstance(outcome, Succeeded) and not logger.isEnabledFor(logging.INFO):
+            return  # below INFO, nothing to build
         job = outcome.job
         # For `--log-format json`: the job's facts as fields, beside the sentence.
         extra = {
