@@ -109,6 +109,12 @@ class WorkerCollector(Collector):
             running.add_metric([queue], snapshot.running.get(queue, 0))
         yield running
 
+        yield GaugeMetricFamily(
+            "pgqueue_jobs_held",
+            "Jobs this worker claimed ahead of its free slots and has not started yet.",
+            value=worker.held_ahead,
+        )
+
         yield CounterMetricFamily(
             "pgqueue_claims",
             "Claim statements this worker ran (including those that found no job).",

@@ -114,9 +114,12 @@ MIN_CLAIM_LIMIT = 10
 # Claiming ahead: a worker whose jobs end quickly claims more than its free slots and holds the
 # rest, so that the next claim's round trip overlaps the jobs it follows instead of coming
 # after them (each slot takes its next job as it frees, with no round trip between). It holds
-# at most AHEAD_SECONDS of work, by the mean time its recent jobs ran, and never more than
-# AHEAD_PER_SLOT jobs a slot: jobs of a second or more are never held. A job held longer than
+# what its slots get through in AHEAD_SECONDS, by the mean time its recent jobs ran, and no
+# more than AHEAD_PER_SLOT jobs a slot: a held job waits about AHEAD_SECONDS for a slot, and a
+# worker of 10 slots whose jobs take half a second holds none. A job held longer than
 # AHEAD_HOLD (the jobs before it turned slow) is given back to the queue for another worker.
+# Jobs of tasks with fleet-wide limits are never held: they would keep a place of their limit
+# from the fleet without running.
 AHEAD_SECONDS = 0.05
 AHEAD_PER_SLOT = 4
 AHEAD_HOLD = 0.5
@@ -588,7 +591,11 @@ class Worker:
                         began = time.monotonic()
                         limit = min(room, self._claim_size())
                         queues = self._queue_order()
-                        limited = await self._claim_limited(conn, queues, limit, worker_id)
+                        # Limited jobs only for free slots: one held would keep a place of
+                        # its limit from the fleet without running.
+                        limited = await self._claim_limited(
+                            conn, queues, min(limit, self.free_slots()), worker_id
+                        )
                         claim = limited
                         if limited.taken < limit:
                             # The outcomes waiting to be written go in the same round trip.
@@ -678,6 +685,11 @@ class Worker:
                 await conn.execute(queries.NOTIFY_ENQUEUED_PAYLOAD, {"payload": payload})
         except DATABASE_TROUBLE as exc:  # a hint only: the poll finds the jobs anyway
             logger.debug("could not announce queue %s again: %s", queue, _one_line(exc))
+
+    @property
+    def held_ahead(self) -> int:
+        """How many claimed jobs the worker holds ahead of its free slots (not started)."""
+        return len(self._ahead)
 
     def _ahead_wanted(self) -> int:
         """How many jobs to hold claimed beyond the free slots (see AHEAD_SECONDS)."""
@@ -776,11 +788,11 @@ class Worker:
     def _record(self, job: ClaimedJob, worker_id: int) -> None:
         """Record a claimed job, before it starts or is held."""
         earlier = self._claims.get(job.id)
-        if earlier is not None and job.id in self.running:
-            # Claimed again while an attempt of it still runs here: the job was rescued from
-            # this worker (its heartbeat looked stale to the fleet, or to this worker's own
-            # maintenance) and came back to it. The earlier attempt's lease is gone; left
-            # running, it would run beside the new one, untracked and uncounted.
+        if earlier is not None:
+            # Claimed again while an attempt of it still runs here (or is held): the job was
+            # rescued from this worker (its heartbeat looked stale to the fleet, or to this
+            # worker's own maintenance) and came back to it. The earlier attempt's lease is
+            # gone; left running, it would run beside the new one, untracked and uncounted.
             self._abandon(earlier)
         self.cancel_events[job.id] = CancelFlag()
         self._claims[job.id] = job
@@ -852,7 +864,7 @@ class Worker:
         """The jobs of limited tasks this claim may take: at most what their limits allow,
         looked for at most every LIMITED_CLAIM_INTERVAL, unless a limit frees a place sooner
         (a rate's period moves on, a limited job of this worker ends)."""
-        if not self._limited_names:
+        if not self._limited_names or limit <= 0:
             return _NOTHING_CLAIMED
         now = time.monotonic()
         if now < self._limited_due:

@@ -182,6 +182,56 @@ def test_the_stray_check_leaves_held_jobs_alone(
     assert sorted(setup.ran) == [0, 1, 2, 3]
 
 
+def test_the_held_jobs_are_a_gauge_of_the_workers_metrics(held: Held) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from pgqueue.metrics import WorkerCollector
+
+    registry = CollectorRegistry()
+    registry.register(WorkerCollector(held.worker))
+    assert registry.get_sample_value("pgqueue_jobs_held") == 4
+    # They are not running yet: only the blocker is.
+    assert registry.get_sample_value("pgqueue_jobs_running", {"queue": "default"}) == 1
+
+
+def test_jobs_of_limited_tasks_are_claimed_for_free_slots_only(
+    app: pgqueue.App, conn: psycopg.Connection[Any], start_worker: StartWorker
+) -> None:
+    gate = threading.Event()
+    blocking = threading.Event()
+
+    @app.task
+    def quick() -> None:
+        pass
+
+    @app.task
+    def blocker() -> None:
+        blocking.set()
+        assert gate.wait(30)
+
+    @app.task(concurrency_limit=5)
+    def limited() -> None:
+        pass
+
+    worker: Worker = start_worker(app, concurrency=1).worker
+    try:
+        app.wait_all([app.get_job(i) for i in quick.delay_many([()] * 20)], timeout=15)
+        assert worker._ahead_wanted() > 0  # it would hold plain jobs
+        blocker.delay()
+        assert blocking.wait(15)
+        claims = worker.observations._claims
+        ids = limited.delay_many([()] * 3)
+        # The claim their notification wakes, made for the room ahead while the only slot is
+        # busy, leaves them alone.
+        wait_until(lambda: worker.observations._claims > claims, what="a claim")
+        assert worker.held_ahead == 0
+        assert set(_rows(conn, ids).values()) == {("queued", 0)}
+    finally:
+        gate.set()
+    app.wait_all([app.get_job(i) for i in ids], timeout=15)
+    assert set(_rows(conn, ids).values()) == {("succeeded", 1)}
+
+
 def test_held_jobs_whose_lease_was_lost_are_dropped_unrun(held: Held) -> None:
     worker = held.worker
     old_id = worker.presence.worker_id
