@@ -243,6 +243,8 @@ class Executor:
         # Threads of sync tasks that outlived their timeout: they still occupy a thread, so the
         # worker counts them against its free slots until they return.
         self.overrunning_threads: set[TaskCall] = set()
+        # Called on the loop when such a thread returns and its slot is free again.
+        self.on_slot_freed: Callable[[], object] | None = None
 
     async def run(
         self, job: ClaimedJob, cancel_event: CancelFlag | None = None
@@ -303,8 +305,13 @@ class Executor:
         except (TaskTimeout, asyncio.CancelledError):
             if not handed.finished:
                 self.overrunning_threads.add(handed)
-                handed.add_finished_callback(self.overrunning_threads.discard)
+                handed.add_finished_callback(self._overrun_ended)
             raise
+
+    def _overrun_ended(self, handed: TaskCall) -> None:
+        self.overrunning_threads.discard(handed)
+        if self.on_slot_freed is not None:
+            self.on_slot_freed()
 
     @staticmethod
     async def _with_timeout(task: Task[Any, Any], awaitable: asyncio.Future[Any]) -> Any:

@@ -27,7 +27,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -116,10 +116,10 @@ MIN_CLAIM_LIMIT = 10
 # after them (each slot takes its next job as it frees, with no round trip between). It holds
 # what its slots get through in AHEAD_SECONDS, by the mean time its recent jobs ran, and no
 # more than AHEAD_PER_SLOT jobs a slot: a held job waits about AHEAD_SECONDS for a slot, and a
-# worker of 10 slots whose jobs take half a second holds none. A job held longer than
-# AHEAD_HOLD (the jobs before it turned slow) is given back to the queue for another worker.
-# Jobs of tasks with fleet-wide limits are never held: they would keep a place of their limit
-# from the fleet without running.
+# worker of 10 slots whose jobs take more than half a second holds none. A job held longer
+# than AHEAD_HOLD (the jobs before it turned slow) is given back to the queue for another
+# worker. Jobs of tasks with fleet-wide limits are claimed for free slots, or one at a time
+# when none is free, first in line: held long, one would keep a place of its limit unused.
 AHEAD_SECONDS = 0.05
 AHEAD_PER_SLOT = 4
 AHEAD_HOLD = 0.5
@@ -337,6 +337,7 @@ class Worker:
                 self.notifier.stop()
                 raise
         self.executor = Executor(self.app, self.thread_pool, self.process_pool)
+        self.executor.on_slot_freed = self._slot_freed
 
         logger.info(
             "worker %s (id %s) ready: queues=%s concurrency=%d pool=%s",
@@ -379,7 +380,7 @@ class Worker:
             service.add_done_callback(self._on_service_done)
         try:
             await self._claim_loop()
-            await self._give_back_ahead()
+            await self._until_forced(self._give_back_ahead(), FINAL_FLUSH_TIMEOUT)
             await self._finish_running_jobs()
         finally:
             if signals.worker_shutdown.receivers:
@@ -412,6 +413,18 @@ class Worker:
             self._remove_signal_handlers(loop)
         logger.info("worker %s stopped", self.presence.name)
         return 1 if self.forced or self.crashed else 0
+
+    async def _until_forced(self, step: Coroutine[Any, Any, None], timeout: float) -> None:
+        """Run a step of the shutdown, cut short by a second signal or after `timeout`."""
+        task = asyncio.create_task(step)
+        force = asyncio.create_task(self._force.wait())
+        try:
+            await asyncio.wait({task, force}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            force.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     def _on_notify_threadsafe(self, channel: str, payload: str) -> None:
         """From the notifier's thread: enqueue hints wake the claimer; cancel requests are
@@ -591,10 +604,11 @@ class Worker:
                         began = time.monotonic()
                         limit = min(room, self._claim_size())
                         queues = self._queue_order()
-                        # Limited jobs only for free slots: one held would keep a place of
-                        # its limit from the fleet without running.
+                        # Limited jobs for the free slots, or one if none is free: it goes
+                        # first in line, so that it starts at the next slot to free (held
+                        # long, it would keep a place of its limit from the fleet unused).
                         limited = await self._claim_limited(
-                            conn, queues, min(limit, self.free_slots()), worker_id
+                            conn, queues, min(limit, max(self.free_slots(), 1)), worker_id
                         )
                         claim = limited
                         if limited.taken < limit:
@@ -660,7 +674,7 @@ class Worker:
                 want_claim = self._last_claim_full
                 for job in claim.jobs:
                     self._record(job, worker_id)
-                self._take_up(claim.jobs)
+                self._take_up(claim.jobs, first=limited.taken)
                 if idle and self._last_claim_full:
                     # Woken for a queue with more jobs than one claim takes: wake others.
                     await self._reannounce(claim)
@@ -716,11 +730,17 @@ class Worker:
             return 0
         return max(0, max(free, 0) + wanted - held)
 
-    def _take_up(self, jobs: list[ClaimedJob]) -> None:
-        """Start claimed (and recorded) jobs in the free slots; hold the rest ahead."""
+    def _take_up(self, jobs: list[ClaimedJob], first: int = 0) -> None:
+        """Start claimed (and recorded) jobs in the free slots; hold the rest ahead. The
+        `first` jobs go before those held already (jobs of limited tasks)."""
         if jobs:
+            ahead = self._ahead
             claimed_at = time.monotonic()
-            self._ahead.extend((job, claimed_at) for job in jobs)
+            # Put first, they take the oldest one's time: the held jobs stay in the order of
+            # their times, which is what the hold check reads.
+            first_at = ahead[0][1] if ahead else claimed_at
+            ahead.extendleft((job, first_at) for job in reversed(jobs[:first]))
+            ahead.extend((job, claimed_at) for job in jobs[first:])
         self._start_ahead()
         if self._ahead and self._hold_check is None:
             self._hold_check = self._loop.call_later(AHEAD_HOLD, self._give_back_held)
@@ -733,6 +753,13 @@ class Worker:
             job, _ = ahead.popleft()
             self._run(job)
             free -= 1
+
+    def _slot_freed(self) -> None:
+        """A slot freed outside a job's end (a timed-out sync task's thread returned)."""
+        if self._ahead and not self._stopping.is_set():
+            self._start_ahead()
+        if self._claim_room() > 0:
+            self._signal.wake()
 
     def _give_back_held(self) -> None:
         """Give back the jobs held ahead for AHEAD_HOLD or more: the jobs before them run
