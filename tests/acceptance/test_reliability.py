@@ -153,6 +153,8 @@ def test_worker_frozen_past_its_heartbeat_timeout_is_fenced_off_then_rejoins(
     assert executions(db, later) == [(1, frozen.pid)]
     assert frozen.poll() is None
     assert stop_gracefully(frozen) == 0
+    # The frozen worker has exited: whatever it would have written is written by now.
+    assert job_row(db, job)["result"] == {"pid": rescuer.pid, "attempt": 2}
 
 
 def test_poison_job_that_kills_its_worker_fails_as_worker_lost_after_max_attempts(
