@@ -482,7 +482,7 @@ class Worker:
                     job.task_name,
                 )  # fmt: skip
             return
-        flag = self.cancel_events.pop(job.id, None)
+        flag = self.cancel_events.get(job.id)
         self._forget(job.id)
         self._abandoned[job.lease] = task
         if flag is not None:
@@ -502,10 +502,21 @@ class Worker:
         )
 
     def _forget(self, job_id: int) -> None:
+        """Drop what the worker keeps of a job it no longer runs nor holds."""
+        self.cancel_events.pop(job_id, None)
         self._claims.pop(job_id, None)
         self._claimed_under.pop(job_id, None)
         self._cancelling.discard(job_id)
         self._interrupting.discard(job_id)
+
+    def _end_unrun(self, outcome: Outcome) -> None:
+        """The outcome of a claimed job that never ran: logged, counted, written, signalled."""
+        job = outcome.job
+        self._log_outcome(outcome, 0.0)
+        self.observations.attempt_ended(job.queue, job.task_name, outcome.status, job.wait, 0.0)
+        self.completer.submit(outcome)
+        if signals.live:
+            signals.attempt_ended(self.app, outcome, 0.0)
 
     def _cancel_running(self, job_id: int) -> None:
         """Cancel a job this worker runs (ignored if it runs elsewhere or has finished).
@@ -519,14 +530,7 @@ class Worker:
         if task is None and event is not None:
             held = self._drop_held(job_id)
             if held is not None:  # held ahead: it ends CANCELLED without running
-                cancelled = Cancelled(held, simple_error("Cancelled", "cancelled on request"))
-                self._log_outcome(cancelled, 0.0)
-                self.observations.attempt_ended(
-                    held.queue, held.task_name, "cancelled", held.wait, 0.0
-                )
-                self.completer.submit(cancelled)
-                if signals.live:
-                    signals.attempt_ended(self.app, cancelled, 0.0)
+                self._end_unrun(Cancelled(held, simple_error("Cancelled", "cancelled on request")))
                 return
         if event is None or task is None or event.is_set():
             return
@@ -653,13 +657,7 @@ class Worker:
                 self.observations.claimed(claim.taken)
                 self._advance_positions(claim.last)
                 for failed in claim.unreadable:
-                    self._log_outcome(failed, 0.0)
-                    self.observations.attempt_ended(
-                        failed.job.queue, failed.job.task_name, "failed", failed.job.wait, 0.0
-                    )
-                    self.completer.submit(failed)
-                    if signals.live:
-                        signals.attempt_ended(self.app, failed, 0.0)
+                    self._end_unrun(failed)
                 for job_id, task_name in claim.ended:
                     logger.info("job %d %s ended CANCELLED before it could run", job_id, task_name)
                 if self._stopping.is_set():
@@ -771,7 +769,6 @@ class Worker:
         while ahead and ahead[0][1] <= due:
             job, _ = ahead.popleft()
             self._forget(job.id)
-            self.cancel_events.pop(job.id, None)
             stale.append(job)
         if stale:
             self._mean_run = None
@@ -794,7 +791,6 @@ class Worker:
             if job.id == job_id:
                 del self._ahead[index]
                 self._forget(job_id)
-                self.cancel_events.pop(job_id, None)
                 return job
         return None
 
@@ -807,7 +803,6 @@ class Worker:
         self._ahead.clear()
         for job in jobs:
             self._forget(job.id)
-            self.cancel_events.pop(job.id, None)
         await self._release_unstarted(jobs)
         if self._giving_back:
             await asyncio.gather(*self._giving_back, return_exceptions=True)
@@ -1005,7 +1000,6 @@ class Worker:
                 self._signal.wake()
             elif self.running.get(job.id) is asyncio.current_task():
                 self.running.pop(job.id, None)
-                self.cancel_events.pop(job.id, None)
                 self._forget(job.id)
             if job.task_name in self._limited_names:  # its place is free: claim again
                 self._limited_due = 0.0
