@@ -77,11 +77,13 @@ def patient(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def held(
-    app: pgqueue.App, dsn: str, start_worker: StartWorker, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Held]:
-    """Jobs held for as long as the test needs (never given back for having waited)."""
+def kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held jobs are kept for as long as the test needs (never given back for waiting)."""
     monkeypatch.setattr(worker_module, "AHEAD_HOLD", 60.0)
+
+
+@pytest.fixture
+def held(app: pgqueue.App, dsn: str, start_worker: StartWorker, kept: None) -> Iterator[Held]:
     setup = Held(app, dsn, start_worker)
     try:
         yield setup
@@ -173,8 +175,8 @@ def test_the_stray_check_leaves_held_jobs_alone(
     conn: psycopg.Connection[Any],
     start_worker: StartWorker,
     monkeypatch: pytest.MonkeyPatch,
+    kept: None,
 ) -> None:
-    monkeypatch.setattr(worker_module, "AHEAD_HOLD", 60.0)
     monkeypatch.setattr(worker_module, "STRAY_AGE", 0.0)
     monkeypatch.setattr(worker_module, "STRAY_CHECK_INTERVAL", 0.05)
     checks: list[int] = []
@@ -241,13 +243,8 @@ def test_jobs_of_limited_tasks_go_first_while_short_jobs_keep_every_slot_busy(
 
 
 def test_held_jobs_start_when_a_timed_out_tasks_thread_gives_its_slot_back(
-    app: pgqueue.App,
-    dsn: str,
-    conn: psycopg.Connection[Any],
-    start_worker: StartWorker,
-    monkeypatch: pytest.MonkeyPatch,
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any], start_worker: StartWorker, kept: None
 ) -> None:
-    monkeypatch.setattr(worker_module, "AHEAD_HOLD", 60.0)
     gate = threading.Event()
     ran: list[int] = []
 
