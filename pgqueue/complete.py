@@ -133,16 +133,18 @@ async def write_outcomes_and_claim(
     worker_id: int,
     after: Mapping[str, Collection[Position]] | None = None,
 ) -> tuple[Claim, set[int]]:
-    """Write a batch of outcomes and claim the next jobs in one statement, one round trip
-    (both commit, or neither does; see COMPLETE_AND_CLAIM_JOBS), each fenced as on its own.
-    Returns the claim, and the ids whose outcome applied."""
-    params = claim_params(queues, limit, worker_id, after)
-    params["outcomes"] = outcomes_document(outcomes)
-    async with conn.cursor() as cur:
-        await cur.execute(queries.COMPLETE_AND_CLAIM_JOBS, params)
-        rows = await cur.fetchall()
-    applied = {row[0] for row in rows if row[13] is None}
-    return read_claim([row for row in rows if row[13] is not None]), applied
+    """Write a batch of outcomes and claim the next jobs in one round trip (a pipeline: the
+    two statements commit together, or neither does); each fenced as on its own. Returns the
+    claim, and the ids whose outcome applied."""
+    async with conn.pipeline():
+        written = await conn.execute(
+            queries.COMPLETE_JOBS, {"outcomes": outcomes_document(outcomes)}
+        )
+        async with conn.cursor() as cur:
+            await cur.execute(queries.CLAIM_JOBS, claim_params(queues, limit, worker_id, after))
+            rows = await cur.fetchall()
+        applied = {row[0] for row in await written.fetchall()}
+    return read_claim(rows), applied
 
 
 @dataclass(slots=True)

@@ -238,7 +238,8 @@ FROM archived AS a{last_row}"""
 # are notified. Jobs of tasks with fleet-wide limits (`limited`) are not in the claimable index
 # (`limited IS NULL` lets the planner use it): CLAIM_LIMITED_JOBS takes them, at the pace their
 # limits allow.
-_CLAIM_PICKED = """\
+CLAIM_JOBS = f"""
+WITH picked AS (
     SELECT j.id, j.dead
     FROM (
         SELECT * FROM unnest(
@@ -276,10 +277,7 @@ _CLAIM_PICKED = """\
         ) AS from_start
     ) AS j
     LIMIT %(limit)s
-"""
-CLAIM_JOBS = f"""
-WITH picked AS (
-{_CLAIM_PICKED}{_claim_tail("now()")}
+{_claim_tail("now()")}
 """
 
 # Write a batch of outcomes in one statement and one round trip; each row applies only if the
@@ -294,8 +292,8 @@ WITH picked AS (
 # text so that the planner cannot pick the partial index of running jobs instead and walk every
 # running job of the fleet (and its dead entries) for each batch, as it did on stale statistics.
 _RETRIED = "ARRAY(SELECT id FROM outcome WHERE status = 'queued')"
-_COMPLETE_CTES = f"""\
-outcome AS (
+COMPLETE_JOBS = f"""
+WITH outcome AS (
     SELECT * FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS o(
         id bigint, lease bigint, status text, result jsonb, error jsonb, delay float8,
         eta timestamptz, refund int)
@@ -316,18 +314,18 @@ outcome AS (
       AND o.status = 'queued' AND j.id = o.id AND j.lease = o.lease
       AND j.status::text = 'running'
     RETURNING j.id, j.queue, j.run_at, j.priority
-), done AS (
+), ended AS (
     DELETE FROM pgqueue_jobs AS j
     USING outcome AS o
     WHERE j.id = ANY(ARRAY(SELECT id FROM outcome WHERE status <> 'queued'))
       AND o.status <> 'queued' AND j.id = o.id AND j.lease = o.lease
       AND j.status::text = 'running'
     RETURNING j.*, o.status AS new_status, o.result AS new_result, o.error AS new_error
-), done_archived AS (
-    {_archive("done", "e.new_status", "e.new_error", "e.new_result")}
+), archived AS (
+    {_archive("ended", "e.new_status", "e.new_error", "e.new_result")}
 ), finished AS (
     SELECT pg_notify('{NOTIFY_FINISHED}', string_agg(id::text, ','))
-    FROM done_archived HAVING count(*) > 0
+    FROM archived HAVING count(*) > 0
 ), retries AS (
     -- Where each retry sorts and when it is due (identical payloads are sent once): a worker
     -- sets a timer per due time, so a retry due just after another is not left to the poll
@@ -336,36 +334,12 @@ outcome AS (
     FROM retried
 ), notified AS (
     SELECT (SELECT count(*) FROM finished) + (SELECT count(*) FROM retries) AS n
-)"""
-COMPLETE_JOBS = f"""
-WITH {_COMPLETE_CTES}
-SELECT id, (SELECT n FROM notified) AS notified FROM done_archived
+)
+SELECT id, (SELECT n FROM notified) AS notified FROM archived
 UNION ALL
 SELECT id, (SELECT n FROM notified) FROM retried
 """
 
-
-# COMPLETE_JOBS and CLAIM_JOBS in one statement: a worker's outcomes ride with its next claim,
-# one round trip and one transaction (both apply, or neither does), each fenced as on its own.
-# One statement rather than two in a pipeline: it leaves the worker whole, as soon as it is
-# sent, so the database works on it while the worker runs the jobs of the last claim (a
-# pipeline of two waited for a turn of the worker's event loop between its parts, behind
-# those jobs). The claim reads the snapshot the statement started with, so a retry due at
-# once is claimed by the next claim, not this one. After the claim's rows come the ids whose
-# outcome applied, each with `dead` NULL.
-COMPLETE_AND_CLAIM_JOBS = f"""
-WITH {_COMPLETE_CTES}, picked AS (
-{_CLAIM_PICKED}{
-    _claim_tail(
-        "now()",
-        last_row='''
-UNION ALL
-SELECT d.id, NULL, NULL, NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       (SELECT n FROM notified)::text
-FROM (SELECT id FROM done_archived UNION ALL SELECT id FROM retried) AS d''',
-    )
-}
-"""
 # Write the latest progress of running jobs (`set_progress`, coalesced by the worker: see
 # progress.py), a batch in one statement; each applies only under its claim's lease, as an
 # outcome does, so an attempt whose job was rescued and claimed again cannot overwrite the new

@@ -21,7 +21,7 @@ import pgqueue
 from pgqueue import queries
 from pgqueue._connection import HOT_PATH_SETTINGS, ReconnectingConnection
 from pgqueue.claim import Claim, claim_jobs, claim_params
-from pgqueue.complete import outcomes_document, write_outcomes, write_outcomes_and_claim
+from pgqueue.complete import outcomes_document, write_outcomes
 from pgqueue.outcome import ClaimedJob, Succeeded
 
 
@@ -208,15 +208,6 @@ def test_the_worker_plans_its_claim_and_outcome_statements_once(
                 claim = await claim_jobs(aconn, ["bulk"], limit, worker_id, positions)
                 positions = {queue: list(last.values()) for queue, last in claim.last.items()}
                 await write_outcomes(aconn, [Succeeded(job, "null") for job in claim.jobs])
-            # A busy worker's outcomes ride with its next claim, in one statement.
-            claim = await claim_jobs(aconn, ["bulk"], 2, worker_id, positions)
-            for limit in (1, 2, 3, 1, 2, 3, 1, 2):
-                done = [Succeeded(job, "null") for job in claim.jobs]
-                claim, _ = await write_outcomes_and_claim(
-                    aconn, done, ["bulk"], limit, worker_id, positions
-                )
-                positions = {queue: list(last.values()) for queue, last in claim.last.items()}
-            await write_outcomes(aconn, [Succeeded(job, "null") for job in claim.jobs])
             cur = await aconn.execute(
                 "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
             )
@@ -225,12 +216,13 @@ def test_the_worker_plans_its_claim_and_outcome_statements_once(
             await hot_path.reset()
 
     prepared = asyncio.run(claim_as_the_worker_does())
-    kinds = {(True, False): "claim", (False, True): "outcomes", (True, True): "both"}
     plans = {
-        kinds[("picked AS" in statement, "jsonb_to_recordset" in statement)]: (generic, custom)
+        name: (generic, custom)
         for statement, generic, custom in prepared
+        for name, marker in (("claim", "picked AS"), ("outcomes", "jsonb_to_recordset"))
+        if marker in statement
     }
-    assert set(plans) == {"claim", "outcomes", "both"}, prepared
+    assert set(plans) == {"claim", "outcomes"}, prepared
     for name, (generic, custom) in plans.items():
         assert custom == 0 and generic > 0, (name, generic, custom)
 
@@ -253,11 +245,6 @@ def test_the_worker_plans_its_claim_and_outcome_statements_once(
     outcomes = _success_of_every_running_job(conn, expected=9)
     plan = _generic_plan(conn, queries.COMPLETE_JOBS, {"outcomes": outcomes})
     assert _jobs_rows_read(plan) <= 100, ("outcomes", _jobs_rows_read(plan))
-    _generic_plan(conn, queries.CLAIM_JOBS, claims["from the start"])
-    both = dict(claims["after a position"], outcomes=_success_of_every_running_job(conn, 3))
-    plan = _generic_plan(conn, queries.COMPLETE_AND_CLAIM_JOBS, both)
-    assert _jobs_rows_read(plan) <= 100, ("outcomes and claim", _jobs_rows_read(plan))
-    _generic_plan(conn, queries.COMPLETE_JOBS, {"outcomes": _success_of_every_running_job(conn, 3)})
     assert conn.execute(
         "SELECT count(*) FROM pgqueue_jobs WHERE status = 'running'"
     ).fetchone() == (0,)
