@@ -206,6 +206,70 @@ class BatchingStreamHandler(logging.Handler):
         super().close()
 
 
+# Per (process, thread, logger, level): a record made by the logging module for the first of
+# the worker's per-job lines logged there, whose attributes the next ones copy (see log_often).
+_TEMPLATES: dict[tuple[int, int, str, int], dict[str, object]] = {}
+_TIMES: dict[tuple[int, int, str, int], tuple[float, float]] = {}  # its created, relativeCreated
+
+
+def log_often(
+    logger: logging.Logger,
+    level: int,
+    msg: str,
+    args: tuple[object, ...],
+    extra: dict[str, object],
+) -> None:
+    """`logger.log(level, msg, *args, extra=extra)` for a line logged once a job from one
+    place (the worker's per-job outcome line), at about half its cost: the record copies the
+    attributes of one the logging module made for the first such line of this thread, with
+    this line's time, message and `extra`, instead of finding its caller on the stack and
+    filling each attribute again. Filters, handlers and formatters get the same record as
+    ever. With a record factory or Logger class of the application's own, the usual path.
+    The caller checks `logger.isEnabledFor(level)`."""
+    if (
+        logging.getLogRecordFactory() is not logging.LogRecord
+        or type(logger).makeRecord is not logging.Logger.makeRecord
+    ):
+        logger.log(level, msg, *args, extra=extra, stacklevel=2)
+        return
+    key = (os.getpid(), threading.get_ident(), logger.name, level)
+    template = _TEMPLATES.get(key)
+    if template is None:
+        # Made as logger.log would make it, caller included: the call site is the same for
+        # every line that copies it.
+        path, line, function, _ = logger.findCaller(stacklevel=2)
+        record = logger.makeRecord(logger.name, level, path, line, msg, args, None, function)
+        template = _TEMPLATES[key] = dict(record.__dict__)
+        _TIMES[key] = (record.created, record.relativeCreated)
+        for field in extra:  # `extra` may not replace what the record has, as in makeRecord
+            if field in template or field in ("message", "asctime"):
+                raise KeyError(f"Attempt to overwrite {field!r} in LogRecord")
+    now = time.time()
+    attributes = template.copy()
+    attributes["msg"] = msg
+    attributes["args"] = args
+    attributes["created"] = now
+    attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
+    made_at, relative = _TIMES[key]
+    attributes["relativeCreated"] = relative + (now - made_at) * 1000
+    if attributes.get("taskName") is not None:  # Python 3.12+: the asyncio task logging
+        attributes["taskName"] = _task_name()
+    attributes.update(extra)
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    record.__dict__.update(attributes)
+    logger.handle(record)
+
+
+def _task_name() -> str | None:
+    import asyncio
+
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return None
+    return task.get_name() if task is not None else None
+
+
 def configure(level: int, stream: IO[str], log_format: str = "text") -> None:
     """Send every log record at `level` or above to `stream`, in batches, as text lines or
     (`log_format="json"`) JSON objects."""

@@ -13,7 +13,7 @@ from typing import IO
 
 import pytest
 
-from pgqueue._logging import ATOMIC_WRITE, BatchingStreamHandler
+from pgqueue._logging import ATOMIC_WRITE, BatchingStreamHandler, log_often
 
 
 class RecordingStream(io.StringIO):
@@ -221,3 +221,69 @@ def test_a_tag_names_the_worker_on_every_line_in_both_formats() -> None:
         handler.close()
     assert text.getvalue().rstrip().endswith("[web1-2%s]: job 5 succeeded")
     assert json.loads(as_json.getvalue())["worker"] == "web1-2%s"
+
+
+class Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+JOB = {"job_id": 7, "task": "t", "queue": "q", "attempt": 1, "max_attempts": 3}
+
+
+def _a_job_line(logger: logging.Logger, n: int) -> None:
+    log_often(logger, logging.INFO, "job %d took %.3fs", (n, 0.25), {**JOB, "job_id": n})
+
+
+def test_a_line_logged_often_is_the_record_logging_would_make() -> None:
+    """The worker's per-job line copies its attributes from the first such record of its
+    thread: each line must still be what `logger.info(..., extra=...)` makes, with its own
+    time, message, fields and caller."""
+    kept = Kept()
+    logger = _logger(kept)
+    before = time.time()
+    for n in range(3):
+        _a_job_line(logger, n)
+    logger.info("job %d took %.3fs", 9, 0.25, extra={**JOB, "job_id": 9})
+    *often, usual = kept.records
+    assert [r.getMessage() for r in often] == [f"job {n} took 0.250s" for n in range(3)]
+    assert [r.job_id for r in often] == [0, 1, 2]  # type: ignore[attr-defined]
+    assert set(often[2].__dict__) == set(usual.__dict__)
+    assert before <= often[0].created <= often[1].created <= often[2].created <= usual.created
+    assert often[2].relativeCreated == pytest.approx(usual.relativeCreated, abs=1000)
+    for field in ("name", "levelno", "levelname", "thread", "threadName", "process"):
+        assert getattr(often[2], field) == getattr(usual, field), field
+    # Its caller is where it is logged from, as for any line.
+    assert often[2].funcName == "_a_job_line"
+    assert often[2].pathname == usual.pathname == __file__
+    assert often[0].lineno == often[2].lineno != usual.lineno
+    # And handlers format it as any other line, fields included.
+    line = json.loads(BatchingStreamHandler(io.StringIO(), "json").format(often[1]))
+    assert line["message"] == "job 1 took 0.250s" and line["job_id"] == 1
+
+
+def test_a_line_logged_often_passes_the_loggers_filters_and_the_apps_record_factory() -> None:
+    kept = Kept()
+    logger = _logger(kept)
+    logger.addFilter(lambda record: record.job_id != 1)  # type: ignore[attr-defined]
+    made: list[str] = []
+    usual = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = usual(*args, **kwargs)
+        made.append(record.getMessage())
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        for n in range(3):
+            _a_job_line(logger, n)
+    finally:
+        logging.setLogRecordFactory(usual)
+    assert made == [f"job {n} took 0.250s" for n in range(3)]
+    assert [r.job_id for r in kept.records] == [0, 2]  # type: ignore[attr-defined]
+    assert kept.records[0].funcName == "_a_job_line"
