@@ -206,10 +206,11 @@ class BatchingStreamHandler(logging.Handler):
         super().close()
 
 
-# Per (process, thread, logger, level): a record made by the logging module for the first of
-# the worker's per-job lines logged there, whose attributes the next ones copy (see log_often).
-_TEMPLATES: dict[tuple[int, int, str, int], dict[str, object]] = {}
-_TIMES: dict[tuple[int, int, str, int], tuple[float, float]] = {}  # its created, relativeCreated
+# Per thread, and in it per (process, logger, level): a record made by the logging module for
+# the first of the worker's per-job lines logged there, whose attributes the next ones copy
+# (see log_often), with its `created` and `relativeCreated`. Kept with the thread, so that
+# they go with it.
+_made_here = threading.local()
 
 
 def log_often(
@@ -232,26 +233,30 @@ def log_often(
     ):
         logger.log(level, msg, *args, extra=extra, stacklevel=2)
         return
-    key = (os.getpid(), threading.get_ident(), logger.name, level)
-    template = _TEMPLATES.get(key)
-    if template is None:
+    made: dict[tuple[int, str, int], tuple[dict[str, object], float, float]]
+    made = getattr(_made_here, "records", None) or {}
+    key = (os.getpid(), logger.name, level)
+    known = made.get(key)
+    if known is None:
         # Made as logger.log would make it, caller included: the call site is the same for
         # every line that copies it.
         path, line, function, _ = logger.findCaller(stacklevel=2)
         record = logger.makeRecord(logger.name, level, path, line, msg, args, None, function)
-        template = _TEMPLATES[key] = dict(record.__dict__)
-        _TIMES[key] = (record.created, record.relativeCreated)
         for field in extra:  # `extra` may not replace what the record has, as in makeRecord
-            if field in template or field in ("message", "asctime"):
+            if field in record.__dict__ or field in ("message", "asctime"):
                 raise KeyError(f"Attempt to overwrite {field!r} in LogRecord")
+        known = made[key] = (dict(record.__dict__), record.created, record.relativeCreated)
+        _made_here.records = made
+    template, made_at, relative = known
     now = time.time()
     attributes = template.copy()
     attributes["msg"] = msg
     attributes["args"] = args
     attributes["created"] = now
     attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
-    made_at, relative = _TIMES[key]
     attributes["relativeCreated"] = relative + (now - made_at) * 1000
+    if attributes.get("threadName") is not None:  # the thread may have been renamed since
+        attributes["threadName"] = threading.current_thread().name
     if attributes.get("taskName") is not None:  # Python 3.12+: the asyncio task logging
         attributes["taskName"] = _task_name()
     attributes.update(extra)

@@ -287,3 +287,24 @@ def test_a_line_logged_often_passes_the_loggers_filters_and_the_apps_record_fact
     assert made == [f"job {n} took 0.250s" for n in range(3)]
     assert [r.job_id for r in kept.records] == [0, 2]  # type: ignore[attr-defined]
     assert kept.records[0].funcName == "_a_job_line"
+
+
+def test_a_line_logged_often_names_the_thread_it_is_logged_on() -> None:
+    kept = Kept()
+    logger = _logger(kept)
+    _a_job_line(logger, 0)
+    other = threading.Thread(target=_a_job_line, args=(logger, 1), name="pgqueue-other")
+    other.start()
+    other.join()
+    current = threading.current_thread()
+    name = current.name
+    current.name = "renamed"
+    try:
+        _a_job_line(logger, 2)
+    finally:
+        current.name = name
+    assert [(r.thread, r.threadName) for r in kept.records] == [
+        (current.ident, name),
+        (other.ident, "pgqueue-other"),
+        (current.ident, "renamed"),
+    ]
