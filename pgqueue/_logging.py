@@ -25,11 +25,9 @@ import json
 import logging
 import os
 import select
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from types import FunctionType
 from typing import IO
 
 FLUSH_INTERVAL = 0.05
@@ -206,94 +204,6 @@ class BatchingStreamHandler(logging.Handler):
         self._stop_flushing.set()
         self.flush()
         super().close()
-
-
-# Per thread, and in it per (process, logger, level, call site): a record made by the logging
-# module for the first of the worker's per-job lines logged there, whose attributes the next
-# ones copy (see log_often), with its `created`, `relativeCreated` and the `extra` fields
-# checked against it. Kept with the thread, so that they go with it.
-_made_here = threading.local()
-
-
-def _stock(function: object) -> bool:
-    """Whether `function` is the logging module's own, unpatched (a wrapper, or a function
-    of another module put in its place, is not)."""
-    return type(function) is FunctionType and function.__module__ == "logging"
-
-
-def log_often(
-    logger: logging.Logger,
-    level: int,
-    msg: str,
-    args: tuple[object, ...],
-    extra: dict[str, object],
-) -> None:
-    """`logger.log(level, msg, *args, extra=extra)` for a line logged once a job from one
-    place (the worker's per-job outcome line), at about half its cost: the record copies the
-    attributes of one the logging module made for the first such line of this thread and
-    call site, with this line's time, message, thread, task and `extra`, instead of finding
-    its caller on the stack and filling each attribute again. Filters, handlers and
-    formatters get the same record as ever. Where an application changed how records are
-    made (a record factory, a Logger class, a patched `makeRecord` or `LogRecord`), the usual
-    path, so that what it adds to each record is made for each."""
-    if not logger.isEnabledFor(level):
-        return
-    if not (
-        type(logger) is logging.Logger
-        and logging.getLogRecordFactory() is logging.LogRecord
-        and _stock(logging.Logger.makeRecord)
-        and _stock(logging.LogRecord.__init__)
-    ):
-        logger.log(level, msg, *args, extra=extra, stacklevel=2)
-        return
-    caller = sys._getframe(1)
-    code = caller.f_code
-    made: dict[tuple[object, ...], tuple[dict[str, object], float, float, set[str]]]
-    made = getattr(_made_here, "records", None) or {}
-    key = (os.getpid(), logger.name, level, code, caller.f_lineno)
-    known = made.get(key)
-    if known is None:
-        record = logger.makeRecord(
-            logger.name, level, code.co_filename, caller.f_lineno, msg, args, None, code.co_name
-        )
-        known = made[key] = (dict(record.__dict__), record.created, record.relativeCreated, set())
-        _made_here.records = made
-    template, made_at, relative, checked = known
-    if extra.keys() != checked:
-        # `extra` may not replace what a record has, as in Logger.makeRecord.
-        for field in extra:
-            if field in template or field in ("message", "asctime"):
-                raise KeyError(f"Attempt to overwrite {field!r} in LogRecord")
-        checked.clear()
-        checked.update(extra)
-    now = time.time()
-    attributes = template.copy()
-    attributes["msg"] = msg
-    attributes["args"] = args
-    attributes["created"] = now
-    attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
-    attributes["relativeCreated"] = relative + (now - made_at) * 1000
-    if logging.logThreads:  # the thread may have been renamed since
-        attributes["thread"] = threading.get_ident()
-        attributes["threadName"] = threading.current_thread().name
-    if "taskName" in attributes:  # Python 3.12+
-        attributes["taskName"] = _task_name() if getattr(logging, "logAsyncioTasks", True) else None
-    attributes.update(extra)
-    record = logging.LogRecord.__new__(logging.LogRecord)
-    record.__dict__.update(attributes)
-    logger.handle(record)
-
-
-def _task_name() -> str | None:
-    """The asyncio task's name, as a LogRecord of Python 3.12+ reads it."""
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is None:
-        return None
-    try:
-        task = asyncio.current_task()
-    except Exception:  # no running loop
-        return None
-    return task.get_name() if task is not None else None
 
 
 def configure(level: int, stream: IO[str], log_format: str = "text") -> None:

@@ -36,7 +36,6 @@ import psycopg
 
 from pgqueue import queries, signals
 from pgqueue._connection import HOT_PATH_SETTINGS, ConnectionLane, ReconnectingConnection
-from pgqueue._logging import log_often
 from pgqueue._names import NOTIFY_CANCEL, NOTIFY_ENQUEUED
 from pgqueue._pooling import probe_pooling
 from pgqueue._task_threads import TaskThreads
@@ -1063,13 +1062,15 @@ class Worker:
             "duration": round(duration, 6),
             "outcome": "retry" if isinstance(outcome, RetryLater) else outcome.status,
         }
-        if isinstance(outcome, Succeeded):  # the common case: a line a job, made quickly
-            log_often(
-                logger,
-                logging.INFO,
+        if isinstance(outcome, Succeeded):  # the common case, spelled without `head`
+            logger.info(
                 "job %d %s attempt %d/%d succeeded in %.3fs",
-                (job.id, job.task_name, job.attempt, job.max_attempts, duration),
-                extra,
+                job.id,
+                job.task_name,
+                job.attempt,
+                job.max_attempts,
+                duration,
+                extra=extra,
             )
             return
         head = f"job {job.id} {job.task_name} attempt {job.attempt}/{job.max_attempts}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import io
 import json
 import logging
@@ -15,7 +13,7 @@ from typing import IO
 
 import pytest
 
-from pgqueue._logging import ATOMIC_WRITE, BatchingStreamHandler, log_often
+from pgqueue._logging import ATOMIC_WRITE, BatchingStreamHandler
 
 
 class RecordingStream(io.StringIO):
@@ -223,157 +221,3 @@ def test_a_tag_names_the_worker_on_every_line_in_both_formats() -> None:
         handler.close()
     assert text.getvalue().rstrip().endswith("[web1-2%s]: job 5 succeeded")
     assert json.loads(as_json.getvalue())["worker"] == "web1-2%s"
-
-
-class Kept(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-JOB = {"job_id": 7, "task": "t", "queue": "q", "attempt": 1, "max_attempts": 3}
-
-
-def _a_job_line(logger: logging.Logger, n: int) -> None:
-    log_often(logger, logging.INFO, "job %d took %.3fs", (n, 0.25), {**JOB, "job_id": n})
-
-
-def test_a_line_logged_often_is_the_record_logging_would_make() -> None:
-    """The worker's per-job line copies its attributes from the first such record of its
-    thread: each line must still be what `logger.info(..., extra=...)` makes, with its own
-    time, message, fields and caller."""
-    kept = Kept()
-    logger = _logger(kept)
-    before = time.time()
-    for n in range(3):
-        _a_job_line(logger, n)
-    logger.info("job %d took %.3fs", 9, 0.25, extra={**JOB, "job_id": 9})
-    *often, usual = kept.records
-    assert [r.getMessage() for r in often] == [f"job {n} took 0.250s" for n in range(3)]
-    assert [r.job_id for r in often] == [0, 1, 2]  # type: ignore[attr-defined]
-    assert set(often[2].__dict__) == set(usual.__dict__)
-    assert before <= often[0].created <= often[1].created <= often[2].created <= usual.created
-    assert often[2].relativeCreated == pytest.approx(usual.relativeCreated, abs=1000)
-    for field in ("name", "levelno", "levelname", "thread", "threadName", "process"):
-        assert getattr(often[2], field) == getattr(usual, field), field
-    for field in ("processName", "module", "filename", "exc_info", "stack_info"):
-        assert getattr(often[2], field) == getattr(usual, field), field
-    for record in often:
-        assert int(record.msecs) == int((record.created - int(record.created)) * 1000)
-    # Its caller is where it is logged from, as for any line.
-    assert often[2].funcName == "_a_job_line"
-    assert often[2].pathname == usual.pathname == __file__
-    lines, first = inspect.getsourcelines(_a_job_line)
-    assert {r.lineno for r in often} == {first + 1}, lines
-    # And handlers format it as any other line, fields included.
-    line = json.loads(BatchingStreamHandler(io.StringIO(), "json").format(often[1]))
-    assert line["message"] == "job 1 took 0.250s" and line["job_id"] == 1
-
-
-def test_a_line_logged_often_passes_the_loggers_filters_and_the_apps_record_factory() -> None:
-    kept = Kept()
-    logger = _logger(kept)
-    logger.addFilter(lambda record: record.job_id != 1)  # type: ignore[attr-defined]
-    made: list[str] = []
-    usual = logging.getLogRecordFactory()
-
-    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
-        record = usual(*args, **kwargs)
-        made.append(record.getMessage())
-        return record
-
-    logging.setLogRecordFactory(factory)
-    try:
-        for n in range(3):
-            _a_job_line(logger, n)
-    finally:
-        logging.setLogRecordFactory(usual)
-    assert made == [f"job {n} took 0.250s" for n in range(3)]
-    assert [r.job_id for r in kept.records] == [0, 2]  # type: ignore[attr-defined]
-    assert kept.records[0].funcName == "_a_job_line"
-
-
-def test_a_line_logged_often_names_the_thread_it_is_logged_on() -> None:
-    kept = Kept()
-    logger = _logger(kept)
-    _a_job_line(logger, 0)
-    other = threading.Thread(target=_a_job_line, args=(logger, 1), name="pgqueue-other")
-    other.start()
-    other.join()
-    current = threading.current_thread()
-    name = current.name
-    current.name = "renamed"
-    try:
-        _a_job_line(logger, 2)
-    finally:
-        current.name = name
-    assert [(r.thread, r.threadName) for r in kept.records] == [
-        (current.ident, name),
-        (other.ident, "pgqueue-other"),
-        (current.ident, "renamed"),
-    ]
-
-
-def test_a_line_logged_often_in_an_asyncio_task_names_the_task_as_logging_does() -> None:
-    kept = Kept()
-    logger = _logger(kept)
-    _a_job_line(logger, 0)  # the first, outside any task
-
-    async def job() -> None:
-        _a_job_line(logger, 1)
-        logger.info("job %d took %.3fs", 9, 0.25, extra={**JOB, "job_id": 9})
-
-    async def main() -> None:
-        await asyncio.create_task(job(), name="pgqueue-job-1")
-
-    asyncio.run(main())
-    outside, often, usual = kept.records
-    assert getattr(often, "taskName", None) == getattr(usual, "taskName", None)
-    assert getattr(outside, "taskName", None) is None
-    if hasattr(usual, "taskName"):  # Python 3.12+
-        assert often.taskName == "pgqueue-job-1"  # type: ignore[attr-defined]
-
-
-def test_a_line_logged_often_is_made_the_usual_way_where_the_app_changed_how(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A patched makeRecord (a tracer adding its ids) or a Logger class of the app's own must
-    make each record itself: copied from the first, what it adds would be the first's."""
-    kept = Kept()
-    logger = _logger(kept)
-    made = iter(range(100))
-    usual = logging.Logger.makeRecord
-
-    def make_record(self: logging.Logger, *args: object, **kwargs: object) -> logging.LogRecord:
-        record = usual(self, *args, **kwargs)  # type: ignore[arg-type]
-        record.trace_id = next(made)
-        return record
-
-    monkeypatch.setattr(logging.Logger, "makeRecord", make_record)
-    for n in range(3):
-        _a_job_line(logger, n)
-    monkeypatch.undo()
-    assert [r.trace_id for r in kept.records] == [0, 1, 2]  # type: ignore[attr-defined]
-    assert {r.funcName for r in kept.records} == {"_a_job_line"}
-
-    class AppLogger(logging.Logger):
-        def _log(self, *args: object, **kwargs: object) -> None:
-            kwargs["extra"] = {**(kwargs.get("extra") or {}), "app": True}  # type: ignore[dict-item]
-            super()._log(*args, **kwargs)  # type: ignore[arg-type]
-
-    app_logger = AppLogger("pgqueue.test.app")
-    app_logger.propagate = False
-    app_logger.addHandler(kept)
-    _a_job_line(app_logger, 3)
-    assert kept.records[-1].app is True  # type: ignore[attr-defined]
-
-
-def test_a_line_logged_often_below_the_loggers_level_is_not_made() -> None:
-    kept = Kept()
-    logger = _logger(kept)
-    logger.setLevel(logging.WARNING)
-    _a_job_line(logger, 0)
-    assert kept.records == []
