@@ -234,11 +234,86 @@ def wait_finished(conn: psycopg.Connection[Any], total: int, timeout: float) -> 
         time.sleep(0.05)  # polling progress
 
 
-def drain_seconds(conn: psycopg.Connection[Any], worker: Worker, n: int) -> float:
-    """Wait until the worker has finished n jobs, stop it, and return the seconds from the
-    first job's start to the last one's finish (the database's clock)."""
+def cpu_seconds(pids: list[int]) -> float:
+    """The CPU time (user and system) the processes have used so far; those gone count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def server_processes(conn: psycopg.Connection[Any]) -> list[int] | None:
+    """The PostgreSQL server's processes (its postmaster and every child), when it runs on
+    this machine and /proc shows them; None otherwise."""
+    backend = scalar(conn, "SELECT pg_backend_pid()")
     try:
+        with open(f"/proc/{backend}/comm") as comm:
+            if not comm.read().startswith("postgres"):
+                return None
+        with open(f"/proc/{backend}/stat") as stat:
+            postmaster = int(stat.read().rsplit(")", 1)[1].split()[1])
+        children = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with suppress(OSError), open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == postmaster:
+                        children.append(int(entry))
+    except OSError:
+        return None  # another machine, or a PID namespace of its own
+    return [postmaster, *children]
+
+
+@dataclass
+class CpuUse:
+    """CPU time per job of the worker process and of the database server, over the jobs
+    finished between two readings (None when the server's processes cannot be read)."""
+
+    jobs: int
+    worker: float
+    server: float | None
+
+    @classmethod
+    def read(cls, conn: psycopg.Connection[Any], worker: Worker) -> CpuUse:
+        jobs = scalar(conn, "SELECT count(*) FROM pgqueue_finished_jobs")
+        server = server_processes(conn)
+        return cls(
+            jobs,
+            cpu_seconds([worker.process.pid]),
+            None if server is None else cpu_seconds(server),
+        )
+
+    def per_job_since(self, start: CpuUse) -> dict[str, float]:
+        """Microseconds of CPU per job since `start`, for the worker and the server."""
+        jobs = max(self.jobs - start.jobs, 1)
+        figures = {"worker_cpu_us_per_job": (self.worker - start.worker) / jobs * 1e6}
+        if self.server is not None and start.server is not None:
+            figures["server_cpu_us_per_job"] = (self.server - start.server) / jobs * 1e6
+        return figures
+
+
+def drain_seconds(
+    conn: psycopg.Connection[Any], worker: Worker, n: int, cpu: dict[str, float] | None = None
+) -> float:
+    """Wait until the worker has finished n jobs, stop it, and return the seconds from the
+    first job's start to the last one's finish (the database's clock). `cpu` gets the CPU
+    time per job of the worker and of the server, from its first finished job to its last
+    (its start-up left out)."""
+    try:
+        if cpu is not None:
+            deadline = time.monotonic() + 600
+            while not scalar(conn, "SELECT count(*) FROM pgqueue_finished_jobs"):
+                if time.monotonic() > deadline or worker.process.poll() is not None:
+                    raise RuntimeError("the worker finished no job")
+                time.sleep(0.005)  # polling for the first finished job
+            first = CpuUse.read(conn, worker)
         wait_finished(conn, n, timeout=600)
+        if cpu is not None:
+            cpu.update(CpuUse.read(conn, worker).per_job_since(first))
     finally:
         worker.stop()
     return float(
@@ -304,11 +379,15 @@ def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
         " WHERE id = ANY(%s)), " + claim.removeprefix("WITH ")
     )
     rates = {}
+    cpu: dict[str, float] = {}
     for name in ("two_statements", "one_round_trip", "one_statement"):
         with psycopg.connect(dsn, autocommit=True) as conn:
             reset(conn)
             with psycopg.connect(dsn) as tx:
                 enqueue_noops(tx, n)
+            server = server_processes(conn)
+            server_before = None if server is None else cpu_seconds(server)
+            client_before = time.process_time()
             start = time.perf_counter()
             done = 0
             running: list[int] = []
@@ -334,12 +413,20 @@ def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
                     break
                 done += taken
             rates[name] = done / (time.perf_counter() - start)
+            if name == "two_statements":
+                # What the loop costs the machine per job: its client and the server.
+                cpu["client_cpu_us_per_job"] = (time.process_time() - client_before) / done * 1e6
+                if server is not None and server_before is not None:
+                    cpu["server_cpu_us_per_job"] = (
+                        (cpu_seconds(server) - server_before) / done * 1e6
+                    )
     results.add(
         "bare_sql_ceiling",
         jobs=n,
         jobs_per_s=rates["two_statements"],
         one_round_trip_jobs_per_s=rates["one_round_trip"],
         one_statement_jobs_per_s=rates["one_statement"],
+        **cpu,
     )
     return rates["two_statements"]
 
@@ -391,7 +478,8 @@ def drain(
             log_level,
             wait_ready=log_level == "INFO",  # a WARNING worker writes no ready line
         )
-        seconds = drain_seconds(conn, worker, n)
+        cpu: dict[str, float] = {}
+        seconds = drain_seconds(conn, worker, n, cpu)
         after, wal_after = settled_stats(conn), wal_lsn(conn)
         rate = n / seconds
         results.add(
@@ -399,6 +487,7 @@ def drain(
             jobs=n,
             jobs_per_s=rate,
             vs_ceiling=rate / ceiling,
+            **cpu,
             # Row versions written to the hot table per job (its enqueue's included): the
             # insert and the claim's update; ending it deletes the row (counted apart).
             row_versions_per_job=(
@@ -417,27 +506,66 @@ def drain(
 def fastest_against_ceiling(dsn: str, n: int, results: Results, logs: Path, rounds: int) -> None:
     """The fastest drain and the ceiling again, in alternating pairs, until there are
     `rounds` pairs; its figures become the medians. The machine's speed drifts from one
-    minute to the next, and one pair's ratio moved by 20% between runs."""
+    minute to the next, and one pair's ratio moved by 20% between runs.
+
+    Each pair also says how many cores the drain would keep busy at TARGET_VS_CEILING of
+    its ceiling, at the CPU time per job it was measured to cost the worker and the server
+    (`cores_at_target`; when the server's processes can be read): the bound that a drain
+    sharing the machine with its database meets before any round trip does."""
     task, pool, concurrency, log_level = FASTEST_DRAIN
     name = drain_name(*FASTEST_DRAIN)
     figure = results.figures[name]
-    pairs = [(figure["jobs_per_s"], results.figures["bare_sql_ceiling"]["jobs_per_s"])]
+    pairs = [(figure, results.figures["bare_sql_ceiling"])]
     while len(pairs) < rounds:
         scratch = Results()
         ceiling = bare_sql_ceiling(dsn, n, scratch)
         drain(dsn, n, concurrency, pool, task, ceiling, scratch, logs, log_level)
-        pairs.append((scratch.figures[name]["jobs_per_s"], ceiling))
+        pairs.append((scratch.figures[name], scratch.figures["bare_sql_ceiling"]))
     figure["rounds"] = [
-        {"jobs_per_s": rate, "ceiling_per_s": ceiling, "vs_ceiling": rate / ceiling}
-        for rate, ceiling in pairs
+        {
+            "jobs_per_s": drained["jobs_per_s"],
+            "ceiling_per_s": ceiling["jobs_per_s"],
+            "vs_ceiling": drained["jobs_per_s"] / ceiling["jobs_per_s"],
+            **cores_at_target(drained, ceiling),
+        }
+        for drained, ceiling in pairs
     ]
-    figure["jobs_per_s"] = statistics.median(rate for rate, _ in pairs)
-    figure["vs_ceiling"] = statistics.median(rate / ceiling for rate, ceiling in pairs)
+    figure["jobs_per_s"] = statistics.median(r["jobs_per_s"] for r in figure["rounds"])
+    figure["vs_ceiling"] = statistics.median(r["vs_ceiling"] for r in figure["rounds"])
+    cores = [r["cores_at_target"] for r in figure["rounds"] if "cores_at_target" in r]
+    if cores:
+        figure["cores_at_target"] = statistics.median(cores)
     print(
         f"{name}: median of {rounds} pairs with the ceiling: "
-        f"{figure['jobs_per_s']:,.0f} jobs/s, vs_ceiling={figure['vs_ceiling']:.3f}",
+        f"{figure['jobs_per_s']:,.0f} jobs/s, vs_ceiling={figure['vs_ceiling']:.3f}"
+        + (
+            f"; at {TARGET_VS_CEILING}x the ceiling it would keep "
+            f"{figure['cores_at_target']:.2f} of {os.cpu_count()} cores busy"
+            if cores
+            else ""
+        ),
         flush=True,
     )
+
+
+# Issue 17's target for the best configuration, against the two-statement ceiling.
+TARGET_VS_CEILING = 0.9
+
+
+def cores_at_target(drained: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, float]:
+    """The cores a drain at TARGET_VS_CEILING of `ceiling` would keep busy, at the CPU time
+    per job the worker and the server spent in `drained`; and the same for the ceiling's own
+    loop at its rate. Empty when the server's CPU could not be read."""
+    if "server_cpu_us_per_job" not in drained or "server_cpu_us_per_job" not in ceiling:
+        return {}
+    per_job = drained["worker_cpu_us_per_job"] + drained["server_cpu_us_per_job"]
+    own = ceiling["client_cpu_us_per_job"] + ceiling["server_cpu_us_per_job"]
+    return {
+        "drain_cpu_us_per_job": per_job,
+        "ceiling_cpu_us_per_job": own,
+        "cores_at_target": TARGET_VS_CEILING * ceiling["jobs_per_s"] * per_job / 1e6,
+        "ceiling_cores": ceiling["jobs_per_s"] * own / 1e6,
+    }
 
 
 def cpu_bound(dsn: str, jobs: int, results: Results, logs: Path) -> None:
