@@ -247,6 +247,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def children(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (read from /proc; none where it is not)."""
+    found = []
+    with suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with suppress(OSError, ValueError), open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        found.append(int(entry))
+    return found
+
+
 def server_processes(conn: psycopg.Connection[Any]) -> list[int] | None:
     """The PostgreSQL server's processes (its postmaster and every child), when it runs on
     this machine and /proc shows them; None otherwise."""
@@ -257,21 +269,16 @@ def server_processes(conn: psycopg.Connection[Any]) -> list[int] | None:
                 return None
         with open(f"/proc/{backend}/stat") as stat:
             postmaster = int(stat.read().rsplit(")", 1)[1].split()[1])
-        children = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with suppress(OSError), open(f"/proc/{entry}/stat") as stat:
-                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == postmaster:
-                        children.append(int(entry))
     except OSError:
         return None  # another machine, or a PID namespace of its own
-    return [postmaster, *children]
+    return [postmaster, *children(postmaster)]
 
 
 @dataclass
 class CpuUse:
-    """CPU time per job of the worker process and of the database server, over the jobs
-    finished between two readings (None when the server's processes cannot be read)."""
+    """CPU time per job of the worker process (with its children: `--processes`) and of the
+    database server, over the jobs finished between two readings (None when the server's
+    processes cannot be read)."""
 
     jobs: int
     worker: float
@@ -283,7 +290,7 @@ class CpuUse:
         server = server_processes(conn)
         return cls(
             jobs,
-            cpu_seconds([worker.process.pid]),
+            cpu_seconds([worker.process.pid, *children(worker.process.pid)]),
             None if server is None else cpu_seconds(server),
         )
 

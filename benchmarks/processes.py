@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -32,16 +33,24 @@ import bench_tasks  # noqa: E402
 from bench import Worker, drain_seconds, fresh_database, machine, reset, server_dsn  # noqa: E402
 
 
-def drain(dsn: str, task: str, jobs: int, burn: int, processes: int, logs: Path) -> float:
-    """Jobs per second of one drain of `jobs` jobs of `task` by `processes` processes."""
+def drain(
+    dsn: str, task: str, jobs: int, burn: int, processes: int, logs: Path
+) -> tuple[float, float | None]:
+    """Jobs per second of one drain of `jobs` jobs of `task` by `processes` processes, and
+    how many cores it kept busy (its worker processes' and the server's CPU time over its
+    wall time; None when the server's processes cannot be read)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         reset(conn)
         calls: list[tuple[Any, ...]] = [()] * jobs if task == "noop" else [(burn,)] * jobs
         getattr(bench_tasks, task).delay_many(calls)
         extra = ["--processes", str(processes)] if processes > 1 else []
         worker = Worker(dsn, logs / f"processes-{task}-{processes}.log", *extra)
-        seconds = drain_seconds(conn, worker, jobs)
-    return jobs / seconds
+        cpu: dict[str, float] = {}
+        seconds = drain_seconds(conn, worker, jobs, cpu)
+    rate = jobs / seconds
+    if "server_cpu_us_per_job" not in cpu:
+        return rate, None
+    return rate, rate * (cpu["worker_cpu_us_per_job"] + cpu["server_cpu_us_per_job"]) / 1e6
 
 
 def main() -> int:
@@ -61,15 +70,25 @@ def main() -> int:
         bench_tasks.app.set_dsn(dsn)
         for task, jobs in (("noop", args.noop_jobs), ("burn", args.burn_jobs)):
             ratios, alone, several = [], [], []
+            busy: dict[int, list[float]] = {1: [], args.processes: []}
             for pair in range(args.pairs):
                 order = (1, args.processes) if pair % 2 == 0 else (args.processes, 1)
-                rates = {n: drain(dsn, task, jobs, args.burn, n, logs) for n in order}
+                measured = {n: drain(dsn, task, jobs, args.burn, n, logs) for n in order}
+                rates = {n: rate for n, (rate, _) in measured.items()}
+                for n, (_, cores) in measured.items():
+                    if cores is not None:
+                        busy[n].append(cores)
                 alone.append(rates[1])
                 several.append(rates[args.processes])
                 ratios.append(rates[args.processes] / rates[1])
                 print(
                     f"{task} pair {pair + 1}: {rates[1]:,.0f} jobs/s with 1 process, "
-                    f"{rates[args.processes]:,.0f} with {args.processes}: {ratios[-1]:.2f}x",
+                    f"{rates[args.processes]:,.0f} with {args.processes}: {ratios[-1]:.2f}x"
+                    + "".join(
+                        f"; cores busy {measured[n][1]:.2f} with {n}"
+                        for n in (1, args.processes)
+                        if measured[n][1] is not None
+                    ),
                     flush=True,
                 )
             figures[task] = {
@@ -79,7 +98,21 @@ def main() -> int:
                 "ratios": ratios,
                 "median_ratio": statistics.median(ratios),
             }
-            print(f"{task}: median {statistics.median(ratios):.2f}x", flush=True)
+            line = f"{task}: median {statistics.median(ratios):.2f}x"
+            if busy[1]:
+                # One process and its share of the server keep this many cores busy: on a
+                # machine of `cores`, N processes can go at most cores / that times as fast.
+                cores = os.cpu_count() or 1
+                one = statistics.median(busy[1])
+                figures[task]["cores_busy_one_process"] = busy[1]
+                figures[task][f"cores_busy_{args.processes}_processes"] = busy[args.processes]
+                figures[task]["most_on_these_cores"] = min(args.processes, cores / one)
+                line += (
+                    f"; one process keeps {one:.2f} of {cores} cores busy (with the server's "
+                    f"share), so {args.processes} can go at most "
+                    f"{figures[task]['most_on_these_cores']:.2f}x as fast here"
+                )
+            print(line, flush=True)
         bench_tasks.app.close()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"machine": described, "figures": figures}, indent=2))
