@@ -133,6 +133,9 @@ def validate_priority(priority: int) -> int:
 # a database connection per thread).
 SYNC_CONCURRENCY = 10
 ASYNC_CONCURRENCY = 100
+# The most jobs per slot a worker may be told to hold claimed ahead of its free slots
+# (`--claim-ahead`): held jobs are claims the rest of the fleet cannot take.
+MAX_CLAIM_AHEAD = 100
 
 
 def default_concurrency(tasks: Iterable[Task[Any, Any]], pool: str = "thread") -> int:
@@ -161,6 +164,9 @@ class WorkerSettings:
     heartbeat_timeout: float = 30.0
     rescue_interval: float = 1.0
     completion_batch_size: int = 100
+    # Claiming ahead (see worker.AHEAD_SECONDS): a worker whose jobs end quickly holds up to
+    # this many claimed jobs per slot beyond its free slots; 0 claims for free slots only.
+    claim_ahead: int = 4
     # The latest progress a task publishes (`set_progress`) is written at most this often:
     # a task may publish thousands of times a second at the cost of a few writes.
     progress_interval: float = 0.25
@@ -208,6 +214,15 @@ class WorkerSettings:
             )
         if not 1 <= self.completion_batch_size <= 200:
             raise ConfigurationError("completion_batch_size must be between 1 and 200")
+        if (
+            not isinstance(self.claim_ahead, int)
+            or isinstance(self.claim_ahead, bool)
+            or not 0 <= self.claim_ahead <= MAX_CLAIM_AHEAD
+        ):
+            raise ConfigurationError(
+                f"claim_ahead (--claim-ahead) must be a whole number of jobs per slot from 0 "
+                f"to {MAX_CLAIM_AHEAD}, got {self.claim_ahead!r} (0 claims for free slots only)"
+            )
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")

@@ -121,7 +121,8 @@ MIN_CLAIM_LIMIT = 10
 # worker. Jobs of tasks with fleet-wide limits are claimed for free slots, or one at a time
 # when none is free, first in line: held long, one would keep a place of its limit unused.
 AHEAD_SECONDS = 0.05
-AHEAD_PER_SLOT = 4
+# The default of `--claim-ahead` (WorkerSettings.claim_ahead); 0 turns claiming ahead off.
+AHEAD_PER_SLOT = WorkerSettings.claim_ahead
 AHEAD_HOLD = 0.5
 # While claiming ahead, one claim takes up to this many jobs: the slots of a small worker
 # free faster than claims of their number come back.
@@ -196,6 +197,7 @@ class Worker:
         # of short jobs waiting on round trips (4,700 jobs/s against 7,400 with claims of 10;
         # at 100 slots, claims of 50 did better than 100).
         self._claim_limit = max(min(self.concurrency, MIN_CLAIM_LIMIT), (self.concurrency + 1) // 2)
+        self._ahead_per_slot = settings.claim_ahead  # jobs a slot may hold claimed ahead
         self.forced = False
         self.crashed = False
         self._stop_count = 0
@@ -709,7 +711,7 @@ class Worker:
         if mean is None or self._stopping.is_set():
             return 0
         slots = self.concurrency
-        return min(slots * AHEAD_PER_SLOT, int(slots * AHEAD_SECONDS / max(mean, 1e-6)))
+        return min(slots * self._ahead_per_slot, int(slots * AHEAD_SECONDS / max(mean, 1e-6)))
 
     def _claim_size(self) -> int:
         """The most jobs one claim takes: the claim limit, or AHEAD_CLAIM when claiming ahead

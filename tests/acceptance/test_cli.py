@@ -191,6 +191,18 @@ def test_help_and_version_exit_zero(command: list[str]) -> None:
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize("value", ["-1", "101"])
+def test_a_claim_ahead_out_of_range_is_a_one_line_error_before_the_worker_registers(
+    dsn: str, value: str
+) -> None:
+    line = one_line_error(pgqueue("worker", "--app", APP, "--claim-ahead", value, dsn=dsn))
+    assert f"--claim-ahead) must be a whole number of jobs per slot from 0 to 100, got {value}" in (
+        line
+    )
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pgqueue_workers").fetchone() == (0,)
+
+
 def test_worker_help_lists_its_options() -> None:
     result = pgqueue("worker", "--help")
     for option in (
@@ -200,5 +212,6 @@ def test_worker_help_lists_its_options() -> None:
         "--concurrency",
         "--shutdown-timeout",
         "--processes",
+        "--claim-ahead",
     ):
         assert option in result.stdout

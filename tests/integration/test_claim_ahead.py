@@ -288,3 +288,43 @@ def test_held_jobs_whose_lease_was_lost_are_dropped_unrun(held: Held) -> None:
     held.gate.set()
     wait_until(lambda: not worker.running and not worker._abandoned, what="blocker ended")
     assert held.ran == []
+
+
+def test_claim_ahead_0_claims_for_free_slots_only(
+    app: pgqueue.App, dsn: str, conn: psycopg.Connection[Any], start_worker: StartWorker
+) -> None:
+    """`--claim-ahead 0`: a worker of short jobs holds none beyond its free slots. Jobs that a
+    worker of the default would hold behind a slow one (as `Held` shows) stay queued for any
+    worker, and every job the database shows running is running."""
+    gate, blocking = threading.Event(), threading.Event()
+
+    @app.task
+    def quick(n: int) -> int:
+        return n
+
+    @app.task
+    def blocker() -> None:
+        blocking.set()
+        assert gate.wait(30)
+
+    worker = start_worker(app, concurrency=1, claim_ahead=0).worker
+    app.wait_all(
+        [app.get_job(job_id) for job_id in quick.delay_many([(n,) for n in range(-20, 0)])],
+        timeout=15,
+    )
+    assert worker._mean_run is not None  # its jobs are known to be short
+    assert worker._ahead_wanted() == 0
+    try:
+        with psycopg.connect(dsn) as tx:  # in one claim's reach, as in `Held`
+            blocker.apply_async(connection=tx)
+            ids = quick.delay_many([(n,) for n in range(4)], connection=tx)
+        assert blocking.wait(15)
+        # The claim that took the blocker took nothing else, and with its one slot busy the
+        # worker claims nothing more.
+        assert worker._claim_room() == 0 and not worker._ahead
+        assert set(_rows(conn, ids).values()) == {("queued", 0)}
+    finally:
+        gate.set()
+    for job_id in ids:
+        assert app.get_job(job_id).wait(timeout=15) in range(4)
+    assert set(_rows(conn, ids).values()) == {("succeeded", 1)}

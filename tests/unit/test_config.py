@@ -92,6 +92,10 @@ def test_worker_settings_are_frozen() -> None:
         ({"heartbeat_interval": 5.0, "heartbeat_timeout": 10.0}, "heartbeat_timeout"),
         ({"completion_batch_size": 0}, "completion_batch_size"),
         ({"completion_batch_size": 201}, "completion_batch_size"),
+        ({"claim_ahead": -1}, "claim_ahead"),
+        ({"claim_ahead": 101}, "claim_ahead"),
+        ({"claim_ahead": 1.5}, "claim_ahead"),
+        ({"claim_ahead": True}, "claim_ahead"),
         ({"queues": ("ok", "not ok")}, "queue name"),
     ],
 )

@@ -27,6 +27,8 @@ def test_a_child_gets_every_option_given_with_its_own_name_and_metrics_port() ->
             "process",
             "--shutdown-timeout",
             "5.5",
+            "--claim-ahead",
+            "0",  # a value that is false, but given
             "--retention",
             "0",
             "--log-format",
