@@ -186,7 +186,8 @@ class Worker:
     """`pgqueue worker --app bench_tasks:app --no-scheduler *args`, started and waited for
     until ready; `scheduler=True` leaves out `--no-scheduler` (the worker as users start it),
     `app` names another app, `wait_ready=False` does not wait (a worker logging at WARNING
-    writes no ready line). `started_at` is the wall-clock time just before its exec."""
+    writes no ready line), `ready_lines=N` waits for N (the children of `--processes N`).
+    `started_at` is the wall-clock time just before its exec."""
 
     def __init__(
         self,
@@ -196,6 +197,7 @@ class Worker:
         scheduler: bool = False,
         app: str = "bench_tasks:app",
         wait_ready: bool = True,
+        ready_lines: int = 1,
     ) -> None:
         self.log = log.open("wb")
         env = {**os.environ, "PGQUEUE_DSN": dsn, "PYTHONUNBUFFERED": "1"}
@@ -211,7 +213,7 @@ class Worker:
         )
         self.log_path = log
         deadline = time.monotonic() + 60
-        while wait_ready and b" ready: " not in log.read_bytes():
+        while wait_ready and log.read_bytes().count(b" ready: ") < ready_lines:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not start:\n{log.read_text()}")
             time.sleep(0.05)  # polling the log for readiness
@@ -234,17 +236,13 @@ def wait_finished(conn: psycopg.Connection[Any], total: int, timeout: float) -> 
         time.sleep(0.05)  # polling progress
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """The CPU time (user and system) the processes have used so far; those gone count 0."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
 
 
 def children(parent: int) -> list[int]:
@@ -253,25 +251,41 @@ def children(parent: int) -> list[int]:
     with suppress(OSError):
         for entry in os.listdir("/proc"):
             if entry.isdigit():
-                with suppress(OSError, ValueError), open(f"/proc/{entry}/stat") as stat:
-                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == parent:
-                        found.append(int(entry))
+                fields = _stat(int(entry))
+                if fields is not None and int(fields[1]) == parent:
+                    found.append(int(entry))
     return found
 
 
-def server_processes(conn: psycopg.Connection[Any]) -> list[int] | None:
-    """The PostgreSQL server's processes (its postmaster and every child), when it runs on
-    this machine and /proc shows them; None otherwise."""
+def tree_cpu_seconds(root: int) -> float | None:
+    """The CPU time (user and system) used so far by process `root` and its children: its
+    own, that of its children that have ended (counted in its own fields once it has reaped
+    them), and that of those alive. The difference of two readings counts every child that
+    ran in between, whether it started or ended there. None when /proc does not show it."""
+    fields = _stat(root)
+    if fields is None:
+        return None
+    # utime, stime, cutime, cstime: fields 14-17 of stat, 11-14 here.
+    ticks = sum(int(value) for value in fields[11:15])
+    for child in children(root):
+        child_fields = _stat(child)
+        if child_fields is not None:
+            ticks += int(child_fields[11]) + int(child_fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_root(conn: psycopg.Connection[Any]) -> int | None:
+    """The PostgreSQL server's postmaster (the parent of every server process), when the
+    server runs on this machine and /proc shows it; None otherwise."""
     backend = scalar(conn, "SELECT pg_backend_pid()")
     try:
         with open(f"/proc/{backend}/comm") as comm:
             if not comm.read().startswith("postgres"):
                 return None
-        with open(f"/proc/{backend}/stat") as stat:
-            postmaster = int(stat.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return None  # another machine, or a PID namespace of its own
-    return [postmaster, *children(postmaster)]
+    fields = _stat(backend)
+    return None if fields is None else int(fields[1])
 
 
 @dataclass
@@ -281,23 +295,28 @@ class CpuUse:
     processes cannot be read)."""
 
     jobs: int
-    worker: float
+    worker: float | None
     server: float | None
 
     @classmethod
     def read(cls, conn: psycopg.Connection[Any], worker: Worker) -> CpuUse:
         jobs = scalar(conn, "SELECT count(*) FROM pgqueue_finished_jobs")
-        server = server_processes(conn)
+        root = server_root(conn)
         return cls(
             jobs,
-            cpu_seconds([worker.process.pid, *children(worker.process.pid)]),
-            None if server is None else cpu_seconds(server),
+            tree_cpu_seconds(worker.process.pid),
+            None if root is None else tree_cpu_seconds(root),
         )
 
     def per_job_since(self, start: CpuUse) -> dict[str, float]:
-        """Microseconds of CPU per job since `start`, for the worker and the server."""
-        jobs = max(self.jobs - start.jobs, 1)
-        figures = {"worker_cpu_us_per_job": (self.worker - start.worker) / jobs * 1e6}
+        """Microseconds of CPU per job since `start`, for the worker and the server (what
+        could be read; nothing when no job finished in between)."""
+        jobs = self.jobs - start.jobs
+        figures: dict[str, float] = {}
+        if jobs <= 0:
+            return figures
+        if self.worker is not None and start.worker is not None:
+            figures["worker_cpu_us_per_job"] = (self.worker - start.worker) / jobs * 1e6
         if self.server is not None and start.server is not None:
             figures["server_cpu_us_per_job"] = (self.server - start.server) / jobs * 1e6
         return figures
@@ -392,8 +411,8 @@ def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
             reset(conn)
             with psycopg.connect(dsn) as tx:
                 enqueue_noops(tx, n)
-            server = server_processes(conn)
-            server_before = None if server is None else cpu_seconds(server)
+            root = server_root(conn)
+            server_before = None if root is None else tree_cpu_seconds(root)
             client_before = time.process_time()
             start = time.perf_counter()
             done = 0
@@ -423,10 +442,10 @@ def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
             if name == "two_statements":
                 # What the loop costs the machine per job: its client and the server.
                 cpu["client_cpu_us_per_job"] = (time.process_time() - client_before) / done * 1e6
-                if server is not None and server_before is not None:
-                    cpu["server_cpu_us_per_job"] = (
-                        (cpu_seconds(server) - server_before) / done * 1e6
-                    )
+                server_after = None if root is None else tree_cpu_seconds(root)
+                if server_after is not None and server_before is not None:
+                    spent = server_after - server_before
+                    cpu["server_cpu_us_per_job"] = spent / done * 1e6
     results.add(
         "bare_sql_ceiling",
         jobs=n,
@@ -537,17 +556,28 @@ def fastest_against_ceiling(dsn: str, n: int, results: Results, logs: Path, roun
         }
         for drained, ceiling in pairs
     ]
-    figure["jobs_per_s"] = statistics.median(r["jobs_per_s"] for r in figure["rounds"])
-    figure["vs_ceiling"] = statistics.median(r["vs_ceiling"] for r in figure["rounds"])
-    cores = [r["cores_at_target"] for r in figure["rounds"] if "cores_at_target" in r]
-    if cores:
-        figure["cores_at_target"] = statistics.median(cores)
+    # Every figure of the pairs is their median (vs_ceiling that of the ratios).
+    for key in (
+        "jobs_per_s",
+        "vs_ceiling",
+        "worker_cpu_us_per_job",
+        "server_cpu_us_per_job",
+        "cores_busy",
+        "cores_at_target",
+    ):
+        values = [r[key] for r in figure["rounds"] if key in r]
+        if values:
+            figure[key] = statistics.median(values)
+        else:
+            figure.pop(key, None)
+    cores = "cores_at_target" in figure
     print(
         f"{name}: median of {rounds} pairs with the ceiling: "
         f"{figure['jobs_per_s']:,.0f} jobs/s, vs_ceiling={figure['vs_ceiling']:.3f}"
         + (
-            f"; at {TARGET_VS_CEILING}x the ceiling it would keep "
-            f"{figure['cores_at_target']:.2f} of {os.cpu_count()} cores busy"
+            f"; it kept {figure['cores_busy']:.2f} of {os.cpu_count()} cores busy, and at "
+            f"{TARGET_VS_CEILING}x the ceiling, at the same CPU per job, would keep "
+            f"{figure['cores_at_target']:.2f}"
             if cores
             else ""
         ),
@@ -560,16 +590,24 @@ TARGET_VS_CEILING = 0.9
 
 
 def cores_at_target(drained: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, float]:
-    """The cores a drain at TARGET_VS_CEILING of `ceiling` would keep busy, at the CPU time
-    per job the worker and the server spent in `drained`; and the same for the ceiling's own
-    loop at its rate. Empty when the server's CPU could not be read."""
-    if "server_cpu_us_per_job" not in drained or "server_cpu_us_per_job" not in ceiling:
+    """What the pair's drain and ceiling cost in CPU: per job, the worker's, the server's and
+    their sum, and the ceiling's client and server; the cores the drain kept busy and those
+    a drain at TARGET_VS_CEILING of the ceiling would keep busy at the same cost per job; and
+    those the ceiling's loop kept busy. Empty when the server's CPU could not be read. CPU
+    time is counted in ticks of 1/SC_CLK_TCK s (10 ms here): a few percent of a drain's."""
+    keys = ("worker_cpu_us_per_job", "server_cpu_us_per_job")
+    if any(key not in drained for key in keys) or "server_cpu_us_per_job" not in ceiling:
         return {}
     per_job = drained["worker_cpu_us_per_job"] + drained["server_cpu_us_per_job"]
     own = ceiling["client_cpu_us_per_job"] + ceiling["server_cpu_us_per_job"]
     return {
+        "worker_cpu_us_per_job": drained["worker_cpu_us_per_job"],
+        "server_cpu_us_per_job": drained["server_cpu_us_per_job"],
         "drain_cpu_us_per_job": per_job,
+        "ceiling_client_cpu_us_per_job": ceiling["client_cpu_us_per_job"],
+        "ceiling_server_cpu_us_per_job": ceiling["server_cpu_us_per_job"],
         "ceiling_cpu_us_per_job": own,
+        "cores_busy": drained["jobs_per_s"] * per_job / 1e6,
         "cores_at_target": TARGET_VS_CEILING * ceiling["jobs_per_s"] * per_job / 1e6,
         "ceiling_cores": ceiling["jobs_per_s"] * own / 1e6,
     }

@@ -44,11 +44,14 @@ def drain(
         calls: list[tuple[Any, ...]] = [()] * jobs if task == "noop" else [(burn,)] * jobs
         getattr(bench_tasks, task).delay_many(calls)
         extra = ["--processes", str(processes)] if processes > 1 else []
-        worker = Worker(dsn, logs / f"processes-{task}-{processes}.log", *extra)
+        # Every child ready before the CPU is read: a child's start-up is not a job's cost.
+        worker = Worker(
+            dsn, logs / f"processes-{task}-{processes}.log", *extra, ready_lines=processes
+        )
         cpu: dict[str, float] = {}
         seconds = drain_seconds(conn, worker, jobs, cpu)
     rate = jobs / seconds
-    if "server_cpu_us_per_job" not in cpu:
+    if "server_cpu_us_per_job" not in cpu or "worker_cpu_us_per_job" not in cpu:
         return rate, None
     return rate, rate * (cpu["worker_cpu_us_per_job"] + cpu["server_cpu_us_per_job"]) / 1e6
 
@@ -100,17 +103,21 @@ def main() -> int:
             }
             line = f"{task}: median {statistics.median(ratios):.2f}x"
             if busy[1]:
-                # One process and its share of the server keep this many cores busy: on a
-                # machine of `cores`, N processes can go at most cores / that times as fast.
+                # One process and its share of the server keep this many cores busy. At the
+                # same CPU per job, N processes on a machine of `cores` could go at most
+                # cores / that times as fast: an estimate per pair, since a job's CPU varies
+                # from one drain to the next (pairs measured a little past it).
                 cores = os.cpu_count() or 1
-                one = statistics.median(busy[1])
+                estimates = [min(args.processes, cores / one) for one in busy[1]]
                 figures[task]["cores_busy_one_process"] = busy[1]
                 figures[task][f"cores_busy_{args.processes}_processes"] = busy[args.processes]
-                figures[task]["most_on_these_cores"] = min(args.processes, cores / one)
+                figures[task]["most_at_same_cpu_per_job"] = estimates
                 line += (
-                    f"; one process keeps {one:.2f} of {cores} cores busy (with the server's "
-                    f"share), so {args.processes} can go at most "
-                    f"{figures[task]['most_on_these_cores']:.2f}x as fast here"
+                    f"; one process kept {statistics.median(busy[1]):.2f} of {cores} cores busy "
+                    f"(with the server's share): at the same CPU per job, {args.processes} "
+                    f"could go at most {statistics.median(estimates):.2f}x as fast (pairs "
+                    + ", ".join(f"{e:.2f}" for e in estimates)
+                    + ")"
                 )
             print(line, flush=True)
         bench_tasks.app.close()
