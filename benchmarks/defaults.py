@@ -11,6 +11,9 @@ round to round:
 - `pgqueuer`: PgQueuer 1.6 out of the box (peers.py's `default` preset: batch 10, psycopg);
 - `c10-sync`, `c10-async`: `pgqueue worker --app bench_tasks:app --concurrency 10`.
 
+`--log-cost` and `--claim-ahead-cost` add both defaults again with `--log-level WARNING`
+and with `--claim-ahead 0`: what the per-job INFO line costs and what claiming ahead buys.
+
 Each drain is timed from just before the worker's exec to the last job's finish on the
 database's clock (same machine): start-up is included, as users see it. It prints every
 round's figures, the medians and the ratios default-sync/pgqueuer (target 2x),
@@ -105,6 +108,11 @@ def main() -> int:
         action="store_true",
         help="also both defaults with --log-level WARNING: what the per-job INFO lines cost",
     )
+    parser.add_argument(
+        "--claim-ahead-cost",
+        action="store_true",
+        help="also both defaults with --claim-ahead 0: what claiming ahead buys",
+    )
     parser.add_argument("--output", type=Path, default=HERE / "results" / "defaults.json")
     args = parser.parse_args()
     for n in args.sweep.split(",") if args.sweep else ():
@@ -116,6 +124,12 @@ def main() -> int:
             assert configuration is not None
             module, task, flags = configuration
             CONFIGURATIONS[f"{name}-warning"] = (module, task, (*flags, "--log-level", "WARNING"))
+    if args.claim_ahead_cost:
+        for name in ("default-sync", "default-async"):
+            configuration = CONFIGURATIONS[name]
+            assert configuration is not None
+            module, task, flags = configuration
+            CONFIGURATIONS[f"{name}-claim-ahead-0"] = (module, task, (*flags, "--claim-ahead", "0"))
     jobs = args.jobs or (2_000 if args.quick else 20_000)
     rounds = args.rounds or (1 if args.quick else 3)
     names = [name for name in CONFIGURATIONS if not args.only or name in args.only]
