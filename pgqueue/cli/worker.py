@@ -216,8 +216,8 @@ def register(sub: Any, parents: Parents) -> None:
         "beyond the free slots, so that a slot that frees takes its next job without a round "
         "trip: at most what the slots get through in 50 ms, each given back after 0.5 s if "
         "still held. 0 claims for free slots only: every claimed job is running, at the cost "
-        "of a round trip between jobs (default: %(default)d; Celery's prefetch multiplier, "
-        "but counting only jobs not yet started, and 0 means none)",
+        "of a round trip between jobs (default: %(default)d; the nearest thing to Celery's "
+        "prefetch multiplier, where 0 lifts the limit instead)",
     )
     worker.add_argument(
         "--shutdown-timeout",
