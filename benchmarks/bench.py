@@ -245,33 +245,46 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def children(parent: int) -> list[int]:
-    """The processes whose parent is `parent` (read from /proc; none where it is not)."""
-    found = []
+def _all_stats() -> dict[int, list[str]]:
+    """Every process's stat fields (see _stat), from one pass over /proc."""
+    found = {}
     with suppress(OSError):
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 fields = _stat(int(entry))
-                if fields is not None and int(fields[1]) == parent:
-                    found.append(int(entry))
+                if fields is not None:
+                    found[int(entry)] = fields
     return found
 
 
 def tree_cpu_seconds(root: int) -> float | None:
-    """The CPU time (user and system) used so far by process `root` and its children: its
-    own, that of its children that have ended (counted in its own fields once it has reaped
-    them), and that of those alive. The difference of two readings counts every child that
-    ran in between, whether it started or ended there. None when /proc does not show it."""
-    fields = _stat(root)
-    if fields is None:
-        return None
-    # utime, stime, cutime, cstime: fields 14-17 of stat, 11-14 here.
-    ticks = sum(int(value) for value in fields[11:15])
-    for child in children(root):
-        child_fields = _stat(child)
-        if child_fields is not None:
-            ticks += int(child_fields[11]) + int(child_fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """The CPU time (user and system) used so far by process `root` and all its descendants:
+    for each, its own and that of the children it has reaped (cutime, cstime), so that the
+    difference of two readings counts every process that ran in between once, whether it
+    started or ended there. Read again when the root reaped a child during the reading (that
+    child would be in neither its fields nor the scan). None when /proc does not show it."""
+    for _ in range(10):
+        before = _stat(root)
+        if before is None:
+            return None
+        stats = _all_stats()
+        after = _stat(root)
+        if after is None:
+            return None
+        if after[13:15] != before[13:15]:
+            continue  # a child was reaped meanwhile: read again
+        stats[root] = after
+        kids: dict[int, list[int]] = {}
+        for pid, fields in stats.items():
+            kids.setdefault(int(fields[1]), []).append(pid)
+        ticks, todo = 0, [root]
+        while todo:
+            pid = todo.pop()
+            # utime, stime, cutime, cstime: fields 14-17 of stat, 11-14 here.
+            ticks += sum(int(value) for value in stats[pid][11:15])
+            todo.extend(kids.get(pid, ()))
+        return ticks / os.sysconf("SC_CLK_TCK")
+    return None  # children kept ending: no steady reading
 
 
 def server_root(conn: psycopg.Connection[Any]) -> int | None:
@@ -410,7 +423,14 @@ def bare_sql_ceiling(dsn: str, n: int, results: Results) -> float:
         with psycopg.connect(dsn, autocommit=True) as conn:
             reset(conn)
             with psycopg.connect(dsn) as tx:
+                enqueuer = tx.info.backend_pid
                 enqueue_noops(tx, n)
+            # Its server process gone before the first reading, its CPU in neither reading.
+            deadline = time.monotonic() + 10
+            while scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (enqueuer,)):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)  # polling for the enqueue's server process to end
             root = server_root(conn)
             server_before = None if root is None else tree_cpu_seconds(root)
             client_before = time.process_time()
@@ -547,16 +567,20 @@ def fastest_against_ceiling(dsn: str, n: int, results: Results, logs: Path, roun
         ceiling = bare_sql_ceiling(dsn, n, scratch)
         drain(dsn, n, concurrency, pool, task, ceiling, scratch, logs, log_level)
         pairs.append((scratch.figures[name], scratch.figures["bare_sql_ceiling"]))
+    measured = ("worker_cpu_us_per_job", "server_cpu_us_per_job")
     figure["rounds"] = [
         {
             "jobs_per_s": drained["jobs_per_s"],
             "ceiling_per_s": ceiling["jobs_per_s"],
             "vs_ceiling": drained["jobs_per_s"] / ceiling["jobs_per_s"],
+            **{key: drained[key] for key in measured if key in drained},
             **cores_at_target(drained, ceiling),
         }
         for drained, ceiling in pairs
     ]
-    # Every figure of the pairs is their median (vs_ceiling that of the ratios).
+    # The rate, the ratio and the CPU figures become the medians of the pairs (the ratio's,
+    # not the ratio of medians); the drain's other figures (WAL, rows, table sizes) and the
+    # bare_sql_ceiling entry stay those of the first pair.
     for key in (
         "jobs_per_s",
         "vs_ceiling",
@@ -590,8 +614,8 @@ TARGET_VS_CEILING = 0.9
 
 
 def cores_at_target(drained: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, float]:
-    """What the pair's drain and ceiling cost in CPU: per job, the worker's, the server's and
-    their sum, and the ceiling's client and server; the cores the drain kept busy and those
+    """What the pair's drain and ceiling cost in CPU: per job, the drain's worker and server
+    together, and the ceiling's client and server; the cores the drain kept busy and those
     a drain at TARGET_VS_CEILING of the ceiling would keep busy at the same cost per job; and
     those the ceiling's loop kept busy. Empty when the server's CPU could not be read. CPU
     time is counted in ticks of 1/SC_CLK_TCK s (10 ms here): a few percent of a drain's."""
@@ -601,8 +625,6 @@ def cores_at_target(drained: dict[str, Any], ceiling: dict[str, Any]) -> dict[st
     per_job = drained["worker_cpu_us_per_job"] + drained["server_cpu_us_per_job"]
     own = ceiling["client_cpu_us_per_job"] + ceiling["server_cpu_us_per_job"]
     return {
-        "worker_cpu_us_per_job": drained["worker_cpu_us_per_job"],
-        "server_cpu_us_per_job": drained["server_cpu_us_per_job"],
         "drain_cpu_us_per_job": per_job,
         "ceiling_client_cpu_us_per_job": ceiling["client_cpu_us_per_job"],
         "ceiling_server_cpu_us_per_job": ceiling["server_cpu_us_per_job"],

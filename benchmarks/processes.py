@@ -79,7 +79,7 @@ def main() -> int:
                 measured = {n: drain(dsn, task, jobs, args.burn, n, logs) for n in order}
                 rates = {n: rate for n, (rate, _) in measured.items()}
                 for n, (_, cores) in measured.items():
-                    if cores is not None:
+                    if cores:  # None where /proc cannot be read; 0 if no tick was counted
                         busy[n].append(cores)
                 alone.append(rates[1])
                 several.append(rates[args.processes])
