@@ -118,18 +118,17 @@ def main() -> int:
     for n in args.sweep.split(",") if args.sweep else ():
         CONFIGURATIONS[f"sync-c{n}"] = ("bench_tasks", "noop", ("--concurrency", n))
         CONFIGURATIONS[f"async-c{n}"] = ("bench_tasks", "anoop", ("--concurrency", n))
-    if args.log_cost:
-        for name in ("default-sync", "default-async"):
+    # Both defaults again with one flag more: (wanted, name suffix, the flag and its value).
+    variants = (
+        (args.log_cost, "warning", ("--log-level", "WARNING")),
+        (args.claim_ahead_cost, "claim-ahead-0", ("--claim-ahead", "0")),
+    )
+    for wanted, suffix, extra in variants:
+        for name in ("default-sync", "default-async") if wanted else ():
             configuration = CONFIGURATIONS[name]
             assert configuration is not None
             module, task, flags = configuration
-            CONFIGURATIONS[f"{name}-warning"] = (module, task, (*flags, "--log-level", "WARNING"))
-    if args.claim_ahead_cost:
-        for name in ("default-sync", "default-async"):
-            configuration = CONFIGURATIONS[name]
-            assert configuration is not None
-            module, task, flags = configuration
-            CONFIGURATIONS[f"{name}-claim-ahead-0"] = (module, task, (*flags, "--claim-ahead", "0"))
+            CONFIGURATIONS[f"{name}-{suffix}"] = (module, task, (*flags, *extra))
     jobs = args.jobs or (2_000 if args.quick else 20_000)
     rounds = args.rounds or (1 if args.quick else 3)
     names = [name for name in CONFIGURATIONS if not args.only or name in args.only]
