@@ -228,11 +228,20 @@ class Worker:
         self.log.close()
 
 
-def wait_finished(conn: psycopg.Connection[Any], total: int, timeout: float) -> None:
+def wait_finished(
+    conn: psycopg.Connection[Any],
+    total: int,
+    timeout: float,
+    process: subprocess.Popen[Any] | None = None,
+) -> None:
+    """Wait until `total` jobs have finished; raise after `timeout` seconds, or as soon as
+    `process` (the worker doing them) has exited."""
     deadline = time.monotonic() + timeout
     while scalar(conn, "SELECT count(*) FROM pgqueue_finished_jobs") < total:
         if time.monotonic() > deadline:
             raise RuntimeError("jobs did not finish in time")
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the worker exited ({process.returncode}) before {total} jobs")
         time.sleep(0.05)  # polling progress
 
 
@@ -344,11 +353,7 @@ def drain_seconds(
     (its start-up left out)."""
     try:
         if cpu is not None:
-            deadline = time.monotonic() + 600
-            while not scalar(conn, "SELECT count(*) FROM pgqueue_finished_jobs"):
-                if time.monotonic() > deadline or worker.process.poll() is not None:
-                    raise RuntimeError("the worker finished no job")
-                time.sleep(0.005)  # polling for the first finished job
+            wait_finished(conn, 1, timeout=600, process=worker.process)
             first = CpuUse.read(conn, worker)
         wait_finished(conn, n, timeout=600)
         if cpu is not None:
@@ -613,14 +618,23 @@ def fastest_against_ceiling(dsn: str, n: int, results: Results, logs: Path, roun
 TARGET_VS_CEILING = 0.9
 
 
+def cores_busy(jobs_per_s: float, cpu: dict[str, Any]) -> float | None:
+    """The cores a drain at `jobs_per_s` kept busy, from its worker's and server's CPU per
+    job (`drain_seconds`'s `cpu`); None when either could not be read."""
+    keys = ("worker_cpu_us_per_job", "server_cpu_us_per_job")
+    if any(key not in cpu for key in keys):
+        return None
+    return float(jobs_per_s * sum(cpu[key] for key in keys) / 1e6)
+
+
 def cores_at_target(drained: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, float]:
     """What the pair's drain and ceiling cost in CPU: per job, the drain's worker and server
     together, and the ceiling's client and server; the cores the drain kept busy and those
     a drain at TARGET_VS_CEILING of the ceiling would keep busy at the same cost per job; and
     those the ceiling's loop kept busy. Empty when the server's CPU could not be read. CPU
     time is counted in ticks of 1/SC_CLK_TCK s (10 ms here): a few percent of a drain's."""
-    keys = ("worker_cpu_us_per_job", "server_cpu_us_per_job")
-    if any(key not in drained for key in keys) or "server_cpu_us_per_job" not in ceiling:
+    busy = cores_busy(drained["jobs_per_s"], drained)
+    if busy is None or "server_cpu_us_per_job" not in ceiling:
         return {}
     per_job = drained["worker_cpu_us_per_job"] + drained["server_cpu_us_per_job"]
     own = ceiling["client_cpu_us_per_job"] + ceiling["server_cpu_us_per_job"]
@@ -629,7 +643,7 @@ def cores_at_target(drained: dict[str, Any], ceiling: dict[str, Any]) -> dict[st
         "ceiling_client_cpu_us_per_job": ceiling["client_cpu_us_per_job"],
         "ceiling_server_cpu_us_per_job": ceiling["server_cpu_us_per_job"],
         "ceiling_cpu_us_per_job": own,
-        "cores_busy": drained["jobs_per_s"] * per_job / 1e6,
+        "cores_busy": busy,
         "cores_at_target": TARGET_VS_CEILING * ceiling["jobs_per_s"] * per_job / 1e6,
         "ceiling_cores": ceiling["jobs_per_s"] * own / 1e6,
     }

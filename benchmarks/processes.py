@@ -30,7 +30,15 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bench_tasks  # noqa: E402
-from bench import Worker, drain_seconds, fresh_database, machine, reset, server_dsn  # noqa: E402
+from bench import (  # noqa: E402
+    Worker,
+    cores_busy,
+    drain_seconds,
+    fresh_database,
+    machine,
+    reset,
+    server_dsn,
+)
 
 
 def drain(
@@ -51,9 +59,7 @@ def drain(
         cpu: dict[str, float] = {}
         seconds = drain_seconds(conn, worker, jobs, cpu)
     rate = jobs / seconds
-    if "server_cpu_us_per_job" not in cpu or "worker_cpu_us_per_job" not in cpu:
-        return rate, None
-    return rate, rate * (cpu["worker_cpu_us_per_job"] + cpu["server_cpu_us_per_job"]) / 1e6
+    return rate, cores_busy(rate, cpu)
 
 
 def main() -> int:
