@@ -115,15 +115,13 @@ MIN_CLAIM_LIMIT = 10
 # rest, so that the next claim's round trip overlaps the jobs it follows instead of coming
 # after them (each slot takes its next job as it frees, with no round trip between). It holds
 # what its slots get through in AHEAD_SECONDS, by the mean time its recent jobs ran, and no
-# more than `--claim-ahead` jobs a slot (AHEAD_PER_SLOT by default; 0 holds none): a held job
-# waits about AHEAD_SECONDS for a slot, and a worker of 10 slots whose jobs take more than
-# half a second holds none. A job held longer than AHEAD_HOLD (the jobs before it turned
+# more than `--claim-ahead` jobs a slot (WorkerSettings.claim_ahead, 4; 0 holds none): a
+# held job waits about AHEAD_SECONDS for a slot, and a worker of 10 slots whose jobs take
+# more than half a second holds none. A job held longer than AHEAD_HOLD (the jobs before it turned
 # slow) is given back to the queue for another worker. Jobs of tasks with fleet-wide limits
 # are claimed for free slots, or one at a time when none is free, first in line: held long,
 # one would keep a place of its limit unused.
 AHEAD_SECONDS = 0.05
-# The default of `--claim-ahead` (WorkerSettings.claim_ahead); 0 turns claiming ahead off.
-AHEAD_PER_SLOT = WorkerSettings.claim_ahead
 AHEAD_HOLD = 0.5
 # While claiming ahead, one claim takes up to this many jobs: the slots of a small worker
 # free faster than claims of their number come back.

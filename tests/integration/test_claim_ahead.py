@@ -16,6 +16,7 @@ import pytest
 
 import pgqueue
 from pgqueue import worker as worker_module
+from pgqueue.config import WorkerSettings
 from pgqueue.maintenance import jobs_held_by
 from pgqueue.worker import Worker
 from tests.conftest import WorkerThread, wait_until
@@ -59,7 +60,7 @@ class Held:
             [app.get_job(job_id) for job_id in quick.delay_many([(n,) for n in range(-20, 0)])],
             timeout=15,
         )
-        assert self.worker._ahead_wanted() == worker_module.AHEAD_PER_SLOT
+        assert self.worker._ahead_wanted() == WorkerSettings.claim_ahead
         self.ran.clear()
         with psycopg.connect(dsn) as tx:  # one claim finds them all
             self.blocker = blocker.apply_async(connection=tx)
@@ -110,7 +111,7 @@ def test_a_worker_of_short_jobs_claims_ahead_and_runs_each_job_once(
     ).fetchone() == (600,)
     # Claims for the 2 free slots alone would be 300 or more (2 jobs each at most).
     assert worker.observations._claims < 250
-    assert worker._ahead_wanted() == 2 * worker_module.AHEAD_PER_SLOT
+    assert worker._ahead_wanted() == 2 * WorkerSettings.claim_ahead
 
 
 def test_jobs_held_behind_a_slow_one_go_back_to_the_queue_unrun_and_run_once_later(
